@@ -1,0 +1,31 @@
+"""The core's own plugin: the segment-boundary surface and the ``basic`` reward, registered like any other."""
+
+from __future__ import annotations
+
+from esper_core.hookspecs import Register, hookimpl
+from esper_core.leyline import SEGMENT_BOUNDARY
+from esper_core.registry import RewardKind, SurfaceKind
+from esper_core.simic import BasicReward, BasicRewardConfig
+
+
+@hookimpl
+def esper_register_surfaces(register: Register) -> None:
+    register(
+        SurfaceKind(
+            name=SEGMENT_BOUNDARY,
+            code=0,
+            description="between two host segments (roadmap A0); every host exposes it",
+        )
+    )
+
+
+@hookimpl
+def esper_register_rewards(register: Register) -> None:
+    register(
+        RewardKind(
+            name="basic",
+            build=BasicReward,
+            config_class=BasicRewardConfig,
+            description="metric improvement minus parameter rent minus small action costs",
+        )
+    )

@@ -1,0 +1,208 @@
+"""The morphogenetic model: a host cut at its injection points with a seed slot on each, routed explicitly."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from esper_core.kasmina.slot import Clock, EventSink, LifecycleSettings, OpResult, SeedBuilder, SeedSlot
+from esper_core.leyline import (
+    AlphaTarget,
+    FactoredAction,
+    LifecycleOp,
+    OCCUPIED_STAGES,
+    SeedStage,
+    SeedStateReport,
+    SlotConfig,
+)
+
+
+class MorphogeneticModel(nn.Module):
+    """Wraps any registered host: ``forward`` routes through every enabled slot in ``SlotConfig`` order.
+
+    With every slot dormant the host's own ``forward`` runs (no routing work at all).
+    """
+
+    def __init__(
+        self,
+        host: nn.Module,
+        slot_config: SlotConfig,
+        *,
+        topology: str,
+        blueprints: Sequence[str],
+        build_seed: SeedBuilder,
+        settings: LifecycleSettings,
+        max_seeds: int,
+        env_id: int = 0,
+        emit: EventSink | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        super().__init__()
+        self.host = host
+        self.slot_config = slot_config
+        self.blueprints = tuple(blueprints)
+        self.max_seeds = max_seeds
+        self.env_id = env_id
+        self._clock = clock or (lambda: (0, 0))
+        self.slots = nn.ModuleDict(
+            {
+                spec.slot_id: SeedSlot(
+                    spec, topology=topology, settings=settings, build_seed=build_seed,
+                    env_id=env_id, emit=emit, clock=self._clock,
+                )
+                for spec in slot_config.specs
+            }
+        )
+        self.slot_ids = slot_config.slot_ids
+        self.germination_count = 0
+        self.fossilization_order: list[str] = []
+
+    # -- forward -----------------------------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not any(slot.is_active for slot in self.slots.values()):
+            return self.host(x)
+        h = x
+        previous: str | None = None
+        for slot_id in self.slot_ids:
+            h = self.host.forward_to(slot_id, h, from_slot=previous)
+            h = self.slots[slot_id](h)
+            previous = slot_id
+        return self.host.forward_from(previous, h)
+
+    def ablatable_slots(self) -> list[str]:
+        """Slots whose seed is blended in (BLENDING or HOLDING), in slot order."""
+        return [slot_id for slot_id in self.slot_ids if self.slots[slot_id].is_ablatable]
+
+    def forward_with_ablations(self, x: torch.Tensor, ablate: Sequence[str]) -> torch.Tensor:
+        """Outputs of the full model and of each single-seed ablation, stacked as (1 + len(ablate), B, ...).
+
+        Variant 0 is the full model; variant k has the k-th slot of ``ablate`` (in slot order) forced
+        to alpha 0 with every other seed active. The host prefix before the first ablated slot is
+        computed once; after each ablated slot the variants travel as one concatenated batch.
+        """
+        ablate_set = set(ablate)
+        unknown = ablate_set - set(self.slot_ids)
+        if unknown:
+            raise KeyError(f"cannot ablate unknown slot(s) {sorted(unknown)}")
+        batch = x.shape[0]
+        h = x
+        previous: str | None = None
+        variants = 1
+        for slot_id in self.slot_ids:
+            h = self.host.forward_to(slot_id, h, from_slot=previous)
+            slot_out = self.slots[slot_id](h)
+            if slot_id in ablate_set:
+                h = torch.cat([slot_out, h[:batch]], dim=0)
+                variants += 1
+            else:
+                h = slot_out
+            previous = slot_id
+        out = self.host.forward_from(previous, h)
+        return out.view(variants, batch, *out.shape[1:])
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    @property
+    def occupied_count(self) -> int:
+        return sum(1 for slot in self.slots.values() if slot.stage in OCCUPIED_STAGES)
+
+    def apply(self, action: FactoredAction, *, metric_now: float | None) -> OpResult:
+        """Execute one factored action. A failed op changes nothing (it is a WAIT) and says why."""
+        op = action.op
+        if op is LifecycleOp.WAIT:
+            return OpResult(True)
+        if not 0 <= action.slot < len(self.slot_ids):
+            return OpResult(False, f"slot index {action.slot} out of range")
+        slot = self.slots[self.slot_ids[action.slot]]
+        if op is LifecycleOp.GERMINATE:
+            if not 0 <= action.blueprint < len(self.blueprints):
+                return OpResult(False, f"blueprint index {action.blueprint} out of range")
+            if self.occupied_count >= self.max_seeds:
+                return OpResult(False, f"max_seeds {self.max_seeds} reached")
+            round_, _epoch = self._clock()
+            seed_id = f"r{round_}e{self.env_id}-{slot.slot_id}-{self.germination_count}"
+            result = slot.germinate(
+                seed_id=seed_id,
+                blueprint=self.blueprints[action.blueprint],
+                style=action.style,
+                blend_epochs=action.tempo.epochs,
+                alpha_target=action.alpha_target.value_,
+                alpha_curve=action.alpha_curve,
+                metric_now=metric_now,
+            )
+            if result.success:
+                self.germination_count += 1
+            return result
+        if op is LifecycleOp.ADVANCE:
+            return slot.advance()
+        if op is LifecycleOp.SET_ALPHA_TARGET:
+            return slot.set_alpha_target(
+                AlphaTarget(action.alpha_target).value_, epochs=action.alpha_speed.epochs, curve=action.alpha_curve
+            )
+        if op is LifecycleOp.PRUNE:
+            return slot.prune(epochs=action.alpha_speed.epochs, curve=action.alpha_curve, reason="policy")
+        if op is LifecycleOp.FOSSILIZE:
+            result = slot.fossilize()
+            if result.success:
+                self.fossilization_order.append(slot.slot_id)
+            return result
+        raise ValueError(f"unhandled lifecycle op {op!r}")
+
+    def tick(self) -> None:
+        """Advance every slot's lifecycle clock by one epoch."""
+        for slot in self.slots.values():
+            slot.tick()
+
+    def reports(self) -> tuple[SeedStateReport, ...]:
+        return tuple(self.slots[slot_id].report() for slot_id in self.slot_ids)
+
+    def stage_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for slot in self.slots.values():
+            counts[slot.stage.name] = counts.get(slot.stage.name, 0) + 1
+        return counts
+
+    # -- parameters --------------------------------------------------------------------------------
+
+    def host_parameter_count(self) -> int:
+        return sum(p.numel() for p in self.host.parameters())
+
+    def live_seed_slots(self) -> list[SeedSlot]:
+        """Slots whose seed trains with its own optimizer (live, not fossilized)."""
+        return [
+            self.slots[slot_id]
+            for slot_id in self.slot_ids
+            if self.slots[slot_id].seed is not None and self.slots[slot_id].stage is not SeedStage.FOSSILIZED
+        ]
+
+    def seed_params(self) -> int:
+        return sum(slot.seed_params for slot in self.live_seed_slots())
+
+    def fossilized_params(self) -> int:
+        return sum(self.slots[slot_id].seed_params for slot_id in self.fossilization_order)
+
+    def effective_seed_params(self) -> float:
+        return sum(slot.effective_params for slot in self.slots.values())
+
+    # -- checkpointing -----------------------------------------------------------------------------
+
+    def lifecycle_state(self) -> dict[str, Any]:
+        return {
+            "slots": {slot_id: self.slots[slot_id].lifecycle_state() for slot_id in self.slot_ids},
+            "germination_count": self.germination_count,
+            "fossilization_order": list(self.fossilization_order),
+        }
+
+    def load_lifecycle_state(self, state: dict[str, Any]) -> None:
+        if set(state["slots"]) != set(self.slot_ids):
+            raise ValueError(
+                f"checkpoint slots {sorted(state['slots'])} do not match this model's {list(self.slot_ids)}"
+            )
+        for slot_id in self.slot_ids:
+            self.slots[slot_id].load_lifecycle_state(state["slots"][slot_id])
+        self.germination_count = state["germination_count"]
+        self.fossilization_order = list(state["fossilization_order"])

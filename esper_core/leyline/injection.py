@@ -1,0 +1,84 @@
+"""Injection points: where a host can carry a seed slot (InjectionSpec) and the run's ordered slots (SlotConfig)."""
+
+from __future__ import annotations
+
+import attrs
+
+#: The surface every host exposes at its segment boundaries (roadmap A0). Other surfaces are
+#: registered by plugins through ``esper_register_surfaces``.
+SEGMENT_BOUNDARY = "segment_boundary"
+
+
+@attrs.frozen
+class InjectionSpec:
+    """One place a host can carry a slot.
+
+    ``slot_id`` is an opaque stable id (``r{row}c{col}``); code reads meaning from the other fields,
+    never from the id. ``order`` is authoritative for action and observation order; ``position`` in
+    [0, 1] is for display only.
+    """
+
+    slot_id: str
+    channels: int
+    surface: str
+    order: int
+    host_block: int
+    host_layer: int | None = None
+    position: float = 0.0
+
+
+@attrs.frozen
+class SlotConfig:
+    """The ordered slots a run uses, derived from the host's injection specs."""
+
+    specs: tuple[InjectionSpec, ...]
+
+    @classmethod
+    def from_specs(
+        cls, specs: list[InjectionSpec] | tuple[InjectionSpec, ...], enabled: list[str] | None = None
+    ) -> SlotConfig:
+        """Order ``specs`` by ``order`` and keep the ``enabled`` slot ids (all when None).
+
+        Raises ``ValueError`` naming the unknown ids when ``enabled`` names a slot the host lacks.
+        """
+        ordered = sorted(specs, key=lambda spec: spec.order)
+        orders = [spec.order for spec in ordered]
+        if len(set(orders)) != len(orders):
+            raise ValueError(f"injection specs have duplicate order values: {orders}")
+        ids = [spec.slot_id for spec in ordered]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"injection specs have duplicate slot ids: {ids}")
+        if enabled is not None:
+            unknown = [slot_id for slot_id in enabled if slot_id not in ids]
+            if unknown:
+                raise ValueError(
+                    f"unknown slot(s) {', '.join(unknown)}; this host has {', '.join(ids)}"
+                )
+            ordered = [spec for spec in ordered if spec.slot_id in set(enabled)]
+        return cls(specs=tuple(ordered))
+
+    @property
+    def slot_ids(self) -> tuple[str, ...]:
+        return tuple(spec.slot_id for spec in self.specs)
+
+    @property
+    def num_slots(self) -> int:
+        return len(self.specs)
+
+    def index_of(self, slot_id: str) -> int:
+        return self.slot_ids.index(slot_id)
+
+    def spec(self, slot_id: str) -> InjectionSpec:
+        return self.specs[self.index_of(slot_id)]
+
+    @property
+    def channels_map(self) -> dict[str, int]:
+        return {spec.slot_id: spec.channels for spec in self.specs}
+
+    @property
+    def order_map(self) -> dict[str, int]:
+        return {spec.slot_id: spec.order for spec in self.specs}
+
+    @property
+    def surface_map(self) -> dict[str, str]:
+        return {spec.slot_id: spec.surface for spec in self.specs}

@@ -1,0 +1,54 @@
+"""Per-slot, per-epoch state reports and seed metrics that Kasmina produces and controllers consume."""
+
+from __future__ import annotations
+
+import attrs
+
+from esper_core.leyline.actions import BlendStyle
+from esper_core.leyline.stages import OCCUPIED_STAGES, SeedStage
+
+
+@attrs.frozen
+class SeedMetrics:
+    """What has been measured about a seed. ``None`` means *not measured*, never zero.
+
+    ``counterfactual_contribution`` is the task metric with the seed minus the metric with the
+    seed's alpha forced to 0, on the environment's fixed validation set; positive means the seed
+    helps (for loss-based tasks the sign is flipped so that this stays true).
+    """
+
+    counterfactual_contribution: float | None = None
+    contribution_velocity: float | None = None
+    epochs_since_measured: int | None = None
+    metric_at_germination: float | None = None
+    metric_delta_since_germination: float | None = None
+    seed_grad_norm: float | None = None
+    host_grad_norm: float | None = None
+    grad_finite: bool = True
+    epochs_in_stage: int = 0
+    seed_age_epochs: int = 0
+
+
+@attrs.frozen
+class SeedStateReport:
+    """The observable state of one slot at the end of one epoch."""
+
+    env_id: int
+    slot_id: str
+    stage: SeedStage
+    seed_id: str | None = None
+    blueprint_id: str | None = None
+    style: BlendStyle | None = None
+    alpha: float = 0.0
+    alpha_target: float = 0.0
+    alpha_schedule_epochs_left: int = 0
+    alpha_schedule_total_epochs: int = 0
+    blend_out: bool = False
+    seed_params: int = 0
+    effective_params: float = 0.0
+    embargo_epochs_left: int = 0
+    metrics: SeedMetrics = attrs.Factory(SeedMetrics)
+
+    @property
+    def is_occupied(self) -> bool:
+        return self.stage in OCCUPIED_STAGES

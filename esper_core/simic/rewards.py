@@ -1,0 +1,108 @@
+"""The reward contract (signals in, a total with named components out), rent, and the built-in reward."""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol, runtime_checkable
+
+import attrs
+
+from esper_core.leyline import FactoredAction, LifecycleOp, SeedStateReport
+
+
+@attrs.frozen
+class RewardContext:
+    """Handed to a reward's ``build``."""
+
+    episode_length: int
+    host_params: int
+    metric_name: str
+
+
+@attrs.frozen
+class RewardSignals:
+    """Everything a reward may use for one environment at one step (after the action was applied).
+
+    ``metric`` and ``previous_metric`` are validation metrics (higher is better) of this and the
+    previous epoch; ``previous_metric`` is None on the first epoch.
+    """
+
+    env_id: int
+    epoch: int
+    episode_length: int
+    action: FactoredAction
+    action_success: bool
+    metric: float
+    previous_metric: float | None
+    host_params: int
+    effective_seed_params: float
+    slots: tuple[SeedStateReport, ...]
+    terminal: bool
+    rolled_back: bool
+
+
+@attrs.frozen
+class RewardBreakdown:
+    """A reward and the named terms that sum to it (emitted as telemetry every step)."""
+
+    total: float
+    components: dict[str, float]
+
+    @classmethod
+    def from_components(cls, components: dict[str, float]) -> RewardBreakdown:
+        return cls(total=float(sum(components.values())), components=dict(components))
+
+
+@runtime_checkable
+class RewardFunction(Protocol):
+    def compute(self, signals: RewardSignals) -> RewardBreakdown: ...
+
+
+def parameter_rent(effective_params: float, host_params: int, *, weight: float, cap: float) -> float:
+    """Rent charged per step: ``weight * log(1 + effective / host)``, capped at ``cap`` (>= 0)."""
+    if host_params <= 0:
+        raise ValueError(f"host_params must be positive, got {host_params}")
+    return min(weight * math.log1p(max(effective_params, 0.0) / host_params), cap)
+
+
+@attrs.frozen
+class BasicRewardConfig:
+    """Options of the built-in ``basic`` reward."""
+
+    metric_weight: float = 10.0
+    rent_weight: float = 0.5
+    rent_cap: float = 1.0
+    action_cost: float = 0.01
+    invalid_action_cost: float = 0.05
+
+
+class BasicReward:
+    """Metric improvement minus parameter rent minus small action costs.
+
+    ``metric_gain = metric_weight * (metric - previous_metric)`` (0 on the first epoch),
+    ``rent = -parameter_rent(...)``, ``action = -action_cost`` for any non-WAIT op and
+    ``-invalid_action_cost`` more when the op failed.
+    """
+
+    def __init__(self, config: BasicRewardConfig, context: RewardContext) -> None:
+        self.config = config
+        self.context = context
+
+    def compute(self, signals: RewardSignals) -> RewardBreakdown:
+        config = self.config
+        gain = 0.0 if signals.previous_metric is None else signals.metric - signals.previous_metric
+        action_cost = 0.0
+        if signals.action.op is not LifecycleOp.WAIT:
+            action_cost -= config.action_cost
+            if not signals.action_success:
+                action_cost -= config.invalid_action_cost
+        return RewardBreakdown.from_components(
+            {
+                "metric_gain": config.metric_weight * gain,
+                "rent": -parameter_rent(
+                    signals.effective_seed_params, signals.host_params,
+                    weight=config.rent_weight, cap=config.rent_cap,
+                ),
+                "action_cost": action_cost,
+            }
+        )

@@ -1,0 +1,41 @@
+"""What a controller sees of one environment at the end of an epoch."""
+
+from __future__ import annotations
+
+import attrs
+
+from esper_core.leyline import FactoredAction, SeedStateReport
+
+
+@attrs.frozen
+class EnvObservation:
+    """The state of one environment after an epoch's training and validation, before its decision.
+
+    ``metric_history`` and ``loss_history`` hold every validation of this episode so far, oldest
+    first (the last entry is this epoch's). ``slots`` follows the run's SlotConfig order.
+    """
+
+    env_id: int
+    round: int
+    epoch: int
+    episode_length: int
+    val_metric: float
+    val_loss: float
+    train_loss: float
+    metric_history: tuple[float, ...]
+    loss_history: tuple[float, ...]
+    host_params: int
+    slots: tuple[SeedStateReport, ...]
+    blueprints: tuple[str, ...]
+    max_seeds: int
+    last_action: FactoredAction | None
+    last_action_success: bool
+    rolled_back: bool
+
+    @property
+    def epochs_left(self) -> int:
+        return self.episode_length - self.epoch - 1
+
+    @property
+    def occupied_slots(self) -> int:
+        return sum(1 for report in self.slots if report.is_occupied)

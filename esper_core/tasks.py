@@ -1,0 +1,146 @@
+"""The task contract (data, loss, metric) and a preloaded-tensor classification task plugins can reuse."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+
+import attrs
+import torch
+import torch.nn.functional as F
+
+#: A batched augmentation: (inputs on device, generator) -> augmented inputs of the same shape.
+Augmentation = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
+@attrs.frozen
+class TaskInfo:
+    """What hosts and controllers need to know about a task.
+
+    ``topology`` is the activation layout hosts produce for it (``"image"`` or ``"sequence"``).
+    ``metric_name`` names the validation metric; it is always *higher is better*.
+    """
+
+    name: str
+    topology: str
+    input_shape: tuple[int, ...]
+    num_classes: int
+    metric_name: str
+    train_size: int
+    val_size: int
+
+
+@attrs.frozen
+class TaskContext:
+    """Handed to a task's ``build``: where tensors go and the run seed (for procedural data)."""
+
+    device: torch.device
+    seed: int
+
+
+class Task(abc.ABC):
+    """A task: training data in a per-environment order, a fixed validation set, a loss and a metric.
+
+    Data stays on the device as preloaded tensors; batches are gathered by index and augmented as
+    whole batches (no per-sample Python work, no loader processes).
+    """
+
+    info: TaskInfo
+
+    @abc.abstractmethod
+    def epoch_order(self, generator: torch.Generator) -> torch.Tensor:
+        """A permutation of training indices for one epoch, drawn from ``generator``."""
+
+    @abc.abstractmethod
+    def train_batch(
+        self, indices: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (augmented) training batch at ``indices``."""
+
+    @abc.abstractmethod
+    def validation_batches(self, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The whole fixed validation set in batches; identical on every call and for every env."""
+
+    @abc.abstractmethod
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Mean training loss of a batch (a scalar tensor)."""
+
+    @abc.abstractmethod
+    def score(self, output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sum of per-sample losses, sum of per-sample metric) for a batch, as device tensors.
+
+        Works on a leading variant dimension too: ``output`` (V, B, ...) gives tensors of shape (V,).
+        """
+
+
+class TensorClassificationTask(Task):
+    """A classification task over preloaded tensors: cross-entropy loss, accuracy metric."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        topology: str,
+        train_inputs: torch.Tensor,
+        train_targets: torch.Tensor,
+        val_inputs: torch.Tensor,
+        val_targets: torch.Tensor,
+        num_classes: int,
+        device: torch.device,
+        augment: Augmentation | None = None,
+    ) -> None:
+        if train_inputs.shape[0] != train_targets.shape[0]:
+            raise ValueError(f"task {name}: {train_inputs.shape[0]} train inputs but {train_targets.shape[0]} targets")
+        if val_inputs.shape[0] != val_targets.shape[0]:
+            raise ValueError(f"task {name}: {val_inputs.shape[0]} val inputs but {val_targets.shape[0]} targets")
+        if train_inputs.shape[1:] != val_inputs.shape[1:]:
+            raise ValueError(f"task {name}: train and val inputs differ in shape")
+        self.train_inputs = train_inputs.to(device)
+        self.train_targets = train_targets.to(device=device, dtype=torch.long)
+        self.val_inputs = val_inputs.to(device)
+        self.val_targets = val_targets.to(device=device, dtype=torch.long)
+        self.augment = augment
+        self.info = TaskInfo(
+            name=name,
+            topology=topology,
+            input_shape=tuple(train_inputs.shape[1:]),
+            num_classes=num_classes,
+            metric_name="accuracy",
+            train_size=int(train_inputs.shape[0]),
+            val_size=int(val_inputs.shape[0]),
+        )
+        self._val_cache: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+
+    def epoch_order(self, generator: torch.Generator) -> torch.Tensor:
+        return torch.randperm(self.info.train_size, generator=generator, device=generator.device)
+
+    def train_batch(
+        self, indices: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs = self.train_inputs.index_select(0, indices)
+        if self.augment is not None:
+            inputs = self.augment(inputs, generator)
+        return inputs, self.train_targets.index_select(0, indices)
+
+    def validation_batches(self, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        if batch_size not in self._val_cache:
+            self._val_cache[batch_size] = [
+                (self.val_inputs[start : start + batch_size], self.val_targets[start : start + batch_size])
+                for start in range(0, self.info.val_size, batch_size)
+            ]
+        return self._val_cache[batch_size]
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(output, target)
+
+    def score(self, output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if output.dim() == 3:  # (variants, batch, classes)
+            variants = output.shape[0]
+            flat = output.reshape(-1, output.shape[-1])
+            expanded = target.repeat(variants)
+            losses = F.cross_entropy(flat, expanded, reduction="none").view(variants, -1)
+            correct = (flat.argmax(dim=-1) == expanded).view(variants, -1)
+            return losses.sum(dim=1), correct.sum(dim=1).to(losses.dtype)
+        losses = F.cross_entropy(output, target, reduction="none")
+        correct = (output.argmax(dim=-1) == target).to(losses.dtype)
+        return losses.sum(), correct.sum()

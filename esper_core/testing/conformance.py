@@ -1,0 +1,220 @@
+"""Checks that a plugin's components meet the core contracts; each raises ConformanceError saying what broke."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+
+from esper_core.kasmina.host import check_host
+from esper_core.leyline import (
+    EVENT_PAYLOADS,
+    SeedStage,
+    TelemetryEvent,
+    TelemetryEventType,
+)
+from esper_core.leyline import telemetry as payloads
+from esper_core.registry import HostFamily, SeedFamily, SinkKind, TaskKind
+from esper_core.tasks import Task, TaskContext, TaskInfo
+from esper_core.telemetry import SinkContext
+
+
+class ConformanceError(AssertionError):
+    """A component breaks a core contract."""
+
+
+def _sample_input(topology: str, channels: int, batch: int = 4) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(1234)
+    if topology == "image":
+        return torch.randn(batch, channels, 8, 8, generator=generator)
+    if topology == "sequence":
+        return torch.randn(batch, 6, channels, generator=generator)
+    raise ConformanceError(f"no sample input for topology {topology!r}")
+
+
+def check_seed_family(
+    family: SeedFamily,
+    *,
+    channels: int = 16,
+    config: Any = None,
+    atol: float = 1e-6,
+) -> None:
+    """A seed family is shape-preserving, the identity at birth, deterministic, and trainable.
+
+    Runs for every topology the family declares.
+    """
+    config = family.config_class() if config is None else config
+    for topology in family.topologies:
+        x = _sample_input(topology, channels)
+        torch.manual_seed(0)
+        seed_a = family.build(channels, topology, config)
+        torch.manual_seed(0)
+        seed_b = family.build(channels, topology, config)
+        if not isinstance(seed_a, torch.nn.Module):
+            raise ConformanceError(f"seed family '{family.name}' built {type(seed_a).__name__}, not an nn.Module")
+        for mode in ("train", "eval"):
+            seed_a.train(mode == "train")
+            seed_b.train(mode == "train")
+            out_a = seed_a(x)
+            out_b = seed_b(x)
+            if out_a.shape != x.shape:
+                raise ConformanceError(
+                    f"seed family '{family.name}' ({topology}, {mode}) is not shape-preserving: "
+                    f"{tuple(x.shape)} -> {tuple(out_a.shape)}"
+                )
+            if not torch.allclose(out_a, x, atol=atol):
+                gap = (out_a - x).abs().max().item()
+                raise ConformanceError(
+                    f"seed family '{family.name}' ({topology}, {mode}) is not the identity at birth "
+                    f"(max |seed(x) - x| = {gap:.3g})"
+                )
+            if not torch.equal(out_a, out_b):
+                raise ConformanceError(
+                    f"seed family '{family.name}' ({topology}, {mode}) is not deterministic under a fixed torch seed"
+                )
+        params = [p for p in seed_a.parameters() if p.requires_grad]
+        if not params:
+            raise ConformanceError(f"seed family '{family.name}' has no trainable parameters")
+        seed_a.train()
+        seed_a.zero_grad()
+        target = torch.randn_like(x)
+        ((seed_a(x) - target) ** 2).mean().backward()
+        if not any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in params):
+            raise ConformanceError(f"seed family '{family.name}' ({topology}) receives no gradient at birth")
+
+
+def check_host_family(
+    family: HostFamily,
+    task_info: TaskInfo,
+    *,
+    config: Any = None,
+    batch: int = 4,
+    atol: float = 1e-5,
+) -> None:
+    """A host's specs are ordered and routable: chaining ``forward_to``/``forward_from`` through
+    every slot (and through any subset) equals ``forward``; activations match each spec's channels."""
+    config = family.config_class() if config is None else config
+    torch.manual_seed(0)
+    host = family.build(config, task_info)
+    specs = check_host(host, family.name)
+    host.eval()
+    x = torch.randn(batch, *task_info.input_shape, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        reference = host(x)
+        for subset in (specs, specs[::2], specs[-1:]):
+            h = x
+            previous = None
+            for spec in subset:
+                h = host.forward_to(spec.slot_id, h, from_slot=previous)
+                channel_dim = 1 if family.topology == "image" else -1
+                if h.shape[channel_dim] != spec.channels:
+                    raise ConformanceError(
+                        f"host '{family.name}': activation at {spec.slot_id} has {h.shape[channel_dim]} "
+                        f"channels, spec says {spec.channels}"
+                    )
+                previous = spec.slot_id
+            routed = host.forward_from(previous, h)
+            if routed.shape != reference.shape or not torch.allclose(routed, reference, atol=atol):
+                raise ConformanceError(
+                    f"host '{family.name}': routing through {[s.slot_id for s in subset]} differs from forward()"
+                )
+
+
+def check_task_kind(kind: TaskKind, *, config: Any = None, batch_size: int = 8) -> Task:
+    """A task builds, reports consistent info, yields batches of the declared shape, and scores them."""
+    config = kind.config_class() if config is None else config
+    task = kind.build(config, TaskContext(device=torch.device("cpu"), seed=0))
+    info = task.info
+    generator = torch.Generator().manual_seed(0)
+    order = task.epoch_order(generator)
+    if sorted(order.tolist()) != list(range(info.train_size)):
+        raise ConformanceError(f"task '{kind.name}': epoch_order is not a permutation of {info.train_size} indices")
+    x, y = task.train_batch(order[:batch_size], generator)
+    if tuple(x.shape[1:]) != info.input_shape:
+        raise ConformanceError(f"task '{kind.name}': batch shape {tuple(x.shape)} vs input_shape {info.input_shape}")
+    val = task.validation_batches(batch_size)
+    if sum(int(vx.shape[0]) for vx, _ in val) != info.val_size:
+        raise ConformanceError(f"task '{kind.name}': validation batches do not cover val_size {info.val_size}")
+    again = task.validation_batches(batch_size)
+    if not all(torch.equal(a[0], b[0]) for a, b in zip(val, again)):
+        raise ConformanceError(f"task '{kind.name}': validation set changes between calls")
+    logits = torch.zeros(x.shape[0], info.num_classes)
+    loss_sum, metric_sum = task.score(logits, y)
+    if not torch.isfinite(loss_sum) or not 0 <= float(metric_sum) <= x.shape[0]:
+        raise ConformanceError(f"task '{kind.name}': score() gave loss {loss_sum} metric {metric_sum}")
+    return task
+
+
+def sample_events() -> list[TelemetryEvent]:
+    """One event of every type with plausible payloads (for sink tests)."""
+    common = {"env_id": 0, "round": 0, "epoch": 1}
+    seed = {"slot_id": "r0c0", "seed_id": "r0e0-r0c0-0", "blueprint_id": "norm"}
+    samples: dict[TelemetryEventType, Any] = {
+        TelemetryEventType.RUN_STARTED: payloads.RunStartedPayload(
+            run_name="sample", run_dir="/tmp/sample", task="shapes", host="cnn", policy="heuristic",
+            reward="basic", seed=0, rounds=1, envs=1, episode_length=3, slots=("r0c0",),
+            blueprints=("norm",), host_params=1000, device="cpu",
+        ),
+        TelemetryEventType.RUN_RESUMED: payloads.RunResumedPayload(round=0, epoch=1, discarded_events=2),
+        TelemetryEventType.RUN_FINISHED: payloads.RunFinishedPayload(
+            status="completed", rounds_completed=1, wall_seconds=1.5
+        ),
+        TelemetryEventType.ROUND_COMPLETED: payloads.RoundCompletedPayload(
+            round=0, final_metrics=(0.5,), final_params=(1000,), mean_return=None
+        ),
+        TelemetryEventType.EPOCH_COMPLETED: payloads.EpochCompletedPayload(
+            train_loss=1.0, val_loss=1.1, val_metric=0.5, host_params=1000, seed_params=10,
+            fossilized_params=0, stage_counts={"DORMANT": 1}, train_seconds=0.1, validate_seconds=0.05,
+            **common,
+        ),
+        TelemetryEventType.ACTION_TAKEN: payloads.ActionTakenPayload(
+            action={"op": "WAIT"}, success=True, **common
+        ),
+        TelemetryEventType.REWARD_COMPUTED: payloads.RewardComputedPayload(
+            reward=0.1, components={"metric_gain": 0.1}, **common
+        ),
+        TelemetryEventType.SEED_GERMINATED: payloads.SeedGerminatedPayload(
+            style="ADD", alpha_target=1.0, seed_params=10, **common, **seed
+        ),
+        TelemetryEventType.SEED_STAGE_CHANGED: payloads.SeedStageChangedPayload(
+            from_stage=SeedStage.GERMINATED, to_stage=SeedStage.TRAINING, **common, **seed
+        ),
+        TelemetryEventType.SEED_FOSSILIZED: payloads.SeedFossilizedPayload(
+            seed_params=10, alpha=1.0, contribution=0.02, seed_age_epochs=6, **common, **seed
+        ),
+        TelemetryEventType.SEED_PRUNED: payloads.SeedPrunedPayload(
+            reason="policy", contribution=-0.01, seed_age_epochs=4, **common, **seed
+        ),
+        TelemetryEventType.GOVERNOR_ROLLBACK: payloads.GovernorRollbackPayload(
+            reason="non-finite loss", loss=float("nan"), restored_epoch=0, pruned_slots=("r0c0",), **common
+        ),
+        TelemetryEventType.POLICY_UPDATED: payloads.PolicyUpdatedPayload(round=0, metrics={"losses/policy_loss": 0.1}),
+    }
+    missing = set(EVENT_PAYLOADS) - set(samples)
+    if missing:
+        raise ConformanceError(f"sample_events lacks {sorted(t.value for t in missing)}")
+    return [TelemetryEvent(event_type=kind, payload=payload) for kind, payload in samples.items()]
+
+
+def check_sink_kind(kind: SinkKind, run_dir: Path, *, config: Any = None) -> Any:
+    """A sink accepts every event type, flushes and closes; returns the sink for further checks."""
+    config = kind.config_class() if config is None else config
+    run_dir.mkdir(parents=True, exist_ok=True)
+    sink = kind.build(config, SinkContext(run_dir=run_dir, run_name="sample", rounds=1, envs=1, episode_length=3))
+    for event in sample_events():
+        try:
+            sink.handle(event)
+        except Exception as exc:
+            raise ConformanceError(
+                f"sink '{kind.name}' failed on {event.event_type.value}: {type(exc).__name__}: {exc}"
+            ) from exc
+    sink.flush()
+    sink.close()
+    return sink
+
+
+def config_with(config_class: type, **changes: Any) -> Any:
+    """An instance of ``config_class`` with defaults and ``changes`` (a small test helper)."""
+    return attrs.evolve(config_class(), **changes)
