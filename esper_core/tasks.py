@@ -66,10 +66,11 @@ class Task(abc.ABC):
         """Mean training loss of a batch (a scalar tensor)."""
 
     @abc.abstractmethod
-    def score(self, output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(sum of per-sample losses, sum of per-sample metric) for a batch, as device tensors.
+    def score(self, outputs: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-variant sums over a batch: (sum of per-sample losses, sum of per-sample metric).
 
-        Works on a leading variant dimension too: ``output`` (V, B, ...) gives tensors of shape (V,).
+        ``outputs`` carries a leading variant dimension (V, B, ...): variant 0 is the full model,
+        the others are counterfactual ablations. Returns two device tensors of shape (V,).
         """
 
 
@@ -133,14 +134,10 @@ class TensorClassificationTask(Task):
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(output, target)
 
-    def score(self, output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if output.dim() == 3:  # (variants, batch, classes)
-            variants = output.shape[0]
-            flat = output.reshape(-1, output.shape[-1])
-            expanded = target.repeat(variants)
-            losses = F.cross_entropy(flat, expanded, reduction="none").view(variants, -1)
-            correct = (flat.argmax(dim=-1) == expanded).view(variants, -1)
-            return losses.sum(dim=1), correct.sum(dim=1).to(losses.dtype)
-        losses = F.cross_entropy(output, target, reduction="none")
-        correct = (output.argmax(dim=-1) == target).to(losses.dtype)
-        return losses.sum(), correct.sum()
+    def score(self, outputs: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        variants, batch, classes = outputs.shape
+        flat = outputs.reshape(variants * batch, classes)
+        expanded = target.repeat(variants)
+        losses = F.cross_entropy(flat, expanded, reduction="none").view(variants, batch)
+        correct = (flat.argmax(dim=-1) == expanded).view(variants, batch).to(losses.dtype)
+        return losses.sum(dim=1), correct.sum(dim=1)

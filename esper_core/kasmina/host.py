@@ -17,7 +17,9 @@ class HostModule(Protocol):
     The host is cut at its injection points. ``forward_to(slot_id, x, from_slot)`` runs from the
     input (``from_slot=None``) or from the activation at ``from_slot`` up to the activation at
     ``slot_id``; ``forward_from(slot_id, h)`` runs from the activation at ``slot_id`` to the output.
-    Chaining them through every slot in order must equal ``forward(x)``.
+    Chaining them through every slot in order (or any ordered subset) must equal ``forward(x)``.
+    An unknown slot id raises ``KeyError`` naming the host's slots; a ``from_slot`` at or after
+    ``slot_id`` raises ``ValueError``. Hosts may assume the task's topology was checked by the core.
     """
 
     def injection_specs(self) -> list[InjectionSpec]: ...

@@ -84,6 +84,11 @@ class MorphogeneticModel(nn.Module):
         to alpha 0 with every other seed active. The host prefix before the first ablated slot is
         computed once; after each ablated slot the variants travel as one concatenated batch.
         """
+        if self.training:
+            raise RuntimeError(
+                "forward_with_ablations runs in eval mode only: variants share one batch, and train-mode "
+                "normalisation would mix their statistics"
+            )
         ablate_set = set(ablate)
         unknown = ablate_set - set(self.slot_ids)
         if unknown:

@@ -170,7 +170,7 @@ class SeedSlot(nn.Module):
         seed = self._build_seed(blueprint, self.spec.channels)
         device = self.alpha_tensor.device
         self.seed = seed.to(device)
-        self.gate = BlendGate(self.spec.channels, self.topology).to(device) if style is BlendStyle.GATE else None
+        self.gate = self._build_gate().to(device) if style is BlendStyle.GATE else None
         self.seed_id = seed_id
         self.blueprint_id = blueprint
         self.style = style
@@ -415,7 +415,7 @@ class SeedSlot(nn.Module):
             self.seed = self._build_seed(state["blueprint_id"], self.spec.channels).to(device)
             style = BlendStyle(state["style"])
             if style is BlendStyle.GATE:
-                self.gate = BlendGate(self.spec.channels, self.topology).to(device)
+                self.gate = self._build_gate().to(device)
         self.seed_id = state["seed_id"]
         self.blueprint_id = state["blueprint_id"]
         self.style = None if state["style"] is None else BlendStyle(state["style"])
@@ -442,6 +442,10 @@ class SeedSlot(nn.Module):
         self._set_alpha(state["alpha"])
 
     # -- internals ---------------------------------------------------------------------------------
+
+    def _build_gate(self) -> BlendGate:
+        with torch.random.fork_rng(devices=[]):  # leave the global RNG stream untouched
+            return BlendGate(self.spec.channels, self.topology)
 
     def _set_alpha(self, value: float) -> None:
         self.alpha = float(value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import IO, Protocol, runtime_checkable
@@ -57,6 +58,13 @@ class TelemetryHub:
                 sink.handle(event)
             except Exception as exc:  # isolation boundary: one broken sink must not end the run
                 self._detach(name, exc)
+
+    def record_bytes(self) -> int:
+        """Size of the run record so far (after a flush): where a resume cuts it back to."""
+        if self._record is None:
+            return 0
+        self._record.flush()
+        return os.fstat(self._record.fileno()).st_size
 
     def flush(self) -> None:
         if self._record is not None:

@@ -74,6 +74,12 @@ def check_seed_family(
                 raise ConformanceError(
                     f"seed family '{family.name}' ({topology}, {mode}) is not deterministic under a fixed torch seed"
                 )
+        seed_a.eval()
+        single = x[:1]
+        if not torch.allclose(seed_a(single), single, atol=atol):
+            raise ConformanceError(
+                f"seed family '{family.name}' ({topology}, eval) is not the identity at birth for a batch of one"
+            )
         params = [p for p in seed_a.parameters() if p.requires_grad]
         if not params:
             raise ConformanceError(f"seed family '{family.name}' has no trainable parameters")
@@ -94,13 +100,15 @@ def check_host_family(
     atol: float = 1e-5,
 ) -> None:
     """A host's specs are ordered and routable: chaining ``forward_to``/``forward_from`` through
-    every slot (and through any subset) equals ``forward``; activations match each spec's channels."""
+    every slot (and through subsets) equals ``forward``; activations match each spec's channels;
+    an unknown slot or a backwards ``from_slot`` raises ``KeyError`` / ``ValueError``."""
     config = family.config_class() if config is None else config
     torch.manual_seed(0)
     host = family.build(config, task_info)
     specs = check_host(host, family.name)
     host.eval()
     x = torch.randn(batch, *task_info.input_shape, generator=torch.Generator().manual_seed(7))
+    channel_dim = 1 if family.topology == "image" else -1
     with torch.no_grad():
         reference = host(x)
         for subset in (specs, specs[::2], specs[-1:]):
@@ -108,7 +116,6 @@ def check_host_family(
             previous = None
             for spec in subset:
                 h = host.forward_to(spec.slot_id, h, from_slot=previous)
-                channel_dim = 1 if family.topology == "image" else -1
                 if h.shape[channel_dim] != spec.channels:
                     raise ConformanceError(
                         f"host '{family.name}': activation at {spec.slot_id} has {h.shape[channel_dim]} "
@@ -120,6 +127,17 @@ def check_host_family(
                 raise ConformanceError(
                     f"host '{family.name}': routing through {[s.slot_id for s in subset]} differs from forward()"
                 )
+        bad_calls = [("an unknown slot id", lambda: host.forward_to("no-such-slot", x))]
+        if len(specs) > 1:
+            bad_calls.append(
+                ("a backwards from_slot", lambda: host.forward_to(specs[0].slot_id, x, from_slot=specs[-1].slot_id))
+            )
+        for label, call in bad_calls:
+            try:
+                call()
+            except (KeyError, ValueError):
+                continue
+            raise ConformanceError(f"host '{family.name}': routing with {label} did not raise")
 
 
 def check_task_kind(kind: TaskKind, *, config: Any = None, batch_size: int = 8) -> Task:
@@ -140,10 +158,12 @@ def check_task_kind(kind: TaskKind, *, config: Any = None, batch_size: int = 8) 
     again = task.validation_batches(batch_size)
     if not all(torch.equal(a[0], b[0]) for a, b in zip(val, again)):
         raise ConformanceError(f"task '{kind.name}': validation set changes between calls")
-    logits = torch.zeros(x.shape[0], info.num_classes)
-    loss_sum, metric_sum = task.score(logits, y)
-    if not torch.isfinite(loss_sum) or not 0 <= float(metric_sum) <= x.shape[0]:
-        raise ConformanceError(f"task '{kind.name}': score() gave loss {loss_sum} metric {metric_sum}")
+    logits = torch.zeros(2, x.shape[0], info.num_classes)
+    loss_sums, metric_sums = task.score(logits, y)
+    if loss_sums.shape != (2,) or metric_sums.shape != (2,):
+        raise ConformanceError(f"task '{kind.name}': score() must return per-variant sums of shape (V,)")
+    if not bool(torch.isfinite(loss_sums).all()) or not all(0 <= float(m) <= x.shape[0] for m in metric_sums):
+        raise ConformanceError(f"task '{kind.name}': score() gave losses {loss_sums} metrics {metric_sums}")
     return task
 
 

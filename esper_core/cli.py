@@ -1,0 +1,200 @@
+"""The ``esper`` command line: run, validate, plugins, report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from esper_core import __version__
+from esper_core.config import load_config, parse_config, read_toml
+from esper_core.errors import ConfigError, EsperError
+from esper_core.plugins import PluginManager
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError([f"--set {text!r}: expected SECTION.KEY=VALUE"])
+    key, raw = text.split("=", 1)
+    path = [part for part in key.strip().split(".") if part]
+    if len(path) < 2:
+        raise ConfigError([f"--set {text!r}: the key needs a section, e.g. run.envs=2"])
+    try:
+        value = tomllib.loads(f"value = {raw}")["value"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return path, value
+
+
+def _apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in overrides:
+        path, value = _parse_override(text)
+        node = data
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError([f"--set {text!r}: '{part}' is not a table"])
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def _load(config_path: str, overrides: list[str], manager: PluginManager):
+    if not overrides:
+        return load_config(config_path, manager)
+    data = _apply_overrides(read_toml(Path(config_path)), overrides)
+    return parse_config(data, manager, source=config_path)
+
+
+def _warn_failures(manager: PluginManager, console: Console) -> None:
+    for failure in manager.failures:
+        console.print(f"[yellow]esper: warning: {failure.describe()}[/yellow]", highlight=False)
+
+
+def cmd_run(args: argparse.Namespace, console: Console) -> int:
+    from esper_core.tolaria.engine import resume_run, start_run
+
+    manager = PluginManager()
+    _warn_failures(manager, console)
+    if args.resume:
+        if args.config or args.set:
+            raise ConfigError(["--resume continues a run with its saved config; give no CONFIG or --set"])
+        run_dir = resume_run(Path(args.resume), manager)
+    else:
+        if not args.config:
+            raise ConfigError(["esper run needs a CONFIG file (or --resume RUN_DIR)"])
+        config = _load(args.config, args.set, manager)
+        run_dir = start_run(config, manager, on_run_dir=lambda d: console.print(f"run directory: {d}", highlight=False))
+    console.print(f"finished: {run_dir}", highlight=False)
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace, console: Console) -> int:
+    from esper_core.tolaria.engine import prepare
+
+    manager = PluginManager()
+    _warn_failures(manager, console)
+    config = _load(args.config, args.set, manager)
+    setup = prepare(config, manager)
+    console.print(
+        f"ok: {args.config}: task {config.task.name} ({setup.task.info.train_size} train / "
+        f"{setup.task.info.val_size} val), host {config.host.name} ({setup.host_params:,} params, "
+        f"slots {', '.join(setup.slot_config.slot_ids)}), blueprints {', '.join(setup.blueprints)}, "
+        f"policy {config.policy.name}, reward {config.reward.name}, "
+        f"{config.run.rounds} round(s) x {config.run.envs} env(s) x {config.run.episode_length} epochs",
+        highlight=False,
+    )
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace, console: Console) -> int:
+    manager = PluginManager()
+    if args.json:
+        print(json.dumps(manager.as_json(), indent=2))
+        return 0
+    table = Table(title="Esper plugins")
+    for column in ("plugin", "distribution", "version", "registers"):
+        table.add_column(column)
+    for info in manager.plugins:
+        registered = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in info.registered.items())
+        table.add_row(info.name + (" (built-in)" if info.builtin else ""), info.distribution or "-", info.version or "-", registered)
+    console.print(table)
+    for failure in manager.failures:
+        console.print(f"[red]failed:[/red] {failure.describe()}", highlight=False)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace, console: Console) -> int:
+    from esper_core.telemetry.report import plot_report, read_events, summarize_events
+
+    run_dir = Path(args.run_dir)
+    records = read_events(run_dir / "events.jsonl")
+    summary = summarize_events(records)
+    run = summary["run"]
+    console.print(
+        f"[bold]{run['name']}[/bold]: task {run['task']}, host {run['host']}, policy {run['policy']}, "
+        f"seed {run['seed']}, {run['envs']} env(s); status {run['status']}, "
+        f"{run['rounds_completed']} round(s), {run['wall_seconds']:.1f} s",
+        highlight=False,
+    )
+    lifecycle = summary["lifecycle"]
+    outcomes = Table(title="Lifecycle outcomes")
+    for column in ("germinated", "blended", "fossilized", "pruned", "governor rollbacks"):
+        outcomes.add_column(column, justify="right")
+    outcomes.add_row(*(str(lifecycle[key]) for key in ("germinated", "blended", "fossilized", "pruned", "governor_rollbacks")))
+    console.print(outcomes)
+    if lifecycle["prune_reasons"]:
+        console.print("prune reasons: " + ", ".join(f"{k} {v}" for k, v in lifecycle["prune_reasons"].items()), highlight=False)
+    usage = Table(title="Blueprint usage")
+    for column in ("blueprint", "germinated", "blended", "fossilized", "pruned", "mean contribution at fossilization"):
+        usage.add_column(column, justify="right" if column != "blueprint" else "left")
+    for name, counts in summary["blueprints"].items():
+        contribution = counts["mean_fossil_contribution"]
+        usage.add_row(
+            name, str(counts["germinated"]), str(counts["blended"]), str(counts["fossilized"]), str(counts["pruned"]),
+            "-" if contribution is None else f"{contribution:+.4f}",
+        )
+    console.print(usage)
+    rounds = Table(title="Rounds (final validation metric and parameters per environment)")
+    for column in ("round", "mean metric", "per env", "mean params"):
+        rounds.add_column(column, justify="right")
+    for round_index, data in summary["rounds"].items():
+        rounds.add_row(
+            round_index, f"{data['mean_metric']:.4f}", " ".join(f"{m:.4f}" for m in data["final_metrics"]),
+            f"{data['mean_params']:,.0f}",
+        )
+    console.print(rounds)
+    plot = plot_report(run_dir, records)
+    console.print(f"plot: {plot}", highlight=False)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="esper", description="Morphogenetic neural network training.")
+    parser.add_argument("--version", action="version", version=f"esper {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run an experiment from a TOML config (or resume one)")
+    run.add_argument("config", nargs="?", help="the TOML run config")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
+    run.add_argument("-s", "--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                     help="override a config value (TOML syntax), e.g. -s run.envs=4")
+    run.set_defaults(handler=cmd_run)
+    validate = commands.add_parser("validate", help="check a config and build its task, host and slots")
+    validate.add_argument("config")
+    validate.add_argument("-s", "--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    validate.set_defaults(handler=cmd_validate)
+    plugins = commands.add_parser("plugins", help="list installed plugins and what they register")
+    plugins.add_argument("--json", action="store_true", help="machine-readable output")
+    plugins.set_defaults(handler=cmd_plugins)
+    report = commands.add_parser("report", help="summarise a run directory (tables + report.png)")
+    report.add_argument("run_dir")
+    report.set_defaults(handler=cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console(stderr=False)
+    error_console = Console(stderr=True)
+    try:
+        return args.handler(args, console)
+    except EsperError as exc:
+        error_console.print(f"esper: error: {exc}", highlight=False, markup=False, soft_wrap=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        error_console.print("esper: interrupted", highlight=False)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,421 @@
+"""Run configuration: TOML structured with cattrs into attrs classes; every problem reported at once with its path."""
+
+from __future__ import annotations
+
+import difflib
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import cattrs
+from cattrs.errors import (
+    BaseValidationError,
+    ClassValidationError,
+    ForbiddenExtraKeysError,
+    IterableValidationError,
+)
+from cattrs.errors import AttributeValidationNote, IterableValidationNote
+
+from esper_core.errors import ConfigError
+from esper_core.plugins import PluginManager
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+import tomli_w
+
+# --------------------------------------------------------------------------------------------------
+# core sections
+
+
+def _ge(minimum: float):
+    return attrs.validators.ge(minimum)
+
+
+@attrs.frozen
+class RunSection:
+    """``[run]``: what to run, how long, where the run directory goes."""
+
+    name: str = "run"
+    seed: int = attrs.field(default=0, validator=_ge(0))
+    rounds: int = attrs.field(default=1, validator=_ge(1))
+    envs: int = attrs.field(default=1, validator=_ge(1))
+    episode_length: int = attrs.field(default=20, validator=_ge(1))
+    device: str = "cpu"
+    output_dir: str = "runs"
+    checkpoint_every: int = attrs.field(default=5, validator=_ge(0))
+    torch_threads: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(_ge(1))
+    )
+
+
+@attrs.frozen
+class TrainingSection:
+    """``[training]``: host and seed optimisation (SGD with momentum) and batching."""
+
+    batch_size: int = attrs.field(default=128, validator=_ge(2))
+    eval_batch_size: int = attrs.field(default=512, validator=_ge(1))
+    host_lr: float = attrs.field(default=0.05, validator=attrs.validators.gt(0.0))
+    seed_lr: float = attrs.field(default=0.05, validator=attrs.validators.gt(0.0))
+    momentum: float = attrs.field(default=0.9, validator=[_ge(0.0), attrs.validators.lt(1.0)])
+    weight_decay: float = attrs.field(default=5e-4, validator=_ge(0.0))
+    lr_schedule: str = attrs.field(default="cosine", validator=attrs.validators.in_(("constant", "cosine")))
+    batches_per_epoch: int = attrs.field(default=0, validator=_ge(0))
+
+
+@attrs.frozen
+class MorphogenesisSection:
+    """``[morphogenesis]``: which slots and blueprints the controller may use, and lifecycle rules.
+
+    Empty ``slots`` means every slot the host exposes; empty ``blueprints`` means every registered
+    seed family that supports the host's topology. ``max_seeds`` caps occupied slots (live plus
+    fossilized) per environment; unset means one per slot.
+    """
+
+    slots: tuple[str, ...] = ()
+    blueprints: tuple[str, ...] = ()
+    max_seeds: int | None = attrs.field(default=None, validator=attrs.validators.optional(_ge(1)))
+    embargo_epochs: int = attrs.field(default=3, validator=_ge(0))
+    min_training_epochs: int = attrs.field(default=2, validator=_ge(0))
+
+
+@attrs.frozen
+class GovernorSection:
+    """``[governor]``: roll back to the last healthy snapshot on non-finite or diverging loss."""
+
+    enabled: bool = True
+    divergence_factor: float = attrs.field(default=3.0, validator=attrs.validators.gt(1.0))
+    patience: int = attrs.field(default=2, validator=_ge(1))
+
+
+@attrs.frozen
+class FaultPoint:
+    """A (round, epoch, env) at which a fault is injected."""
+
+    epoch: int = attrs.field(validator=_ge(0))
+    round: int = attrs.field(default=0, validator=_ge(0))
+    env: int = attrs.field(default=0, validator=_ge(0))
+
+
+@attrs.frozen
+class FaultsSection:
+    """``[faults]``: deliberate faults for testing recovery.
+
+    ``host_nan`` fills the host's first parameter with NaN before that epoch's training;
+    ``abort`` stops the run after that epoch's checkpoint as if it had been killed.
+    """
+
+    host_nan: tuple[FaultPoint, ...] = ()
+    abort: FaultPoint | None = None
+
+
+@attrs.frozen
+class PluginChoice:
+    """A registered component chosen by ``name`` and its structured options."""
+
+    name: str
+    options: Any
+
+
+@attrs.frozen
+class RunConfig:
+    """A whole, validated run configuration."""
+
+    run: RunSection
+    training: TrainingSection
+    morphogenesis: MorphogenesisSection
+    governor: GovernorSection
+    faults: FaultsSection
+    task: PluginChoice
+    host: PluginChoice
+    policy: PluginChoice
+    reward: PluginChoice
+    blueprint_options: dict[str, Any]
+    sinks: dict[str, Any]
+    source: str | None = None
+
+
+CORE_SECTIONS: dict[str, type] = {
+    "run": RunSection,
+    "training": TrainingSection,
+    "morphogenesis": MorphogenesisSection,
+    "governor": GovernorSection,
+    "faults": FaultsSection,
+}
+PLUGIN_SECTIONS: dict[str, str] = {"task": "tasks", "host": "hosts", "policy": "policies", "reward": "rewards"}
+TABLE_SECTIONS: dict[str, str] = {"blueprints": "seed_families", "sinks": "telemetry_sinks"}
+DEFAULT_REWARD = "basic"
+DEFAULT_SINKS: dict[str, dict[str, Any]] = {"console": {}}
+
+# --------------------------------------------------------------------------------------------------
+# strict structuring
+
+
+def _strict_int(value: Any, _type: type) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected an integer, got {value!r}")
+    return value
+
+
+def _strict_float(value: Any, _type: type) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"expected a number, got {value!r}")
+    return float(value)
+
+
+def _strict_str(value: Any, _type: type) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {value!r}")
+    return value
+
+
+def _strict_bool(value: Any, _type: type) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"expected true or false, got {value!r}")
+    return value
+
+
+def make_converter() -> cattrs.Converter:
+    converter = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
+    converter.register_structure_hook(int, _strict_int)
+    converter.register_structure_hook(float, _strict_float)
+    converter.register_structure_hook(str, _strict_str)
+    converter.register_structure_hook(bool, _strict_bool)
+    return converter
+
+
+converter = make_converter()
+
+
+def _format_path(section: str, path: list[str]) -> str:
+    where = f"[{section}]"
+    if not path:
+        return where
+    text = ""
+    for part in path:
+        text += part if part.startswith("[") else (f".{part}" if text else part)
+    return f"{where} {text}:"
+
+
+def _walk_errors(exc: BaseException, section: str, path: list[str], cls: type | None) -> Iterator[str]:
+    if isinstance(exc, ForbiddenExtraKeysError):
+        known = [field.name for field in attrs.fields(exc.cl)] if attrs.has(exc.cl) else []
+        prefix = f"[{section}]" + (f" {'.'.join(path)}:" if path else "")
+        for key in sorted(exc.extra_fields):
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            yield f"{prefix} unknown key '{key}'{hint}"
+        return
+    if isinstance(exc, BaseValidationError):
+        with_notes, without_notes = exc.group_exceptions()
+        for sub, note in with_notes:
+            if isinstance(note, AttributeValidationNote):
+                yield from _walk_errors(sub, section, [*path, note.name], None)
+            elif isinstance(note, IterableValidationNote):
+                yield from _walk_errors(sub, section, [*path, f"[{note.index}]"], None)
+            else:
+                yield from _walk_errors(sub, section, path, None)
+        for sub in without_notes:
+            yield from _walk_errors(sub, section, path, None)
+        return
+    message = str(exc) if str(exc) else type(exc).__name__
+    if isinstance(exc, KeyError):
+        message = f"missing required key {exc}"
+    yield f"{_format_path(section, path)} {message}"
+
+
+_ATTRS_BOUND = re.compile(r"^'(?P<name>\w+)' (?P<rule>.*?): (?P<value>.*)$")
+_ATTRS_PREFIX = re.compile(r"^'(?P<name>\w+)' ")
+
+
+def _validator_message(exc: Exception, name: str) -> str:
+    """Turn attrs' "'x' must be >= 1: 0" into "must be >= 1, got 0"."""
+    text = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
+    bound = _ATTRS_BOUND.match(text)
+    if bound and bound["name"] == name and " (got " not in text:
+        return f"{bound['rule']}, got {bound['value']}"
+    return _ATTRS_PREFIX.sub("", text)
+
+
+def _check_validators(instance: Any, section: str, path: list[str]) -> Iterator[str]:
+    """Run every attrs validator of ``instance`` (recursively) and yield each failure with its path."""
+    for field in attrs.fields(type(instance)):
+        value = getattr(instance, field.name)
+        if field.validator is not None:
+            try:
+                field.validator(instance, field, value)
+            except (ValueError, TypeError) as exc:
+                yield f"{_format_path(section, [*path, field.name])} {_validator_message(exc, field.name)}"
+        if attrs.has(type(value)):
+            yield from _check_validators(value, section, [*path, field.name])
+        elif isinstance(value, tuple):
+            for index, item in enumerate(value):
+                if attrs.has(type(item)):
+                    yield from _check_validators(item, section, [*path, field.name, f"[{index}]"])
+
+
+def structure_section(data: Any, cls: type, section: str) -> tuple[Any | None, list[str]]:
+    """Structure ``data`` into ``cls``; return (instance or None, problems with paths)."""
+    if not isinstance(data, dict):
+        return None, [f"[{section}] must be a table, got {type(data).__name__}"]
+    with attrs.validators.disabled():
+        try:
+            instance = converter.structure(data, cls)
+        except (BaseValidationError, ForbiddenExtraKeysError) as exc:
+            return None, list(_walk_errors(exc, section, [], cls))
+        except (TypeError, ValueError) as exc:
+            return None, [f"[{section}] {exc}"]
+    problems = list(_check_validators(instance, section, []))
+    return (None if problems else instance), problems
+
+
+# --------------------------------------------------------------------------------------------------
+# loading
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError([f"config file '{path}' does not exist"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"malformed TOML: {exc}"], source=str(path)) from None
+
+
+def load_config(path: str | Path, manager: PluginManager) -> RunConfig:
+    """Read and validate a TOML run config; raise ``ConfigError`` listing every problem."""
+    path = Path(path)
+    return parse_config(read_toml(path), manager, source=str(path))
+
+
+def parse_config(data: dict[str, Any], manager: PluginManager, source: str | None = None) -> RunConfig:
+    problems: list[str] = []
+    known_sections = [*CORE_SECTIONS, *PLUGIN_SECTIONS, *TABLE_SECTIONS]
+    for key in data:
+        if key not in known_sections:
+            close = difflib.get_close_matches(key, known_sections, n=1)
+            hint = f" (did you mean [{close[0]}]?)" if close else ""
+            problems.append(f"unknown section [{key}]{hint}; sections: {', '.join(known_sections)}")
+
+    core: dict[str, Any] = {}
+    for section, cls in CORE_SECTIONS.items():
+        instance, section_problems = structure_section(data.get(section, {}), cls, section)
+        problems.extend(section_problems)
+        core[section] = instance
+
+    chosen: dict[str, PluginChoice | None] = {}
+    for section, kind in PLUGIN_SECTIONS.items():
+        table = data.get(section)
+        if table is not None and not isinstance(table, dict):
+            problems.append(f"[{section}] must be a table, got {type(table).__name__}")
+            chosen[section] = None
+            continue
+        table = dict(table or {})
+        name = table.pop("name", None)
+        if name is None:
+            if section == "host":
+                task_name = (data.get("task") or {}).get("name") if isinstance(data.get("task"), dict) else None
+                if task_name not in manager.registry.entries["tasks"]:
+                    chosen[section] = None  # the [task] problem is already reported
+                    continue
+                name = manager.registry.get("tasks", task_name).default_host
+            elif section == "reward":
+                name = DEFAULT_REWARD
+            else:
+                problems.append(f"[{section}] missing required key 'name'")
+                chosen[section] = None
+                continue
+        if not isinstance(name, str):
+            problems.append(f"[{section}] name: expected a string, got {name!r}")
+            chosen[section] = None
+            continue
+        if name not in manager.registry.entries[kind]:
+            problems.append(f"[{section}] {manager.registry.unknown_message(kind, name)}{manager.failure_note()}")
+            chosen[section] = None
+            continue
+        entry = manager.registry.get(kind, name)
+        options, option_problems = structure_section(table, entry.config_class, section)
+        problems.extend(option_problems)
+        chosen[section] = PluginChoice(name=name, options=options) if options is not None else None
+
+    tables: dict[str, dict[str, Any]] = {}
+    for section, kind in TABLE_SECTIONS.items():
+        raw = data.get(section, DEFAULT_SINKS if section == "sinks" else {})
+        if not isinstance(raw, dict):
+            problems.append(f"[{section}] must be a table, got {type(raw).__name__}")
+            continue
+        resolved: dict[str, Any] = {}
+        for name, options in raw.items():
+            label = f"{section}.{name}"
+            if name not in manager.registry.entries[kind]:
+                problems.append(f"[{label}] {manager.registry.unknown_message(kind, name)}{manager.failure_note()}")
+                continue
+            if options is True:
+                options = {}
+            entry = manager.registry.get(kind, name)
+            instance, option_problems = structure_section(options, entry.config_class, label)
+            problems.extend(option_problems)
+            if instance is not None:
+                resolved[name] = instance
+        tables[section] = resolved
+
+    morphogenesis = core.get("morphogenesis")
+    if morphogenesis is not None:
+        for blueprint in morphogenesis.blueprints:
+            if blueprint not in manager.registry.entries["seed_families"]:
+                problems.append(
+                    f"[morphogenesis] blueprints: "
+                    f"{manager.registry.unknown_message('seed_families', blueprint)}{manager.failure_note()}"
+                )
+        if len(set(morphogenesis.blueprints)) != len(morphogenesis.blueprints):
+            problems.append("[morphogenesis] blueprints: names must be unique")
+        if len(set(morphogenesis.slots)) != len(morphogenesis.slots):
+            problems.append("[morphogenesis] slots: slot ids must be unique")
+
+    if problems:
+        raise ConfigError(problems, source=source)
+    return RunConfig(
+        task=chosen["task"],
+        host=chosen["host"],
+        policy=chosen["policy"],
+        reward=chosen["reward"],
+        blueprint_options=tables["blueprints"],
+        sinks=tables["sinks"],
+        source=source,
+        **core,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# writing
+
+
+def _drop_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _drop_none(item) for key, item in value.items() if item is not None}
+    if isinstance(value, (list, tuple)):
+        return [_drop_none(item) for item in value]
+    return value
+
+
+def config_to_dict(config: RunConfig) -> dict[str, Any]:
+    """The fully resolved config (every default filled in) as TOML-ready data."""
+    data: dict[str, Any] = {}
+    for section in CORE_SECTIONS:
+        data[section] = converter.unstructure(getattr(config, section))
+    for section in PLUGIN_SECTIONS:
+        choice: PluginChoice = getattr(config, section)
+        data[section] = {"name": choice.name, **converter.unstructure(choice.options)}
+    data["blueprints"] = {name: converter.unstructure(opts) for name, opts in config.blueprint_options.items()}
+    data["sinks"] = {name: converter.unstructure(opts) for name, opts in config.sinks.items()}
+    return _drop_none(data)
+
+
+def write_config(config: RunConfig, path: Path) -> None:
+    path.write_text(tomli_w.dumps(config_to_dict(config)), encoding="utf-8")

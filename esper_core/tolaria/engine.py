@@ -1,0 +1,687 @@
+"""Tolaria's engine: builds a run from its config and drives the epoch loop over every environment."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+
+from esper_core.config import RunConfig, write_config
+from esper_core.errors import CheckpointError, ConfigError, RunAborted
+from esper_core.kasmina import LifecycleSettings, MorphogeneticModel, check_host
+from esper_core.leyline import (
+    FactoredAction,
+    SlotConfig,
+    TelemetryEvent,
+    TelemetryEventType,
+)
+from esper_core.leyline import telemetry as payloads
+from esper_core.plugins import PluginManager, distribution_versions
+from esper_core.registry import HostFamily, TaskKind
+from esper_core.runs import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    DISCARDED_EVENTS_FILE,
+    ENVIRONMENT_FILE,
+    EVENTS_FILE,
+    LATEST_CHECKPOINT,
+    SUMMARY_FILE,
+    create_run_dir,
+    derive_seed,
+    environment_record,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+    write_json,
+)
+from esper_core.simic import RewardContext, RewardFunction, RewardSignals
+from esper_core.tamiyo import Controller, EnvObservation, PolicyContext, compute_masks
+from esper_core.tasks import Task, TaskContext
+from esper_core.telemetry import SinkContext, TelemetryHub
+from esper_core.telemetry.report import summarize_run
+from esper_core.tolaria.environment import Environment, PendingDecision
+
+
+@attrs.frozen
+class RunSetup:
+    """Everything a config resolves to before training starts."""
+
+    config: RunConfig
+    device: torch.device
+    task: Task
+    task_kind: TaskKind
+    host_family: HostFamily
+    slot_config: SlotConfig
+    blueprints: tuple[str, ...]
+    blueprint_allowed: tuple[tuple[bool, ...], ...]
+    max_seeds: int
+    host_params: int
+    surface_codes: dict[str, int]
+
+
+def resolve_device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError([f"[run] device: {exc}"]) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError([f"[run] device: '{name}' requested but no CUDA device is available"])
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError([f"[run] device: '{name}' requested but MPS is not available"])
+    return device
+
+
+def build_host(setup_or_family: HostFamily, config: RunConfig, task: Task, seed: int) -> torch.nn.Module:
+    """Build a host with initial weights determined by ``seed`` alone (global RNG untouched)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return setup_or_family.build(config.host.options, task.info)
+
+
+def prepare(config: RunConfig, manager: PluginManager) -> RunSetup:
+    """Build the task and a probe host, resolve slots and blueprints; raise ConfigError on mismatches."""
+    device = resolve_device(config.run.device)
+    task_kind: TaskKind = manager.lookup("tasks", config.task.name)
+    task: Task = task_kind.build(config.task.options, TaskContext(device=device, seed=config.run.seed))
+    host_family: HostFamily = manager.lookup("hosts", config.host.name)
+    problems: list[str] = []
+    if host_family.topology != task.info.topology:
+        raise ConfigError(
+            [
+                f"[host] '{host_family.name}' produces {host_family.topology} activations but task "
+                f"'{task_kind.name}' is a {task.info.topology} task"
+            ]
+        )
+    probe = build_host(host_family, config, task, seed=config.run.seed)
+    specs = check_host(probe, host_family.name)
+    surface_codes: dict[str, int] = {}
+    for spec in specs:
+        if spec.surface not in manager.registry.entries["surfaces"]:
+            problems.append(
+                f"[host] '{host_family.name}' exposes slot {spec.slot_id} on "
+                f"{manager.registry.unknown_message('surfaces', spec.surface)}"
+            )
+            continue
+        surface = manager.registry.get("surfaces", spec.surface)
+        if surface.host_families and host_family.name not in surface.host_families:
+            problems.append(f"[host] surface '{surface.name}' is not available on host '{host_family.name}'")
+        surface_codes[spec.surface] = surface.code
+    try:
+        slot_config = SlotConfig.from_specs(specs, enabled=list(config.morphogenesis.slots) or None)
+    except ValueError as exc:
+        problems.append(f"[morphogenesis] slots: {exc}")
+        slot_config = None
+    topology = host_family.topology
+    if config.morphogenesis.blueprints:
+        blueprints = tuple(config.morphogenesis.blueprints)
+        for name in blueprints:
+            family = manager.registry.get("seed_families", name)
+            if topology not in family.topologies:
+                problems.append(
+                    f"[morphogenesis] blueprints: '{name}' supports {', '.join(family.topologies)}, "
+                    f"not this host's {topology} activations"
+                )
+    else:
+        blueprints = tuple(
+            name
+            for name in manager.registry.names("seed_families")
+            if topology in manager.registry.get("seed_families", name).topologies
+        )
+        if not blueprints:
+            problems.append(f"[morphogenesis] blueprints: no registered seed family supports {topology} activations")
+    for name in config.blueprint_options:
+        if name not in blueprints:
+            problems.append(f"[blueprints.{name}] options given for a blueprint this run does not use")
+    max_seeds = 0
+    if slot_config is not None:
+        max_seeds = config.morphogenesis.max_seeds or slot_config.num_slots
+        if max_seeds > slot_config.num_slots:
+            problems.append(
+                f"[morphogenesis] max_seeds: {max_seeds} exceeds the {slot_config.num_slots} enabled slots"
+            )
+    if problems:
+        raise ConfigError(problems, source=config.source)
+    allowed = tuple(tuple(True for _ in blueprints) for _ in range(slot_config.num_slots))
+    return RunSetup(
+        config=config,
+        device=device,
+        task=task,
+        task_kind=task_kind,
+        host_family=host_family,
+        slot_config=slot_config,
+        blueprints=blueprints,
+        blueprint_allowed=allowed,
+        max_seeds=max_seeds,
+        host_params=sum(p.numel() for p in probe.parameters()),
+        surface_codes=surface_codes,
+    )
+
+
+@attrs.frozen
+class ResumePoint:
+    round: int
+    epoch: int
+    env_states: list[dict[str, Any]] | None
+
+
+class Engine:
+    """Runs rounds of ``envs`` environments for ``episode_length`` epochs each.
+
+    Per epoch: every environment trains on each batch index in turn (the data batch drives the
+    environments), then validates with batched counterfactual ablations and passes its governor;
+    rewards for the previous decisions are paid; the controller decides for all environments at
+    once (no decision after the final epoch: nothing would train on it); actions are applied; the
+    lifecycle clock ticks once; telemetry is emitted; a checkpoint is written when due.
+    """
+
+    def __init__(
+        self,
+        setup: RunSetup,
+        manager: PluginManager,
+        run_dir: Path,
+        hub: TelemetryHub,
+        policy: Controller,
+        reward: RewardFunction,
+    ) -> None:
+        self.setup = setup
+        self.config = setup.config
+        self.manager = manager
+        self.run_dir = run_dir
+        self.hub = hub
+        self.policy = policy
+        self.reward = reward
+        self.clock: tuple[int, int] = (0, 0)
+        self.envs: list[Environment] = []
+        self.started = time.perf_counter()
+        self.rounds_completed = 0
+
+    # -- construction ------------------------------------------------------------------------------
+
+    def _seed_builder(self, env_seed: int, model_ref: list[MorphogeneticModel]) -> Callable[[str, int], torch.nn.Module]:
+        registry = self.manager.registry
+        topology = self.setup.host_family.topology
+        options = self.config.blueprint_options
+
+        def build_seed(blueprint: str, channels: int) -> torch.nn.Module:
+            family = registry.get("seed_families", blueprint)
+            config = options.get(blueprint, family.config_class())
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(derive_seed(env_seed, model_ref[0].germination_count))
+                return family.build(channels, topology, config)
+
+        return build_seed
+
+    def make_envs(self, round_index: int) -> list[Environment]:
+        config = self.config
+        envs = []
+        for env_id in range(config.run.envs):
+            env_seed = derive_seed(config.run.seed, round_index, env_id)
+            host = build_host(self.setup.host_family, config, self.setup.task, seed=env_seed)
+            model_ref: list[MorphogeneticModel] = []
+            model = MorphogeneticModel(
+                host,
+                self.setup.slot_config,
+                topology=self.setup.host_family.topology,
+                blueprints=self.setup.blueprints,
+                build_seed=self._seed_builder(env_seed, model_ref),
+                settings=LifecycleSettings(
+                    embargo_epochs=config.morphogenesis.embargo_epochs,
+                    min_training_epochs=config.morphogenesis.min_training_epochs,
+                ),
+                max_seeds=self.setup.max_seeds,
+                env_id=env_id,
+                emit=self.hub.emit,
+                clock=lambda: self.clock,
+            )
+            model_ref.append(model)
+            envs.append(
+                Environment(
+                    env_id=env_id,
+                    env_seed=env_seed,
+                    model=model,
+                    task=self.setup.task,
+                    training=config.training,
+                    governor=config.governor,
+                    episode_length=config.run.episode_length,
+                    device=self.setup.device,
+                )
+            )
+        return envs
+
+    # -- the loop ----------------------------------------------------------------------------------
+
+    def run(self, start: ResumePoint) -> None:
+        config = self.config
+        self.rounds_completed = start.round
+        for round_index in range(start.round, config.run.rounds):
+            resuming_mid_round = round_index == start.round and start.env_states is not None
+            self.envs = self.make_envs(round_index)
+            first_epoch = 0
+            if resuming_mid_round:
+                for env, state in zip(self.envs, start.env_states):
+                    env.load_state_dict(state)
+                first_epoch = start.epoch
+            else:
+                self.policy.begin_episode(round_index, len(self.envs))
+            for epoch in range(first_epoch, config.run.episode_length):
+                self.run_epoch(round_index, epoch)
+                due = config.run.checkpoint_every > 0 and (epoch + 1) % config.run.checkpoint_every == 0
+                last_epoch = epoch == config.run.episode_length - 1
+                abort = self._abort_due(round_index, epoch)
+                if (due or abort) and not last_epoch:
+                    self.checkpoint(ResumePoint(round_index, epoch + 1, [env.state_dict() for env in self.envs]))
+                if abort and not last_epoch:
+                    raise RunAborted(
+                        f"aborted by [faults] abort at round {round_index} epoch {epoch}; "
+                        f"resume with: esper run --resume {self.run_dir}"
+                    )
+            self.finish_round(round_index)
+            self.rounds_completed = round_index + 1
+            self.checkpoint(ResumePoint(round_index + 1, 0, None))
+            if self._abort_due(round_index, config.run.episode_length - 1) and round_index + 1 < config.run.rounds:
+                raise RunAborted(
+                    f"aborted by [faults] abort at the end of round {round_index}; "
+                    f"resume with: esper run --resume {self.run_dir}"
+                )
+
+    def _abort_due(self, round_index: int, epoch: int) -> bool:
+        abort = self.config.faults.abort
+        return abort is not None and abort.round == round_index and abort.epoch == epoch
+
+    def run_epoch(self, round_index: int, epoch: int) -> None:
+        config = self.config
+        self.clock = (round_index, epoch)
+        for fault in config.faults.host_nan:
+            if fault.round == round_index and fault.epoch == epoch and fault.env < len(self.envs):
+                self.envs[fault.env].inject_nan()
+        self.train_epoch(epoch)
+        results = []
+        for env in self.envs:
+            train_loss = env.finish_training()
+            result = env.validate(config.training.eval_batch_size)
+            verdict = env.governor.verdict(train_loss, result.loss)
+            env.rolled_back = False
+            if verdict is not None:
+                result = self.rollback(env, round_index, epoch, verdict, train_loss, result.loss)
+            elif not env.governor.is_diverging:
+                env.governor.record_healthy(result.loss)
+            env.record_validation(result)
+            if verdict is None and not env.governor.is_diverging:
+                env.governor.take_snapshot(env.model, epoch)
+            results.append((train_loss, result))
+
+        self.pay_rewards(round_index, epoch)
+        if epoch < config.run.episode_length - 1:
+            self.decide(round_index, epoch)
+        for env in self.envs:
+            env.model.tick()
+            env.sync_optimizers()
+        for env, (train_loss, result) in zip(self.envs, results):
+            self.hub.emit(
+                TelemetryEvent(
+                    TelemetryEventType.EPOCH_COMPLETED,
+                    payloads.EpochCompletedPayload(
+                        env_id=env.env_id,
+                        round=round_index,
+                        epoch=epoch,
+                        train_loss=train_loss,
+                        val_loss=result.loss,
+                        val_metric=result.metric,
+                        host_params=self.setup.host_params,
+                        seed_params=env.model.seed_params(),
+                        fossilized_params=env.model.fossilized_params(),
+                        stage_counts=env.model.stage_counts(),
+                        train_seconds=env.train_seconds,
+                        validate_seconds=result.seconds,
+                    ),
+                )
+            )
+
+    def train_epoch(self, epoch: int) -> None:
+        """Every environment steps on batch index b before any steps on b + 1 (inverted control flow)."""
+        training = self.config.training
+        task = self.setup.task
+        batch_size = training.batch_size
+        n_batches = task.info.train_size // batch_size
+        if n_batches == 0:
+            raise ConfigError(
+                [f"[training] batch_size {batch_size} exceeds the {task.info.train_size} training samples"]
+            )
+        if training.batches_per_epoch:
+            n_batches = min(n_batches, training.batches_per_epoch)
+        orders = []
+        for env in self.envs:
+            env.set_epoch(epoch)
+            env.begin_training()
+            orders.append(task.epoch_order(env.generator))
+        for batch_index in range(n_batches):
+            start = batch_index * batch_size
+            last = batch_index == n_batches - 1
+            for env, order in zip(self.envs, orders):
+                inputs, targets = task.train_batch(order[start : start + batch_size], env.generator)
+                env.train_step(inputs, targets, measure_gradients=last)
+
+    def rollback(self, env: Environment, round_index: int, epoch: int, reason: str, train_loss: float, val_loss: float):
+        restored_epoch = env.governor.restore(env.model)
+        pruned = []
+        for slot in env.model.live_seed_slots():
+            slot.prune(epochs=0, curve=slot.planned_curve, reason="governor_rollback")
+            pruned.append(slot.slot_id)
+        env.build_optimizers()
+        env.set_epoch(epoch)
+        env.rolled_back = True
+        self.hub.emit(
+            TelemetryEvent(
+                TelemetryEventType.GOVERNOR_ROLLBACK,
+                payloads.GovernorRollbackPayload(
+                    env_id=env.env_id, round=round_index, epoch=epoch, reason=reason,
+                    loss=val_loss if val_loss == val_loss else train_loss,
+                    restored_epoch=restored_epoch, pruned_slots=tuple(pruned),
+                ),
+            )
+        )
+        return env.validate(self.config.training.eval_batch_size)
+
+    def observations(self, round_index: int, epoch: int) -> list[EnvObservation]:
+        config = self.config
+        return [
+            EnvObservation(
+                env_id=env.env_id,
+                round=round_index,
+                epoch=epoch,
+                episode_length=config.run.episode_length,
+                val_metric=env.metric_history[-1],
+                val_loss=env.loss_history[-1],
+                train_loss=env.train_loss_history[-1],
+                metric_history=tuple(env.metric_history),
+                loss_history=tuple(env.loss_history),
+                host_params=self.setup.host_params,
+                slots=env.model.reports(),
+                blueprints=self.setup.blueprints,
+                max_seeds=self.setup.max_seeds,
+                last_action=env.last_action,
+                last_action_success=env.last_action_success,
+                rolled_back=env.rolled_back,
+            )
+            for env in self.envs
+        ]
+
+    def decide(self, round_index: int, epoch: int) -> None:
+        observations = self.observations(round_index, epoch)
+        masks = compute_masks(
+            [observation.slots for observation in observations],
+            num_blueprints=len(self.setup.blueprints),
+            max_seeds=self.setup.max_seeds,
+            blueprint_allowed=self.setup.blueprint_allowed,
+        )
+        actions = self.policy.act(observations, masks)
+        if len(actions) != len(self.envs):
+            raise RuntimeError(
+                f"policy '{self.config.policy.name}' returned {len(actions)} actions for {len(self.envs)} environments"
+            )
+        for env, action, observation in zip(self.envs, actions, observations):
+            if not isinstance(action, FactoredAction):
+                raise RuntimeError(f"policy '{self.config.policy.name}' returned {action!r}, not a FactoredAction")
+            if masks.allows(env.env_id, action):
+                result = env.model.apply(action, metric_now=observation.val_metric)
+            else:
+                result = None
+            success = result is not None and result.success
+            reason = "masked: executed as WAIT" if result is None else result.reason
+            env.sync_optimizers()
+            env.last_action = action
+            env.last_action_success = success
+            env.pending = PendingDecision(action=action, success=success, metric_at_decision=observation.val_metric)
+            self.hub.emit(
+                TelemetryEvent(
+                    TelemetryEventType.ACTION_TAKEN,
+                    payloads.ActionTakenPayload(
+                        env_id=env.env_id, round=round_index, epoch=epoch,
+                        action=action.describe(self.setup.slot_config.slot_ids, self.setup.blueprints),
+                        success=success, reason=reason,
+                    ),
+                )
+            )
+
+    def pay_rewards(self, round_index: int, epoch: int) -> None:
+        """Reward each environment's previous decision with what this epoch's validation measured."""
+        pending = [env.pending for env in self.envs]
+        if all(decision is None for decision in pending):
+            return
+        if any(decision is None for decision in pending):
+            raise RuntimeError("environments disagree on whether a decision is pending")
+        terminal = epoch == self.config.run.episode_length - 1
+        rewards = []
+        for env, decision in zip(self.envs, pending):
+            breakdown = self.reward.compute(
+                RewardSignals(
+                    env_id=env.env_id,
+                    epoch=epoch,
+                    episode_length=self.config.run.episode_length,
+                    action=decision.action,
+                    action_success=decision.success,
+                    metric=env.metric_history[-1],
+                    previous_metric=decision.metric_at_decision,
+                    host_params=self.setup.host_params,
+                    effective_seed_params=env.model.effective_seed_params(),
+                    slots=env.model.reports(),
+                    terminal=terminal,
+                    rolled_back=env.rolled_back,
+                )
+            )
+            rewards.append(breakdown.total)
+            env.pending = None
+            self.hub.emit(
+                TelemetryEvent(
+                    TelemetryEventType.REWARD_COMPUTED,
+                    payloads.RewardComputedPayload(
+                        env_id=env.env_id, round=round_index, epoch=epoch,
+                        reward=breakdown.total, components=breakdown.components,
+                    ),
+                )
+            )
+        self.policy.record(rewards, terminal)
+
+    def finish_round(self, round_index: int) -> None:
+        metrics = self.policy.end_episode(round_index)
+        if metrics:
+            self.hub.emit(
+                TelemetryEvent(
+                    TelemetryEventType.POLICY_UPDATED,
+                    payloads.PolicyUpdatedPayload(round=round_index, metrics=dict(metrics)),
+                )
+            )
+        self.hub.emit(
+            TelemetryEvent(
+                TelemetryEventType.ROUND_COMPLETED,
+                payloads.RoundCompletedPayload(
+                    round=round_index,
+                    final_metrics=tuple(env.metric_history[-1] for env in self.envs),
+                    final_params=tuple(
+                        self.setup.host_params + env.model.seed_params() + env.model.fossilized_params()
+                        for env in self.envs
+                    ),
+                ),
+            )
+        )
+
+    # -- checkpoints -------------------------------------------------------------------------------
+
+    def checkpoint(self, point: ResumePoint) -> None:
+        self.hub.flush()
+        state = {
+            "round": point.round,
+            "epoch": point.epoch,
+            "env_states": point.env_states,
+            "events_bytes": self.hub.record_bytes(),
+            "events_count": self.hub.count,
+            "policy": self.policy.state_dict(),
+            "rng": rng_state(),
+        }
+        directory = self.run_dir / CHECKPOINT_DIR
+        save_checkpoint(directory / LATEST_CHECKPOINT, state)
+        if point.env_states is None:
+            save_checkpoint(directory / f"round_{point.round:04d}.pt", state)
+
+
+# --------------------------------------------------------------------------------------------------
+# starting and resuming runs
+
+
+def _build_sinks(config: RunConfig, manager: PluginManager, context: SinkContext) -> dict[str, Any]:
+    sinks = {}
+    for name, options in config.sinks.items():
+        kind = manager.lookup("telemetry_sinks", name)
+        sinks[name] = kind.build(options, context)
+    return sinks
+
+
+def _build_policy_and_reward(setup: RunSetup, manager: PluginManager) -> tuple[Controller, RewardFunction]:
+    config = setup.config
+    policy_kind = manager.lookup("policies", config.policy.name)
+    policy = policy_kind.build(
+        config.policy.options,
+        PolicyContext(
+            slot_config=setup.slot_config,
+            blueprints=setup.blueprints,
+            surface_codes=setup.surface_codes,
+            n_envs=config.run.envs,
+            episode_length=config.run.episode_length,
+            max_seeds=setup.max_seeds,
+            task_info=setup.task.info,
+            device=setup.device,
+            seed=config.run.seed,
+        ),
+    )
+    reward_kind = manager.lookup("rewards", config.reward.name)
+    reward = reward_kind.build(
+        config.reward.options,
+        RewardContext(
+            episode_length=config.run.episode_length,
+            host_params=setup.host_params,
+            metric_name=setup.task.info.metric_name,
+        ),
+    )
+    return policy, reward
+
+
+def _execute(engine: Engine, start: ResumePoint, hub: TelemetryHub, run_dir: Path) -> Path:
+    status, error = "completed", None
+    try:
+        engine.run(start)
+    except RunAborted as exc:
+        status, error = "aborted", str(exc)
+        raise
+    except KeyboardInterrupt:
+        status, error = "aborted", f"interrupted; resume with: esper run --resume {run_dir}"
+        raise
+    except BaseException as exc:
+        status, error = "failed", f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        hub.emit(
+            TelemetryEvent(
+                TelemetryEventType.RUN_FINISHED,
+                payloads.RunFinishedPayload(
+                    status=status,
+                    rounds_completed=engine.rounds_completed,
+                    wall_seconds=time.perf_counter() - engine.started,
+                    error=error,
+                ),
+            )
+        )
+        hub.close()
+        write_json(run_dir / SUMMARY_FILE, summarize_run(run_dir))
+    return run_dir
+
+
+def start_run(config: RunConfig, manager: PluginManager, *, on_run_dir: Callable[[Path], None] | None = None) -> Path:
+    """Build everything from ``config``, create a fresh run directory, and run to the end."""
+    if config.run.torch_threads is not None:
+        torch.set_num_threads(config.run.torch_threads)
+    seed_everything(config.run.seed)
+    setup = prepare(config, manager)
+    run_dir = create_run_dir(Path(config.run.output_dir), config.task.name, config.run.name, config.run.seed)
+    if on_run_dir is not None:
+        on_run_dir(run_dir)
+    write_config(config, run_dir / CONFIG_FILE)
+    write_json(
+        run_dir / ENVIRONMENT_FILE,
+        environment_record(config.run.seed, distribution_versions(manager), str(setup.device)),
+    )
+    policy, reward = _build_policy_and_reward(setup, manager)
+    context = SinkContext(
+        run_dir=run_dir, run_name=config.run.name, rounds=config.run.rounds,
+        envs=config.run.envs, episode_length=config.run.episode_length,
+    )
+    hub = TelemetryHub(run_dir / EVENTS_FILE, _build_sinks(config, manager, context))
+    engine = Engine(setup, manager, run_dir, hub, policy, reward)
+    hub.emit(
+        TelemetryEvent(
+            TelemetryEventType.RUN_STARTED,
+            payloads.RunStartedPayload(
+                run_name=config.run.name, run_dir=str(run_dir), task=config.task.name,
+                host=config.host.name, policy=config.policy.name, reward=config.reward.name,
+                seed=config.run.seed, rounds=config.run.rounds, envs=config.run.envs,
+                episode_length=config.run.episode_length, slots=setup.slot_config.slot_ids,
+                blueprints=setup.blueprints, host_params=setup.host_params, device=str(setup.device),
+            ),
+        )
+    )
+    return _execute(engine, ResumePoint(0, 0, None), hub, run_dir)
+
+
+def resume_run(run_dir: Path, manager: PluginManager) -> Path:
+    """Continue a killed or aborted run from its latest checkpoint; the result equals an uninterrupted run."""
+    from esper_core.config import load_config
+
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG_FILE).exists():
+        raise CheckpointError(f"'{run_dir}' is not an Esper run directory (no {CONFIG_FILE})")
+    config = load_config(run_dir / CONFIG_FILE, manager)
+    checkpoint = load_checkpoint(run_dir / CHECKPOINT_DIR / LATEST_CHECKPOINT)
+    if checkpoint["round"] >= config.run.rounds:
+        raise CheckpointError(f"run '{run_dir}' already finished all {config.run.rounds} rounds; nothing to resume")
+    if config.run.torch_threads is not None:
+        torch.set_num_threads(config.run.torch_threads)
+    seed_everything(config.run.seed)
+    setup = prepare(config, manager)
+    discarded = _truncate_events(run_dir, checkpoint["events_bytes"])
+    policy, reward = _build_policy_and_reward(setup, manager)
+    policy.load_state_dict(checkpoint["policy"])
+    context = SinkContext(
+        run_dir=run_dir, run_name=config.run.name, rounds=config.run.rounds,
+        envs=config.run.envs, episode_length=config.run.episode_length, start_round=checkpoint["round"],
+    )
+    hub = TelemetryHub(run_dir / EVENTS_FILE, _build_sinks(config, manager, context))
+    hub.count = checkpoint["events_count"]
+    engine = Engine(setup, manager, run_dir, hub, policy, reward)
+    hub.emit(
+        TelemetryEvent(
+            TelemetryEventType.RUN_RESUMED,
+            payloads.RunResumedPayload(round=checkpoint["round"], epoch=checkpoint["epoch"], discarded_events=discarded),
+        )
+    )
+    set_rng_state(checkpoint["rng"])
+    start = ResumePoint(checkpoint["round"], checkpoint["epoch"], checkpoint["env_states"])
+    return _execute(engine, start, hub, run_dir)
+
+
+def _truncate_events(run_dir: Path, offset: int) -> int:
+    """Cut ``events.jsonl`` back to the checkpoint; the cut lines are kept in ``events.discarded.jsonl``."""
+    path = run_dir / EVENTS_FILE
+    with open(path, "rb") as handle:
+        data = handle.read()
+    tail = data[offset:]
+    if tail:
+        with open(run_dir / DISCARDED_EVENTS_FILE, "ab") as handle:
+            handle.write(tail if tail.endswith(b"\n") else tail + b"\n")
+        with open(path, "r+b") as handle:
+            handle.truncate(offset)
+    return tail.count(b"\n") + (0 if not tail or tail.endswith(b"\n") else 1)

@@ -1,0 +1,281 @@
+"""One training environment: a morphogenetic model, its optimizers, its data order and its governor."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import attrs
+import torch
+
+from esper_core.config import GovernorSection, TrainingSection
+from esper_core.kasmina import MorphogeneticModel
+from esper_core.leyline import FactoredAction
+from esper_core.tasks import Task
+from esper_core.tolaria.governor import Governor
+
+
+@attrs.frozen
+class ValidationResult:
+    """One validation pass: the full model's metric and loss plus each blended seed's contribution."""
+
+    metric: float
+    loss: float
+    contributions: dict[str, float]
+    seconds: float
+
+
+@attrs.frozen
+class PendingDecision:
+    """A decision whose reward is paid after the next epoch's validation."""
+
+    action: FactoredAction
+    success: bool
+    metric_at_decision: float
+
+
+class Environment:
+    """Trains one model on its own data order; Tolaria steps every environment on each batch index."""
+
+    def __init__(
+        self,
+        *,
+        env_id: int,
+        env_seed: int,
+        model: MorphogeneticModel,
+        task: Task,
+        training: TrainingSection,
+        governor: GovernorSection,
+        episode_length: int,
+        device: torch.device,
+    ) -> None:
+        self.env_id = env_id
+        self.env_seed = env_seed
+        self.model = model.to(device)
+        self.task = task
+        self.training = training
+        self.episode_length = episode_length
+        self.device = device
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(env_seed)
+        self.governor = Governor(governor)
+        self.metric_history: list[float] = []
+        self.loss_history: list[float] = []
+        self.train_loss_history: list[float] = []
+        self.last_action: FactoredAction | None = None
+        self.last_action_success = True
+        self.pending: PendingDecision | None = None
+        self.rolled_back = False
+        self.train_seconds = 0.0
+        self._lr_factor = 1.0
+        self.build_optimizers()
+        self.governor.take_snapshot(self.model, epoch=-1)
+
+    # -- optimizers --------------------------------------------------------------------------------
+
+    def _sgd(self, params: list[torch.nn.Parameter], lr: float) -> torch.optim.SGD:
+        return torch.optim.SGD(
+            params, lr=lr, momentum=self.training.momentum, weight_decay=self.training.weight_decay
+        )
+
+    def build_optimizers(self) -> None:
+        """Fresh optimizers: host params (+ fossilized seeds, in fossilization order) and one per live seed."""
+        self.host_optimizer = self._sgd(list(self.model.host.parameters()), self.training.host_lr * self._lr_factor)
+        self.host_groups: list[str] = []
+        self.seed_optimizers: dict[str, torch.optim.SGD] = {}
+        self.sync_optimizers()
+
+    def sync_optimizers(self) -> None:
+        """Follow lifecycle changes: fossilized seeds join the host optimizer, pruned seeds' optimizers go."""
+        for slot_id in self.model.fossilization_order:
+            slot = self.model.slots[slot_id]
+            if slot.seed_id not in self.host_groups:
+                self.host_optimizer.add_param_group(
+                    {"params": slot.seed_parameters(), "lr": self.training.host_lr * self._lr_factor}
+                )
+                self.host_groups.append(slot.seed_id)
+                self.seed_optimizers.pop(slot.seed_id, None)
+        live = {slot.seed_id: slot for slot in self.model.live_seed_slots()}
+        for seed_id in list(self.seed_optimizers):
+            if seed_id not in live:
+                del self.seed_optimizers[seed_id]
+        for seed_id, slot in live.items():
+            if seed_id not in self.seed_optimizers:
+                self.seed_optimizers[seed_id] = self._sgd(slot.seed_parameters(), self.training.seed_lr * self._lr_factor)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Apply the learning-rate schedule for ``epoch`` to every optimizer."""
+        if self.training.lr_schedule == "cosine":
+            self._lr_factor = 0.5 * (1.0 + math.cos(math.pi * epoch / self.episode_length))
+        else:
+            self._lr_factor = 1.0
+        for group in self.host_optimizer.param_groups:
+            group["lr"] = self.training.host_lr * self._lr_factor
+        for optimizer in self.seed_optimizers.values():
+            for group in optimizer.param_groups:
+                group["lr"] = self.training.seed_lr * self._lr_factor
+
+    # -- training ----------------------------------------------------------------------------------
+
+    def begin_training(self) -> None:
+        self.model.train()
+        self._loss_sum = torch.zeros((), device=self.device)
+        self._steps = 0
+        self._grad_norms: torch.Tensor | None = None
+        self._grad_slots: list[str] = []
+        self.train_seconds = 0.0
+
+    def train_step(self, inputs: torch.Tensor, targets: torch.Tensor, *, measure_gradients: bool) -> None:
+        started = time.perf_counter()
+        output = self.model(inputs)
+        loss = self.task.loss(output, targets)
+        self.host_optimizer.zero_grad(set_to_none=True)
+        for optimizer in self.seed_optimizers.values():
+            optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if measure_gradients:
+            self._measure_gradients()
+        self.host_optimizer.step()
+        for optimizer in self.seed_optimizers.values():
+            optimizer.step()
+        self._loss_sum += loss.detach()
+        self._steps += 1
+        self.train_seconds += time.perf_counter() - started
+
+    def _measure_gradients(self) -> None:
+        norms = [_grad_norm(self.model.host.parameters(), self.device)]
+        self._grad_slots = []
+        for slot in self.model.live_seed_slots():
+            norms.append(_grad_norm(slot.seed_parameters(), self.device))
+            self._grad_slots.append(slot.slot_id)
+        self._grad_norms = torch.stack(norms)
+
+    def finish_training(self) -> float:
+        """The epoch's mean training loss (one device sync) and gradient health written to the slots."""
+        if self._steps == 0:
+            raise RuntimeError(f"environment {self.env_id} trained no batches this epoch")
+        train_loss = float(self._loss_sum) / self._steps
+        if self._grad_norms is not None:
+            values = self._grad_norms.tolist()
+            host_norm = values[0]
+            for slot_id, seed_norm in zip(self._grad_slots, values[1:]):
+                self.model.slots[slot_id].record_gradients(seed_norm, host_norm)
+        self.train_loss_history.append(train_loss)
+        return train_loss
+
+    # -- validation --------------------------------------------------------------------------------
+
+    def validate(self, batch_size: int) -> ValidationResult:
+        """Full-model metric and loss on the fixed validation set, and each blended seed's
+        counterfactual contribution (metric with it minus metric with its alpha forced to 0),
+        all in one batched pass per validation batch."""
+        started = time.perf_counter()
+        self.model.eval()
+        ablate = self.model.ablatable_slots()
+        variants = 1 + len(ablate)
+        loss_sums = torch.zeros(variants, device=self.device)
+        metric_sums = torch.zeros(variants, device=self.device)
+        count = 0
+        with torch.no_grad():
+            for inputs, targets in self.task.validation_batches(batch_size):
+                if ablate:
+                    outputs = self.model.forward_with_ablations(inputs, ablate)
+                else:
+                    outputs = self.model(inputs).unsqueeze(0)
+                batch_loss, batch_metric = self.task.score(outputs, targets)
+                loss_sums += batch_loss
+                metric_sums += batch_metric
+                count += int(targets.shape[0])
+        losses = (loss_sums / count).tolist()
+        metrics = (metric_sums / count).tolist()
+        contributions = {slot_id: metrics[0] - metrics[k + 1] for k, slot_id in enumerate(ablate)}
+        return ValidationResult(
+            metric=metrics[0], loss=losses[0], contributions=contributions, seconds=time.perf_counter() - started
+        )
+
+    def record_validation(self, result: ValidationResult) -> None:
+        self.metric_history.append(result.metric)
+        self.loss_history.append(result.loss)
+        for slot_id in self.model.slot_ids:
+            self.model.slots[slot_id].record_validation(result.metric, result.contributions.get(slot_id))
+
+    # -- governor ----------------------------------------------------------------------------------
+
+    def inject_nan(self) -> None:
+        """Fault injection: fill the host's first parameter with NaN."""
+        with torch.no_grad():
+            next(self.model.host.parameters()).fill_(float("nan"))
+
+    # -- checkpointing -----------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "env_id": self.env_id,
+            "env_seed": self.env_seed,
+            "model_lifecycle": self.model.lifecycle_state(),
+            "model_weights": self.model.state_dict(),
+            "host_optimizer": self.host_optimizer.state_dict(),
+            "host_groups": list(self.host_groups),
+            "seed_optimizers": {seed_id: opt.state_dict() for seed_id, opt in self.seed_optimizers.items()},
+            "lr_factor": self._lr_factor,
+            "generator": self.generator.get_state(),
+            "governor": self.governor.state_dict(),
+            "metric_history": list(self.metric_history),
+            "loss_history": list(self.loss_history),
+            "train_loss_history": list(self.train_loss_history),
+            "last_action": None if self.last_action is None else self.last_action.head_values(),
+            "last_action_success": self.last_action_success,
+            "pending": None
+            if self.pending is None
+            else {
+                "action": self.pending.action.head_values(),
+                "success": self.pending.success,
+                "metric_at_decision": self.pending.metric_at_decision,
+            },
+            "rolled_back": self.rolled_back,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["env_id"] != self.env_id or state["env_seed"] != self.env_seed:
+            raise ValueError(f"checkpoint is for env {state['env_id']} seed {state['env_seed']}")
+        self.model.load_lifecycle_state(state["model_lifecycle"])
+        self.model.to(self.device)
+        self.model.load_state_dict(state["model_weights"])
+        self._lr_factor = state["lr_factor"]
+        self.host_optimizer = self._sgd(list(self.model.host.parameters()), self.training.host_lr * self._lr_factor)
+        self.host_groups = []
+        self.seed_optimizers = {}
+        self.sync_optimizers()
+        if self.host_groups != state["host_groups"]:
+            raise ValueError(f"fossilized seeds {self.host_groups} differ from checkpoint {state['host_groups']}")
+        self.host_optimizer.load_state_dict(state["host_optimizer"])
+        if set(self.seed_optimizers) != set(state["seed_optimizers"]):
+            raise ValueError("live seeds differ from the checkpoint's seed optimizers")
+        for seed_id, optimizer_state in state["seed_optimizers"].items():
+            self.seed_optimizers[seed_id].load_state_dict(optimizer_state)
+        self.generator.set_state(state["generator"])
+        self.governor.load_state_dict(state["governor"])
+        self.metric_history = list(state["metric_history"])
+        self.loss_history = list(state["loss_history"])
+        self.train_loss_history = list(state["train_loss_history"])
+        self.last_action = None if state["last_action"] is None else FactoredAction(**state["last_action"])
+        self.last_action_success = state["last_action_success"]
+        pending = state["pending"]
+        self.pending = (
+            None
+            if pending is None
+            else PendingDecision(
+                action=FactoredAction(**pending["action"]),
+                success=pending["success"],
+                metric_at_decision=pending["metric_at_decision"],
+            )
+        )
+        self.rolled_back = state["rolled_back"]
+
+
+def _grad_norm(parameters: Any, device: torch.device) -> torch.Tensor:
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return torch.zeros((), device=device)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))

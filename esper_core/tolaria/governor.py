@@ -1,0 +1,88 @@
+"""The governor: snapshots a healthy model and decides when an environment must roll back to it."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Any
+
+import torch
+
+from esper_core.config import GovernorSection
+from esper_core.kasmina import MorphogeneticModel
+
+_HISTORY = 5
+
+
+class Governor:
+    """Watches one environment's losses. Non-finite train or validation loss rolls back at once;
+    a validation loss above ``divergence_factor`` times the best of the last few healthy epochs for
+    ``patience`` consecutive epochs rolls back too. Snapshots are taken after healthy epochs only."""
+
+    def __init__(self, config: GovernorSection) -> None:
+        self.config = config
+        self.healthy_losses: deque[float] = deque(maxlen=_HISTORY)
+        self.divergent_streak = 0
+        self.snapshot_weights: dict[str, torch.Tensor] | None = None
+        self.snapshot_lifecycle: dict[str, Any] | None = None
+        self.snapshot_epoch = -1
+        self.rollbacks = 0
+
+    def verdict(self, train_loss: float, val_loss: float) -> str | None:
+        """The reason to roll back now, or None when the epoch is healthy (updates the streak)."""
+        if not self.config.enabled:
+            return None
+        if not math.isfinite(train_loss) or not math.isfinite(val_loss):
+            return f"non-finite loss (train {train_loss}, validation {val_loss})"
+        if self.healthy_losses:
+            best = min(self.healthy_losses)
+            if val_loss > self.config.divergence_factor * best:
+                self.divergent_streak += 1
+                if self.divergent_streak >= self.config.patience:
+                    return (
+                        f"validation loss {val_loss:.4g} above {self.config.divergence_factor}x the recent best "
+                        f"{best:.4g} for {self.divergent_streak} epochs"
+                    )
+                return None
+        self.divergent_streak = 0
+        return None
+
+    @property
+    def is_diverging(self) -> bool:
+        return self.divergent_streak > 0
+
+    def record_healthy(self, val_loss: float) -> None:
+        self.healthy_losses.append(val_loss)
+
+    def take_snapshot(self, model: MorphogeneticModel, epoch: int) -> None:
+        self.snapshot_weights = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+        self.snapshot_lifecycle = model.lifecycle_state()
+        self.snapshot_epoch = epoch
+
+    def restore(self, model: MorphogeneticModel) -> int:
+        """Put ``model`` back to the snapshot (weights and lifecycle); returns the snapshot's epoch."""
+        if self.snapshot_weights is None or self.snapshot_lifecycle is None:
+            raise RuntimeError("governor has no snapshot to roll back to (one is taken before training starts)")
+        model.load_lifecycle_state(self.snapshot_lifecycle)
+        model.load_state_dict(self.snapshot_weights)
+        self.rollbacks += 1
+        self.divergent_streak = 0
+        return self.snapshot_epoch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "healthy_losses": list(self.healthy_losses),
+            "divergent_streak": self.divergent_streak,
+            "snapshot_weights": self.snapshot_weights,
+            "snapshot_lifecycle": self.snapshot_lifecycle,
+            "snapshot_epoch": self.snapshot_epoch,
+            "rollbacks": self.rollbacks,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.healthy_losses = deque(state["healthy_losses"], maxlen=_HISTORY)
+        self.divergent_streak = state["divergent_streak"]
+        self.snapshot_weights = state["snapshot_weights"]
+        self.snapshot_lifecycle = state["snapshot_lifecycle"]
+        self.snapshot_epoch = state["snapshot_epoch"]
+        self.rollbacks = state["rollbacks"]

@@ -1,0 +1,86 @@
+"""The esper-cnn plugin module (entry point `cnn`): registers the `cnn` host and seven image seed families."""
+
+from __future__ import annotations
+
+from esper_core.hookspecs import Register, hookimpl
+from esper_core.registry import HostFamily, SeedFamily
+
+from esper_cnn import seeds
+from esper_cnn.host import TOPOLOGY, CNNHostConfig, build_cnn_host
+
+
+@hookimpl
+def esper_register_hosts(register: Register) -> None:
+    register(
+        HostFamily(
+            name="cnn",
+            build=build_cnn_host,
+            topology=TOPOLOGY,
+            config_class=CNNHostConfig,
+            description="conv blocks (conv3x3-BN-ReLU, optional max-pool) with a slot after each block",
+        )
+    )
+
+
+@hookimpl
+def esper_register_seed_families(register: Register) -> None:
+    image = (seeds.TOPOLOGY,)
+    register(
+        SeedFamily(
+            name="norm",
+            build=seeds.build_norm,
+            topologies=image,
+            description="x + BatchNorm(x), affine weight and bias zero at birth",
+        )
+    )
+    register(
+        SeedFamily(
+            name="attention",
+            build=seeds.build_attention,
+            topologies=image,
+            config_class=seeds.AttentionSeedConfig,
+            description="squeeze-excitation channel gain x * (1 + tanh(excite(pool(x)))), gain 1 at birth",
+        )
+    )
+    register(
+        SeedFamily(
+            name="depthwise",
+            build=seeds.build_depthwise,
+            topologies=image,
+            description="depthwise 3x3 conv-BN-ReLU + zero-initialised pointwise 1x1, residual",
+        )
+    )
+    register(
+        SeedFamily(
+            name="bottleneck",
+            build=seeds.build_bottleneck,
+            topologies=image,
+            config_class=seeds.BottleneckSeedConfig,
+            description="1x1 reduce -> 3x3 -> zero-initialised 1x1 expand, residual",
+        )
+    )
+    register(
+        SeedFamily(
+            name="conv_small",
+            build=seeds.build_conv_small,
+            topologies=image,
+            config_class=seeds.ConvSmallSeedConfig,
+            description="one narrow 3x3 conv-BN-ReLU + zero-initialised 1x1 projection, residual",
+        )
+    )
+    register(
+        SeedFamily(
+            name="conv_light",
+            build=seeds.build_conv_light,
+            topologies=image,
+            description="one full-width 3x3 conv-BN-ReLU + zero-initialised 1x1 projection, residual",
+        )
+    )
+    register(
+        SeedFamily(
+            name="conv_heavy",
+            build=seeds.build_conv_heavy,
+            topologies=image,
+            description="two full-width 3x3 conv-BN-ReLU stages + zero-initialised 1x1 projection, residual",
+        )
+    )
