@@ -193,13 +193,14 @@ class SeedSlot(nn.Module):
         return OK
 
     def advance(self) -> OpResult:
-        """ADVANCE: TRAINING -> BLENDING through gate G1 (incubation long enough, gradients healthy)."""
+        """ADVANCE: TRAINING -> BLENDING through gate G1: at least ``min_training_epochs`` epochs since
+        germination (the GERMINATED epoch counts: the seed incubates in it) and finite seed gradients."""
         if self.stage is not SeedStage.TRAINING:
             return OpResult(False, f"slot {self.slot_id} is {self.stage.name}; ADVANCE needs TRAINING")
-        if self.epochs_in_stage < self.settings.min_training_epochs:
+        if self.seed_age < self.settings.min_training_epochs:
             return OpResult(
                 False,
-                f"gate G1: {self.epochs_in_stage} of {self.settings.min_training_epochs} incubation epochs",
+                f"gate G1: {self.seed_age} of {self.settings.min_training_epochs} incubation epochs",
             )
         if not self.grad_finite:
             return OpResult(False, "gate G1: seed gradients are not finite")

@@ -1,0 +1,344 @@
+"""Kasmina: lifecycle transitions, embargo, gradient isolation, blending, fossilization and ablations."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from esper_core.errors import LifecycleError
+from esper_core.kasmina import AlphaSchedule, curve_value
+from esper_core.leyline import (
+    TRANSITIONS,
+    AlphaCurve,
+    AlphaSpeed,
+    AlphaTarget,
+    BlendStyle,
+    FactoredAction,
+    LifecycleOp,
+    SeedStage,
+    TelemetryEventType,
+    Tempo,
+    check_transition,
+)
+from esper_core.tamiyo import compute_masks
+from tests.conftest import make_model, make_slot
+
+
+def germinate(slot, *, style=BlendStyle.ADD, target=1.0, blend_epochs=2, curve=AlphaCurve.LINEAR):
+    return slot.germinate(
+        seed_id="s", blueprint="toy_conv", style=style, blend_epochs=blend_epochs,
+        alpha_target=target, alpha_curve=curve, metric_now=0.5,
+    )
+
+
+def grow_to_holding(slot, *, target=1.0, blend_epochs=2):
+    assert germinate(slot, target=target, blend_epochs=blend_epochs).success
+    slot.tick()  # GERMINATED -> TRAINING
+    slot.tick()  # one incubation epoch
+    assert slot.advance().success
+    while slot.stage is SeedStage.BLENDING:
+        slot.tick()
+    assert slot.stage is SeedStage.HOLDING
+
+
+# -- transition table -----------------------------------------------------------------------------
+
+
+def test_check_transition_rejects_moves_outside_the_table():
+    check_transition(SeedStage.DORMANT, SeedStage.GERMINATED, slot_id="r0c0")
+    with pytest.raises(LifecycleError, match="DORMANT -> FOSSILIZED"):
+        check_transition(SeedStage.DORMANT, SeedStage.FOSSILIZED, slot_id="r0c0")
+    assert TRANSITIONS[SeedStage.FOSSILIZED] == frozenset()
+
+
+OPS = st.sampled_from(["germinate", "advance", "alpha", "prune_now", "prune_slow", "fossilize", "tick", "tick", "tick"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(ops=st.lists(OPS, min_size=1, max_size=60), embargo=st.integers(min_value=0, max_value=4),
+       target=st.sampled_from([0.5, 0.75, 1.0]))
+def test_random_op_sequences_stay_in_the_transition_table_and_embargo_is_exact(ops, embargo, target):
+    events = []
+    slot = make_slot(embargo=embargo, min_training=1, events=events)
+    embargo_ticks = None
+    embargo_lengths = []
+    for op in ops:
+        before = slot.stage
+        if op == "germinate":
+            result = germinate(slot, target=target)
+        elif op == "advance":
+            result = slot.advance()
+        elif op == "alpha":
+            result = slot.set_alpha_target(1.0 if slot.alpha < 1.0 else 0.5, epochs=1, curve=AlphaCurve.COSINE)
+        elif op == "prune_now":
+            result = slot.prune(epochs=0, curve=AlphaCurve.LINEAR, reason="test")
+        elif op == "prune_slow":
+            result = slot.prune(epochs=2, curve=AlphaCurve.SIGMOID, reason="test")
+        elif op == "fossilize":
+            result = slot.fossilize()
+        else:
+            slot.tick()
+            if slot.stage is SeedStage.EMBARGOED:
+                embargo_ticks = (embargo_ticks or 0) + 1
+            elif embargo_ticks is not None:
+                embargo_lengths.append(embargo_ticks)
+                embargo_ticks = None
+            continue
+        if not result.success:
+            assert slot.stage is before, f"failed {op} changed the stage"
+        assert 0.0 <= slot.alpha <= 1.0
+    for event in events:
+        if event.event_type is TelemetryEventType.SEED_STAGE_CHANGED:
+            assert event.payload.to_stage in TRANSITIONS[event.payload.from_stage]
+    assert all(length == embargo for length in embargo_lengths)
+    if embargo == 0:
+        assert not any(e.payload.to_stage is SeedStage.EMBARGOED for e in events
+                       if e.event_type is TelemetryEventType.SEED_STAGE_CHANGED)
+
+
+def test_embargo_then_resetting_then_dormant():
+    slot = make_slot(embargo=3)
+    assert germinate(slot).success
+    assert slot.prune(epochs=0, curve=AlphaCurve.LINEAR, reason="test").success
+    assert slot.stage is SeedStage.PRUNED and slot.seed is None
+    stages = []
+    for _ in range(6):
+        slot.tick()
+        stages.append(slot.stage)
+    assert stages == [SeedStage.EMBARGOED] * 3 + [SeedStage.RESETTING, SeedStage.DORMANT, SeedStage.DORMANT]
+    assert germinate(slot).success
+
+
+# -- gradient isolation ---------------------------------------------------------------------------
+
+
+def test_training_stage_output_and_host_gradients_equal_the_model_without_the_seed():
+    model = make_model(seed=1)
+    bare = copy.deepcopy(model)
+    slot = model.slots["r0c1"]
+    assert germinate(slot).success
+    slot.tick()
+    assert slot.stage is SeedStage.TRAINING
+    with torch.no_grad():  # make the seed non-trivial so that leaking it would show
+        for p in slot.seed.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    x = torch.randn(5, 1, 6, 6, generator=torch.Generator().manual_seed(3))
+    y_seed = model(x)
+    y_bare = bare(x)
+    assert torch.equal(y_seed, y_bare)
+    y_seed.square().sum().backward()
+    y_bare.square().sum().backward()
+    for (name, p_seed), (_, p_bare) in zip(model.host.named_parameters(), bare.host.named_parameters()):
+        assert torch.equal(p_seed.grad, p_bare.grad), name
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in slot.seed.parameters())
+
+
+def test_host_upstream_of_a_fossilized_seed_still_learns():
+    model = make_model(seed=2)
+    slot = model.slots["r0c2"]
+    grow_to_holding(slot)
+    assert slot.fossilize().success and slot.alpha == 1.0
+    upstream = [p.detach().clone() for p in model.host.blocks[0].parameters()]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(8, 1, 6, 6, generator=torch.Generator().manual_seed(4))
+    target = torch.tensor([0, 1] * 4)
+    for _ in range(3):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), target).backward()
+        assert model.host.blocks[0][0].weight.grad.abs().sum() > 0
+        optimizer.step()
+    assert any(not torch.equal(before, after) for before, after in zip(upstream, model.host.blocks[0].parameters()))
+
+
+def test_fossilized_seed_is_a_trainable_part_of_the_model():
+    model = make_model(seed=3)
+    slot = model.slots["r0c0"]
+    grow_to_holding(slot)
+    slot.fossilize()
+    assert all(p.requires_grad for p in slot.seed.parameters())
+    names = [name for name, _ in model.named_parameters()]
+    assert any(name.startswith("slots.r0c0.seed.") for name in names)
+
+
+# -- alpha -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("curve", list(AlphaCurve))
+def test_alpha_curves_fix_both_ends_and_are_monotone(curve):
+    values = [curve_value(curve, step / 20) for step in range(21)]
+    assert values[0] == pytest.approx(0.0, abs=1e-12) and values[-1] == pytest.approx(1.0)
+    assert all(b >= a for a, b in zip(values, values[1:]))
+
+
+def test_alpha_schedule_reaches_target_after_total_epochs():
+    schedule = AlphaSchedule(start=0.2, target=0.8, total_epochs=3, curve=AlphaCurve.COSINE)
+    values = [schedule.tick() for _ in range(4)]
+    assert values[2] == pytest.approx(0.8) and values[3] == pytest.approx(0.8) and schedule.done
+
+
+def test_partial_alpha_target_reaches_holding_and_can_be_raised():
+    slot = make_slot()
+    grow_to_holding(slot, target=0.5)
+    assert slot.alpha == pytest.approx(0.5)
+    assert slot.fossilize is not None
+    assert slot.set_alpha_target(1.0, epochs=2, curve=AlphaCurve.LINEAR).success
+    assert slot.stage is SeedStage.BLENDING
+    slot.tick()
+    slot.tick()
+    assert slot.stage is SeedStage.HOLDING and slot.alpha == pytest.approx(1.0)
+    assert slot.fossilize().success
+
+
+def test_instant_alpha_change_returns_to_holding_at_the_next_tick():
+    slot = make_slot()
+    grow_to_holding(slot, target=1.0)
+    assert slot.set_alpha_target(0.5, epochs=0, curve=AlphaCurve.LINEAR).success
+    assert slot.alpha == 0.5 and slot.stage is SeedStage.BLENDING
+    slot.tick()
+    assert slot.stage is SeedStage.HOLDING
+    assert not slot.set_alpha_target(0.5, epochs=0, curve=AlphaCurve.LINEAR).success
+
+
+def test_scheduled_prune_blends_out_then_prunes():
+    events = []
+    slot = make_slot(embargo=1, events=events)
+    grow_to_holding(slot)
+    assert slot.prune(epochs=2, curve=AlphaCurve.LINEAR, reason="test").success
+    assert slot.stage is SeedStage.BLENDING and slot.blend_out
+    assert not slot.set_alpha_target(1.0, epochs=1, curve=AlphaCurve.LINEAR).success
+    slot.tick()
+    assert slot.alpha == pytest.approx(0.5)
+    slot.tick()
+    assert slot.stage is SeedStage.EMBARGOED and slot.seed is None
+    pruned = [e for e in events if e.event_type is TelemetryEventType.SEED_PRUNED]
+    assert len(pruned) == 1 and pruned[0].payload.reason == "test"
+
+
+def test_advance_gate_needs_incubation_epochs_and_finite_gradients():
+    slot = make_slot(min_training=2)
+    germinate(slot)
+    slot.tick()
+    assert "gate G1" in slot.advance().reason
+    slot.tick()
+    slot.record_gradients(float("nan"), 1.0)
+    assert "not finite" in slot.advance().reason
+    slot.record_gradients(0.5, 1.0)
+    assert slot.advance().success
+
+
+def test_gate_g0_prunes_a_seed_with_non_finite_parameters():
+    slot = make_slot(embargo=0)
+    germinate(slot)
+    with torch.no_grad():
+        next(slot.seed.parameters()).fill_(float("inf"))
+    slot.tick()
+    assert slot.stage is SeedStage.RESETTING
+
+
+@pytest.mark.parametrize("style", list(BlendStyle))
+def test_every_blend_style_is_the_identity_when_the_seed_is(style):
+    model = make_model(seed=5)
+    bare = copy.deepcopy(model)
+    slot = model.slots["r0c1"]
+    assert germinate(slot, style=style).success
+    slot.tick(); slot.tick()
+    slot.advance()
+    slot.tick()
+    assert slot.stage is SeedStage.BLENDING and slot.alpha > 0
+    x = torch.randn(3, 1, 6, 6)
+    assert torch.allclose(model(x), bare(x), atol=1e-6)
+
+
+# -- counterfactual ablations ---------------------------------------------------------------------
+
+
+def test_forward_with_ablations_matches_one_pass_per_ablation():
+    model = make_model(seed=6)
+    for slot_id in ("r0c0", "r0c2"):
+        slot = model.slots[slot_id]
+        grow_to_holding(slot, target=0.75)
+        with torch.no_grad():
+            for p in slot.seed.parameters():
+                p.add_(torch.randn_like(p) * 0.3)
+    model.eval()
+    x = torch.randn(4, 1, 6, 6, generator=torch.Generator().manual_seed(8))
+    ablate = model.ablatable_slots()
+    assert ablate == ["r0c0", "r0c2"]
+    with torch.no_grad():
+        stacked = model.forward_with_ablations(x, ablate)
+        assert stacked.shape == (3, 4, 2)
+        assert torch.allclose(stacked[0], model(x), atol=1e-6)
+        for k, slot_id in enumerate(ablate, start=1):
+            slot = model.slots[slot_id]
+            slot._set_alpha(0.0)
+            expected = model(x)
+            slot._set_alpha(0.75)
+            assert torch.allclose(stacked[k], expected, atol=1e-6), slot_id
+            assert not torch.allclose(stacked[k], stacked[0])
+
+
+def test_forward_with_ablations_refuses_train_mode():
+    model = make_model()
+    model.train()
+    with pytest.raises(RuntimeError, match="eval mode"):
+        model.forward_with_ablations(torch.randn(2, 1, 6, 6), [])
+
+
+# -- model actions ---------------------------------------------------------------------------------
+
+
+def test_apply_respects_max_seeds_and_failed_ops_change_nothing():
+    model = make_model(max_seeds=1)
+    germ = FactoredAction(op=LifecycleOp.GERMINATE, slot=0, blueprint=0)
+    assert model.apply(germ, metric_now=0.1).success
+    second = model.apply(FactoredAction(op=LifecycleOp.GERMINATE, slot=1, blueprint=0), metric_now=0.1)
+    assert not second.success and "max_seeds" in second.reason
+    assert model.slots["r0c1"].stage is SeedStage.DORMANT
+    fossil = model.apply(FactoredAction(op=LifecycleOp.FOSSILIZE, slot=0), metric_now=0.1)
+    assert not fossil.success and model.slots["r0c0"].stage is SeedStage.GERMINATED
+
+
+def test_masks_allow_exactly_the_possible_moves():
+    model = make_model(max_seeds=2)
+    model.apply(FactoredAction(op=LifecycleOp.GERMINATE, slot=0, blueprint=0), metric_now=0.1)
+    model.tick()
+    masks = compute_masks([model.reports()], num_blueprints=1, max_seeds=2)
+    assert masks.op[0].tolist() == [True, True, True, False, True, False]
+    assert masks.slot[0, LifecycleOp.GERMINATE].tolist() == [False, True, True]
+    assert masks.slot[0, LifecycleOp.ADVANCE].tolist() == [True, False, False]
+    model.apply(FactoredAction(op=LifecycleOp.GERMINATE, slot=1, blueprint=0), metric_now=0.1)
+    masks = compute_masks([model.reports()], num_blueprints=1, max_seeds=2)
+    assert not masks.op[0, LifecycleOp.GERMINATE]
+    assert not masks.allows(0, FactoredAction(op=LifecycleOp.GERMINATE, slot=2, blueprint=0))
+    assert masks.allows(0, FactoredAction(op=LifecycleOp.PRUNE, slot=1, alpha_speed=AlphaSpeed.FAST))
+
+
+def test_germinate_action_carries_its_heads_into_the_slot():
+    model = make_model()
+    action = FactoredAction(op=LifecycleOp.GERMINATE, slot=2, blueprint=0, style=BlendStyle.GATE,
+                            tempo=Tempo.SLOW, alpha_target=AlphaTarget.HALF, alpha_curve=AlphaCurve.SIGMOID)
+    assert model.apply(action, metric_now=0.3).success
+    slot = model.slots["r0c2"]
+    assert (slot.style, slot.blend_epochs, slot.planned_alpha_target, slot.planned_curve) == (
+        BlendStyle.GATE, 8, 0.5, AlphaCurve.SIGMOID)
+    assert slot.gate is not None and slot.seed_params > model.slots["r0c2"].seed_params - 1
+
+
+def test_lifecycle_state_round_trip_restores_reports_and_outputs():
+    model = make_model(seed=7)
+    grow_to_holding(model.slots["r0c1"], target=0.75)
+    model.apply(FactoredAction(op=LifecycleOp.GERMINATE, slot=0, blueprint=0, style=BlendStyle.GATE), metric_now=0.2)
+    model.tick()
+    state = model.lifecycle_state()
+    weights = model.state_dict()
+    clone = make_model(seed=99)
+    clone.load_lifecycle_state(state)
+    clone.load_state_dict(weights)
+    assert clone.reports() == model.reports()
+    model.eval(); clone.eval()
+    x = torch.randn(3, 1, 6, 6)
+    assert torch.equal(model(x), clone(x))

@@ -1,0 +1,166 @@
+"""Tolaria end to end on the toy plugin: lifecycle through the engine, governor rollback, checkpoints, resume."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from esper_core.errors import CheckpointError, RunAborted
+from esper_core.runs import CHECKPOINT_DIR, LATEST_CHECKPOINT, create_run_dir, load_checkpoint
+from esper_core.telemetry.report import read_events
+from esper_core.tolaria.engine import resume_run, start_run
+
+LIFECYCLE_SCRIPT = {
+    "1": {"op": 1, "slot": 1, "style": 2, "tempo": 0},  # GERMINATE r0c1, GATE blend, 3 blend epochs
+    "3": {"op": 2, "slot": 1},  # ADVANCE
+    "6": {"op": 5, "slot": 1},  # FOSSILIZE (HOLDING after 3 blend epochs)
+}
+
+
+def events_of(run_dir: Path) -> list[dict]:
+    return read_events(run_dir / "events.jsonl")
+
+
+def comparable(records: list[dict]) -> list[tuple]:
+    """Events without wall-clock fields, run-directory names or resume bookkeeping."""
+    skip = {"RUN_STARTED", "RUN_RESUMED", "RUN_FINISHED"}
+    out = []
+    for record in records:
+        if record["event"] in skip:
+            continue
+        data = {k: v for k, v in record["data"].items() if not k.endswith("_seconds")}
+        out.append((record["event"], json.dumps(data, sort_keys=True)))
+    return out
+
+
+def test_scripted_lifecycle_runs_through_the_engine(toy_manager, toy_config):
+    config = toy_config(policy={"name": "scripted", "script": LIFECYCLE_SCRIPT})
+    run_dir = start_run(config, toy_manager)
+    for name in ("config.toml", "environment.json", "events.jsonl", "summary.json"):
+        assert (run_dir / name).exists(), name
+    assert run_dir.name.startswith("toy__toyrun__0__")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["run"]["status"] == "completed"
+    assert summary["lifecycle"]["germinated"] == 2  # one per environment
+    assert summary["lifecycle"]["blended"] == 2
+    assert summary["lifecycle"]["fossilized"] == 2
+    records = events_of(run_dir)
+    actions = [r["data"] for r in records if r["event"] == "ACTION_TAKEN"]
+    assert len(actions) == 2 * 7  # no decision after the final epoch
+    assert all(a["success"] for a in actions)
+    rewards = [r for r in records if r["event"] == "REWARD_COMPUTED"]
+    assert len(rewards) == 2 * 7
+    assert {"metric_gain", "rent", "action_cost"} <= set(rewards[0]["data"]["components"])
+    fossil = next(r["data"] for r in records if r["event"] == "SEED_FOSSILIZED")
+    assert fossil["contribution"] is not None and fossil["alpha"] == 1.0
+    last_epoch = [r["data"] for r in records if r["event"] == "EPOCH_COMPLETED"][-1]
+    assert last_epoch["fossilized_params"] > 0 and last_epoch["stage_counts"]["FOSSILIZED"] == 1
+    env = json.loads((run_dir / "environment.json").read_text())
+    assert env["seed"] == 0 and env["versions"]["torch"] == torch.__version__.split("+")[0] or env["versions"]["torch"]
+
+
+def test_masked_action_is_executed_as_wait_and_reported_failed(toy_manager, toy_config):
+    config = toy_config(policy={"name": "scripted", "script": {"2": {"op": 5, "slot": 0}}})
+    run_dir = start_run(config, toy_manager)
+    failed = [r["data"] for r in events_of(run_dir) if r["event"] == "ACTION_TAKEN" and not r["data"]["success"]]
+    assert len(failed) == 2 and failed[0]["reason"] == "masked: executed as WAIT"
+    rewards = [r["data"] for r in events_of(run_dir) if r["event"] == "REWARD_COMPUTED" and r["data"]["epoch"] == 3]
+    assert all(r["components"]["action_cost"] < -0.01 for r in rewards)
+
+
+def test_same_seed_same_events_and_rounds_use_fresh_hosts(toy_manager, toy_config):
+    config = toy_config(run={"rounds": 2}, policy={"name": "scripted", "script": LIFECYCLE_SCRIPT})
+    first = comparable(events_of(start_run(config, toy_manager)))
+    second = comparable(events_of(start_run(config, toy_manager)))
+    assert first == second
+    epochs = [json.loads(data) for event, data in first if event == "EPOCH_COMPLETED"]
+    round0 = [e["train_loss"] for e in epochs if e["round"] == 0 and e["epoch"] == 0]
+    round1 = [e["train_loss"] for e in epochs if e["round"] == 1 and e["epoch"] == 0]
+    assert round0 != round1
+    assert round0[0] != round0[1]  # environments differ within a round
+
+
+def test_resume_after_abort_gives_the_uninterrupted_result(toy_manager, toy_config):
+    script = {"policy": {"name": "scripted", "script": LIFECYCLE_SCRIPT}}
+    reference = start_run(toy_config(run={"rounds": 2}, **script), toy_manager)
+    aborted_config = toy_config(run={"rounds": 2}, faults={"abort": {"round": 0, "epoch": 4}}, **script)
+    created = []
+    with pytest.raises(RunAborted, match="resume with: esper run --resume"):
+        start_run(aborted_config, toy_manager, on_run_dir=created.append)
+    run_dir = created[0]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["run"]["status"] == "aborted"
+    resumed = resume_run(run_dir, toy_manager)
+    assert comparable(events_of(resumed)) == comparable(events_of(reference))
+    final_a = load_checkpoint(reference / CHECKPOINT_DIR / LATEST_CHECKPOINT)
+    final_b = load_checkpoint(resumed / CHECKPOINT_DIR / LATEST_CHECKPOINT)
+    assert final_a["round"] == final_b["round"] == 2
+    assert torch.equal(final_a["rng"]["torch"], final_b["rng"]["torch"])
+    assert json.loads((resumed / "summary.json").read_text())["run"]["status"] == "completed"
+    with pytest.raises(CheckpointError, match="already finished"):
+        resume_run(resumed, toy_manager)
+
+
+def test_resume_mid_round_after_a_later_abort_discards_and_keeps_the_cut_events(toy_manager, toy_config):
+    config = toy_config(run={"checkpoint_every": 3}, faults={"abort": {"round": 0, "epoch": 4}})
+    created = []
+    with pytest.raises(RunAborted):
+        start_run(config, toy_manager, on_run_dir=created.append)
+    run_dir = created[0]
+    # the abort forces a checkpoint at epoch 4, so nothing after the checkpoint is lost or duplicated
+    resume_run(run_dir, toy_manager)
+    records = events_of(run_dir)
+    epochs = [(r["data"]["env_id"], r["data"]["epoch"]) for r in records if r["event"] == "EPOCH_COMPLETED"]
+    assert len(epochs) == len(set(epochs)) == 2 * 8
+    resumed = [r["data"] for r in records if r["event"] == "RUN_RESUMED"]
+    assert resumed and resumed[0]["epoch"] == 5
+
+
+def test_nan_in_the_host_rolls_back_and_the_run_continues(toy_manager, toy_config):
+    script = {"1": {"op": 1, "slot": 0}}
+    config = toy_config(policy={"name": "scripted", "script": script}, faults={"host_nan": [{"epoch": 3, "env": 1}]})
+    run_dir = start_run(config, toy_manager)
+    records = events_of(run_dir)
+    rollbacks = [r["data"] for r in records if r["event"] == "GOVERNOR_ROLLBACK"]
+    assert len(rollbacks) == 1
+    assert rollbacks[0]["env_id"] == 1 and rollbacks[0]["epoch"] == 3 and rollbacks[0]["restored_epoch"] == 2
+    assert "non-finite" in rollbacks[0]["reason"] and rollbacks[0]["pruned_slots"] == ["r0c0"]
+    pruned = [r["data"] for r in records if r["event"] == "SEED_PRUNED"]
+    assert [p["reason"] for p in pruned] == ["governor_rollback"]
+    final = [r["data"] for r in records if r["event"] == "EPOCH_COMPLETED" and r["data"]["epoch"] == 7]
+    assert all(torch.isfinite(torch.tensor([f["val_loss"], f["train_loss"]])).all() for f in final)
+    assert json.loads((run_dir / "summary.json").read_text())["lifecycle"]["governor_rollbacks"] == 1
+
+
+def test_run_directories_are_never_reused(tmp_path):
+    now = dt.datetime(2026, 1, 2, 3, 4, 5)
+    first = create_run_dir(tmp_path, "task", "name", 3, now=now)
+    second = create_run_dir(tmp_path, "task", "name", 3, now=now)
+    assert first.name == "task__name__3__20260102-030405"
+    assert second.name == first.name + "-2"
+
+
+def test_corrupt_foreign_and_unsafe_checkpoints_are_refused(tmp_path):
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"this is not a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(corrupt)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {"w": torch.ones(2)}}, foreign)
+    with pytest.raises(CheckpointError, match="not written by Esper"):
+        load_checkpoint(foreign)
+    unsafe = tmp_path / "unsafe.pt"
+    torch.save({"format": "esper-checkpoint", "version": 1, "payload": Path("/etc")}, unsafe)
+    with pytest.raises(CheckpointError, match="unsafe"):
+        load_checkpoint(unsafe)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_resume_refuses_a_directory_that_is_not_a_run(tmp_path, toy_manager):
+    with pytest.raises(CheckpointError, match="not an Esper run directory"):
+        resume_run(tmp_path, toy_manager)
