@@ -184,8 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    console = Console(stderr=False)
-    error_console = Console(stderr=True)
+    console = Console(stderr=False, soft_wrap=True)
+    error_console = Console(stderr=True, soft_wrap=True)
     try:
         return args.handler(args, console)
     except EsperError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import importlib
 import importlib.metadata
 import os
 from collections.abc import Iterable
@@ -20,6 +21,9 @@ ENTRY_POINT_GROUP = "esper"
 DISABLE_AUTOLOAD_ENV = "ESPER_DISABLE_PLUGIN_AUTOLOAD"
 #: Comma-separated entry-point names: load only these entry-point plugins.
 ONLY_PLUGINS_ENV = "ESPER_PLUGINS"
+#: Comma-separated importable module names to load as plugins as well (a plugin under development,
+#: not yet packaged). Loaded even when autoload is disabled.
+PLUGIN_MODULES_ENV = "ESPER_PLUGIN_MODULES"
 
 HOOK_NAMES: tuple[str, ...] = tuple(hook for hook, _cls, _label in KINDS.values())
 
@@ -84,6 +88,7 @@ class PluginManager:
             autoload = not os.environ.get(DISABLE_AUTOLOAD_ENV)
         if autoload:
             self._load_entry_points()
+        self._load_env_modules()
         for index, plugin in enumerate(extra):
             name = getattr(plugin, "__name__", None) or f"{type(plugin).__name__}-{index}"
             self._add(plugin, name, None, None, builtin=False)
@@ -112,6 +117,16 @@ class PluginManager:
                 )
                 continue
             self._add(module, entry_point.name, dist_name, dist_version, builtin=False)
+
+    def _load_env_modules(self) -> None:
+        names = [name.strip() for name in os.environ.get(PLUGIN_MODULES_ENV, "").split(",") if name.strip()]
+        for name in names:
+            try:
+                module = importlib.import_module(name)
+            except Exception as exc:  # isolation boundary, as for entry points
+                self.failures.append(PluginFailure(name, None, "import", f"{type(exc).__name__}: {exc}"))
+                continue
+            self._add(module, name, None, None, builtin=False)
 
     def _add(
         self, plugin: Any, name: str, dist: str | None, version: str | None, *, builtin: bool

@@ -55,7 +55,7 @@ def make_model(seed: int = 0, blocks: int = 3, max_seeds: int | None = None, eve
 
 
 BASE_RUN: dict[str, Any] = {
-    "run": {"name": "toyrun", "envs": 2, "episode_length": 8, "rounds": 1, "checkpoint_every": 2},
+    "run": {"name": "toyrun", "envs": 2, "episode_length": 8, "rounds": 1, "checkpoint_every": 2, "torch_threads": 1},
     "training": {"batch_size": 16, "eval_batch_size": 64},
     "task": {"name": "toy"},
     "policy": {"name": "scripted", "script": {}},

@@ -166,9 +166,9 @@ class MorphogeneticModel(nn.Module):
         return tuple(self.slots[slot_id].report() for slot_id in self.slot_ids)
 
     def stage_counts(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
+        counts = {stage.name: 0 for stage in SeedStage}
         for slot in self.slots.values():
-            counts[slot.stage.name] = counts.get(slot.stage.name, 0) + 1
+            counts[slot.stage.name] += 1
         return counts
 
     # -- parameters --------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from esper_core.leyline.telemetry import (
     event_from_dict,
     event_to_dict,
     event_to_json,
+    global_epoch,
 )
 
 __all__ = [
@@ -64,5 +65,6 @@ __all__ = [
     "event_from_dict",
     "event_to_dict",
     "event_to_json",
+    "global_epoch",
     "is_relevant",
 ]

@@ -49,6 +49,8 @@ class RunStartedPayload:
 
 @attrs.frozen
 class RunResumedPayload:
+    """``round`` and ``epoch`` are the next (0-based) round and epoch to run; a resume can be mid-round."""
+
     round: int
     epoch: int
     discarded_events: int
@@ -72,6 +74,10 @@ class RoundCompletedPayload:
 
 @attrs.frozen
 class EpochCompletedPayload:
+    """One environment's epoch. ``host_params`` is the bare host; ``seed_params`` counts live (not yet
+    fossilized) seeds; ``fossilized_params`` counts fossilized seeds; the model's size is their sum.
+    ``stage_counts`` has every SeedStage name as a key (zeros included)."""
+
     env_id: int
     round: int
     epoch: int
@@ -211,6 +217,11 @@ class TelemetryEvent:
 _json_converter = cattrs.Converter()
 _json_converter.register_unstructure_hook(SeedStage, lambda stage: stage.name)
 _json_converter.register_structure_hook(SeedStage, lambda value, _: SeedStage[value])
+
+
+def global_epoch(round_index: int, epoch: int, episode_length: int) -> int:
+    """The run-wide epoch index (the x axis every sink shares): ``round * episode_length + epoch``."""
+    return round_index * episode_length + epoch
 
 
 def event_to_dict(event: TelemetryEvent) -> dict[str, Any]:

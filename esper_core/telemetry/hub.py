@@ -88,5 +88,10 @@ class TelemetryHub:
 
     def _detach(self, name: str, exc: Exception) -> None:
         self.failed_sinks[name] = f"{type(exc).__name__}: {exc}"
-        self.sinks.pop(name, None)
+        sink = self.sinks.pop(name, None)
+        if sink is not None:
+            try:
+                sink.close()
+            except Exception as close_exc:  # isolation boundary: it already failed once
+                self.failed_sinks[name] += f"; close failed too: {type(close_exc).__name__}: {close_exc}"
         print(f"esper: telemetry sink '{name}' failed and was detached: {type(exc).__name__}: {exc}", file=sys.stderr)

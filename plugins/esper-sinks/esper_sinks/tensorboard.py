@@ -1,0 +1,151 @@
+"""The ``tensorboard`` sink: per-environment training curves, rewards, policy metrics and seed counts for TensorBoard."""
+
+from __future__ import annotations
+
+import importlib
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from esper_core.errors import PluginError
+from esper_core.leyline import TelemetryEvent, TelemetryEventType
+from esper_core.leyline import telemetry as payloads
+from esper_core.telemetry import SinkContext
+from esper_sinks.steps import epoch_step, round_step
+
+MISSING_TENSORBOARD = "the tensorboard sink needs the 'tensorboard' package: pip install 'esper-sinks[tensorboard]'"
+
+#: Seed lifecycle events counted per round, and the tag each count is written under.
+LIFECYCLE_COUNT_TAGS: dict[TelemetryEventType, str] = {
+    TelemetryEventType.SEED_GERMINATED: "lifecycle/germinated",
+    TelemetryEventType.SEED_FOSSILIZED: "lifecycle/fossilized",
+    TelemetryEventType.SEED_PRUNED: "lifecycle/pruned",
+    TelemetryEventType.GOVERNOR_ROLLBACK: "governor/rollbacks",
+}
+
+
+def _plain_directory_name(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if not isinstance(value, str) or value in ("", ".", "..") or Path(value).name != value:
+        raise ValueError(f"{attribute.name} must be a plain directory name inside the run directory, got {value!r}")
+
+
+@attrs.frozen
+class TensorBoardSinkConfig:
+    """Options of the ``tensorboard`` sink. ``subdir``: the log directory inside the run directory."""
+
+    subdir: str = attrs.field(default="tensorboard", validator=_plain_directory_name)
+
+
+def load_summary_writer_class() -> type:
+    """``torch.utils.tensorboard.SummaryWriter``, or ``PluginError`` saying how to install TensorBoard."""
+    try:
+        module = importlib.import_module("torch.utils.tensorboard")
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and exc.name.split(".")[0] == "tensorboard":
+            raise PluginError(MISSING_TENSORBOARD) from exc
+        raise
+    return module.SummaryWriter
+
+
+class TensorBoardSink:
+    """Writes scalars to ``<run_dir>/<subdir>`` with ``torch.utils.tensorboard.SummaryWriter``.
+
+    The x-axis of every scalar is the global epoch step ``round * episode_length + epoch``; round-level
+    scalars use the step of the round's last epoch. Tags:
+
+    - ``env{i}/val_metric``, ``env{i}/val_loss``, ``env{i}/train_loss``, ``env{i}/params`` (host + fossilized
+      + live seed parameters, the model's size)
+      per ``EPOCH_COMPLETED``;
+    - ``env{i}/reward`` and ``env{i}/reward/{component}`` per ``REWARD_COMPUTED``;
+    - each ``POLICY_UPDATED`` metric under its own name (e.g. ``losses/policy_loss``);
+    - ``round/final_metric_mean`` and ``round/mean_return`` per ``ROUND_COMPLETED``, together with how
+      many seeds were germinated, fossilized and pruned and how many governor rollbacks happened in
+      that round over all environments (``lifecycle/*``, ``governor/rollbacks``).
+
+    On ``RUN_RESUMED`` the writer is reopened with ``purge_step`` at the resume step, so TensorBoard
+    hides what the interrupted attempt logged from there on.
+    """
+
+    def __init__(self, config: TensorBoardSinkConfig, context: SinkContext) -> None:
+        self.config = config
+        self.context = context
+        self.log_dir = context.run_dir / config.subdir
+        self._summary_writer_class = load_summary_writer_class()
+        self._writer: Any = self._summary_writer_class(log_dir=str(self.log_dir))
+        self._lifecycle_counts: dict[int, Counter[str]] = {}
+        self._handlers: dict[TelemetryEventType, Callable[[Any], None]] = {
+            TelemetryEventType.RUN_RESUMED: self._on_run_resumed,
+            TelemetryEventType.EPOCH_COMPLETED: self._on_epoch_completed,
+            TelemetryEventType.REWARD_COMPUTED: self._on_reward_computed,
+            TelemetryEventType.POLICY_UPDATED: self._on_policy_updated,
+            TelemetryEventType.ROUND_COMPLETED: self._on_round_completed,
+        }
+
+    # -- TelemetrySink -------------------------------------------------------------------------------
+
+    def handle(self, event: TelemetryEvent) -> None:
+        if self._writer is None:
+            raise RuntimeError(f"the tensorboard sink for {self.log_dir} received an event after close()")
+        count_tag = LIFECYCLE_COUNT_TAGS.get(event.event_type)
+        if count_tag is not None:
+            self._lifecycle_counts.setdefault(event.payload.round, Counter())[count_tag] += 1
+            return
+        handler = self._handlers.get(event.event_type)
+        if handler is not None:
+            handler(event.payload)
+
+    def flush(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    # -- handlers ------------------------------------------------------------------------------------
+
+    def _epoch_step(self, round_index: int, epoch: int) -> int:
+        return epoch_step(round_index, epoch, self.context.episode_length)
+
+    def _on_run_resumed(self, payload: payloads.RunResumedPayload) -> None:
+        resume_step = self._epoch_step(payload.round, payload.epoch)
+        self._writer.close()
+        self._writer = self._summary_writer_class(log_dir=str(self.log_dir), purge_step=resume_step)
+        self._lifecycle_counts.clear()
+
+    def _on_epoch_completed(self, payload: payloads.EpochCompletedPayload) -> None:
+        step = self._epoch_step(payload.round, payload.epoch)
+        prefix = f"env{payload.env_id}"
+        self._writer.add_scalar(f"{prefix}/val_metric", payload.val_metric, step)
+        self._writer.add_scalar(f"{prefix}/val_loss", payload.val_loss, step)
+        self._writer.add_scalar(f"{prefix}/train_loss", payload.train_loss, step)
+        self._writer.add_scalar(
+            f"{prefix}/params", payload.host_params + payload.fossilized_params + payload.seed_params, step
+        )
+
+    def _on_reward_computed(self, payload: payloads.RewardComputedPayload) -> None:
+        step = self._epoch_step(payload.round, payload.epoch)
+        prefix = f"env{payload.env_id}/reward"
+        self._writer.add_scalar(prefix, payload.reward, step)
+        for name, value in payload.components.items():
+            self._writer.add_scalar(f"{prefix}/{name}", value, step)
+
+    def _on_policy_updated(self, payload: payloads.PolicyUpdatedPayload) -> None:
+        step = round_step(payload.round, self.context.episode_length)
+        for name, value in payload.metrics.items():
+            self._writer.add_scalar(name, value, step)
+
+    def _on_round_completed(self, payload: payloads.RoundCompletedPayload) -> None:
+        step = round_step(payload.round, self.context.episode_length)
+        metrics = payload.final_metrics
+        if metrics:
+            self._writer.add_scalar("round/final_metric_mean", sum(metrics) / len(metrics), step)
+        if payload.mean_return is not None:
+            self._writer.add_scalar("round/mean_return", payload.mean_return, step)
+        counts = self._lifecycle_counts.pop(payload.round, Counter())
+        for tag in LIFECYCLE_COUNT_TAGS.values():
+            self._writer.add_scalar(tag, counts[tag], step)
