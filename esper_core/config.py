@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import re
 import sys
+import typing
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -180,12 +181,33 @@ def _strict_bool(value: Any, _type: type) -> bool:
     return value
 
 
+def _is_sequence_type(type_: Any) -> bool:
+    return typing.get_origin(type_) in (tuple, list)
+
+
 def make_converter() -> cattrs.Converter:
+    """A cattrs converter that rejects extra keys and never coerces: 2.5 is not an int, "abc" is not
+    a list of characters."""
     converter = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
     converter.register_structure_hook(int, _strict_int)
     converter.register_structure_hook(float, _strict_float)
     converter.register_structure_hook(str, _strict_str)
     converter.register_structure_hook(bool, _strict_bool)
+    inner = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
+    for primitive, hook in ((int, _strict_int), (float, _strict_float), (str, _strict_str), (bool, _strict_bool)):
+        inner.register_structure_hook(primitive, hook)
+
+    def sequence_hook_factory(type_: Any) -> Any:
+        structure_items = inner.get_structure_hook(type_)
+
+        def structure_sequence(value: Any, _type: Any) -> Any:
+            if not isinstance(value, (list, tuple)):
+                raise TypeError(f"expected an array, got {value!r}")
+            return structure_items(value, type_)
+
+        return structure_sequence
+
+    converter.register_structure_hook_factory(_is_sequence_type, sequence_hook_factory)
     return converter
 
 
@@ -231,13 +253,14 @@ def _walk_errors(exc: BaseException, section: str, path: list[str], cls: type | 
 
 _ATTRS_BOUND = re.compile(r"^'(?P<name>\w+)' (?P<rule>.*?): (?P<value>.*)$")
 _ATTRS_PREFIX = re.compile(r"^'(?P<name>\w+)' ")
+_NUMERIC_RULE = re.compile(r"^must be [<>]=? \S+$")
 
 
 def _validator_message(exc: Exception, name: str) -> str:
     """Turn attrs' "'x' must be >= 1: 0" into "must be >= 1, got 0"."""
     text = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
     bound = _ATTRS_BOUND.match(text)
-    if bound and bound["name"] == name and " (got " not in text:
+    if bound and bound["name"] == name and _NUMERIC_RULE.match(bound["rule"]):
         return f"{bound['rule']}, got {bound['value']}"
     return _ATTRS_PREFIX.sub("", text)
 

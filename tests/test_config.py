@@ -128,3 +128,10 @@ def test_command_line_overrides_use_toml_values():
     assert out == {"run": {"envs": 4, "name": "x y"}, "policy": {"name": "heuristic"}, "training": {"host_lr": 0.1}}
     with pytest.raises(ConfigError, match="SECTION.KEY=VALUE"):
         _apply_overrides({}, ["novalue"])
+
+
+def test_a_string_is_not_taken_for_a_list(toy_manager, toy_run_data):
+    problems = problems_of(toy_run_data(morphogenesis={"blueprints": "toy_conv"}), toy_manager)
+    assert problems == ["[morphogenesis] blueprints: expected an array, got 'toy_conv'"]
+    problems = problems_of(toy_run_data(morphogenesis={"slots": ["r0c0", 3]}), toy_manager)
+    assert problems == ["[morphogenesis] slots[1]: expected a string, got 3"]

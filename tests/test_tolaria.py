@@ -15,7 +15,7 @@ from esper_core.telemetry.report import read_events
 from esper_core.tolaria.engine import resume_run, start_run
 
 LIFECYCLE_SCRIPT = {
-    "1": {"op": 1, "slot": 1, "style": 2, "tempo": 0},  # GERMINATE r0c1, GATE blend, 3 blend epochs
+    "1": {"op": 1, "slot": 1, "style": 2, "tempo": 0, "alpha_target": 2},  # GERMINATE r0c1, GATE, 3 blend epochs
     "3": {"op": 2, "slot": 1},  # ADVANCE
     "6": {"op": 5, "slot": 1},  # FOSSILIZE (HOLDING after 3 blend epochs)
 }

@@ -124,16 +124,17 @@ def is_relevant(op: LifecycleOp, head: str) -> bool:
 @attrs.frozen
 class FactoredAction:
     """One decision for one environment. ``slot`` and ``blueprint`` index the run's SlotConfig order
-    and blueprint list; heads irrelevant to ``op`` hold 0 and are ignored."""
+    and blueprint list. Every head defaults to index 0, the pinned value: heads irrelevant to ``op``
+    hold 0 and are ignored, so set every relevant head explicitly."""
 
     op: LifecycleOp = attrs.field(converter=LifecycleOp)
     slot: int = 0
     blueprint: int = 0
-    style: BlendStyle = attrs.field(default=BlendStyle.ADD, converter=BlendStyle)
-    tempo: Tempo = attrs.field(default=Tempo.STANDARD, converter=Tempo)
-    alpha_target: AlphaTarget = attrs.field(default=AlphaTarget.FULL, converter=AlphaTarget)
-    alpha_speed: AlphaSpeed = attrs.field(default=AlphaSpeed.INSTANT, converter=AlphaSpeed)
-    alpha_curve: AlphaCurve = attrs.field(default=AlphaCurve.LINEAR, converter=AlphaCurve)
+    style: BlendStyle = attrs.field(default=BlendStyle(0), converter=BlendStyle)
+    tempo: Tempo = attrs.field(default=Tempo(0), converter=Tempo)
+    alpha_target: AlphaTarget = attrs.field(default=AlphaTarget(0), converter=AlphaTarget)
+    alpha_speed: AlphaSpeed = attrs.field(default=AlphaSpeed(0), converter=AlphaSpeed)
+    alpha_curve: AlphaCurve = attrs.field(default=AlphaCurve(0), converter=AlphaCurve)
 
     @classmethod
     def wait(cls) -> FactoredAction:

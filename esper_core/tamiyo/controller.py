@@ -8,6 +8,7 @@ from typing import Any, Protocol, runtime_checkable
 import attrs
 import torch
 
+from esper_core.kasmina.slot import LifecycleSettings
 from esper_core.leyline import FactoredAction, SlotConfig
 from esper_core.tamiyo.masks import ActionMasks
 from esper_core.tamiyo.observation import EnvObservation
@@ -24,6 +25,7 @@ class PolicyContext:
     n_envs: int
     episode_length: int
     max_seeds: int
+    lifecycle: LifecycleSettings
     task_info: TaskInfo
     device: torch.device
     seed: int

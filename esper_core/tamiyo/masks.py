@@ -30,6 +30,7 @@ class ActionMasks:
     - ``slot``: (E, n_ops, n_slots): slots valid for each op
     - ``blueprint``: (E, n_slots, n_blueprints): blueprints that can be germinated in each slot
     Heads with a fixed vocabulary (style, tempo, alpha_*) are always fully allowed.
+    Row ``e`` belongs to the ``e``-th observation of the batch; the engine keeps ``env_id == e``.
     """
 
     op: torch.Tensor

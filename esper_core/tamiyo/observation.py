@@ -11,6 +11,7 @@ from esper_core.leyline import FactoredAction, SeedStateReport
 class EnvObservation:
     """The state of one environment after an epoch's training and validation, before its decision.
 
+    ``last_action_reason`` says why the last action failed ('' when it succeeded or there was none).
     ``metric_history`` and ``loss_history`` hold every validation of this episode so far, oldest
     first (the last entry is this epoch's). ``slots`` follows the run's SlotConfig order.
     """
@@ -30,6 +31,7 @@ class EnvObservation:
     max_seeds: int
     last_action: FactoredAction | None
     last_action_success: bool
+    last_action_reason: str
     rolled_back: bool
 
     @property

@@ -407,6 +407,7 @@ class Engine:
                 max_seeds=self.setup.max_seeds,
                 last_action=env.last_action,
                 last_action_success=env.last_action_success,
+                last_action_reason=env.last_action_reason,
                 rolled_back=env.rolled_back,
             )
             for env in self.envs
@@ -437,6 +438,7 @@ class Engine:
             env.sync_optimizers()
             env.last_action = action
             env.last_action_success = success
+            env.last_action_reason = "" if success else reason
             env.pending = PendingDecision(action=action, success=success, metric_at_decision=observation.val_metric)
             self.hub.emit(
                 TelemetryEvent(
@@ -554,6 +556,10 @@ def _build_policy_and_reward(setup: RunSetup, manager: PluginManager) -> tuple[C
             n_envs=config.run.envs,
             episode_length=config.run.episode_length,
             max_seeds=setup.max_seeds,
+            lifecycle=LifecycleSettings(
+                embargo_epochs=config.morphogenesis.embargo_epochs,
+                min_training_epochs=config.morphogenesis.min_training_epochs,
+            ),
             task_info=setup.task.info,
             device=setup.device,
             seed=config.run.seed,

@@ -65,6 +65,7 @@ class Environment:
         self.train_loss_history: list[float] = []
         self.last_action: FactoredAction | None = None
         self.last_action_success = True
+        self.last_action_reason = ""
         self.pending: PendingDecision | None = None
         self.rolled_back = False
         self.train_seconds = 0.0
@@ -226,6 +227,7 @@ class Environment:
             "train_loss_history": list(self.train_loss_history),
             "last_action": None if self.last_action is None else self.last_action.head_values(),
             "last_action_success": self.last_action_success,
+            "last_action_reason": self.last_action_reason,
             "pending": None
             if self.pending is None
             else {
@@ -261,6 +263,7 @@ class Environment:
         self.train_loss_history = list(state["train_loss_history"])
         self.last_action = None if state["last_action"] is None else FactoredAction(**state["last_action"])
         self.last_action_success = state["last_action_success"]
+        self.last_action_reason = state["last_action_reason"]
         pending = state["pending"]
         self.pending = (
             None

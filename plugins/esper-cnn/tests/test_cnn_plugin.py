@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from esper_core.kasmina import LifecycleSettings, MorphogeneticModel
-from esper_core.leyline import FactoredAction, LifecycleOp, SeedStage, SlotConfig, Tempo
+from esper_core.leyline import AlphaTarget, FactoredAction, LifecycleOp, SeedStage, SlotConfig, Tempo
 from esper_core.plugins import PluginManager
 from esper_core.tasks import TaskInfo
 
@@ -54,7 +54,8 @@ def planted_model(blueprint: str, manager: PluginManager) -> MorphogeneticModel:
         max_seeds=1,
     )
     result = model.apply(
-        FactoredAction(op=LifecycleOp.GERMINATE, slot=0, blueprint=0, tempo=Tempo.FAST), metric_now=0.0
+        FactoredAction(op=LifecycleOp.GERMINATE, slot=0, blueprint=0, tempo=Tempo.FAST, alpha_target=AlphaTarget.FULL),
+        metric_now=0.0,
     )
     assert result.success, result.reason
     return model

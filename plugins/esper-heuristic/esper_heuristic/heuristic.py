@@ -1,0 +1,523 @@
+"""The ``heuristic`` controller: fixed lifecycle rules (prune damage, fossilize, advance, germinate on plateau)."""
+
+from __future__ import annotations
+
+import difflib
+import enum
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+
+from esper_core.errors import ConfigError
+from esper_core.leyline import (
+    BLENDED_STAGES,
+    RECOVERY_STAGES,
+    AlphaCurve,
+    AlphaSpeed,
+    AlphaTarget,
+    BlendStyle,
+    FactoredAction,
+    LifecycleOp,
+    SeedStage,
+    Tempo,
+)
+from esper_core.tamiyo import ActionMasks, EnvObservation, PolicyContext
+
+from esper_heuristic.actions import check_batch, pinned_action
+
+# -- config validation -----------------------------------------------------------------------------
+
+Validator = Callable[[Any, "attrs.Attribute[Any]", Any], None]
+
+
+def _int_at_least(minimum: int) -> Validator:
+    def check(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"'{attribute.name}' must be an integer, got {value!r}")
+        if value < minimum:
+            raise ValueError(f"'{attribute.name}' must be >= {minimum}, got {value}")
+
+    return check
+
+
+def _finite_number(minimum: float | None = None) -> Validator:
+    def check(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"'{attribute.name}' must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ValueError(f"'{attribute.name}' must be finite, got {value}")
+        if minimum is not None and value < minimum:
+            raise ValueError(f"'{attribute.name}' must be >= {minimum}, got {value}")
+
+    return check
+
+
+def _enum_choice(enum_class: type[enum.Enum]) -> Validator:
+    names = tuple(member.name.lower() for member in enum_class)
+
+    def check(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if value not in names:
+            raise ValueError(f"'{attribute.name}' must be one of {', '.join(names)}, got {value!r}")
+
+    return check
+
+
+def _name_tuple(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise TypeError(f"'blueprints' must be a list of blueprint names, got {value!r}")
+    return tuple(value)
+
+
+def _distinct_names(_instance: Any, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+    not_strings = [name for name in value if not isinstance(name, str)]
+    if not_strings:
+        raise TypeError(f"'{attribute.name}' must hold blueprint names (strings), got {not_strings!r}")
+    repeated = sorted({name for name in value if value.count(name) > 1})
+    if repeated:
+        raise ValueError(f"'{attribute.name}' lists {', '.join(repeated)} more than once")
+
+
+def _not_below_minus_prune_threshold(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    if value < -instance.prune_threshold:
+        raise ValueError(
+            f"'{attribute.name}' must be at least -prune_threshold ({-instance.prune_threshold}), got {value} "
+            "(a seed cannot both earn fossilization and be pruned for damage)"
+        )
+
+
+@attrs.frozen(kw_only=True)
+class HeuristicConfig:
+    """Options of the ``heuristic`` policy (the ``[policy]`` TOML section). Enum-valued options are
+    the lower-case member names (``style = "gate"``, ``tempo = "slow"``)."""
+
+    #: Rule 1: prune a BLENDING/HOLDING seed whose measured contribution is below -prune_threshold.
+    prune_threshold: float = attrs.field(default=0.01, validator=_finite_number(minimum=0.0))
+    #: Rules 1 and 3: how fast a prune blends the seed out (``instant`` removes it at once); an AlphaSpeed name.
+    prune_alpha_speed: str = attrs.field(default="instant", validator=_enum_choice(AlphaSpeed))
+    #: Rules 1 and 3: the alpha curve of a scheduled blend-out (unused by ``instant``); an AlphaCurve name.
+    prune_alpha_curve: str = attrs.field(default="linear", validator=_enum_choice(AlphaCurve))
+    #: Rule 2: fossilize a HOLDING seed whose measured contribution is at least this.
+    fossilize_threshold: float = attrs.field(
+        default=0.005, validator=[_finite_number(), _not_below_minus_prune_threshold]
+    )
+    #: Rule 3: prune a HOLDING seed after this many decisions without reaching fossilize_threshold.
+    holding_patience: int = attrs.field(default=5, validator=_int_at_least(1))
+    #: Rule 4: advance a TRAINING seed once it has incubated this many epochs (the G1 minimum).
+    min_training_epochs: int = attrs.field(default=2, validator=_int_at_least(0))
+    #: Rule 5: no germination before this many epochs of the episode are complete.
+    warmup_epochs: int = attrs.field(default=5, validator=_int_at_least(0))
+    #: Rule 5: the plateau is judged over this many most recent epochs.
+    plateau_window: int = attrs.field(default=3, validator=_int_at_least(1))
+    #: Rule 5: a plateau is an improvement smaller than this over the window.
+    plateau_delta: float = attrs.field(default=0.005, validator=_finite_number(minimum=0.0))
+    #: Rule 5: blueprints to germinate, in preference order; empty means all, in the run's order.
+    blueprints: tuple[str, ...] = attrs.field(default=(), converter=_name_tuple, validator=_distinct_names)
+    #: Rule 5: a blueprint pruned in an environment is not germinated there again for this many epochs.
+    blueprint_cooldown_epochs: int = attrs.field(default=10, validator=_int_at_least(0))
+    #: Rule 5: blend style of new seeds; a BlendStyle name.
+    style: str = attrs.field(default="add", validator=_enum_choice(BlendStyle))
+    #: Rule 5: blend-in tempo of new seeds; a Tempo name.
+    tempo: str = attrs.field(default="standard", validator=_enum_choice(Tempo))
+    #: Rule 5: alpha target of new seeds; an AlphaTarget name.
+    alpha_target: str = attrs.field(default="full", validator=_enum_choice(AlphaTarget))
+    #: Rule 5: blend-in curve of new seeds; an AlphaCurve name.
+    alpha_curve: str = attrs.field(default="linear", validator=_enum_choice(AlphaCurve))
+
+    @property
+    def prune_speed(self) -> AlphaSpeed:
+        return AlphaSpeed[self.prune_alpha_speed.upper()]
+
+    @property
+    def prune_curve(self) -> AlphaCurve:
+        return AlphaCurve[self.prune_alpha_curve.upper()]
+
+    @property
+    def blend_style(self) -> BlendStyle:
+        return BlendStyle[self.style.upper()]
+
+    @property
+    def blend_tempo(self) -> Tempo:
+        return Tempo[self.tempo.upper()]
+
+    @property
+    def blend_alpha_target(self) -> AlphaTarget:
+        return AlphaTarget[self.alpha_target.upper()]
+
+    @property
+    def blend_curve(self) -> AlphaCurve:
+        return AlphaCurve[self.alpha_curve.upper()]
+
+    @property
+    def epochs_to_verdict(self) -> int:
+        """Decisions a new seed needs after its germination to reach its last holding verdict:
+        one tick to TRAINING, ``min_training_epochs`` of incubation, the blend-in, and
+        ``holding_patience`` holding decisions (the first of which falls on the tick after the blend
+        ends)."""
+        return self.min_training_epochs + self.blend_tempo.epochs + self.holding_patience
+
+
+def resolve_blueprint_order(config: HeuristicConfig, run_blueprints: tuple[str, ...]) -> tuple[int, ...]:
+    """Indices into the run's blueprint list in germination preference order.
+
+    Raises ``ConfigError`` with one problem per configured name the run does not know.
+    """
+    if not config.blueprints:
+        return tuple(range(len(run_blueprints)))
+    problems = []
+    for name in config.blueprints:
+        if name not in run_blueprints:
+            message = f"[policy] unknown blueprint '{name}' in blueprints"
+            close = difflib.get_close_matches(name, run_blueprints, n=1)
+            if close:
+                message += f" (did you mean '{close[0]}'?)"
+            known = ", ".join(run_blueprints) if run_blueprints else "none"
+            message += f"; this run's blueprints: {known}"
+            problems.append(message)
+    if problems:
+        raise ConfigError(problems)
+    return tuple(run_blueprints.index(name) for name in config.blueprints)
+
+
+# -- per-environment memory ------------------------------------------------------------------------
+
+
+@attrs.define
+class EnvMemory:
+    """What the heuristic remembers about one environment within an episode.
+
+    - ``holding_without_verdict``: seed id -> consecutive HOLDING decisions in which the seed had no
+      measured contribution at or above ``fossilize_threshold`` (only seeds HOLDING now are kept).
+    - ``pruned_seeds_in_recovery``: seed ids already counted as pruned that still occupy their slot
+      in PRUNED, EMBARGOED or RESETTING (so a long embargo is counted once).
+    - ``blueprint_pruned_at``: blueprint name -> the epoch at which its latest prune was first seen.
+    """
+
+    holding_without_verdict: dict[str, int] = attrs.Factory(dict)
+    pruned_seeds_in_recovery: set[str] = attrs.Factory(set)
+    blueprint_pruned_at: dict[str, int] = attrs.Factory(dict)
+
+    def observe(self, observation: EnvObservation, fossilize_threshold: float) -> None:
+        """Fold this epoch's slot reports into the memory (call once per decision)."""
+        in_recovery: set[str] = set()
+        holding: dict[str, int] = {}
+        for report in observation.slots:
+            if report.stage in RECOVERY_STAGES and report.seed_id is not None:
+                in_recovery.add(report.seed_id)
+                if report.seed_id not in self.pruned_seeds_in_recovery:
+                    if report.blueprint_id is None:
+                        raise ValueError(
+                            f"environment {observation.env_id} slot {report.slot_id}: pruned seed "
+                            f"{report.seed_id} reports no blueprint"
+                        )
+                    self.blueprint_pruned_at[report.blueprint_id] = observation.epoch
+            if report.stage is SeedStage.HOLDING:
+                if report.seed_id is None:
+                    raise ValueError(
+                        f"environment {observation.env_id} slot {report.slot_id} is HOLDING without a seed id"
+                    )
+                contribution = report.metrics.counterfactual_contribution
+                if contribution is not None and contribution >= fossilize_threshold:
+                    holding[report.seed_id] = 0
+                else:
+                    holding[report.seed_id] = self.holding_without_verdict.get(report.seed_id, 0) + 1
+        self.pruned_seeds_in_recovery = in_recovery
+        self.holding_without_verdict = holding
+
+    def cooling_down(self, blueprint: str, epoch: int, cooldown_epochs: int) -> bool:
+        """Whether ``blueprint`` was pruned fewer than ``cooldown_epochs`` epochs before ``epoch``."""
+        if blueprint not in self.blueprint_pruned_at:
+            return False
+        return epoch - self.blueprint_pruned_at[blueprint] < cooldown_epochs
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "holding_without_verdict": dict(sorted(self.holding_without_verdict.items())),
+            "pruned_seeds_in_recovery": sorted(self.pruned_seeds_in_recovery),
+            "blueprint_pruned_at": dict(sorted(self.blueprint_pruned_at.items())),
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> EnvMemory:
+        expected = {"holding_without_verdict", "pruned_seeds_in_recovery", "blueprint_pruned_at"}
+        if set(state) != expected:
+            raise ValueError(f"heuristic memory state has keys {sorted(state)}; expected {sorted(expected)}")
+        return cls(
+            holding_without_verdict={str(k): int(v) for k, v in state["holding_without_verdict"].items()},
+            pruned_seeds_in_recovery={str(seed_id) for seed_id in state["pruned_seeds_in_recovery"]},
+            blueprint_pruned_at={str(k): int(v) for k, v in state["blueprint_pruned_at"].items()},
+        )
+
+
+# -- decisions -------------------------------------------------------------------------------------
+
+
+class Rule(enum.Enum):
+    """Which rule produced a decision, in priority order."""
+
+    PRUNE_DAMAGE = "prune_damage"
+    FOSSILIZE = "fossilize"
+    PRUNE_PATIENCE = "prune_patience"
+    ADVANCE = "advance"
+    GERMINATE = "germinate"
+    WAIT = "wait"
+
+
+@attrs.frozen
+class Decision:
+    """One environment's action and the rule that chose it, with a one-line reason."""
+
+    action: FactoredAction
+    rule: Rule
+    reason: str
+
+
+class HeuristicController:
+    """A rule-based Tamiyo controller that does not learn. See the package README for the rules."""
+
+    def __init__(self, config: HeuristicConfig, context: PolicyContext) -> None:
+        self.config = config
+        self.context = context
+        self._blueprint_order = resolve_blueprint_order(config, context.blueprints)
+        self._memories: dict[int, EnvMemory] = {}
+        self._last_batch_size: int | None = None
+        #: The decisions of the latest ``act`` call, one per environment (for telemetry and tests).
+        self.last_decisions: tuple[Decision, ...] = ()
+
+    # -- Controller protocol -----------------------------------------------------------------------
+
+    def begin_episode(self, round_index: int, n_envs: int) -> None:
+        """Forget everything remembered about the previous episode; environments are ``0..n_envs-1``."""
+        if n_envs < 1:
+            raise ValueError(f"an episode needs at least one environment, got n_envs={n_envs}")
+        self._memories = {env_id: EnvMemory() for env_id in range(n_envs)}
+        self._last_batch_size = None
+        self.last_decisions = ()
+        return None
+
+    def act(self, observations: Sequence[EnvObservation], masks: ActionMasks) -> list[FactoredAction]:
+        check_batch(observations, masks, self.context)
+        decisions = []
+        for env_index, observation in enumerate(observations):
+            memory = self._memory(observation.env_id)
+            memory.observe(observation, self.config.fossilize_threshold)
+            decision = self.decide(observation, masks, env_index, memory)
+            if not masks.allows(env_index, decision.action):
+                raise RuntimeError(
+                    f"heuristic chose {decision.action!r} ({decision.rule.value}) for environment "
+                    f"{observation.env_id}, which the masks forbid"
+                )
+            decisions.append(decision)
+        self.last_decisions = tuple(decisions)
+        self._last_batch_size = len(decisions)
+        return [decision.action for decision in decisions]
+
+    def record(self, rewards: Sequence[float], terminal: bool) -> None:
+        """The heuristic does not learn from rewards; only checks they match the last decisions."""
+        if self._last_batch_size is None:
+            raise RuntimeError("record() called before act() in this episode")
+        if len(rewards) != self._last_batch_size:
+            raise ValueError(f"got {len(rewards)} rewards for {self._last_batch_size} decisions")
+        return None
+
+    def end_episode(self, round_index: int) -> dict[str, float]:
+        """Nothing to update: the heuristic reports no metrics."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "envs": [
+                {"env_id": env_id, "memory": memory.to_state()}
+                for env_id, memory in sorted(self._memories.items())
+            ],
+            "last_batch_size": self._last_batch_size,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if set(state) != {"envs", "last_batch_size"}:
+            raise ValueError(f"heuristic state has keys {sorted(state)}; expected ['envs', 'last_batch_size']")
+        self._memories = {
+            int(entry["env_id"]): EnvMemory.from_state(entry["memory"]) for entry in state["envs"]
+        }
+        self._last_batch_size = state["last_batch_size"]
+        self.last_decisions = ()
+        return None
+
+    # -- the rules ---------------------------------------------------------------------------------
+
+    def decide(
+        self, observation: EnvObservation, masks: ActionMasks, env_index: int, memory: EnvMemory
+    ) -> Decision:
+        """The highest-priority rule that fires for this environment, or WAIT."""
+        rules = (
+            self._prune_damage,
+            self._fossilize,
+            self._prune_patience,
+            self._advance,
+            self._germinate,
+        )
+        for rule in rules:
+            decision = rule(observation, masks, env_index, memory)
+            if decision is not None:
+                return decision
+        return Decision(pinned_action(LifecycleOp.WAIT), Rule.WAIT, "no rule fired")
+
+    def _prune_action(self, slot: int) -> FactoredAction:
+        return pinned_action(
+            LifecycleOp.PRUNE,
+            slot=slot,
+            alpha_speed=int(self.config.prune_speed),
+            alpha_curve=int(self.config.prune_curve),
+        )
+
+    def _prune_damage(
+        self, observation: EnvObservation, masks: ActionMasks, env_index: int, memory: EnvMemory
+    ) -> Decision | None:
+        """Rule 1: the blended seed with the most negative measured contribution below -prune_threshold."""
+        worst: tuple[float, int] | None = None
+        for slot, report in enumerate(observation.slots):
+            contribution = report.metrics.counterfactual_contribution
+            if report.stage not in BLENDED_STAGES or contribution is None:
+                continue
+            if contribution >= -self.config.prune_threshold:
+                continue
+            if not masks.allows(env_index, self._prune_action(slot)):
+                continue
+            if worst is None or contribution < worst[0]:
+                worst = (contribution, slot)
+        if worst is None:
+            return None
+        contribution, slot = worst
+        return Decision(
+            self._prune_action(slot),
+            Rule.PRUNE_DAMAGE,
+            f"{observation.slots[slot].slot_id}: contribution {contribution:.4g} < -{self.config.prune_threshold}",
+        )
+
+    def _fossilize(
+        self, observation: EnvObservation, masks: ActionMasks, env_index: int, memory: EnvMemory
+    ) -> Decision | None:
+        """Rule 2: the HOLDING seed with the highest measured contribution at or above fossilize_threshold."""
+        best: tuple[float, int] | None = None
+        for slot, report in enumerate(observation.slots):
+            contribution = report.metrics.counterfactual_contribution
+            if report.stage is not SeedStage.HOLDING or contribution is None:
+                continue
+            if contribution < self.config.fossilize_threshold:
+                continue
+            if not masks.allows(env_index, pinned_action(LifecycleOp.FOSSILIZE, slot=slot)):
+                continue
+            if best is None or contribution > best[0]:
+                best = (contribution, slot)
+        if best is None:
+            return None
+        contribution, slot = best
+        return Decision(
+            pinned_action(LifecycleOp.FOSSILIZE, slot=slot),
+            Rule.FOSSILIZE,
+            f"{observation.slots[slot].slot_id}: contribution {contribution:.4g} >= {self.config.fossilize_threshold}",
+        )
+
+    def _prune_patience(
+        self, observation: EnvObservation, masks: ActionMasks, env_index: int, memory: EnvMemory
+    ) -> Decision | None:
+        """Rule 3: the earliest HOLDING seed that used up holding_patience without earning fossilization."""
+        for slot, report in enumerate(observation.slots):
+            if report.stage is not SeedStage.HOLDING:
+                continue
+            waited = memory.holding_without_verdict[report.seed_id]
+            if waited < self.config.holding_patience:
+                continue
+            action = self._prune_action(slot)
+            if masks.allows(env_index, action):
+                return Decision(
+                    action,
+                    Rule.PRUNE_PATIENCE,
+                    f"{report.slot_id}: {waited} holding epochs below {self.config.fossilize_threshold}",
+                )
+        return None
+
+    def _advance(
+        self, observation: EnvObservation, masks: ActionMasks, env_index: int, memory: EnvMemory
+    ) -> Decision | None:
+        """Rule 4: the TRAINING seed that has incubated longest, once past min_training_epochs."""
+        chosen: tuple[int, int] | None = None
+        for slot, report in enumerate(observation.slots):
+            if report.stage is not SeedStage.TRAINING:
+                continue
+            epochs = report.metrics.epochs_in_stage
+            if epochs < self.config.min_training_epochs:
+                continue
+            if not masks.allows(env_index, pinned_action(LifecycleOp.ADVANCE, slot=slot)):
+                continue
+            if chosen is None or epochs > chosen[0]:
+                chosen = (epochs, slot)
+        if chosen is None:
+            return None
+        epochs, slot = chosen
+        return Decision(
+            pinned_action(LifecycleOp.ADVANCE, slot=slot),
+            Rule.ADVANCE,
+            f"{observation.slots[slot].slot_id}: incubated {epochs} epochs",
+        )
+
+    def plateaued(self, observation: EnvObservation) -> bool:
+        """Whether the best metric of the last plateau_window epochs beats the best metric before
+        them by less than plateau_delta (False while the history is too short to tell)."""
+        window = self.config.plateau_window
+        history = observation.metric_history
+        if len(history) <= window:
+            return False
+        improvement = max(history[-window:]) - max(history[:-window])
+        return improvement < self.config.plateau_delta
+
+    def _germinate(
+        self, observation: EnvObservation, masks: ActionMasks, env_index: int, memory: EnvMemory
+    ) -> Decision | None:
+        """Rule 5: on a plateau, germinate in the earliest free slot the first eligible blueprint."""
+        if not bool(masks.op[env_index, int(LifecycleOp.GERMINATE)]):
+            return None
+        if observation.epoch + 1 < self.config.warmup_epochs:
+            return None
+        if observation.epochs_left < self.config.epochs_to_verdict:
+            return None
+        if not self.plateaued(observation):
+            return None
+        run_blueprints = self.context.blueprints
+        eligible = [
+            index
+            for index in self._blueprint_order
+            if not memory.cooling_down(
+                run_blueprints[index], observation.epoch, self.config.blueprint_cooldown_epochs
+            )
+        ]
+        for slot in range(len(observation.slots)):
+            for blueprint in eligible:
+                action = pinned_action(
+                    LifecycleOp.GERMINATE,
+                    slot=slot,
+                    blueprint=blueprint,
+                    style=int(self.config.blend_style),
+                    tempo=int(self.config.blend_tempo),
+                    alpha_target=int(self.config.blend_alpha_target),
+                    alpha_curve=int(self.config.blend_curve),
+                )
+                if masks.allows(env_index, action):
+                    return Decision(
+                        action,
+                        Rule.GERMINATE,
+                        f"plateau: germinate {run_blueprints[blueprint]} in {observation.slots[slot].slot_id}",
+                    )
+        return None
+
+    # -- internals ---------------------------------------------------------------------------------
+
+    def _memory(self, env_id: int) -> EnvMemory:
+        if env_id not in self._memories:
+            raise KeyError(
+                f"no memory for environment {env_id}: call begin_episode() with enough environments "
+                f"(this episode has {len(self._memories)})"
+            )
+        return self._memories[env_id]
+

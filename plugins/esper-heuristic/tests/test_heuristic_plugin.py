@@ -1,0 +1,34 @@
+"""The distribution's entry point registers both policies, and what it registers builds working controllers."""
+
+from __future__ import annotations
+
+from esper_core.plugins import PluginManager
+from esper_core.tamiyo import Controller
+from esper_heuristic import HeuristicConfig, HeuristicController, RandomController, RandomPolicyConfig
+
+
+def test_entry_point_registers_heuristic_and_random():
+    manager = PluginManager()
+    assert [failure for failure in manager.failures if failure.distribution == "esper-heuristic"] == []
+    names = manager.registry.names("policies")
+    assert {"heuristic", "random"} <= set(names)
+    assert manager.registry.owner("policies", "heuristic") == "heuristic"
+    assert manager.registry.owner("policies", "random") == "heuristic"
+    info = next(plugin for plugin in manager.plugins if plugin.name == "heuristic")
+    assert info.distribution == "esper-heuristic"
+    assert info.registered == {"policies": ("heuristic", "random")}
+
+
+def test_registered_policies_build_non_learning_controllers(kit):
+    manager = PluginManager()
+    expected = {
+        "heuristic": (HeuristicConfig, HeuristicController),
+        "random": (RandomPolicyConfig, RandomController),
+    }
+    for name, (config_class, controller_class) in expected.items():
+        kind = manager.lookup("policies", name)
+        assert kind.learns is False
+        assert kind.config_class is config_class
+        controller = kind.build(kind.config_class(), kit.context())
+        assert isinstance(controller, controller_class)
+        assert isinstance(controller, Controller)

@@ -1,0 +1,116 @@
+"""Scenario tests of the ``random`` baseline: uniform valid choices, pinned heads, seeding and resume."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import torch
+
+from esper_core.leyline import CAUSAL_RELEVANCE, LifecycleOp, SeedStage
+from esper_heuristic import RandomController, RandomPolicyConfig
+
+
+def _every_op_state(kit):
+    """One environment where every op is allowed: a DORMANT, a TRAINING and a HOLDING slot."""
+    slots = {1: kit.slot(1, SeedStage.TRAINING), 2: kit.slot(2, SeedStage.HOLDING, contribution=0.0)}
+    observation = kit.observation(epoch=5, slots=slots)
+    return [observation], kit.masks([observation])
+
+
+def _controller(kit, *, seed=0, wait_probability=None):
+    controller = RandomController(RandomPolicyConfig(wait_probability=wait_probability), kit.context(seed=seed))
+    controller.begin_episode(0, 1)
+    return controller
+
+
+def test_draws_are_roughly_uniform_over_allowed_ops_and_valid_targets(kit):
+    observations, masks = _every_op_state(kit)
+    controller = _controller(kit)
+    actions = [controller.act(observations, masks)[0] for _ in range(3000)]
+    ops = Counter(action.op for action in actions)
+    assert set(ops) == set(LifecycleOp)
+    for op in LifecycleOp:
+        assert 400 < ops[op] < 600, ops  # 3000 / 6 = 500 each
+    slots_by_op = {op: {action.slot for action in actions if action.op is op} for op in LifecycleOp}
+    assert slots_by_op[LifecycleOp.GERMINATE] == {0}
+    assert slots_by_op[LifecycleOp.ADVANCE] == {1}
+    assert slots_by_op[LifecycleOp.FOSSILIZE] == {2}
+    assert slots_by_op[LifecycleOp.PRUNE] == {1, 2}
+    germinations = [action for action in actions if action.op is LifecycleOp.GERMINATE]
+    assert {action.blueprint for action in germinations} == {0, 1, 2}
+    assert {int(action.tempo) for action in germinations} == {0, 1, 2}
+
+
+def test_irrelevant_heads_are_pinned_to_zero(kit):
+    observations, masks = _every_op_state(kit)
+    controller = _controller(kit)
+    for _ in range(500):
+        action = controller.act(observations, masks)[0]
+        for head, value in action.head_values().items():
+            if head not in CAUSAL_RELEVANCE[action.op]:
+                assert value == 0, (action.op, head)
+
+
+@pytest.mark.parametrize(("probability", "low", "high"), [(0.0, 0, 0), (1.0, 1000, 1000), (0.5, 430, 570)])
+def test_wait_probability(kit, probability, low, high):
+    observations, masks = _every_op_state(kit)
+    controller = _controller(kit, wait_probability=probability)
+    waits = sum(controller.act(observations, masks)[0].op is LifecycleOp.WAIT for _ in range(1000))
+    assert low <= waits <= high
+
+
+def test_wait_probability_falls_back_to_wait_only_when_nothing_else_is_allowed(kit):
+    observation = kit.observation(epoch=5, slots={index: kit.slot(index, SeedStage.FOSSILIZED) for index in range(3)})
+    controller = _controller(kit, wait_probability=0.0)
+    assert controller.act([observation], kit.masks([observation]))[0].op is LifecycleOp.WAIT
+
+
+def test_same_seed_same_actions_other_seed_other_actions(kit):
+    observations, masks = _every_op_state(kit)
+    runs = {}
+    for name, seed in (("a", 7), ("b", 7), ("c", 8)):
+        controller = _controller(kit, seed=seed)
+        runs[name] = [controller.act(observations, masks)[0] for _ in range(50)]
+    assert runs["a"] == runs["b"]
+    assert runs["a"] != runs["c"]
+
+
+def test_state_dict_restores_the_generator(kit):
+    observations, masks = _every_op_state(kit)
+    original = _controller(kit, seed=3)
+    for _ in range(17):
+        original.act(observations, masks)
+    state = original.state_dict()
+    expected = [original.act(observations, masks)[0] for _ in range(40)]
+    resumed = _controller(kit, seed=99)
+    resumed.load_state_dict(state)
+    assert [resumed.act(observations, masks)[0] for _ in range(40)] == expected
+
+
+def test_state_dict_is_a_snapshot_not_a_live_view(kit):
+    observations, masks = _every_op_state(kit)
+    controller = _controller(kit)
+    state = controller.state_dict()
+    snapshot = state["generator_state"].clone()
+    controller.act(observations, masks)
+    assert torch.equal(state["generator_state"], snapshot)
+
+
+def test_load_state_dict_rejects_foreign_state(kit):
+    controller = _controller(kit)
+    with pytest.raises(ValueError, match="expected"):
+        controller.load_state_dict({"envs": [], "last_batch_size": None})
+
+
+def test_record_and_end_episode(kit):
+    observations, masks = _every_op_state(kit)
+    controller = _controller(kit)
+    with pytest.raises(RuntimeError, match="before act"):
+        controller.record([1.0], terminal=False)
+    controller.act(observations, masks)
+    controller.record([1.0], terminal=True)
+    with pytest.raises(ValueError, match="0 rewards for 1"):
+        controller.record([], terminal=True)
+    assert controller.end_episode(0) == {}
+
