@@ -80,12 +80,13 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_validate(args: argparse.Namespace, console: Console) -> int:
-    from esper_core.tolaria.engine import prepare
+    from esper_core.tolaria.engine import build_policy_and_reward, prepare
 
     manager = PluginManager()
     _warn_failures(manager, console)
     config = _load(args.config, args.set, manager)
     setup = prepare(config, manager)
+    build_policy_and_reward(setup, manager)
     console.print(
         f"ok: {args.config}: task {config.task.name} ({setup.task.info.train_size} train / "
         f"{setup.task.info.val_size} val), host {config.host.name} ({setup.host_params:,} params, "

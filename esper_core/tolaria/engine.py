@@ -544,7 +544,7 @@ def _build_sinks(config: RunConfig, manager: PluginManager, context: SinkContext
     return sinks
 
 
-def _build_policy_and_reward(setup: RunSetup, manager: PluginManager) -> tuple[Controller, RewardFunction]:
+def build_policy_and_reward(setup: RunSetup, manager: PluginManager) -> tuple[Controller, RewardFunction]:
     config = setup.config
     policy_kind = manager.lookup("policies", config.policy.name)
     policy = policy_kind.build(
@@ -613,6 +613,7 @@ def start_run(config: RunConfig, manager: PluginManager, *, on_run_dir: Callable
         torch.set_num_threads(config.run.torch_threads)
     seed_everything(config.run.seed)
     setup = prepare(config, manager)
+    policy, reward = build_policy_and_reward(setup, manager)  # before the run directory: bad options fail clean
     run_dir = create_run_dir(Path(config.run.output_dir), config.task.name, config.run.name, config.run.seed)
     if on_run_dir is not None:
         on_run_dir(run_dir)
@@ -621,7 +622,6 @@ def start_run(config: RunConfig, manager: PluginManager, *, on_run_dir: Callable
         run_dir / ENVIRONMENT_FILE,
         environment_record(config.run.seed, distribution_versions(manager), str(setup.device)),
     )
-    policy, reward = _build_policy_and_reward(setup, manager)
     context = SinkContext(
         run_dir=run_dir, run_name=config.run.name, rounds=config.run.rounds,
         envs=config.run.envs, episode_length=config.run.episode_length,
@@ -659,7 +659,7 @@ def resume_run(run_dir: Path, manager: PluginManager) -> Path:
     seed_everything(config.run.seed)
     setup = prepare(config, manager)
     discarded = _truncate_events(run_dir, checkpoint["events_bytes"])
-    policy, reward = _build_policy_and_reward(setup, manager)
+    policy, reward = build_policy_and_reward(setup, manager)
     policy.load_state_dict(checkpoint["policy"])
     context = SinkContext(
         run_dir=run_dir, run_name=config.run.name, rounds=config.run.rounds,
