@@ -5,7 +5,14 @@ from __future__ import annotations
 from esper_core.hookspecs import Register, hookimpl
 from esper_core.leyline import SEGMENT_BOUNDARY
 from esper_core.registry import RewardKind, SurfaceKind
-from esper_core.simic import BasicReward, BasicRewardConfig
+from esper_core.simic import (
+    BasicReward,
+    BasicRewardConfig,
+    ShapedReward,
+    ShapedRewardConfig,
+    SimplifiedReward,
+    SimplifiedRewardConfig,
+)
 
 
 @hookimpl
@@ -27,5 +34,22 @@ def esper_register_rewards(register: Register) -> None:
             build=BasicReward,
             config_class=BasicRewardConfig,
             description="metric improvement minus parameter rent minus small action costs",
+        )
+    )
+    register(
+        RewardKind(
+            name="shaped",
+            build=ShapedReward,
+            config_class=ShapedRewardConfig,
+            description="bounded counterfactual attribution, metric gain, stage shaping, rent, alpha shock, "
+            "action costs, churn price, terminal metric",
+        )
+    )
+    register(
+        RewardKind(
+            name="simplified",
+            build=SimplifiedReward,
+            config_class=SimplifiedRewardConfig,
+            description="stage shaping, a cost per action, terminal metric, a bonus per contributing fossil",
         )
     )

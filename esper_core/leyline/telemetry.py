@@ -10,6 +10,8 @@ from typing import Any
 import attrs
 import cattrs
 
+from esper_core.leyline.actions import BlendStyle
+from esper_core.leyline.reports import SeedStateReport
 from esper_core.leyline.stages import SeedStage
 
 
@@ -217,6 +219,17 @@ class TelemetryEvent:
 _json_converter = cattrs.Converter()
 _json_converter.register_unstructure_hook(SeedStage, lambda stage: stage.name)
 _json_converter.register_structure_hook(SeedStage, lambda value, _: SeedStage[value])
+_json_converter.register_unstructure_hook(BlendStyle, lambda style: style.name)
+_json_converter.register_structure_hook(BlendStyle, lambda value, _: BlendStyle[value])
+
+
+def report_to_dict(report: SeedStateReport) -> dict[str, Any]:
+    """A SeedStateReport as plain values (enums by name), e.g. for checkpoints."""
+    return _json_converter.unstructure(report)
+
+
+def report_from_dict(data: dict[str, Any]) -> SeedStateReport:
+    return _json_converter.structure(data, SeedStateReport)
 
 
 def global_epoch(round_index: int, epoch: int, episode_length: int) -> int:

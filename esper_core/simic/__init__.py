@@ -9,8 +9,28 @@ from esper_core.simic.rewards import (
     RewardSignals,
     parameter_rent,
 )
+from esper_core.simic.shaped import (
+    STAGE_POTENTIAL,
+    ShapedReward,
+    ShapedRewardConfig,
+    SimplifiedReward,
+    SimplifiedRewardConfig,
+    alpha_shock,
+    bounded_attribution,
+    potential_shaping,
+    removed_seeds,
+)
 
 __all__ = [
+    "STAGE_POTENTIAL",
+    "ShapedReward",
+    "ShapedRewardConfig",
+    "SimplifiedReward",
+    "SimplifiedRewardConfig",
+    "alpha_shock",
+    "bounded_attribution",
+    "potential_shaping",
+    "removed_seeds",
     "BasicReward",
     "BasicRewardConfig",
     "RewardBreakdown",

@@ -21,10 +21,12 @@ class RewardContext:
 
 @attrs.frozen
 class RewardSignals:
-    """Everything a reward may use for one environment at one step (after the action was applied).
+    """Everything a reward may use for one environment for one decision.
 
-    ``metric`` and ``previous_metric`` are validation metrics (higher is better) of this and the
-    previous epoch; ``previous_metric`` is None on the first epoch.
+    The decision was taken after epoch t; the reward is computed after epoch t + 1's validation.
+    ``previous_metric`` and ``previous_slots`` describe the state the decision was taken in (epoch t);
+    ``metric`` and ``slots`` the state after it took effect (epoch t + 1). Metrics are higher-is-better.
+    ``terminal`` marks the episode's last reward.
     """
 
     env_id: int
@@ -33,10 +35,11 @@ class RewardSignals:
     action: FactoredAction
     action_success: bool
     metric: float
-    previous_metric: float | None
+    previous_metric: float
     host_params: int
     effective_seed_params: float
     slots: tuple[SeedStateReport, ...]
+    previous_slots: tuple[SeedStateReport, ...]
     terminal: bool
     rolled_back: bool
 
@@ -79,7 +82,7 @@ class BasicRewardConfig:
 class BasicReward:
     """Metric improvement minus parameter rent minus small action costs.
 
-    ``metric_gain = metric_weight * (metric - previous_metric)`` (0 on the first epoch),
+    ``metric_gain = metric_weight * (metric - previous_metric)``,
     ``rent = -parameter_rent(...)``, ``action = -action_cost`` for any non-WAIT op and
     ``-invalid_action_cost`` more when the op failed.
     """
@@ -90,7 +93,7 @@ class BasicReward:
 
     def compute(self, signals: RewardSignals) -> RewardBreakdown:
         config = self.config
-        gain = 0.0 if signals.previous_metric is None else signals.metric - signals.previous_metric
+        gain = signals.metric - signals.previous_metric
         action_cost = 0.0
         if signals.action.op is not LifecycleOp.WAIT:
             action_cost -= config.action_cost

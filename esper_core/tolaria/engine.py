@@ -439,7 +439,10 @@ class Engine:
             env.last_action = action
             env.last_action_success = success
             env.last_action_reason = "" if success else reason
-            env.pending = PendingDecision(action=action, success=success, metric_at_decision=observation.val_metric)
+            env.pending = PendingDecision(
+                action=action, success=success, metric_at_decision=observation.val_metric,
+                slots_at_decision=observation.slots,
+            )
             self.hub.emit(
                 TelemetryEvent(
                     TelemetryEventType.ACTION_TAKEN,
@@ -473,6 +476,7 @@ class Engine:
                     host_params=self.setup.host_params,
                     effective_seed_params=env.model.effective_seed_params(),
                     slots=env.model.reports(),
+                    previous_slots=decision.slots_at_decision,
                     terminal=terminal,
                     rolled_back=env.rolled_back,
                 )

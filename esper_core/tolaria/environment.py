@@ -11,7 +11,8 @@ import torch
 
 from esper_core.config import GovernorSection, TrainingSection
 from esper_core.kasmina import MorphogeneticModel
-from esper_core.leyline import FactoredAction
+from esper_core.leyline import FactoredAction, SeedStateReport
+from esper_core.leyline.telemetry import report_from_dict, report_to_dict
 from esper_core.tasks import Task
 from esper_core.tolaria.governor import Governor
 
@@ -33,6 +34,7 @@ class PendingDecision:
     action: FactoredAction
     success: bool
     metric_at_decision: float
+    slots_at_decision: tuple[SeedStateReport, ...]
 
 
 class Environment:
@@ -234,6 +236,7 @@ class Environment:
                 "action": self.pending.action.head_values(),
                 "success": self.pending.success,
                 "metric_at_decision": self.pending.metric_at_decision,
+                "slots_at_decision": [report_to_dict(report) for report in self.pending.slots_at_decision],
             },
             "rolled_back": self.rolled_back,
         }
@@ -272,6 +275,7 @@ class Environment:
                 action=FactoredAction(**pending["action"]),
                 success=pending["success"],
                 metric_at_decision=pending["metric_at_decision"],
+                slots_at_decision=tuple(report_from_dict(report) for report in pending["slots_at_decision"]),
             )
         )
         self.rolled_back = state["rolled_back"]

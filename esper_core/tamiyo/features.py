@@ -1,0 +1,259 @@
+"""Obs V3: turns observations into fixed-layout feature tensors for learned policies; the layout is documented from here.
+
+Every feature is a float. A value that has not been measured is never a silent 0: it is written as
+``UNMEASURED`` and paired with a ``*_measured`` flag (1.0 measured, 0.0 not). Blueprint identity is
+not in the vectors: ``blueprint_ids`` carries it as integers for a learned embedding (0 = no seed,
+``k + 1`` = the run's blueprint ``k``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import attrs
+import torch
+
+from esper_core.leyline import LifecycleOp, SeedStage, SeedStateReport
+from esper_core.tamiyo.observation import EnvObservation
+
+#: The value written for anything not measured (always accompanied by a ``*_measured`` flag of 0).
+UNMEASURED = -1.0
+#: How many past epochs the metric and loss deltas look back.
+HISTORY = 5
+
+
+@attrs.frozen
+class Feature:
+    """One named block of the layout: ``size`` floats described by ``meaning``."""
+
+    name: str
+    size: int
+    meaning: str
+
+
+def _signed_log(value: float) -> float:
+    return math.copysign(math.log1p(abs(value)), value)
+
+
+# -- base (per environment) features ---------------------------------------------------------------------
+
+BASE_FEATURES: tuple[Feature, ...] = (
+    Feature("epoch_progress", 1, "epoch / (episode_length - 1): 0 at the first epoch, 1 at the last"),
+    Feature("epochs_left_norm", 1, "epochs left after this one / episode_length"),
+    Feature("val_metric", 1, "validation metric of this epoch (accuracy: 0..1)"),
+    Feature("val_loss", 1, "validation loss, signed log1p"),
+    Feature("train_loss", 1, "mean training loss of this epoch, signed log1p"),
+    Feature("generalization_gap", 1, "validation loss minus training loss, signed log1p"),
+    Feature("metric_delta", HISTORY, "val_metric now minus k epochs ago, k = 1..5 (UNMEASURED before the episode had k epochs)"),
+    Feature("metric_delta_measured", HISTORY, "1 where metric_delta[k] is measured"),
+    Feature("loss_delta", HISTORY, "validation loss now minus k epochs ago, signed log1p, k = 1..5"),
+    Feature("loss_delta_measured", HISTORY, "1 where loss_delta[k] is measured"),
+    Feature("stage_counts", len(SeedStage), "fraction of slots in each SeedStage, in enum order"),
+    Feature("seeds_free_norm", 1, "(max_seeds - occupied slots) / max_seeds"),
+    Feature("effective_params_norm", 1, "log1p(sum of slots' effective params / host params)"),
+    Feature("last_op", len(LifecycleOp) + 1, "one-hot of the last action's op; the final entry means no action yet"),
+    Feature("last_action_success", 1, "1 if the last action succeeded (or none was taken), else 0"),
+    Feature("rolled_back", 1, "1 if the governor rolled this environment back this epoch"),
+)
+
+# -- per-slot features ------------------------------------------------------------------------------------
+
+SLOT_FEATURES: tuple[Feature, ...] = (
+    Feature("stage", len(SeedStage), "one-hot of the slot's SeedStage, in enum order"),
+    Feature("alpha", 1, "current blend weight"),
+    Feature("alpha_target", 1, "where the current (or planned) alpha schedule goes; 0 with no seed"),
+    Feature("alpha_schedule_progress", 1, "1 - epochs left / total epochs of the alpha schedule; 1 with no schedule"),
+    Feature("blend_out", 1, "1 while a scheduled prune blends the seed out"),
+    Feature("contribution", 1, "counterfactual contribution (metric with seed - without), UNMEASURED if never measured"),
+    Feature("contribution_measured", 1, "1 if the seed's contribution has been measured"),
+    Feature("contribution_velocity", 1, "change of the contribution between its last two measurements, UNMEASURED if fewer"),
+    Feature("contribution_velocity_measured", 1, "1 if contribution_velocity is measured"),
+    Feature("contribution_staleness", 1, "epochs since the contribution was last measured / episode_length, UNMEASURED if never"),
+    Feature("metric_delta_since_germination", 1, "val_metric now minus at germination, UNMEASURED with no seed"),
+    Feature("metric_delta_since_germination_measured", 1, "1 if metric_delta_since_germination is measured"),
+    Feature("seed_grad_norm", 1, "log1p of the seed's gradient norm on the epoch's last batch, UNMEASURED if not measured"),
+    Feature("grad_ratio", 1, "log1p(seed grad norm / host grad norm), UNMEASURED if not measured"),
+    Feature("grad_measured", 1, "1 if the seed's gradient norms are measured"),
+    Feature("grad_finite", 1, "1 unless the seed's last measured gradient was NaN or Inf"),
+    Feature("epochs_in_stage_norm", 1, "epochs in the current stage / episode_length"),
+    Feature("seed_age_norm", 1, "epochs since germination / episode_length"),
+    Feature("seed_params_norm", 1, "log1p(seed params / host params)"),
+    Feature("embargo_left_norm", 1, "embargo epochs left / episode_length"),
+)
+
+
+def layout_size(features: Sequence[Feature]) -> int:
+    return sum(feature.size for feature in features)
+
+
+BASE_SIZE = layout_size(BASE_FEATURES)
+SLOT_SIZE = layout_size(SLOT_FEATURES)
+
+
+def _one_hot(index: int, size: int) -> list[float]:
+    values = [0.0] * size
+    values[index] = 1.0
+    return values
+
+
+def _measured(value: float | None, transform: Callable[[float], float] = float) -> tuple[float, float]:
+    if value is None:
+        return UNMEASURED, 0.0
+    return transform(value), 1.0
+
+
+def base_features(observation: EnvObservation) -> list[float]:
+    length = observation.episode_length
+    metrics = observation.metric_history
+    losses = observation.loss_history
+    metric_deltas, metric_flags, loss_deltas, loss_flags = [], [], [], []
+    for k in range(1, HISTORY + 1):
+        if len(metrics) > k:
+            metric_deltas.append(metrics[-1] - metrics[-1 - k])
+            metric_flags.append(1.0)
+        else:
+            metric_deltas.append(UNMEASURED)
+            metric_flags.append(0.0)
+        if len(losses) > k:
+            loss_deltas.append(_signed_log(losses[-1] - losses[-1 - k]))
+            loss_flags.append(1.0)
+        else:
+            loss_deltas.append(UNMEASURED)
+            loss_flags.append(0.0)
+    slots = observation.slots
+    stage_counts = [0.0] * len(SeedStage)
+    for report in slots:
+        stage_counts[int(report.stage)] += 1.0 / len(slots)
+    effective = sum(report.effective_params for report in slots)
+    last_op = (
+        _one_hot(len(LifecycleOp), len(LifecycleOp) + 1)
+        if observation.last_action is None
+        else _one_hot(int(observation.last_action.op), len(LifecycleOp) + 1)
+    )
+    values = [
+        observation.epoch / max(length - 1, 1),
+        observation.epochs_left / length,
+        observation.val_metric,
+        _signed_log(observation.val_loss),
+        _signed_log(observation.train_loss),
+        _signed_log(observation.val_loss - observation.train_loss),
+        *metric_deltas,
+        *metric_flags,
+        *loss_deltas,
+        *loss_flags,
+        *stage_counts,
+        (observation.max_seeds - observation.occupied_slots) / observation.max_seeds,
+        math.log1p(effective / observation.host_params),
+        *last_op,
+        1.0 if observation.last_action_success else 0.0,
+        1.0 if observation.rolled_back else 0.0,
+    ]
+    return values
+
+
+def slot_features(report: SeedStateReport, *, episode_length: int, host_params: int) -> list[float]:
+    metrics = report.metrics
+    has_seed = report.seed_id is not None and report.seed_params > 0
+    if report.alpha_schedule_total_epochs > 0:
+        progress = 1.0 - report.alpha_schedule_epochs_left / report.alpha_schedule_total_epochs
+    else:
+        progress = 1.0
+    contribution, contribution_flag = _measured(metrics.counterfactual_contribution)
+    velocity, velocity_flag = _measured(metrics.contribution_velocity)
+    staleness, _ = _measured(metrics.epochs_since_measured, lambda epochs: epochs / episode_length)
+    delta, delta_flag = _measured(metrics.metric_delta_since_germination if has_seed else None)
+    if has_seed and metrics.seed_grad_norm is not None and metrics.host_grad_norm is not None:
+        grad_norm = math.log1p(metrics.seed_grad_norm) if math.isfinite(metrics.seed_grad_norm) else UNMEASURED
+        ratio = metrics.seed_grad_norm / metrics.host_grad_norm if metrics.host_grad_norm > 0 else 0.0
+        grad_ratio = math.log1p(ratio) if math.isfinite(ratio) else UNMEASURED
+        grad_flag = 1.0
+    else:
+        grad_norm, grad_ratio, grad_flag = UNMEASURED, UNMEASURED, 0.0
+    return [
+        *_one_hot(int(report.stage), len(SeedStage)),
+        report.alpha,
+        report.alpha_target,
+        progress,
+        1.0 if report.blend_out else 0.0,
+        contribution,
+        contribution_flag,
+        velocity,
+        velocity_flag,
+        staleness,
+        delta,
+        delta_flag,
+        grad_norm,
+        grad_ratio,
+        grad_flag,
+        1.0 if metrics.grad_finite else 0.0,
+        metrics.epochs_in_stage / episode_length,
+        metrics.seed_age_epochs / episode_length,
+        math.log1p(report.seed_params / host_params),
+        report.embargo_epochs_left / episode_length,
+    ]
+
+
+@attrs.frozen
+class FeatureBatch:
+    """Obs V3 tensors for a batch of environments.
+
+    - ``base``: (E, BASE_SIZE)
+    - ``slots``: (E, n_slots, SLOT_SIZE), slots in SlotConfig order
+    - ``blueprint_ids``: (E, n_slots) long, 0 = no seed, k + 1 = blueprint k of the run
+    """
+
+    base: torch.Tensor
+    slots: torch.Tensor
+    blueprint_ids: torch.Tensor
+
+    def flat(self) -> torch.Tensor:
+        """base and slot features concatenated: (E, BASE_SIZE + n_slots * SLOT_SIZE)."""
+        return torch.cat([self.base, self.slots.flatten(start_dim=1)], dim=1)
+
+
+def build_features(observations: Sequence[EnvObservation], device: torch.device | None = None) -> FeatureBatch:
+    """Obs V3 features for every environment (one host-to-device copy per tensor)."""
+    base, slots, ids = [], [], []
+    for observation in observations:
+        index = {name: position for position, name in enumerate(observation.blueprints)}
+        base.append(base_features(observation))
+        slots.append(
+            [
+                slot_features(report, episode_length=observation.episode_length, host_params=observation.host_params)
+                for report in observation.slots
+            ]
+        )
+        ids.append([0 if report.blueprint_id is None else index[report.blueprint_id] + 1 for report in observation.slots])
+    return FeatureBatch(
+        base=torch.tensor(base, dtype=torch.float32, device=device),
+        slots=torch.tensor(slots, dtype=torch.float32, device=device),
+        blueprint_ids=torch.tensor(ids, dtype=torch.long, device=device),
+    )
+
+
+def layout_markdown() -> str:
+    """The Obs V3 layout as Markdown tables (docs/observation.md is generated from this)."""
+    lines = [
+        "# Observation layout (Obs V3)",
+        "",
+        "Generated from `esper_core/tamiyo/features.py` by `python -m esper_core.tamiyo.features`;",
+        "a test keeps this page identical to the code.",
+        "",
+        f"Unmeasured values are written as `{UNMEASURED}` and paired with a `*_measured` flag (never a silent 0).",
+        "Blueprint identity is not a feature: `blueprint_ids` (0 = no seed, k + 1 = the run's blueprint k) feeds",
+        "a learned embedding.",
+        "",
+    ]
+    for title, features in (("Per-environment features", BASE_FEATURES), ("Per-slot features (slot order)", SLOT_FEATURES)):
+        lines += [f"## {title} ({layout_size(features)} floats)", "", "| offset | name | size | meaning |", "|---:|---|---:|---|"]
+        offset = 0
+        for feature in features:
+            lines.append(f"| {offset} | `{feature.name}` | {feature.size} | {feature.meaning} |")
+            offset += feature.size
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # pragma: no cover - documentation generator
+    print(layout_markdown())
