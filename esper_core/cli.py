@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from esper_core import __version__
-from esper_core.config import load_config, parse_config, read_toml
+from esper_core.config import parse_config, read_toml
 from esper_core.errors import ConfigError, EsperError
 from esper_core.plugins import PluginManager
 
@@ -50,8 +50,6 @@ def _apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, An
 
 
 def _load(config_path: str, overrides: list[str], manager: PluginManager):
-    if not overrides:
-        return load_config(config_path, manager)
     data = _apply_overrides(read_toml(Path(config_path)), overrides)
     return parse_config(data, manager, source=config_path)
 
@@ -62,6 +60,7 @@ def _warn_failures(manager: PluginManager, console: Console) -> None:
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
+    from esper_core.experiments import is_experiment_dir, resume_experiment, run_experiment
     from esper_core.tolaria.engine import resume_run, start_run
 
     manager = PluginManager()
@@ -69,32 +68,81 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     if args.resume:
         if args.config or args.set:
             raise ConfigError(["--resume continues a run with its saved config; give no CONFIG or --set"])
-        run_dir = resume_run(Path(args.resume), manager)
+        target = Path(args.resume)
+        if is_experiment_dir(target):
+            out_dir = resume_experiment(target, manager)
+            _print_comparison(out_dir, console)
+        else:
+            out_dir = resume_run(target, manager)
     else:
         if not args.config:
             raise ConfigError(["esper run needs a CONFIG file (or --resume RUN_DIR)"])
-        config = _load(args.config, args.set, manager)
-        run_dir = start_run(config, manager, on_run_dir=lambda d: console.print(f"run directory: {d}", highlight=False))
-    console.print(f"finished: {run_dir}", highlight=False)
+        data = _apply_overrides(read_toml(Path(args.config)), args.set)
+        announce = lambda d: console.print(f"run directory: {d}", highlight=False)  # noqa: E731
+        if "experiment" in data:
+            out_dir = run_experiment(data, manager, source=args.config, on_dir=announce)
+            _print_comparison(out_dir, console)
+        else:
+            config = parse_config(data, manager, source=args.config)
+            out_dir = start_run(config, manager, on_run_dir=announce)
+    console.print(f"finished: {out_dir}", highlight=False)
     return 0
 
 
+def _fmt(value: object, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _print_comparison(exp_dir: Path, console: Console) -> None:
+    from esper_core.experiments import compare
+
+    arms = compare(exp_dir)["arms"]
+    table = Table(title=f"Experiment {exp_dir.name}: arms side by side (same seeds, same data order)")
+    table.add_column("metric")
+    for name in arms:
+        table.add_column(name, justify="right")
+    rows = [
+        ("status", lambda a: a["status"]),
+        ("final metric", lambda a: _fmt(a["final_metric"], ".4f")),
+        ("added params", lambda a: _fmt(a["added_params"], ",.0f")),
+        ("accuracy per rent", lambda a: _fmt(a["accuracy_per_rent"], ".4f")),
+        ("mean return", lambda a: _fmt(a["mean_return"], ".3f")),
+        ("germinated", lambda a: str(a["germinated"])),
+        ("fossilized", lambda a: str(a["fossilized"])),
+        ("pruned", lambda a: str(a["pruned"])),
+        ("rollbacks", lambda a: str(a["rollbacks"])),
+        ("invalid action rate", lambda a: _fmt(a["invalid_action_rate"], ".3f")),
+        ("blueprint usage", lambda a: ", ".join(f"{k} {v}" for k, v in a["blueprint_usage"].items()) or "-"),
+        ("final head entropies", lambda a: ", ".join(f"{k} {v:.2f}" for k, v in a["final_head_entropy"].items()) or "-"),
+    ]
+    for label, getter in rows:
+        table.add_row(label, *(getter(arm) for arm in arms.values()))
+    console.print(table)
+
+
 def cmd_validate(args: argparse.Namespace, console: Console) -> int:
+    from esper_core.experiments import parse_experiment
     from esper_core.tolaria.engine import build_policy_and_reward, prepare
 
     manager = PluginManager()
     _warn_failures(manager, console)
-    config = _load(args.config, args.set, manager)
-    setup = prepare(config, manager)
-    build_policy_and_reward(setup, manager)
-    console.print(
-        f"ok: {args.config}: task {config.task.name} ({setup.task.info.train_size} train / "
-        f"{setup.task.info.val_size} val), host {config.host.name} ({setup.host_params:,} params, "
-        f"slots {', '.join(setup.slot_config.slot_ids)}), blueprints {', '.join(setup.blueprints)}, "
-        f"policy {config.policy.name}, reward {config.reward.name}, "
-        f"{config.run.rounds} round(s) x {config.run.envs} env(s) x {config.run.episode_length} epochs",
-        highlight=False,
-    )
+    data = _apply_overrides(read_toml(Path(args.config)), args.set)
+    if "experiment" in data:
+        configs = parse_experiment(data, manager, source=args.config).arms
+    else:
+        configs = {"": parse_config(data, manager, source=args.config)}
+    for arm, config in configs.items():
+        setup = prepare(config, manager)
+        build_policy_and_reward(setup, manager)
+        label = f" arm '{arm}'" if arm else ""
+        console.print(
+            f"ok: {args.config}{label}: task {config.task.name} ({setup.task.info.train_size} train / "
+            f"{setup.task.info.val_size} val), host {config.host.name} ({setup.host_params:,} params, "
+            f"slots {', '.join(setup.slot_config.slot_ids)}), blueprints {', '.join(setup.blueprints)}, "
+            f"policy {config.policy.name}, reward {config.reward.name}, "
+            f"{config.run.rounds} round(s) x {config.run.envs} env(s) x {config.run.episode_length} epochs",
+            highlight=False,
+        )
     return 0
 
 
@@ -116,9 +164,13 @@ def cmd_plugins(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_report(args: argparse.Namespace, console: Console) -> int:
+    from esper_core.experiments import is_experiment_dir
     from esper_core.telemetry.report import plot_report, read_events, summarize_events
 
     run_dir = Path(args.run_dir)
+    if is_experiment_dir(run_dir):
+        _print_comparison(run_dir, console)
+        return 0
     records = read_events(run_dir / "events.jsonl")
     summary = summarize_events(records)
     run = summary["run"]

@@ -320,6 +320,8 @@ def load_config(path: str | Path, manager: PluginManager) -> RunConfig:
 def parse_config(data: dict[str, Any], manager: PluginManager, source: str | None = None) -> RunConfig:
     problems: list[str] = []
     known_sections = [*CORE_SECTIONS, *PLUGIN_SECTIONS, *TABLE_SECTIONS]
+    if "experiment" in data:
+        problems.append("[experiment] describes several runs: run it with `esper run` (it is handled before this parser)")
     for key in data:
         if key not in known_sections:
             close = difflib.get_close_matches(key, known_sections, n=1)

@@ -1,0 +1,210 @@
+"""Paired experiments: ``[experiment]`` arms that differ in named settings, run on the same seeds, compared."""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import json
+import math
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import tomli_w
+
+from esper_core.config import RunConfig, parse_config, read_toml, structure_section
+from esper_core.errors import ConfigError
+from esper_core.plugins import PluginManager
+from esper_core.runs import SUMMARY_FILE, create_run_dir, write_json
+from esper_core.telemetry.report import read_events, summarize_events
+
+EXPERIMENT_FILE = "experiment.toml"
+COMPARISON_FILE = "comparison.json"
+
+
+@attrs.frozen
+class ArmSection:
+    """One arm: a name and dotted-key overrides of the base config (``{"reward.name" = "shaped"}``)."""
+
+    name: str
+    set: dict[str, Any] = attrs.Factory(dict)
+
+
+@attrs.frozen
+class ExperimentSection:
+    """``[experiment]``: a name and two or more arms."""
+
+    name: str
+    arms: tuple[ArmSection, ...] = attrs.field(validator=attrs.validators.min_len(2))
+
+
+@attrs.frozen
+class Experiment:
+    name: str
+    arms: dict[str, RunConfig]
+    base: dict[str, Any]
+
+
+def _apply(data: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = [part for part in dotted.split(".") if part]
+    if len(parts) < 2:
+        raise ValueError(f"'{dotted}' needs a section and a key, e.g. reward.name")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ValueError(f"'{part}' in '{dotted}' is not a table")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_experiment(data: dict[str, Any], manager: PluginManager, source: str | None = None) -> Experiment:
+    """Validate ``[experiment]`` and every arm's full config; report all problems at once."""
+    section, problems = structure_section(data["experiment"], ExperimentSection, "experiment")
+    if section is None:
+        raise ConfigError(problems, source=source)
+    base = {key: value for key, value in data.items() if key != "experiment"}
+    names = [arm.name for arm in section.arms]
+    if len(set(names)) != len(names):
+        problems.append(f"[experiment] arm names must be unique, got {names}")
+    arms: dict[str, RunConfig] = {}
+    for arm in section.arms:
+        arm_data = copy.deepcopy(base)
+        try:
+            for key, value in arm.set.items():
+                _apply(arm_data, key, value)
+        except ValueError as exc:
+            problems.append(f"[experiment] arm '{arm.name}': {exc}")
+            continue
+        arm_data.setdefault("run", {})["name"] = arm.name
+        try:
+            arms[arm.name] = parse_config(arm_data, manager, source=source)
+        except ConfigError as exc:
+            problems.extend(f"[experiment] arm '{arm.name}': {problem}" for problem in exc.problems)
+    if problems:
+        raise ConfigError(problems, source=source)
+    return Experiment(name=section.name, arms=arms, base=base)
+
+
+def experiment_dir(experiment: Experiment) -> Path:
+    first = next(iter(experiment.arms.values()))
+    return create_run_dir(
+        Path(first.run.output_dir), "experiment", experiment.name, first.run.seed, now=_dt.datetime.now()
+    )
+
+
+# -- comparison ------------------------------------------------------------------------------------
+
+
+def arm_metrics(run_dir: Path) -> dict[str, Any]:
+    """What the comparison table shows for one arm, from its event record."""
+    records = read_events(run_dir / "events.jsonl")
+    summary = summarize_events(records)
+    host_params = summary["run"]["host_params"] or 0
+    final = summary["final"] or {}
+    mean_metric = final.get("mean_metric")
+    added = (final.get("mean_params") or host_params) - host_params
+    rent = math.log1p(added / host_params) if host_params else 0.0
+    entropies: dict[str, list[float]] = defaultdict(list)
+    for record in records:
+        if record["event"] == "POLICY_UPDATED":
+            for key, value in record["data"]["metrics"].items():
+                if key.startswith("losses/entropy/"):
+                    entropies[key.removeprefix("losses/entropy/")].append(value)
+    actions = summary["actions"]
+    decisions = sum(actions["by_op"].values())
+    lifecycle = summary["lifecycle"]
+    return {
+        "run_dir": str(run_dir),
+        "status": summary["run"]["status"],
+        "final_metric": mean_metric,
+        "added_params": added,
+        "accuracy_per_rent": None if mean_metric is None else mean_metric / (1.0 + rent),
+        "germinated": lifecycle["germinated"],
+        "fossilized": lifecycle["fossilized"],
+        "pruned": lifecycle["pruned"],
+        "rollbacks": lifecycle["governor_rollbacks"],
+        "invalid_action_rate": actions["failed"] / decisions if decisions else 0.0,
+        "op_rates": {op: count / decisions for op, count in sorted(actions["by_op"].items())} if decisions else {},
+        "blueprint_usage": {name: counts["germinated"] for name, counts in summary["blueprints"].items()},
+        "final_head_entropy": {head: values[-1] for head, values in sorted(entropies.items())},
+        "mean_return": _mean([r.get("total_reward") for r in summary["rounds"].values()]),
+    }
+
+
+def _mean(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else None
+
+
+def compare(exp_dir: Path) -> dict[str, Any]:
+    """Side-by-side metrics of every arm; written to ``comparison.json``."""
+    arms = {name: arm_metrics(run_dir) for name, run_dir in arm_run_dirs(exp_dir).items()}
+    comparison = {"experiment": exp_dir.name, "arms": arms}
+    write_json(exp_dir / COMPARISON_FILE, comparison)
+    return comparison
+
+
+def arm_run_dirs(exp_dir: Path) -> dict[str, Path]:
+    """Each arm's newest run directory (names sort by creation time)."""
+    found: dict[str, Path] = {}
+    for child in sorted(exp_dir.iterdir()):
+        if child.is_dir() and "__" in child.name:
+            found[child.name.split("__")[1]] = child
+    return found
+
+
+def arm_completed(run_dir: Path) -> bool:
+    path = run_dir / SUMMARY_FILE
+    return path.exists() and json.loads(path.read_text())["run"]["status"] == "completed"
+
+
+# -- running ---------------------------------------------------------------------------------------
+
+
+def _in_dir(config: RunConfig, exp_dir: Path) -> RunConfig:
+    return attrs.evolve(config, run=attrs.evolve(config.run, output_dir=str(exp_dir)))
+
+
+def run_experiment(
+    data: dict[str, Any], manager: PluginManager, *, source: str | None = None,
+    on_dir: Callable[[Path], None] | None = None,
+) -> Path:
+    """Run every arm in order, each in its own run directory inside one experiment directory."""
+    from esper_core.tolaria.engine import start_run
+
+    experiment = parse_experiment(data, manager, source=source)
+    exp_dir = experiment_dir(experiment)
+    if on_dir is not None:
+        on_dir(exp_dir)
+    (exp_dir / EXPERIMENT_FILE).write_text(tomli_w.dumps(data), encoding="utf-8")
+    for config in experiment.arms.values():
+        start_run(_in_dir(config, exp_dir), manager)
+    compare(exp_dir)
+    return exp_dir
+
+
+def resume_experiment(exp_dir: Path, manager: PluginManager) -> Path:
+    """Skip completed arms, resume an interrupted one from its checkpoint, start the rest."""
+    from esper_core.runs import CHECKPOINT_DIR, LATEST_CHECKPOINT
+    from esper_core.tolaria.engine import resume_run, start_run
+
+    data = read_toml(exp_dir / EXPERIMENT_FILE)
+    experiment = parse_experiment(data, manager, source=str(exp_dir / EXPERIMENT_FILE))
+    existing = arm_run_dirs(exp_dir)
+    for name, config in experiment.arms.items():
+        run_dir = existing.get(name)
+        if run_dir is not None and arm_completed(run_dir):
+            continue
+        if run_dir is not None and (run_dir / CHECKPOINT_DIR / LATEST_CHECKPOINT).exists():
+            resume_run(run_dir, manager)
+        else:
+            start_run(_in_dir(config, exp_dir), manager)
+    compare(exp_dir)
+    return exp_dir
+
+
+def is_experiment_dir(path: Path) -> bool:
+    return (Path(path) / EXPERIMENT_FILE).exists()

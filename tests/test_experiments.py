@@ -1,0 +1,88 @@
+"""Paired experiments: arms run on the same seeds and data order, are compared, and resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from esper_core.errors import ConfigError, RunAborted
+from esper_core.experiments import (
+    COMPARISON_FILE,
+    arm_run_dirs,
+    parse_experiment,
+    resume_experiment,
+    run_experiment,
+)
+from esper_core.telemetry.report import read_events
+
+SCRIPT = {"1": {"op": 1, "slot": 0, "alpha_target": 2}, "3": {"op": 2, "slot": 0}}
+
+
+def experiment_data(toy_run_data, **arm_sets):
+    data = toy_run_data(policy={"name": "scripted", "script": SCRIPT})
+    data["experiment"] = {
+        "name": "pair",
+        "arms": [{"name": name, "set": values} for name, values in arm_sets.items()],
+    }
+    return data
+
+
+def epochs(run_dir):
+    return [
+        (r["data"]["env_id"], r["data"]["epoch"], r["data"]["train_loss"], r["data"]["val_metric"])
+        for r in read_events(run_dir / "events.jsonl")
+        if r["event"] == "EPOCH_COMPLETED"
+    ]
+
+
+def test_arms_are_paired_and_compared(toy_manager, toy_run_data):
+    data = experiment_data(toy_run_data, basic={"reward.name": "basic"}, shaped={"reward.name": "shaped"})
+    exp_dir = run_experiment(data, toy_manager)
+    runs = arm_run_dirs(exp_dir)
+    assert set(runs) == {"basic", "shaped"}
+    # same seeds, same data order, same scripted decisions: only the reward differs
+    assert epochs(runs["basic"]) == epochs(runs["shaped"])
+    rewards = {
+        name: [r["data"]["components"] for r in read_events(run / "events.jsonl") if r["event"] == "REWARD_COMPUTED"]
+        for name, run in runs.items()
+    }
+    assert "attribution" in rewards["shaped"][0] and "attribution" not in rewards["basic"][0]
+    comparison = json.loads((exp_dir / COMPARISON_FILE).read_text())
+    for arm in comparison["arms"].values():
+        assert arm["status"] == "completed"
+        assert arm["germinated"] == 2 and arm["final_metric"] is not None
+        assert arm["accuracy_per_rent"] <= arm["final_metric"]
+    assert (exp_dir / "experiment.toml").exists()
+
+
+def test_arm_settings_are_validated_with_the_arm_named(toy_manager, toy_run_data):
+    data = experiment_data(toy_run_data, good={"reward.name": "basic"}, bad={"reward.name": "fancy", "run.envs": 0})
+    with pytest.raises(ConfigError) as excinfo:
+        parse_experiment(data, toy_manager)
+    problems = excinfo.value.problems
+    assert any(p.startswith("[experiment] arm 'bad': [run] envs: must be >= 1") for p in problems)
+    assert any(p.startswith("[experiment] arm 'bad': [reward] unknown reward 'fancy'") for p in problems)
+    assert not any("arm 'good'" in p for p in problems)
+    one_arm = experiment_data(toy_run_data, only={})
+    with pytest.raises(ConfigError, match="arms"):
+        parse_experiment(one_arm, toy_manager)
+
+
+def test_an_interrupted_experiment_resumes_where_it_stopped(toy_manager, toy_run_data):
+    data = experiment_data(
+        toy_run_data, first={"reward.name": "basic"}, second={"reward.name": "shaped", "faults.abort": {"epoch": 3}}
+    )
+    created = []
+    with pytest.raises(RunAborted):
+        run_experiment(data, toy_manager, on_dir=created.append)
+    exp_dir = created[0]
+    runs_before = arm_run_dirs(exp_dir)
+    first_events = (runs_before["first"] / "events.jsonl").read_text()
+    # the abort fires after epoch 3's checkpoint, so resuming starts at epoch 4 and does not fire again
+    resume_experiment(exp_dir, toy_manager)
+    runs_after = arm_run_dirs(exp_dir)
+    assert runs_after == runs_before  # no arm was started again
+    assert (runs_after["first"] / "events.jsonl").read_text() == first_events  # the finished arm is untouched
+    comparison = json.loads((exp_dir / COMPARISON_FILE).read_text())
+    assert {arm["status"] for arm in comparison["arms"].values()} == {"completed"}
