@@ -1,0 +1,90 @@
+"""Obs V3 features: layout sizes, explicit sentinels for unmeasured values, blueprint ids, generated docs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from esper_core.leyline import FactoredAction, LifecycleOp, SeedMetrics, SeedStage, SeedStateReport
+from esper_core.tamiyo import EnvObservation
+from esper_core.tamiyo.features import (
+    BASE_FEATURES,
+    BASE_SIZE,
+    SLOT_FEATURES,
+    SLOT_SIZE,
+    UNMEASURED,
+    build_features,
+    layout_markdown,
+)
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "observation.md"
+
+
+def offset(features, name):
+    position = 0
+    for feature in features:
+        if feature.name == name:
+            return position
+        position += feature.size
+    raise KeyError(name)
+
+
+def observation(slots, *, history=(0.3, 0.35, 0.4), last_action=None, success=True):
+    return EnvObservation(
+        env_id=0, round=0, epoch=len(history) - 1, episode_length=10, val_metric=history[-1], val_loss=1.2,
+        train_loss=1.0, metric_history=tuple(history), loss_history=tuple(1.5 - 0.1 * i for i in range(len(history))),
+        host_params=1000, slots=tuple(slots), blueprints=("a", "b"), max_seeds=2, last_action=last_action,
+        last_action_success=success, last_action_reason="", rolled_back=False,
+    )
+
+
+DORMANT = SeedStateReport(env_id=0, slot_id="r0c0", stage=SeedStage.DORMANT)
+HOLDING = SeedStateReport(
+    env_id=0, slot_id="r0c1", stage=SeedStage.HOLDING, seed_id="s", blueprint_id="b", alpha=1.0, alpha_target=1.0,
+    seed_params=100, effective_params=100.0,
+    metrics=SeedMetrics(counterfactual_contribution=0.04, contribution_velocity=0.01, epochs_since_measured=0,
+                        metric_at_germination=0.3, metric_delta_since_germination=0.1, seed_grad_norm=0.5,
+                        host_grad_norm=2.0, epochs_in_stage=2, seed_age_epochs=7),
+)
+
+
+def test_shapes_follow_the_declared_layout():
+    batch = build_features([observation([DORMANT, HOLDING]), observation([HOLDING, DORMANT])])
+    assert batch.base.shape == (2, BASE_SIZE) and batch.slots.shape == (2, 2, SLOT_SIZE)
+    assert batch.flat().shape == (2, BASE_SIZE + 2 * SLOT_SIZE)
+    assert batch.blueprint_ids.tolist() == [[0, 2], [2, 0]]
+
+
+def test_unmeasured_values_use_the_sentinel_and_a_flag():
+    batch = build_features([observation([DORMANT, HOLDING])])
+    dormant, holding = batch.slots[0, 0], batch.slots[0, 1]
+    for name, flag in (("contribution", "contribution_measured"), ("contribution_velocity", "contribution_velocity_measured"),
+                       ("seed_grad_norm", "grad_measured")):
+        assert dormant[offset(SLOT_FEATURES, name)] == UNMEASURED
+        assert dormant[offset(SLOT_FEATURES, flag)] == 0.0
+        assert holding[offset(SLOT_FEATURES, flag)] == 1.0
+    assert holding[offset(SLOT_FEATURES, "contribution")] == pytest.approx(0.04)
+    base = batch.base[0]
+    deltas = base[offset(BASE_FEATURES, "metric_delta"):][:5].tolist()
+    flags = base[offset(BASE_FEATURES, "metric_delta_measured"):][:5].tolist()
+    assert deltas[:2] == pytest.approx([0.05, 0.1]) and deltas[2:] == [UNMEASURED] * 3
+    assert flags == [1.0, 1.0, 0.0, 0.0, 0.0]
+
+
+def test_stage_one_hot_and_last_action():
+    batch = build_features([observation([DORMANT, HOLDING], last_action=FactoredAction(op=LifecycleOp.FOSSILIZE),
+                                        success=False)])
+    holding = batch.slots[0, 1]
+    stage = holding[offset(SLOT_FEATURES, "stage"):][: len(SeedStage)]
+    assert stage.tolist() == [1.0 if s is SeedStage.HOLDING else 0.0 for s in SeedStage]
+    base = batch.base[0]
+    last_op = base[offset(BASE_FEATURES, "last_op"):][: len(LifecycleOp) + 1].tolist()
+    assert last_op[int(LifecycleOp.FOSSILIZE)] == 1.0 and sum(last_op) == 1.0
+    assert base[offset(BASE_FEATURES, "last_action_success")] == 0.0
+    fresh = build_features([observation([DORMANT, DORMANT])]).base[0]
+    assert fresh[offset(BASE_FEATURES, "last_op") + len(LifecycleOp)] == 1.0  # "no action yet"
+
+
+def test_the_documented_layout_is_generated_from_the_code():
+    assert DOCS.read_text() == layout_markdown() + "\n", "regenerate: python -m esper_core.tamiyo.features > docs/observation.md"
