@@ -13,6 +13,7 @@ from esper_core.errors import CheckpointError, RunAborted
 from esper_core.runs import CHECKPOINT_DIR, LATEST_CHECKPOINT, create_run_dir, load_checkpoint
 from esper_core.telemetry.report import read_events
 from esper_core.tolaria.engine import resume_run, start_run
+from tests import toy_plugin
 
 LIFECYCLE_SCRIPT = {
     "1": {"op": 1, "slot": 1, "style": 2, "tempo": 0, "alpha_target": 2},  # GERMINATE r0c1, GATE, 3 blend epochs
@@ -122,18 +123,23 @@ def test_resume_mid_round_after_a_later_abort_discards_and_keeps_the_cut_events(
 
 def test_nan_in_the_host_rolls_back_and_the_run_continues(toy_manager, toy_config):
     script = {"1": {"op": 1, "slot": 0}}
-    config = toy_config(policy={"name": "scripted", "script": script}, faults={"host_nan": [{"epoch": 3, "env": 1}]})
+    config = toy_config(policy={"name": "scripted", "script": script},
+                        faults={"host_nan": [{"epoch": 3, "env": 1}, {"epoch": 0, "env": 0}]})
+    toy_plugin.INSTANCES.clear()
     run_dir = start_run(config, toy_manager)
+    assert toy_plugin.INSTANCES[0].features_finite == [True] * 7  # observations stay finite after rollbacks
     records = events_of(run_dir)
     rollbacks = [r["data"] for r in records if r["event"] == "GOVERNOR_ROLLBACK"]
-    assert len(rollbacks) == 1
+    assert len(rollbacks) == 2
+    assert rollbacks[0]["env_id"] == 0 and rollbacks[0]["restored_epoch"] == -1  # back to the untrained host
+    rollbacks = rollbacks[1:]
     assert rollbacks[0]["env_id"] == 1 and rollbacks[0]["epoch"] == 3 and rollbacks[0]["restored_epoch"] == 2
     assert "non-finite" in rollbacks[0]["reason"] and rollbacks[0]["pruned_slots"] == ["r0c0"]
     pruned = [r["data"] for r in records if r["event"] == "SEED_PRUNED"]
     assert [p["reason"] for p in pruned] == ["governor_rollback"]
     final = [r["data"] for r in records if r["event"] == "EPOCH_COMPLETED" and r["data"]["epoch"] == 7]
     assert all(torch.isfinite(torch.tensor([f["val_loss"], f["train_loss"]])).all() for f in final)
-    assert json.loads((run_dir / "summary.json").read_text())["lifecycle"]["governor_rollbacks"] == 1
+    assert json.loads((run_dir / "summary.json").read_text())["lifecycle"]["governor_rollbacks"] == 2
 
 
 def test_run_directories_are_never_reused(tmp_path):

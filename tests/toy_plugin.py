@@ -11,6 +11,7 @@ from torch import nn
 from esper_core import hookimpl
 from esper_core.leyline import SEGMENT_BOUNDARY, FactoredAction, InjectionSpec, LifecycleOp
 from esper_core.registry import HostFamily, PolicyKind, SeedFamily, SinkKind, SurfaceKind, TaskKind
+from esper_core.tamiyo.features import build_features
 from esper_core.tasks import TaskContext, TaskInfo, TensorClassificationTask
 from esper_core.telemetry import SinkContext
 
@@ -110,6 +111,8 @@ def build_toy_task(config: ToyTaskConfig, context: TaskContext) -> TensorClassif
     )
 
 
+INSTANCES: list[Any] = []
+
 # -- scripted policy ---------------------------------------------------------------------------------
 
 
@@ -126,11 +129,14 @@ class ScriptedPolicy:
         self.context = context
         self.rewards: list[list[float]] = []
         self.episodes = 0
+        self.features_finite: list[bool] = []
+        INSTANCES.append(self)
 
     def begin_episode(self, round_index: int, n_envs: int) -> None:
         self.episodes += 1
 
     def act(self, observations, masks) -> list[FactoredAction]:
+        self.features_finite.append(bool(torch.isfinite(build_features(observations).flat()).all()))
         return [self.script.get(obs.epoch, FactoredAction(op=LifecycleOp.WAIT)) for obs in observations]
 
     def record(self, rewards, terminal: bool) -> None:

@@ -43,8 +43,9 @@ BASE_FEATURES: tuple[Feature, ...] = (
     Feature("epochs_left_norm", 1, "epochs left after this one / episode_length"),
     Feature("val_metric", 1, "validation metric of this epoch (accuracy: 0..1)"),
     Feature("val_loss", 1, "validation loss, signed log1p"),
-    Feature("train_loss", 1, "mean training loss of this epoch, signed log1p"),
-    Feature("generalization_gap", 1, "validation loss minus training loss, signed log1p"),
+    Feature("train_loss", 1, "mean training loss of this epoch, signed log1p; UNMEASURED after a rollback to the untrained model"),
+    Feature("generalization_gap", 1, "validation loss minus training loss, signed log1p; UNMEASURED with train_loss"),
+    Feature("train_loss_measured", 1, "1 if train_loss (and generalization_gap) is measured"),
     Feature("metric_delta", HISTORY, "val_metric now minus k epochs ago, k = 1..5 (UNMEASURED before the episode had k epochs)"),
     Feature("metric_delta_measured", HISTORY, "1 where metric_delta[k] is measured"),
     Feature("loss_delta", HISTORY, "validation loss now minus k epochs ago, signed log1p, k = 1..5"),
@@ -136,8 +137,11 @@ def base_features(observation: EnvObservation) -> list[float]:
         observation.epochs_left / length,
         observation.val_metric,
         _signed_log(observation.val_loss),
-        _signed_log(observation.train_loss),
-        _signed_log(observation.val_loss - observation.train_loss),
+        *(
+            (UNMEASURED, UNMEASURED, 0.0)
+            if observation.train_loss is None
+            else (_signed_log(observation.train_loss), _signed_log(observation.val_loss - observation.train_loss), 1.0)
+        ),
         *metric_deltas,
         *metric_flags,
         *loss_deltas,

@@ -11,6 +11,7 @@ from esper_core.leyline import FactoredAction, SeedStateReport
 class EnvObservation:
     """The state of one environment after an epoch's training and validation, before its decision.
 
+    ``train_loss`` is None after a rollback to the untrained model (no training loss describes it).
     ``last_action_reason`` says why the last action failed ('' when it succeeded or there was none).
     ``metric_history`` and ``loss_history`` hold every validation of this episode so far, oldest
     first (the last entry is this epoch's). ``slots`` follows the run's SlotConfig order.
@@ -22,7 +23,7 @@ class EnvObservation:
     episode_length: int
     val_metric: float
     val_loss: float
-    train_loss: float
+    train_loss: float | None
     metric_history: tuple[float, ...]
     loss_history: tuple[float, ...]
     host_params: int

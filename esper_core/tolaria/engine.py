@@ -313,7 +313,7 @@ class Engine:
                 env.governor.record_healthy(result.loss)
             env.record_validation(result)
             if verdict is None and not env.governor.is_diverging:
-                env.governor.take_snapshot(env.model, epoch)
+                env.governor.take_snapshot(env.model, epoch, train_loss)
             results.append((train_loss, result))
 
         self.pay_rewards(round_index, epoch)
@@ -376,6 +376,9 @@ class Engine:
         env.build_optimizers()
         env.set_epoch(epoch)
         env.rolled_back = True
+        # observations describe the restored model: its train loss is the snapshot epoch's
+        restored_loss = env.governor.snapshot_train_loss
+        env.train_loss_history[-1] = restored_loss  # None: rolled back to the untrained model
         self.hub.emit(
             TelemetryEvent(
                 TelemetryEventType.GOVERNOR_ROLLBACK,

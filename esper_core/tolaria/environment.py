@@ -64,7 +64,7 @@ class Environment:
         self.governor = Governor(governor)
         self.metric_history: list[float] = []
         self.loss_history: list[float] = []
-        self.train_loss_history: list[float] = []
+        self.train_loss_history: list[float | None] = []
         self.last_action: FactoredAction | None = None
         self.last_action_success = True
         self.last_action_reason = ""

@@ -26,6 +26,7 @@ class Governor:
         self.snapshot_weights: dict[str, torch.Tensor] | None = None
         self.snapshot_lifecycle: dict[str, Any] | None = None
         self.snapshot_epoch = -1
+        self.snapshot_train_loss: float | None = None
         self.rollbacks = 0
 
     def verdict(self, train_loss: float, val_loss: float) -> str | None:
@@ -54,7 +55,9 @@ class Governor:
     def record_healthy(self, val_loss: float) -> None:
         self.healthy_losses.append(val_loss)
 
-    def take_snapshot(self, model: MorphogeneticModel, epoch: int) -> None:
+    def take_snapshot(self, model: MorphogeneticModel, epoch: int, train_loss: float | None = None) -> None:
+        """Remember the model as it is after ``epoch`` (-1: before training), and that epoch's train loss."""
+        self.snapshot_train_loss = train_loss
         self.snapshot_weights = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
         self.snapshot_lifecycle = model.lifecycle_state()
         self.snapshot_epoch = epoch
@@ -76,6 +79,7 @@ class Governor:
             "snapshot_weights": self.snapshot_weights,
             "snapshot_lifecycle": self.snapshot_lifecycle,
             "snapshot_epoch": self.snapshot_epoch,
+            "snapshot_train_loss": self.snapshot_train_loss,
             "rollbacks": self.rollbacks,
         }
 
@@ -85,4 +89,5 @@ class Governor:
         self.snapshot_weights = state["snapshot_weights"]
         self.snapshot_lifecycle = state["snapshot_lifecycle"]
         self.snapshot_epoch = state["snapshot_epoch"]
+        self.snapshot_train_loss = state["snapshot_train_loss"]
         self.rollbacks = state["rollbacks"]
