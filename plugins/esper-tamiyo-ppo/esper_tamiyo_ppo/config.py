@@ -1,0 +1,140 @@
+"""Options of the ``ppo`` policy (its ``[policy]`` table) and the network sizes its presets resolve to."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import attrs
+
+from esper_core.leyline import HEADS
+
+
+@attrs.frozen
+class NetworkSizes:
+    """Widths of Policy V2 (see the README's network diagram)."""
+
+    feature_dim: int
+    lstm_hidden: int
+    slot_dim: int
+    blueprint_embed_dim: int
+    action_embed_dim: int
+    head_hidden: int
+
+    def as_dict(self) -> dict[str, int]:
+        return attrs.asdict(self)
+
+
+#: Named size sets. ``baseline`` is the roadmap's Policy V2 (512-wide features, a 512-unit LSTM);
+#: ``cpu`` is small enough to train on a laptop core and is the default.
+PRESETS: dict[str, NetworkSizes] = {
+    "cpu": NetworkSizes(
+        feature_dim=64, lstm_hidden=64, slot_dim=32, blueprint_embed_dim=8, action_embed_dim=8, head_hidden=64
+    ),
+    "baseline": NetworkSizes(
+        feature_dim=512, lstm_hidden=512, slot_dim=128, blueprint_embed_dim=16, action_embed_dim=16, head_hidden=256
+    ),
+}
+
+_SIZE_FIELDS: tuple[str, ...] = tuple(field.name for field in attrs.fields(NetworkSizes))
+
+
+def _is_finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _finite(_instance: Any, attribute: attrs.Attribute[Any], value: float | None) -> None:
+    if value is not None and not _is_finite_number(value):
+        raise ValueError(f"'{attribute.name}' must be a finite number, got {value!r}")
+
+
+def _integer(_instance: Any, attribute: attrs.Attribute[Any], value: int | None) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise TypeError(f"'{attribute.name}' must be an integer, got {value!r}")
+
+
+def _count(minimum: int) -> list[Any]:
+    return [_integer, attrs.validators.ge(minimum)]
+
+
+def _positive_size() -> Any:
+    return attrs.validators.optional(_count(1))
+
+
+def _positive() -> list[Any]:
+    return [_finite, attrs.validators.gt(0.0)]
+
+
+def _non_negative() -> list[Any]:
+    return [_finite, attrs.validators.ge(0.0)]
+
+
+def _unit_interval() -> list[Any]:
+    return [_finite, attrs.validators.ge(0.0), attrs.validators.le(1.0)]
+
+
+_flag = attrs.validators.instance_of(bool)
+
+
+def _path(_instance: Any, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise ValueError(f"'{attribute.name}' must be a non-empty path, got {value!r}")
+
+
+def _head_weights(_instance: Any, attribute: attrs.Attribute[Any], value: dict[str, float]) -> None:
+    unknown = sorted(set(value) - set(HEADS))
+    if unknown:
+        raise ValueError(f"unknown head(s) {', '.join(unknown)}; heads: {', '.join(HEADS)}")
+    bad = sorted(head for head, weight in value.items() if not (_is_finite_number(weight) and weight >= 0.0))
+    if bad:
+        raise ValueError(f"weights must be finite and >= 0; got {', '.join(f'{h}={value[h]}' for h in bad)}")
+
+
+@attrs.frozen(kw_only=True)
+class PPOConfig:
+    """Every option of the ``ppo`` policy; the README documents each one with its default."""
+
+    # -- network ------------------------------------------------------------------------------------
+    preset: str = attrs.field(default="cpu", validator=attrs.validators.in_(tuple(PRESETS)))
+    feature_dim: int | None = attrs.field(default=None, validator=_positive_size())
+    lstm_hidden: int | None = attrs.field(default=None, validator=_positive_size())
+    slot_dim: int | None = attrs.field(default=None, validator=_positive_size())
+    blueprint_embed_dim: int | None = attrs.field(default=None, validator=_positive_size())
+    action_embed_dim: int | None = attrs.field(default=None, validator=_positive_size())
+    head_hidden: int | None = attrs.field(default=None, validator=_positive_size())
+
+    # -- learning control ---------------------------------------------------------------------------
+    learn: bool = attrs.field(default=True, validator=_flag)
+    checkpoint: str | None = attrs.field(default=None, validator=_path)
+    deterministic: bool = attrs.field(default=False, validator=_flag)
+
+    # -- observation normalisation --------------------------------------------------------------------
+    normalize_observations: bool = attrs.field(default=True, validator=_flag)
+    observation_clip: float = attrs.field(default=10.0, validator=_positive())
+
+    # -- PPO --------------------------------------------------------------------------------------------
+    learning_rate: float = attrs.field(default=3e-4, validator=_positive())
+    gamma: float = attrs.field(default=0.99, validator=_unit_interval())
+    gae_lambda: float = attrs.field(default=0.95, validator=_unit_interval())
+    rounds_per_update: int = attrs.field(default=1, validator=_count(1))
+    update_epochs: int = attrs.field(default=4, validator=_count(1))
+    num_minibatches: int = attrs.field(default=4, validator=_count(1))
+    sequence_length: int = attrs.field(default=0, validator=_count(0))
+    normalize_advantages: bool = attrs.field(default=True, validator=_flag)
+    clip_coef: float = attrs.field(default=0.2, validator=_positive())
+    value_clip: float | None = attrs.field(default=None, validator=attrs.validators.optional(_positive()))
+    vf_coef: float = attrs.field(default=0.5, validator=_non_negative())
+    q_coef: float = attrs.field(default=0.5, validator=_non_negative())
+    entropy_coef: float = attrs.field(default=0.01, validator=_non_negative())
+    entropy_head_weights: dict[str, float] = attrs.field(factory=dict, validator=_head_weights)
+    max_grad_norm: float = attrs.field(default=0.5, validator=_positive())
+    target_kl: float | None = attrs.field(default=None, validator=attrs.validators.optional(_positive()))
+
+    def sizes(self) -> NetworkSizes:
+        """The preset's sizes with every explicitly set size in its place."""
+        overrides = {name: getattr(self, name) for name in _SIZE_FIELDS if getattr(self, name) is not None}
+        return attrs.evolve(PRESETS[self.preset], **overrides)
+
+    def head_weight(self, head: str) -> float:
+        """The entropy-bonus weight of ``head`` (1.0 unless ``entropy_head_weights`` says otherwise)."""
+        return self.entropy_head_weights.get(head, 1.0)

@@ -1,0 +1,353 @@
+"""The ``ppo`` controller: acts with Policy V2, collects rounds, updates by PPO and resumes exactly."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from esper_core.errors import CheckpointError, ConfigError
+from esper_core.leyline import HEADS, FactoredAction
+from esper_core.runs import CHECKPOINT_DIR, LATEST_CHECKPOINT, derive_seed, load_checkpoint
+from esper_core.tamiyo import ActionMasks, EnvObservation, PolicyContext
+from esper_core.tamiyo.features import BASE_FEATURES, SLOT_FEATURES, FeatureBatch, build_features
+
+from esper_tamiyo_ppo.buffer import RolloutBuffer
+from esper_tamiyo_ppo.config import PPOConfig
+from esper_tamiyo_ppo.network import N_OPS, Decisions, PolicyNetwork
+from esper_tamiyo_ppo.normalizer import ObservationNormalizer
+from esper_tamiyo_ppo.ppo import ppo_update
+
+#: Marks a policy state written by this plugin (inside an Esper checkpoint, under "policy").
+STATE_FORMAT = "esper-tamiyo-ppo"
+STATE_VERSION = 1
+#: Streams of the run seed: network initialisation and the sampling/shuffling generator.
+_INIT_STREAM = 0x7070_0001
+_SAMPLING_STREAM = 0x7070_0002
+
+
+def sequences_per_update(config: PPOConfig, n_envs: int, episode_length: int) -> int:
+    """How many sequences one update sees: environments x rounds x chunks per episode."""
+    decisions = episode_length - 1
+    chunks = 1 if config.sequence_length == 0 else math.ceil(decisions / config.sequence_length)
+    return n_envs * config.rounds_per_update * chunks
+
+
+def check_context(config: PPOConfig, context: PolicyContext) -> None:
+    """Raise ``ConfigError`` for options that cannot work with this run's shape."""
+    problems = []
+    if context.episode_length < 2:
+        problems.append(
+            "[policy] ppo needs episode_length >= 2 (one decision per epoch but the last); "
+            f"got {context.episode_length}"
+        )
+    elif config.learn:
+        available = sequences_per_update(config, context.n_envs, context.episode_length)
+        if config.num_minibatches > available:
+            problems.append(
+                f"[policy] num_minibatches: {config.num_minibatches} minibatches need at least as many sequences "
+                f"per update; this run gives {available} (envs {context.n_envs} x rounds_per_update "
+                f"{config.rounds_per_update} x chunks per episode); lower num_minibatches, or raise envs, "
+                f"rounds_per_update, or set a sequence_length"
+            )
+    if config.deterministic and config.learn:
+        problems.append("[policy] deterministic: argmax actions need learn = false (PPO learns from sampled actions)")
+    if problems:
+        raise ConfigError(problems)
+
+
+def _plain(value: Any) -> Any:
+    """Checkpoint-safe copy: tuples become lists, tensors move to the CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().clone()
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
+class PPOController:
+    """Tamiyo's learned controller (see the README for the network and the update)."""
+
+    def __init__(self, config: PPOConfig, context: PolicyContext) -> None:
+        check_context(config, context)
+        self.config = config
+        self.context = context
+        self.device = context.device
+        self.sizes = config.sizes()
+        self.slot_ids = tuple(context.slot_config.slot_ids)
+        self.blueprints = tuple(context.blueprints)
+        # Initial weights depend on the run seed alone; the global RNG is left as it was.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(context.seed, _INIT_STREAM))
+            network = PolicyNetwork(self.sizes, len(self.slot_ids), len(self.blueprints))
+        self.network = network.to(self.device)
+        self.normalizer = ObservationNormalizer(config.observation_clip, self.device)
+        self.optimizer = torch.optim.Adam(self.network.parameters(), lr=config.learning_rate, eps=1e-5)
+        # A CPU generator: its state is portable, and sampling noise is drawn on it then moved.
+        self.generator = torch.Generator(device="cpu")
+        self.generator.manual_seed(derive_seed(context.seed, _SAMPLING_STREAM))
+        self.buffer = RolloutBuffer(self.device)
+        self.rounds_seen = 0
+        self.updates = 0
+        self.decisions = 0
+        self._episode: dict[str, Any] | None = None
+        self._clock = time.perf_counter()
+        if config.checkpoint is not None:
+            self.load_pretrained(Path(config.checkpoint))
+
+    # -- Controller protocol -----------------------------------------------------------------------
+
+    def begin_episode(self, round_index: int, n_envs: int) -> None:
+        """Reset every environment's LSTM state and the round's bookkeeping."""
+        if n_envs != self.context.n_envs:
+            raise ValueError(
+                f"begin_episode with {n_envs} environments; the policy was built for {self.context.n_envs}"
+            )
+        if self._episode is not None:
+            raise RuntimeError("begin_episode() before end_episode() closed the previous round")
+        h, c = self.network.initial_state(n_envs)
+        self._episode = {
+            "round": round_index,
+            "n_envs": n_envs,
+            "h": h,
+            "c": c,
+            "awaiting_reward": False,
+            "terminal": False,
+            "returns": torch.zeros(n_envs, dtype=torch.float64),
+            "steps": 0,
+            "elapsed": 0.0,
+        }
+        self._clock = time.perf_counter()
+
+    def act(self, observations: Sequence[EnvObservation], masks: ActionMasks) -> list[FactoredAction]:
+        """One masked action per environment from one batched forward pass (stored for PPO when learning)."""
+        episode = self._require_episode("act")
+        if episode["awaiting_reward"]:
+            raise RuntimeError("act() called again before record() paid the previous decision's reward")
+        if episode["terminal"]:
+            raise RuntimeError("act() after the terminal reward of the episode")
+        self._check_batch(observations, masks, episode["n_envs"])
+        features = build_features(observations, device=self.device)
+        if self.config.normalize_observations:
+            if self.config.learn:
+                self.normalizer.update(features)
+            features = self.normalizer.normalize(features)
+        with torch.no_grad():
+            z, (h, c) = self.network.encode(
+                features.base.unsqueeze(1),
+                features.slots.unsqueeze(1),
+                features.blueprint_ids.unsqueeze(1),
+                (episode["h"], episode["c"]),
+            )
+            uniform = None if self.config.deterministic else self._draw_uniform(len(observations))
+            decisions = self.network.sample(
+                z[:, 0],
+                masks.op.to(self.device),
+                masks.slot.to(self.device),
+                masks.blueprint.to(self.device),
+                uniform,
+            )
+        if self.config.learn:
+            self.buffer.add_step(self._step_record(features, decisions, episode["h"][0], episode["c"][0]))
+        episode["h"], episode["c"] = h, c
+        episode["awaiting_reward"] = True
+        episode["steps"] += 1
+        self.decisions += len(observations)
+        return [FactoredAction(**dict(zip(HEADS, row))) for row in decisions.actions.cpu().tolist()]
+
+    def record(self, rewards: Sequence[float], terminal: bool) -> None:
+        """The rewards of the last decisions; ``terminal`` marks the episode's final reward."""
+        episode = self._require_episode("record")
+        if not episode["awaiting_reward"]:
+            raise RuntimeError("record() with no decision awaiting its reward")
+        if len(rewards) != episode["n_envs"]:
+            raise ValueError(f"got {len(rewards)} rewards for {episode['n_envs']} environments")
+        values = torch.tensor([float(reward) for reward in rewards], dtype=torch.float64)
+        if not bool(torch.isfinite(values).all()):
+            raise ValueError(f"non-finite reward(s): {values.tolist()}")
+        episode["returns"] += values
+        if self.config.learn:
+            self.buffer.add_reward(values.to(device=self.device, dtype=torch.float32), bool(terminal))
+        episode["awaiting_reward"] = False
+        episode["terminal"] = bool(terminal)
+
+    def end_episode(self, round_index: int) -> dict[str, float]:
+        """Close the round; update every ``rounds_per_update`` rounds. Returns the round's metrics."""
+        episode = self._require_episode("end_episode")
+        if round_index != episode["round"]:
+            raise ValueError(f"end_episode({round_index}) closes the episode begun for round {episode['round']}")
+        if episode["awaiting_reward"]:
+            raise RuntimeError("end_episode() while a decision still awaits its reward")
+        elapsed = episode["elapsed"] + (time.perf_counter() - self._clock)
+        decisions = episode["steps"] * episode["n_envs"]
+        metrics = {
+            "charts/episode_return": float(episode["returns"].mean()),
+            "charts/SPS": decisions / elapsed,
+        }
+        self._episode = None
+        self.rounds_seen += 1
+        if self.config.learn:
+            self.buffer.close_round()
+            if len(self.buffer.rounds) == self.config.rounds_per_update:
+                batch = self.buffer.sequences(self.config.gamma, self.config.gae_lambda, self.config.sequence_length)
+                metrics.update(ppo_update(self.network, self.optimizer, batch, self.config, self.generator))
+                self.buffer.clear()
+                self.updates += 1
+        metrics["charts/updates"] = float(self.updates)
+        metrics["charts/decisions"] = float(self.decisions)
+        return metrics
+
+    # -- state -------------------------------------------------------------------------------------
+
+    def architecture(self) -> dict[str, Any]:
+        """What a saved network must match to be loaded here."""
+        return {
+            "sizes": self.sizes.as_dict(),
+            "slot_ids": list(self.slot_ids),
+            "blueprints": list(self.blueprints),
+            "n_ops": N_OPS,
+            "base_features": [[feature.name, feature.size] for feature in BASE_FEATURES],
+            "slot_features": [[feature.name, feature.size] for feature in SLOT_FEATURES],
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        episode = None
+        if self._episode is not None:
+            episode = _plain({**self._episode, "elapsed": self._episode["elapsed"] + time.perf_counter() - self._clock})
+        return {
+            "format": STATE_FORMAT,
+            "version": STATE_VERSION,
+            "architecture": self.architecture(),
+            "network": _plain(self.network.state_dict()),
+            "normalizer": self.normalizer.state_dict(),
+            "optimizer": _plain(self.optimizer.state_dict()),
+            "generator": self.generator.get_state(),
+            "counters": {"rounds_seen": self.rounds_seen, "updates": self.updates, "decisions": self.decisions},
+            "episode": episode,
+            "buffer": self.buffer.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore everything ``state_dict`` captured (exact resume)."""
+        self._check_state(state, "resume state")
+        self.network.load_state_dict(state["network"])
+        self.normalizer.load_state_dict(state["normalizer"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        counters = state["counters"]
+        self.rounds_seen = int(counters["rounds_seen"])
+        self.updates = int(counters["updates"])
+        self.decisions = int(counters["decisions"])
+        self.buffer.load_state_dict(state["buffer"])
+        episode = state["episode"]
+        if episode is None:
+            self._episode = None
+        else:
+            self._episode = {
+                **episode,
+                "h": episode["h"].to(self.device),
+                "c": episode["c"].to(self.device),
+                "returns": episode["returns"].clone(),
+            }
+        self._clock = time.perf_counter()
+
+    def load_pretrained(self, path: Path) -> None:
+        """Load network weights and normaliser statistics from an Esper run checkpoint or run directory."""
+        file = path / CHECKPOINT_DIR / LATEST_CHECKPOINT if path.is_dir() else path
+        try:
+            payload = load_checkpoint(file)
+        except CheckpointError as exc:
+            raise CheckpointError(f"[policy] checkpoint: {exc}") from None
+        if "policy" not in payload:
+            raise CheckpointError(f"[policy] checkpoint: '{file}' holds no policy state")
+        state = payload["policy"]
+        self._check_state(state, f"checkpoint '{file}'")
+        self.network.load_state_dict(state["network"])
+        self.normalizer.load_state_dict(state["normalizer"])
+
+    # -- helpers -----------------------------------------------------------------------------------
+
+    def _check_state(self, state: Any, what: str) -> None:
+        prefix = "[policy] checkpoint: " if what.startswith("checkpoint") else ""
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            raise CheckpointError(f"{prefix}{what} was not written by the ppo policy")
+        if state.get("version") != STATE_VERSION:
+            raise CheckpointError(
+                f"{prefix}{what} has ppo state version {state.get('version')}; this plugin reads {STATE_VERSION}"
+            )
+        saved, mine = state["architecture"], self.architecture()
+        differences = []
+        for key in mine:
+            if key == "sizes":
+                saved_sizes = saved[key]
+                for name, value in mine[key].items():
+                    if saved_sizes.get(name) != value:
+                        differences.append(f"{name} {saved_sizes.get(name)} vs {value}")
+            elif saved.get(key) != mine[key]:
+                differences.append(f"{key} {_short(saved.get(key))} vs {_short(mine[key])}")
+        if differences:
+            raise CheckpointError(
+                f"{prefix}{what} is incompatible with this run (saved vs here): {'; '.join(differences)}"
+            )
+
+    def _require_episode(self, method: str) -> dict[str, Any]:
+        if self._episode is None:
+            raise RuntimeError(f"{method}() outside an episode (call begin_episode first)")
+        return self._episode
+
+    def _check_batch(self, observations: Sequence[EnvObservation], masks: ActionMasks, n_envs: int) -> None:
+        if len(observations) != n_envs or masks.num_envs != n_envs:
+            raise ValueError(
+                f"act() got {len(observations)} observations and masks for {masks.num_envs} environments; "
+                f"the episode has {n_envs}"
+            )
+        n_slots, n_blueprints = len(self.slot_ids), len(self.blueprints)
+        slot_shape, blueprint_shape = tuple(masks.slot.shape[1:]), tuple(masks.blueprint.shape[1:])
+        if slot_shape != (N_OPS, n_slots) or blueprint_shape != (n_slots, n_blueprints):
+            raise ValueError(
+                f"masks have slot shape {tuple(masks.slot.shape)} and blueprint shape {tuple(masks.blueprint.shape)}; "
+                f"expected (E, {N_OPS}, {n_slots}) and (E, {n_slots}, {n_blueprints})"
+            )
+        for observation in observations:
+            if observation.blueprints != self.blueprints:
+                raise ValueError(f"environment {observation.env_id} observes blueprints {observation.blueprints}; "
+                                 f"the policy was built for {self.blueprints}")
+            if tuple(report.slot_id for report in observation.slots) != self.slot_ids:
+                raise ValueError(f"environment {observation.env_id} reports other slots than {self.slot_ids}")
+
+    def _draw_uniform(self, n_envs: int) -> dict[str, torch.Tensor]:
+        """One draw of noise for every head of every environment (the generator advances the same way
+        whatever is sampled)."""
+        sizes = self.network.head_sizes
+        noise = torch.rand(n_envs, sum(sizes[head] for head in HEADS), generator=self.generator).to(self.device)
+        parts = torch.split(noise, [sizes[head] for head in HEADS], dim=-1)
+        return dict(zip(HEADS, parts))
+
+    @staticmethod
+    def _step_record(
+        features: FeatureBatch, decisions: Decisions, h: torch.Tensor, c: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        return {
+            "base": features.base,
+            "slots": features.slots,
+            "blueprint_ids": features.blueprint_ids,
+            "op_mask": decisions.masks.op,
+            "slot_mask": decisions.masks.slot,
+            "blueprint_mask": decisions.masks.blueprint,
+            "actions": decisions.actions,
+            "log_prob": decisions.log_prob,
+            "value": decisions.value,
+            "h": h,
+            "c": c,
+        }
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -1,0 +1,25 @@
+"""Entry-point module of esper-tamiyo-ppo: registers the learned ``ppo`` policy."""
+
+from __future__ import annotations
+
+from esper_core.hookspecs import Register, hookimpl
+from esper_core.registry import PolicyKind
+
+from esper_tamiyo_ppo.config import PPOConfig
+from esper_tamiyo_ppo.controller import PPOController
+
+
+@hookimpl
+def esper_register_policies(register: Register) -> None:
+    register(
+        PolicyKind(
+            name="ppo",
+            build=PPOController,
+            config_class=PPOConfig,
+            learns=True,
+            description=(
+                "Policy V2 (Obs V3 features, LSTM, factored masked heads, V and detached Q(s, op)) "
+                "trained by clipped PPO over sequence minibatches"
+            ),
+        )
+    )

@@ -1,0 +1,161 @@
+"""Simic's PPO update: clipped surrogate over minibatches of LSTM sequences, read top to bottom."""
+
+from __future__ import annotations
+
+import attrs
+import torch
+from torch import nn
+
+from esper_core.leyline import HEADS
+
+from esper_tamiyo_ppo.buffer import SequenceBatch
+from esper_tamiyo_ppo.config import PPOConfig
+from esper_tamiyo_ppo.network import HEAD_INDEX, PolicyNetwork
+
+#: SB3's rule: stop the update before a minibatch step once its approximate KL exceeds 1.5 x target_kl.
+KL_STOP_FACTOR = 1.5
+
+
+def normalize_advantages(advantages: torch.Tensor) -> torch.Tensor:
+    """Zero mean, unit (population) standard deviation; a single advantage becomes 0."""
+    return (advantages - advantages.mean()) / (advantages.std(correction=0) + 1e-8)
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor) -> float:
+    """1 - Var(returns - values) / Var(returns); NaN when the returns do not vary (CleanRL)."""
+    variance = returns.var(correction=0)
+    if float(variance) == 0.0:
+        return float("nan")
+    return float(1.0 - (returns - values).var(correction=0) / variance)
+
+
+@attrs.frozen
+class LossTerms:
+    """The losses of one minibatch (``loss`` carries the graph) and its diagnostics (detached)."""
+
+    loss: torch.Tensor
+    policy_loss: torch.Tensor
+    value_loss: torch.Tensor
+    q_value_loss: torch.Tensor
+    entropy: torch.Tensor  # (n_heads,), mean over steps, 0 where a head is irrelevant
+    approx_kl: torch.Tensor
+    clipfrac: torch.Tensor
+
+
+def ppo_losses(network: PolicyNetwork, batch: SequenceBatch, config: PPOConfig) -> LossTerms:
+    """Re-run the network over ``batch``'s sequences from their stored LSTM states and form the losses."""
+    state = (batch.h0.unsqueeze(0).contiguous(), batch.c0.unsqueeze(0).contiguous())
+    z, _ = network.encode(batch.base, batch.slots, batch.blueprint_ids, state)
+    valid = batch.valid
+    z = z[valid]
+    actions = batch.actions[valid]
+    log_prob, entropies = network.evaluate(z, actions, batch.valid_masks())
+    value = network.value(z)
+    q_taken = network.q_values(z).gather(-1, actions[:, HEAD_INDEX["op"]].unsqueeze(-1)).squeeze(-1)
+    old_log_prob = batch.log_prob[valid]
+    old_value = batch.value[valid]
+    advantages = batch.advantages[valid]
+    returns = batch.returns[valid]
+
+    log_ratio = log_prob - old_log_prob
+    ratio = log_ratio.exp()
+    with torch.no_grad():
+        approx_kl = ((ratio - 1.0) - log_ratio).mean()  # the k3 estimator (CleanRL, SB3)
+        clipfrac = ((ratio - 1.0).abs() > config.clip_coef).float().mean()
+
+    if config.normalize_advantages:
+        advantages = normalize_advantages(advantages)
+    surrogate = -advantages * ratio
+    clipped_surrogate = -advantages * ratio.clamp(1.0 - config.clip_coef, 1.0 + config.clip_coef)
+    policy_loss = torch.max(surrogate, clipped_surrogate).mean()
+
+    if config.value_clip is None:
+        value_loss = 0.5 * (value - returns).square().mean()
+    else:
+        clipped_value = old_value + (value - old_value).clamp(-config.value_clip, config.value_clip)
+        value_loss = 0.5 * torch.max((value - returns).square(), (clipped_value - returns).square()).mean()
+
+    q_value_loss = 0.5 * (q_taken - returns).square().mean()
+
+    entropy = entropies.mean(dim=0)
+    weights = torch.tensor([config.head_weight(head) for head in HEADS], dtype=entropy.dtype, device=entropy.device)
+    entropy_bonus = (entropy * weights).sum()
+
+    loss = (
+        policy_loss
+        - config.entropy_coef * entropy_bonus
+        + config.vf_coef * value_loss
+        + config.q_coef * q_value_loss
+    )
+    return LossTerms(
+        loss=loss,
+        policy_loss=policy_loss.detach(),
+        value_loss=value_loss.detach(),
+        q_value_loss=q_value_loss.detach(),
+        entropy=entropy.detach(),
+        approx_kl=approx_kl,
+        clipfrac=clipfrac,
+    )
+
+
+def ppo_update(
+    network: PolicyNetwork,
+    optimizer: torch.optim.Optimizer,
+    batch: SequenceBatch,
+    config: PPOConfig,
+    generator: torch.Generator,
+) -> dict[str, float]:
+    """``update_epochs`` passes over shuffled minibatches of whole sequences; returns the metrics.
+
+    Gradients are clipped to ``max_grad_norm`` separately for the Q head and for everything else, so
+    the diagnostic Q loss cannot shrink the policy's step through a shared clip.
+    """
+    if config.num_minibatches > batch.num_sequences:
+        raise ValueError(f"{config.num_minibatches} minibatches cannot be cut from {batch.num_sequences} sequences")
+    with torch.no_grad():
+        valid = batch.valid
+        explained = explained_variance(batch.value[valid], batch.returns[valid])
+    trunk_parameters = network.trunk_parameters()
+    q_parameters = network.q_parameters()
+    sums: dict[str, torch.Tensor] = {}
+    evaluated = 0
+    optimizer_steps = 0
+    epochs_run = 0
+    stopped = False
+    for _epoch in range(config.update_epochs):
+        order = torch.randperm(batch.num_sequences, generator=generator)
+        stepped_this_epoch = False
+        for indices in torch.tensor_split(order, config.num_minibatches):
+            terms = ppo_losses(network, batch.select(indices.to(batch.valid.device)), config)
+            for name in ("policy_loss", "value_loss", "q_value_loss", "entropy", "approx_kl", "clipfrac"):
+                value = getattr(terms, name).detach()
+                sums[name] = sums[name] + value if name in sums else value
+            evaluated += 1
+            if config.target_kl is not None and float(terms.approx_kl) > KL_STOP_FACTOR * config.target_kl:
+                stopped = True
+                break
+            optimizer.zero_grad(set_to_none=True)
+            terms.loss.backward()
+            nn.utils.clip_grad_norm_(trunk_parameters, config.max_grad_norm)
+            nn.utils.clip_grad_norm_(q_parameters, config.max_grad_norm)
+            optimizer.step()
+            optimizer_steps += 1
+            stepped_this_epoch = True
+        epochs_run += int(stepped_this_epoch)
+        if stopped:
+            break
+    means = {name: total / evaluated for name, total in sums.items()}
+    metrics = {
+        "losses/policy_loss": float(means["policy_loss"]),
+        "losses/value_loss": float(means["value_loss"]),
+        "losses/q_value_loss": float(means["q_value_loss"]),
+        "losses/entropy": float(means["entropy"].sum()),
+        **{f"losses/entropy/{head}": float(means["entropy"][index]) for head, index in HEAD_INDEX.items()},
+        "losses/approx_kl": float(means["approx_kl"]),
+        "losses/clipfrac": float(means["clipfrac"]),
+        "losses/explained_variance": explained,
+        "losses/kl_early_stop": float(stopped),
+        "charts/update_epochs_run": float(epochs_run),
+        "charts/minibatch_steps": float(optimizer_steps),
+    }
+    return metrics

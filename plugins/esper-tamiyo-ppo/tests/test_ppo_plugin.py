@@ -1,0 +1,136 @@
+"""Registration, config validation (`[policy] ...` errors), presets, and checkpoint loading errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from esper_core.config import parse_config
+from esper_core.errors import CheckpointError, ConfigError
+from esper_core.plugins import PluginManager
+from esper_core.runs import save_checkpoint
+from esper_core.tamiyo import Controller
+from esper_core.tolaria.engine import build_policy_and_reward, prepare, start_run
+from esper_tamiyo_ppo import PRESETS, PolicyNetwork, PPOConfig, PPOController, parameter_count
+
+
+def test_entry_point_registers_a_learning_ppo_policy(kit):
+    manager = PluginManager()
+    assert [failure for failure in manager.failures if failure.distribution == "esper-tamiyo-ppo"] == []
+    kind = manager.lookup("policies", "ppo")
+    assert kind.learns is True
+    assert kind.config_class is PPOConfig
+    assert manager.registry.owner("policies", "ppo") == "ppo"
+    controller = kind.build(PPOConfig(num_minibatches=2), kit.context())
+    assert isinstance(controller, PPOController) and isinstance(controller, Controller)
+
+
+def _problems(manager, policy: dict) -> list[str]:
+    data = {"task": {"name": "toy"}, "sinks": {"memory": {}}, "policy": {"name": "ppo", **policy}}
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, manager)
+    return info.value.problems
+
+
+def test_bad_values_are_reported_as_policy_errors(manager):
+    problems = _problems(manager, {
+        "preset": "gpu", "feature_dim": 0, "gamma": 1.5, "clip_coef": -1, "target_kl": 0,
+        "entropy_head_weights": {"bogus": 1.0}, "observation_clip": float("inf"),
+    })
+    assert problems == [
+        "[policy] preset: must be in ('cpu', 'baseline') (got 'gpu')",
+        "[policy] feature_dim: must be >= 1, got 0",
+        "[policy] observation_clip: must be a finite number, got inf",
+        "[policy] gamma: must be <= 1.0, got 1.5",
+        "[policy] clip_coef: must be > 0.0, got -1.0",
+        "[policy] entropy_head_weights: unknown head(s) bogus; heads: op, slot, blueprint, style, tempo, "
+        "alpha_target, alpha_speed, alpha_curve",
+        "[policy] target_kl: must be > 0.0, got 0.0",
+    ]
+    assert _problems(manager, {"entropy_head_weights": {"op": -1.0}}) == [
+        "[policy] entropy_head_weights: weights must be finite and >= 0; got op=-1.0"
+    ]
+    assert _problems(manager, {"update_epochs": 2.5, "lr": 0.1, "learn": "yes"}) == [
+        "[policy] learn: expected true or false, got 'yes'",
+        "[policy] update_epochs: expected an integer, got 2.5",
+        "[policy] unknown key 'lr'",
+    ]
+
+
+@pytest.mark.parametrize(
+    "sections, message",
+    [
+        ({"policy": {"num_minibatches": 3}}, "[policy] num_minibatches: 3 minibatches need at least as many sequences"),
+        ({"policy": {"deterministic": True}}, "[policy] deterministic: argmax actions need learn = false"),
+        ({"run": {"episode_length": 1}}, "[policy] ppo needs episode_length >= 2"),
+    ],
+)
+def test_options_that_cannot_fit_the_run_fail_before_the_run_starts(run_config, manager, tmp_path, sections, message):
+    with pytest.raises(ConfigError) as info:
+        start_run(run_config(**sections), manager)
+    assert info.value.problems[0].startswith(message)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_chunked_sequences_allow_more_minibatches_than_environments(run_config, manager, kit):
+    run_dir = start_run(run_config(policy={"num_minibatches": 4, "sequence_length": 3}), manager)
+    assert kit.policy_updates(run_dir)[0]["charts/minibatch_steps"] == 4 * 4
+
+
+def test_the_config_class_validates_direct_construction_too():
+    with pytest.raises(TypeError, match="'update_epochs' must be an integer, got 2.5"):
+        PPOConfig(update_epochs=2.5)
+    with pytest.raises(TypeError, match="'learn'"):
+        PPOConfig(learn="yes")
+    with pytest.raises(ValueError, match="'checkpoint' must be a non-empty path"):
+        PPOConfig(checkpoint=" ")
+
+
+def test_explicit_sizes_override_the_preset():
+    sizes = PPOConfig(preset="baseline", lstm_hidden=32).sizes()
+    assert sizes.feature_dim == PRESETS["baseline"].feature_dim == 512 and sizes.lstm_hidden == 32
+    assert PPOConfig().sizes() == PRESETS["cpu"]
+
+
+@pytest.mark.parametrize("preset, expected", [("cpu", 98_603), ("baseline", 3_967_603)])
+def test_preset_parameter_counts_on_three_slots(preset, expected):
+    """The README's numbers (3 slots, 3 blueprints); a change to the network must update them."""
+    assert parameter_count(PolicyNetwork(PRESETS[preset], n_slots=3, n_blueprints=3)) == expected
+
+
+def test_missing_or_foreign_checkpoints_are_refused_in_one_line(kit, tmp_path, run_config, manager):
+    with pytest.raises(CheckpointError, match=r"^\[policy\] checkpoint: checkpoint '.*nowhere.pt' does not exist$"):
+        kit.controller(checkpoint=str(tmp_path / "nowhere.pt"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match=r"latest.pt' does not exist"):
+        kit.controller(checkpoint=str(tmp_path / "empty"))
+    scripted = start_run(run_config(policy={"name": "scripted", "script": {}}), manager)
+    with pytest.raises(CheckpointError, match="was not written by the ppo policy"):
+        kit.controller(checkpoint=str(scripted))
+    save_checkpoint(tmp_path / "bare.pt", {"round": 1})
+    with pytest.raises(CheckpointError, match="holds no policy state"):
+        kit.controller(checkpoint=str(tmp_path / "bare.pt"))
+
+
+def test_incompatible_checkpoints_name_the_differences(kit, run_config, manager):
+    trained = start_run(run_config(host={"blocks": 2}), manager)
+    with pytest.raises(CheckpointError) as info:
+        start_run(run_config(policy={"checkpoint": str(trained), "learn": False}), manager)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("[policy] checkpoint: checkpoint '")
+    assert "slot_ids ['r0c0', 'r0c1'] vs ['r0c0', 'r0c1', 'r0c2']" in message
+    small = start_run(run_config(), manager)
+    with pytest.raises(CheckpointError, match="feature_dim 64 vs 32; lstm_hidden 64 vs 16"):
+        start_run(run_config(policy={"checkpoint": str(small), "feature_dim": 32, "lstm_hidden": 16}), manager)
+
+
+def test_a_checkpoint_seeds_a_learning_run_with_its_weights(kit, run_config, manager):
+    trained = start_run(run_config(), manager)
+    saved = kit.final_policy_state(trained)
+    config = run_config(policy={"checkpoint": str(trained / "checkpoints" / "latest.pt")})
+    controller, _ = build_policy_and_reward(prepare(config, manager), manager)
+    assert kit.same_state(dict(controller.network.state_dict()), saved["network"])
+    assert kit.same_state(controller.normalizer.state_dict(), saved["normalizer"])
+    assert controller.updates == 0 and saved["counters"]["updates"] == 1  # optimizer, counters, RNG start fresh
+    fresh, _ = build_policy_and_reward(prepare(run_config(), manager), manager)
+    assert not torch.equal(fresh.network.lstm.weight_hh_l0, controller.network.lstm.weight_hh_l0)
