@@ -31,6 +31,31 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 import tomli_w
 
 # --------------------------------------------------------------------------------------------------
+# path options
+
+PATH_METADATA = "esper_path"
+
+
+def path_field(default: str | None = None, **kwargs: Any) -> Any:
+    """An attrs field holding a filesystem path. The loader makes a relative path absolute (against
+    the working directory at load time), so the resolved config a run saves works from anywhere."""
+    metadata = dict(kwargs.pop("metadata", {}))
+    metadata[PATH_METADATA] = True
+    return attrs.field(default=default, metadata=metadata, **kwargs)
+
+
+def _absolute_paths(instance: Any) -> Any:
+    changes = {}
+    for field in attrs.fields(type(instance)):
+        value = getattr(instance, field.name)
+        if field.metadata.get(PATH_METADATA) and isinstance(value, str) and value:
+            path = Path(value).expanduser()
+            if not path.is_absolute():
+                changes[field.name] = str((Path.cwd() / path).resolve())
+    return attrs.evolve(instance, **changes) if changes else instance
+
+
+# --------------------------------------------------------------------------------------------------
 # core sections
 
 
@@ -48,7 +73,7 @@ class RunSection:
     envs: int = attrs.field(default=1, validator=_ge(1))
     episode_length: int = attrs.field(default=20, validator=_ge(1))
     device: str = "cpu"
-    output_dir: str = "runs"
+    output_dir: str = path_field(default="runs")
     checkpoint_every: int = attrs.field(default=5, validator=_ge(0))
     torch_threads: int | None = attrs.field(
         default=None, validator=attrs.validators.optional(_ge(1))
@@ -294,7 +319,7 @@ def structure_section(data: Any, cls: type, section: str) -> tuple[Any | None, l
         except (TypeError, ValueError) as exc:
             return None, [f"[{section}] {exc}"]
     problems = list(_check_validators(instance, section, []))
-    return (None if problems else instance), problems
+    return (None if problems else _absolute_paths(instance)), problems
 
 
 # --------------------------------------------------------------------------------------------------

@@ -135,3 +135,9 @@ def test_a_string_is_not_taken_for_a_list(toy_manager, toy_run_data):
     assert problems == ["[morphogenesis] blueprints: expected an array, got 'toy_conv'"]
     problems = problems_of(toy_run_data(morphogenesis={"slots": ["r0c0", 3]}), toy_manager)
     assert problems == ["[morphogenesis] slots[1]: expected a string, got 3"]
+
+
+def test_relative_paths_are_made_absolute_so_saved_configs_work_anywhere(toy_manager, toy_run_data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = parse_config(toy_run_data(run={"output_dir": "out/runs"}), toy_manager)
+    assert config.run.output_dir == str(tmp_path / "out" / "runs")

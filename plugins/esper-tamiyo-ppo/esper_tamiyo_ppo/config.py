@@ -7,6 +7,8 @@ from typing import Any
 
 import attrs
 
+from esper_core.config import path_field
+
 from esper_core.leyline import HEADS
 
 
@@ -105,7 +107,7 @@ class PPOConfig:
 
     # -- learning control ---------------------------------------------------------------------------
     learn: bool = attrs.field(default=True, validator=_flag)
-    checkpoint: str | None = attrs.field(default=None, validator=_path)
+    checkpoint: str | None = path_field(default=None, validator=_path)
     deterministic: bool = attrs.field(default=False, validator=_flag)
 
     # -- observation normalisation --------------------------------------------------------------------

@@ -11,6 +11,7 @@ import attrs
 import numpy as np
 import torch
 
+from esper_core.config import path_field
 from esper_core.errors import DataError
 from esper_core.tasks import TaskContext, TensorClassificationTask
 from esper_vision.augment import RandomCropFlip
@@ -52,7 +53,7 @@ class Cifar10Config:
     are already shuffled, so the classes stay roughly balanced).
     """
 
-    root: str = "data"
+    root: str = path_field(default="data")
     train_limit: int | None = attrs.field(default=None, validator=_optional_limit(FULL_TRAIN_SIZE))
     val_limit: int | None = attrs.field(default=None, validator=_optional_limit(FULL_TEST_SIZE))
 
