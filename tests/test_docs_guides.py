@@ -276,8 +276,13 @@ def test_every_action_head_value_is_documented_with_its_meaning(head: str) -> No
             assert row[2] == str(member.value_), f"{head} {member.name}: alpha {member.value_}, the guide says {row[2]}"
 
 
-def test_causal_relevance_table_matches_leyline() -> None:
-    text = section_matching(read(USER_GUIDE), r"^## .*seed lifecycle")
+@pytest.mark.parametrize(
+    "document, heading",
+    [(USER_GUIDE, r"^## .*seed lifecycle"), (PLUGIN_GUIDE, r"^## .*Controllers")],
+    ids=["user-guide", "plugin-author-guide"],
+)
+def test_causal_relevance_table_matches_leyline(document: Path, heading: str) -> None:
+    text = section_matching(read(document), heading)
     table = table_with_header(text, 0, "op")
     assert table[0][1:] == list(HEADS[1:]), f"relevance table columns {table[0][1:]} vs heads {HEADS[1:]}"
     documented = {row[0]: row for row in table[1:]}

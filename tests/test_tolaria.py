@@ -33,7 +33,7 @@ def comparable(records: list[dict]) -> list[tuple]:
     for record in records:
         if record["event"] in skip:
             continue
-        data = {k: v for k, v in record["data"].items() if not k.endswith("_seconds")}
+        data = {k: v for k, v in record["data"].items() if not k.endswith("_seconds") and k != "seconds"}
         out.append((record["event"], json.dumps(data, sort_keys=True)))
     return out
 

@@ -68,10 +68,16 @@ class RunFinishedPayload:
 
 @attrs.frozen
 class RoundCompletedPayload:
+    """End of a round: each environment's final metric and size, the mean over environments of the
+    undiscounted sum of rewards (None if no reward was paid), and wall seconds spent in this round's
+    phases (``train``, ``validate`` — counterfactuals and governor included —, ``policy_act``,
+    ``policy_update``); after a mid-round resume they cover the resumed part only."""
+
     round: int
     final_metrics: tuple[float, ...]
     final_params: tuple[int, ...]
     mean_return: float | None = None
+    seconds: dict[str, float] = attrs.Factory(dict)
 
 
 @attrs.frozen

@@ -200,6 +200,7 @@ class Engine:
         self.envs: list[Environment] = []
         self.started = time.perf_counter()
         self.rounds_completed = 0
+        self.timing: dict[str, float] = {}
 
     # -- construction ------------------------------------------------------------------------------
 
@@ -261,6 +262,7 @@ class Engine:
         self.rounds_completed = start.round
         for round_index in range(start.round, config.run.rounds):
             resuming_mid_round = round_index == start.round and start.env_states is not None
+            self.timing = {"train": 0.0, "validate": 0.0, "policy_act": 0.0, "policy_update": 0.0}
             self.envs = self.make_envs(round_index)
             first_epoch = 0
             if resuming_mid_round:
@@ -300,7 +302,10 @@ class Engine:
         for fault in config.faults.host_nan:
             if fault.round == round_index and fault.epoch == epoch and fault.env < len(self.envs):
                 self.envs[fault.env].inject_nan()
+        started = time.perf_counter()
         self.train_epoch(epoch)
+        self.timing["train"] += time.perf_counter() - started
+        started = time.perf_counter()
         results = []
         for env in self.envs:
             train_loss = env.finish_training()
@@ -316,6 +321,7 @@ class Engine:
                 env.governor.take_snapshot(env.model, epoch, train_loss)
             results.append((train_loss, result))
 
+        self.timing["validate"] += time.perf_counter() - started
         self.pay_rewards(round_index, epoch)
         if epoch < config.run.episode_length - 1:
             self.decide(round_index, epoch)
@@ -424,7 +430,9 @@ class Engine:
             max_seeds=self.setup.max_seeds,
             blueprint_allowed=self.setup.blueprint_allowed,
         )
+        started = time.perf_counter()
         actions = self.policy.act(observations, masks)
+        self.timing["policy_act"] += time.perf_counter() - started
         if len(actions) != len(self.envs):
             raise RuntimeError(
                 f"policy '{self.config.policy.name}' returned {len(actions)} actions for {len(self.envs)} environments"
@@ -485,6 +493,7 @@ class Engine:
                 )
             )
             rewards.append(breakdown.total)
+            env.episode_return += breakdown.total
             env.pending = None
             self.hub.emit(
                 TelemetryEvent(
@@ -498,7 +507,9 @@ class Engine:
         self.policy.record(rewards, terminal)
 
     def finish_round(self, round_index: int) -> None:
+        started = time.perf_counter()
         metrics = self.policy.end_episode(round_index)
+        self.timing["policy_update"] += time.perf_counter() - started
         if metrics:
             self.hub.emit(
                 TelemetryEvent(
@@ -516,6 +527,12 @@ class Engine:
                         self.setup.host_params + env.model.seed_params() + env.model.fossilized_params()
                         for env in self.envs
                     ),
+                    mean_return=(
+                        sum(env.episode_return for env in self.envs) / len(self.envs)
+                        if self.config.run.episode_length > 1
+                        else None  # a one-epoch episode has no decision to reward
+                    ),
+                    seconds=dict(self.timing),
                 ),
             )
         )

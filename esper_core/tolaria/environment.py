@@ -70,6 +70,7 @@ class Environment:
         self.last_action_reason = ""
         self.pending: PendingDecision | None = None
         self.rolled_back = False
+        self.episode_return = 0.0
         self.train_seconds = 0.0
         self._lr_factor = 1.0
         self.build_optimizers()
@@ -239,6 +240,7 @@ class Environment:
                 "slots_at_decision": [report_to_dict(report) for report in self.pending.slots_at_decision],
             },
             "rolled_back": self.rolled_back,
+            "episode_return": self.episode_return,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -279,6 +281,7 @@ class Environment:
             )
         )
         self.rolled_back = state["rolled_back"]
+        self.episode_return = state["episode_return"]
 
 
 def _grad_norm(parameters: Any, device: torch.device) -> torch.Tensor:

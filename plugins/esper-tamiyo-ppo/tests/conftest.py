@@ -184,7 +184,9 @@ def comparable(records: list[dict]) -> list[tuple]:
     for record in records:
         if record["event"] in skip:
             continue
-        data = {key: value for key, value in record["data"].items() if not key.endswith("_seconds")}
+        data = {
+            key: value for key, value in record["data"].items() if not key.endswith("_seconds") and key != "seconds"
+        }
         if record["event"] == "POLICY_UPDATED":
             data["metrics"] = {key: value for key, value in data["metrics"].items() if key != "charts/SPS"}
         out.append((record["event"], json.dumps(data, sort_keys=True)))
