@@ -247,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         error_console.print("esper: interrupted", highlight=False)
         return 130
+    except BrokenPipeError:  # e.g. `esper plugins --json | head`: the reader left, nothing to report
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

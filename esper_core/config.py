@@ -315,11 +315,41 @@ def structure_section(data: Any, cls: type, section: str) -> tuple[Any | None, l
         try:
             instance = converter.structure(data, cls)
         except (BaseValidationError, ForbiddenExtraKeysError) as exc:
-            return None, list(_walk_errors(exc, section, [], cls))
+            problems = list(_walk_errors(exc, section, [], cls))
+            return None, problems + _validate_the_rest(data, cls, section, exc)
         except (TypeError, ValueError) as exc:
             return None, [f"[{section}] {exc}"]
     problems = list(_check_validators(instance, section, []))
     return (None if problems else _absolute_paths(instance)), problems
+
+
+def _failed_fields(exc: BaseException) -> set[str]:
+    """Top-level field names that failed to structure."""
+    failed: set[str] = set()
+    if isinstance(exc, BaseValidationError):
+        with_notes, _without = exc.group_exceptions()
+        for _sub, note in with_notes:
+            if isinstance(note, AttributeValidationNote):
+                failed.add(note.name)
+    return failed
+
+
+def _validate_the_rest(data: dict[str, Any], cls: type, section: str, exc: BaseException) -> list[str]:
+    """Range problems of the fields that did structure, so that one bad key does not hide the others.
+
+    Unknown keys and badly typed fields are set aside (their problems are already reported), the rest is
+    structured with defaults standing in, and validators run for the fields the user actually gave.
+    """
+    known = {field.name for field in attrs.fields(cls)}
+    failed = _failed_fields(exc)
+    kept = {key: value for key, value in data.items() if key in known and key not in failed}
+    with attrs.validators.disabled():
+        try:
+            instance = converter.structure(kept, cls)
+        except (BaseValidationError, ForbiddenExtraKeysError, TypeError, ValueError):
+            return []  # a required field is missing: already reported
+    prefixes = tuple(f"[{section}] {key}{tail}" for key in kept for tail in (":", "[", "."))
+    return [problem for problem in _check_validators(instance, section, []) if problem.startswith(prefixes)]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -91,7 +91,8 @@ def parse_experiment(data: dict[str, Any], manager: PluginManager, source: str |
 def experiment_dir(experiment: Experiment) -> Path:
     first = next(iter(experiment.arms.values()))
     return create_run_dir(
-        Path(first.run.output_dir), "experiment", experiment.name, first.run.seed, now=_dt.datetime.now()
+        Path(first.run.output_dir), "experiment", experiment.name, first.run.seed, now=_dt.datetime.now(),
+        checkpoints=False,
     )
 
 

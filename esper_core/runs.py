@@ -18,7 +18,7 @@ import torch
 from esper_core.errors import CheckpointError
 
 CHECKPOINT_FORMAT = "esper-checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
 
 CONFIG_FILE = "config.toml"
 ENVIRONMENT_FILE = "environment.json"
@@ -35,7 +35,9 @@ def _slug(text: str) -> str:
     return _UNSAFE.sub("-", text).strip("-") or "run"
 
 
-def create_run_dir(output_dir: Path, task: str, name: str, seed: int, now: _dt.datetime | None = None) -> Path:
+def create_run_dir(
+    output_dir: Path, task: str, name: str, seed: int, now: _dt.datetime | None = None, *, checkpoints: bool = True
+) -> Path:
     """Make ``{output_dir}/{task}__{name}__{seed}__{time}``; a clash gets a ``-2``, ``-3`` suffix."""
     now = now or _dt.datetime.now()
     stem = f"{_slug(task)}__{_slug(name)}__{seed}__{now.strftime('%Y%m%d-%H%M%S')}"
@@ -49,7 +51,8 @@ def create_run_dir(output_dir: Path, task: str, name: str, seed: int, now: _dt.d
         except FileExistsError:
             candidate = output_dir / f"{stem}-{suffix}"
             suffix += 1
-    (candidate / CHECKPOINT_DIR).mkdir()
+    if checkpoints:
+        (candidate / CHECKPOINT_DIR).mkdir()
     return candidate
 
 

@@ -36,8 +36,8 @@ def test_every_problem_is_reported_at_once_with_its_path(toy_manager, toy_run_da
         "[policy] unknown key 'lr2'",
     ):
         assert expected in problems, expected
-    assert "[run] envs: must be >= 1, got 0" not in problems  # seed failed to structure first
-    assert len(problems) == 8
+    assert "[run] envs: must be >= 1, got 0" in problems  # not hidden by the badly typed seed
+    assert len(problems) == 9
 
 
 def test_range_errors_are_reported_when_types_are_right(toy_manager, toy_run_data):

@@ -170,3 +170,23 @@ def test_corrupt_foreign_and_unsafe_checkpoints_are_refused(tmp_path):
 def test_resume_refuses_a_directory_that_is_not_a_run(tmp_path, toy_manager):
     with pytest.raises(CheckpointError, match="not an Esper run directory"):
         resume_run(tmp_path, toy_manager)
+
+
+def test_impossible_faults_and_batch_sizes_are_config_errors(toy_manager, toy_config):
+    from esper_core.errors import ConfigError
+    from esper_core.tolaria.engine import prepare
+
+    config = toy_config(faults={"host_nan": [{"epoch": 8}], "abort": {"epoch": 7}}, training={"batch_size": 500})
+    with pytest.raises(ConfigError) as excinfo:
+        prepare(config, toy_manager)
+    problems = excinfo.value.problems
+    assert any("[training] batch_size 500 exceeds the 96 training samples" in p for p in problems)
+    assert any(p.startswith("[faults] host_nan: round 0 epoch 8 env 0 never happens") for p in problems)
+    assert any(p.startswith("[faults] abort: at the run's very last epoch") for p in problems)
+
+
+def test_resume_before_the_first_checkpoint_says_to_start_again(toy_manager, toy_config, tmp_path):
+    run_dir = start_run(toy_config(), toy_manager)
+    (run_dir / "checkpoints" / "latest.pt").unlink()
+    with pytest.raises(CheckpointError, match="stopped before its first checkpoint"):
+        resume_run(run_dir, toy_manager)

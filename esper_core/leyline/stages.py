@@ -24,7 +24,7 @@ class SeedStage(enum.IntEnum):
 #: Every allowed move. Anything not listed here is a bug in the caller and raises ``LifecycleError``.
 #:
 #: - DORMANT -> GERMINATED: a seed is built in the slot (GERMINATE).
-#: - GERMINATED -> TRAINING: automatic at the first lifecycle tick (gate G0: the seed's output is finite).
+#: - GERMINATED -> TRAINING: automatic at the first lifecycle tick (gate G0: the seed's parameters are finite).
 #: - TRAINING -> BLENDING: ADVANCE, gated (G1: enough incubation epochs, healthy seed gradients).
 #: - BLENDING -> HOLDING: automatic at a tick once alpha has reached its target (G2).
 #: - HOLDING -> BLENDING: SET_ALPHA_TARGET (raise or lower the target) or a scheduled PRUNE (blend out).

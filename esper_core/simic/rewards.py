@@ -72,11 +72,11 @@ def parameter_rent(effective_params: float, host_params: int, *, weight: float, 
 class BasicRewardConfig:
     """Options of the built-in ``basic`` reward."""
 
-    metric_weight: float = 10.0
-    rent_weight: float = 0.5
-    rent_cap: float = 1.0
-    action_cost: float = 0.01
-    invalid_action_cost: float = 0.05
+    metric_weight: float = attrs.field(default=10.0, validator=attrs.validators.ge(0.0))
+    rent_weight: float = attrs.field(default=0.5, validator=attrs.validators.ge(0.0))
+    rent_cap: float = attrs.field(default=1.0, validator=attrs.validators.ge(0.0))
+    action_cost: float = attrs.field(default=0.01, validator=attrs.validators.ge(0.0))
+    invalid_action_cost: float = attrs.field(default=0.05, validator=attrs.validators.ge(0.0))
 
 
 class BasicReward:

@@ -103,8 +103,9 @@ class ShapedReward:
     - ``rent``: -parameter_rent(effective seed params).
     - ``alpha_shock``: -``shock_weight`` x sum (delta alpha)^2 x seed params / host params.
     - ``action_cost``: -``action_cost`` for any non-WAIT op, -``invalid_action_cost`` more if it failed.
-    - ``churn``: -``churn_cost`` per seed pruned by the policy within ``churn_window`` epochs of germination
-      (germinate/prune farming); governor rollbacks are not charged.
+    - ``churn``: -``churn_cost`` per seed removed within ``churn_window`` epochs of its germination
+      (germinate/prune farming), whoever removed it (the policy, or gate G0); governor rollbacks are
+      not charged.
     - ``terminal``: ``terminal_weight`` x the final metric, on the terminal step only.
     """
 

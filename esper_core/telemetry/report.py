@@ -181,7 +181,8 @@ def plot_report(run_dir: Path, records: list[dict[str, Any]]) -> Path:
             metric_axis.scatter(xs, [lookup[x] for x in xs], marker=marker, color=color, s=40, zorder=3,
                                 label=kind if env_id == min(curves) else None)
     metric_axis.set_ylabel("validation metric")
-    metric_axis.legend(loc="lower right", fontsize=8)
+    if metric_axis.get_legend_handles_labels()[0]:
+        metric_axis.legend(loc="lower right", fontsize=8)
     metric_axis.grid(alpha=0.3)
     params_axis.set_ylabel("parameters (host + seeds)")
     params_axis.set_xlabel("epoch (all rounds)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -86,7 +88,10 @@ def build_host(setup_or_family: HostFamily, config: RunConfig, task: Task, seed:
 
 def prepare(config: RunConfig, manager: PluginManager) -> RunSetup:
     """Build the task and a probe host, resolve slots and blueprints; raise ConfigError on mismatches."""
-    device = resolve_device(config.run.device)
+    try:
+        device = resolve_device(config.run.device)
+    except ConfigError as exc:
+        raise ConfigError(exc.problems, source=config.source) from None
     task_kind: TaskKind = manager.lookup("tasks", config.task.name)
     task: Task = task_kind.build(config.task.options, TaskContext(device=device, seed=config.run.seed))
     host_family: HostFamily = manager.lookup("hosts", config.host.name)
@@ -135,6 +140,20 @@ def prepare(config: RunConfig, manager: PluginManager) -> RunSetup:
         )
         if not blueprints:
             problems.append(f"[morphogenesis] blueprints: no registered seed family supports {topology} activations")
+    if task.info.train_size // config.training.batch_size == 0:
+        problems.append(
+            f"[training] batch_size {config.training.batch_size} exceeds the {task.info.train_size} training samples"
+        )
+    for name, points in (("host_nan", config.faults.host_nan), ("abort", (config.faults.abort,) if config.faults.abort else ())):
+        for point in points:
+            if point.round >= config.run.rounds or point.epoch >= config.run.episode_length or point.env >= config.run.envs:
+                problems.append(
+                    f"[faults] {name}: round {point.round} epoch {point.epoch} env {point.env} never happens in "
+                    f"{config.run.rounds} round(s) x {config.run.episode_length} epochs x {config.run.envs} env(s)"
+                )
+    abort = config.faults.abort
+    if abort is not None and (abort.round, abort.epoch) == (config.run.rounds - 1, config.run.episode_length - 1):
+        problems.append("[faults] abort: at the run's very last epoch there is nothing left to abort")
     for name in config.blueprint_options:
         if name not in blueprints:
             problems.append(f"[blueprints.{name}] options given for a blueprint this run does not use")
@@ -267,7 +286,13 @@ class Engine:
             first_epoch = 0
             if resuming_mid_round:
                 for env, state in zip(self.envs, start.env_states):
-                    env.load_state_dict(state)
+                    try:
+                        env.load_state_dict(state)
+                    except (KeyError, ValueError, RuntimeError) as exc:
+                        raise CheckpointError(
+                            f"the checkpoint in '{self.run_dir}' does not match this run's environments "
+                            f"({type(exc).__name__}: {exc})"
+                        ) from None
                 first_epoch = start.epoch
             else:
                 self.policy.begin_episode(round_index, len(self.envs))
@@ -354,11 +379,7 @@ class Engine:
         training = self.config.training
         task = self.setup.task
         batch_size = training.batch_size
-        n_batches = task.info.train_size // batch_size
-        if n_batches == 0:
-            raise ConfigError(
-                [f"[training] batch_size {batch_size} exceeds the {task.info.train_size} training samples"]
-            )
+        n_batches = task.info.train_size // batch_size  # >= 1: checked by prepare()
         if training.batches_per_epoch:
             n_batches = min(n_batches, training.batches_per_epoch)
         orders = []
@@ -675,7 +696,13 @@ def resume_run(run_dir: Path, manager: PluginManager) -> Path:
     if not (run_dir / CONFIG_FILE).exists():
         raise CheckpointError(f"'{run_dir}' is not an Esper run directory (no {CONFIG_FILE})")
     config = load_config(run_dir / CONFIG_FILE, manager)
-    checkpoint = load_checkpoint(run_dir / CHECKPOINT_DIR / LATEST_CHECKPOINT)
+    latest = run_dir / CHECKPOINT_DIR / LATEST_CHECKPOINT
+    if not latest.exists():
+        raise CheckpointError(
+            f"run '{run_dir}' stopped before its first checkpoint, so there is nothing to resume; "
+            f"start it again with: esper run {run_dir / CONFIG_FILE}"
+        )
+    checkpoint = load_checkpoint(latest)
     if checkpoint["round"] >= config.run.rounds:
         raise CheckpointError(f"run '{run_dir}' already finished all {config.run.rounds} rounds; nothing to resume")
     if config.run.torch_threads is not None:
@@ -684,7 +711,13 @@ def resume_run(run_dir: Path, manager: PluginManager) -> Path:
     setup = prepare(config, manager)
     discarded = _truncate_events(run_dir, checkpoint["events_bytes"])
     policy, reward = build_policy_and_reward(setup, manager)
-    policy.load_state_dict(checkpoint["policy"])
+    try:
+        policy.load_state_dict(checkpoint["policy"])
+    except (KeyError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(
+            f"the checkpoint in '{run_dir}' does not match policy '{config.policy.name}' ({type(exc).__name__}: {exc})"
+        ) from None
+    _warn_version_changes(run_dir, manager)
     context = SinkContext(
         run_dir=run_dir, run_name=config.run.name, rounds=config.run.rounds,
         envs=config.run.envs, episode_length=config.run.episode_length, start_round=checkpoint["round"],
@@ -701,6 +734,16 @@ def resume_run(run_dir: Path, manager: PluginManager) -> Path:
     set_rng_state(checkpoint["rng"])
     start = ResumePoint(checkpoint["round"], checkpoint["epoch"], checkpoint["env_states"])
     return _execute(engine, start, hub, run_dir)
+
+
+def _warn_version_changes(run_dir: Path, manager: PluginManager) -> None:
+    """Say on stderr which distributions changed version since the run started (results may differ)."""
+    recorded = json.loads((run_dir / ENVIRONMENT_FILE).read_text())["versions"]
+    current = distribution_versions(manager)
+    changed = [f"{name} {recorded.get(name)} -> {version}" for name, version in current.items() if recorded.get(name) != version]
+    if changed:
+        print(f"esper: warning: resuming with different versions ({'; '.join(changed)}); "
+              "the result may differ from an uninterrupted run", file=sys.stderr)
 
 
 def _truncate_events(run_dir: Path, offset: int) -> int:

@@ -11,10 +11,9 @@ from esper_core.tamiyo import ActionMasks, EnvObservation, PolicyContext
 def pinned_action(op: LifecycleOp, **heads: int) -> FactoredAction:
     """A ``FactoredAction`` for ``op`` with the given relevant heads and every other head pinned to 0.
 
-    ``FactoredAction``'s own defaults are not 0 for every head (tempo defaults to STANDARD, the
-    alpha target to FULL), so controllers build their actions here to honour the causal-relevance
-    rule "heads irrelevant to the op hold 0". Passing a head that is irrelevant to ``op`` is a bug
-    and raises ``ValueError``.
+    ``FactoredAction`` already pins every head to 0 by default; this helper adds the check that only
+    heads relevant to ``op`` are set. Passing a head that is irrelevant to ``op`` is a bug and raises
+    ``ValueError``.
     """
     irrelevant = sorted(head for head in heads if not is_relevant(op, head))
     if irrelevant:

@@ -104,8 +104,9 @@ class HeuristicConfig:
     )
     #: Rule 3: prune a HOLDING seed after this many decisions without reaching fossilize_threshold.
     holding_patience: int = attrs.field(default=5, validator=_int_at_least(1))
-    #: Rule 4: advance a TRAINING seed once it has incubated this many epochs (the G1 minimum).
-    min_training_epochs: int = attrs.field(default=2, validator=_int_at_least(0))
+    #: Rule 4: advance a TRAINING seed once this many epochs have passed since its germination; unset
+    #: follows the run's ``[morphogenesis] min_training_epochs`` (gate G1), so ADVANCE is never refused.
+    min_training_epochs: int | None = attrs.field(default=None, validator=attrs.validators.optional(_int_at_least(0)))
     #: Rule 5: no germination before this many epochs of the episode are complete.
     warmup_epochs: int = attrs.field(default=5, validator=_int_at_least(0))
     #: Rule 5: the plateau is judged over this many most recent epochs.
@@ -149,13 +150,11 @@ class HeuristicConfig:
     def blend_curve(self) -> AlphaCurve:
         return AlphaCurve[self.alpha_curve.upper()]
 
-    @property
-    def epochs_to_verdict(self) -> int:
+    def epochs_to_verdict(self, min_training_epochs: int) -> int:
         """Decisions a new seed needs after its germination to reach its last holding verdict:
-        one tick to TRAINING, ``min_training_epochs`` of incubation, the blend-in, and
-        ``holding_patience`` holding decisions (the first of which falls on the tick after the blend
-        ends)."""
-        return self.min_training_epochs + self.blend_tempo.epochs + self.holding_patience
+        ``min_training_epochs`` of incubation, the blend-in, and ``holding_patience`` holding
+        decisions (the first of which falls on the tick after the blend ends)."""
+        return min_training_epochs + self.blend_tempo.epochs + self.holding_patience
 
 
 def resolve_blueprint_order(config: HeuristicConfig, run_blueprints: tuple[str, ...]) -> tuple[int, ...]:
@@ -280,6 +279,9 @@ class HeuristicController:
         self.config = config
         self.context = context
         self._blueprint_order = resolve_blueprint_order(config, context.blueprints)
+        self.min_training_epochs = (
+            context.lifecycle.min_training_epochs if config.min_training_epochs is None else config.min_training_epochs
+        )
         self._memories: dict[int, EnvMemory] = {}
         self._last_batch_size: int | None = None
         #: The decisions of the latest ``act`` call, one per environment (for telemetry and tests).
@@ -446,8 +448,8 @@ class HeuristicController:
         for slot, report in enumerate(observation.slots):
             if report.stage is not SeedStage.TRAINING:
                 continue
-            epochs = report.metrics.epochs_in_stage
-            if epochs < self.config.min_training_epochs:
+            epochs = report.metrics.seed_age_epochs
+            if epochs < self.min_training_epochs:
                 continue
             if not masks.allows(env_index, pinned_action(LifecycleOp.ADVANCE, slot=slot)):
                 continue
@@ -480,7 +482,7 @@ class HeuristicController:
             return None
         if observation.epoch + 1 < self.config.warmup_epochs:
             return None
-        if observation.epochs_left < self.config.epochs_to_verdict:
+        if observation.epochs_left < self.config.epochs_to_verdict(self.min_training_epochs):
             return None
         if not self.plateaued(observation):
             return None

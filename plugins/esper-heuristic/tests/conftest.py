@@ -76,7 +76,9 @@ def build_slot(
         seed_id=(seed_id or f"seed-{SLOT_IDS[slot]}") if has_seed else None,
         blueprint_id=(blueprint or BLUEPRINTS[0]) if has_seed else None,
         blend_out=blend_out,
-        metrics=SeedMetrics(counterfactual_contribution=contribution, epochs_in_stage=epochs_in_stage),
+        metrics=SeedMetrics(
+            counterfactual_contribution=contribution, epochs_in_stage=epochs_in_stage, seed_age_epochs=epochs_in_stage
+        ),
     )
 
 

@@ -54,10 +54,18 @@ def test_run_config_loader_reports_every_problem_with_its_path():
     }
     config, problems = structure_section(table, HeuristicConfig, "policy")
     assert config is None
+    range_problems = [
+        "[policy] fossilize_threshold: must be at least -prune_threshold (-0.1), got -0.2 "
+        "(a seed cannot both earn fossilization and be pruned for damage)",
+        "[policy] holding_patience: must be >= 1, got 0",
+        "[policy] tempo: must be one of fast, standard, slow, got 'STANDARD'",
+    ]
+    # a type error or an unknown key does not hide the range problems of the other keys
     assert sorted(problems) == sorted(
         [
             "[policy] warmup_epochs: expected an integer, got True",
             "[policy] unknown key 'plateu_window' (did you mean 'plateau_window'?)",
+            *range_problems,
         ]
     )
     del table["warmup_epochs"], table["plateu_window"]
@@ -75,11 +83,11 @@ def test_run_config_loader_reports_every_problem_with_its_path():
 
 def test_heuristic_config_defaults():
     config = HeuristicConfig()
-    assert config.min_training_epochs == 2
+    assert config.min_training_epochs is None  # follows the run's [morphogenesis] min_training_epochs
     assert config.blueprints == ()
     assert (config.style, config.tempo, config.alpha_target, config.alpha_curve) == ("add", "standard", "full", "linear")
     assert config.prune_alpha_speed == "instant"
-    assert config.epochs_to_verdict == 2 + 5 + 5
+    assert config.epochs_to_verdict(2) == 2 + 5 + 5
 
 
 @pytest.mark.parametrize("value", [-0.01, 1.01, float("inf"), "half"])

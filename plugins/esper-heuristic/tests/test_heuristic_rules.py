@@ -90,7 +90,7 @@ def test_no_germination_too_near_the_episode_end(kit):
     controller = kit.heuristic(min_training_epochs=2, tempo="standard", holding_patience=5)
     needed = 2 + Tempo.STANDARD.epochs + 5
     last_epoch = kit.episode_length - 1 - needed
-    assert controller.config.epochs_to_verdict == needed
+    assert controller.config.epochs_to_verdict(controller.min_training_epochs) == needed
     assert kit.decide(controller, kit.observation(epoch=last_epoch)).rule is Rule.GERMINATE
     assert kit.decide(controller, kit.observation(epoch=last_epoch + 1)).rule is Rule.WAIT
 
