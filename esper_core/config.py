@@ -85,7 +85,7 @@ class TrainingSection:
     """``[training]``: host and seed optimisation (SGD with momentum) and batching."""
 
     batch_size: int = attrs.field(default=128, validator=_ge(2))
-    eval_batch_size: int = attrs.field(default=512, validator=_ge(1))
+    eval_batch_size: int = attrs.field(default=256, validator=_ge(1))
     host_lr: float = attrs.field(default=0.05, validator=attrs.validators.gt(0.0))
     seed_lr: float = attrs.field(default=0.05, validator=attrs.validators.gt(0.0))
     momentum: float = attrs.field(default=0.9, validator=[_ge(0.0), attrs.validators.lt(1.0)])

@@ -181,8 +181,11 @@ class Environment:
         loss_sums = torch.zeros(variants, device=self.device)
         metric_sums = torch.zeros(variants, device=self.device)
         count = 0
+        # Ablation variants travel as one batch of (1 + k) x chunk samples; chunking keeps that size at
+        # about eval_batch_size whatever k is, so memory per forward does not grow with the seed count.
+        chunk = max(1, batch_size // variants)
         with torch.no_grad():
-            for inputs, targets in self.task.validation_batches(batch_size):
+            for inputs, targets in self.task.validation_batches(chunk):
                 if ablate:
                     outputs = self.model.forward_with_ablations(inputs, ablate)
                 else:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import attrs
 import numpy as np
 import torch
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
 from esper_core.tasks import TaskContext, TensorClassificationTask
 from esper_vision.augment import RandomTranslate
@@ -36,6 +34,11 @@ class DigitsConfig:
 
 def split_digits(config: DigitsConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(train images, train labels, val images, val labels): float32 images (N, 1, 8, 8) in [0, 1]."""
+    # scikit-learn is imported here, not at module level: plugin discovery imports this module on every
+    # `esper` command, and sklearn costs ~1 s and ~85 MiB that only the digits task needs.
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
     bunch = load_digits()
     images = (bunch.data.astype(np.float32) / MAX_PIXEL_VALUE).reshape(-1, 1, IMAGE_SIDE, IMAGE_SIDE)
     labels = bunch.target.astype(np.int64)
