@@ -82,3 +82,15 @@ def test_the_quickstart_config_validates(tmp_path):
     result = esper("validate", str(root / "examples" / "quickstart.toml"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "heuristic" in result.stdout and "shapes" in result.stdout
+
+
+@pytest.mark.slow
+def test_the_quickstart_grows_blends_and_settles_seeds(tmp_path):
+    """The README's main job: at least one seed germinated, blended, and fossilized or pruned."""
+    root = Path(__file__).resolve().parents[1]
+    result = esper("run", str(root / "examples" / "quickstart.toml"), "-s", f"run.output_dir='{tmp_path}'", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    run_dir = Path(next(l for l in result.stdout.splitlines() if l.startswith("finished: ")).split(": ", 1)[1])
+    lifecycle = json.loads((run_dir / "summary.json").read_text())["lifecycle"]
+    assert lifecycle["germinated"] >= 1 and lifecycle["blended"] >= 1
+    assert lifecycle["fossilized"] + lifecycle["pruned"] >= 1
