@@ -10,6 +10,7 @@ from typing import Any
 import attrs
 
 from esper_core.errors import PluginError
+from esper_core.leyline import InternalKind
 
 
 @attrs.frozen
@@ -66,16 +67,43 @@ class SurfaceKind:
     description: str = ""
 
 
+def _ladder_spec(_instance: Any, _attribute: attrs.Attribute, value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, LadderSpec):
+        raise TypeError(f"ladder must be an esper_core.registry.LadderSpec or None, got {value!r}")
+
+
+@attrs.frozen
+class LadderSpec:
+    """A seed family's internal capacity ladder: its kind, its top level and the level seeds start at."""
+
+    kind: InternalKind = attrs.field(converter=InternalKind)
+    max_level: int
+    initial_level: int = 1
+
+    def __attrs_post_init__(self) -> None:
+        if self.kind is InternalKind.NONE:
+            raise ValueError("a ladder needs an internal kind other than NONE")
+        if self.max_level < 1:
+            raise ValueError(f"a ladder needs max_level >= 1, got {self.max_level}")
+        if not 0 <= self.initial_level <= self.max_level:
+            raise ValueError(f"initial_level {self.initial_level} is not in 0..{self.max_level}")
+
+
 @attrs.frozen
 class SeedFamily:
     """A seed family (blueprint). ``build(channels, topology, config)`` returns a shape-preserving
-    module that is the identity at birth."""
+    module that is the identity at birth. A family with a ``ladder`` builds an
+    ``esper_core.kasmina.LadderModule`` whose capacity the controller moves with GROW_INTERNAL and
+    SHRINK_INTERNAL."""
 
     name: str = attrs.field(validator=_valid_name)
     build: Callable[..., Any] = attrs.field(validator=_callable)
     topologies: tuple[str, ...]
     config_class: type = attrs.field(default=NoOptions, validator=_is_attrs_class)
     description: str = ""
+    ladder: LadderSpec | None = attrs.field(default=None, validator=_ladder_spec)
 
 
 @attrs.frozen

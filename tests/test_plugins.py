@@ -133,7 +133,7 @@ def test_every_hook_registers_into_its_kind(toy_manager):
     info = next(p for p in toy_manager.plugins if p.name == "tests.toy_plugin")
     assert set(info.hooks) == set(plugin_module.HOOK_NAMES)
     expected = {
-        "hosts": ("toy",), "surfaces": ("toy_surface",), "seed_families": ("toy_conv",),
+        "hosts": ("toy",), "surfaces": ("toy_surface",), "seed_families": ("toy_conv", "toy_ladder"),
         "policies": ("scripted",), "tasks": ("toy",), "rewards": ("toy_reward",), "telemetry_sinks": ("memory",),
     }
     assert info.registered == expected

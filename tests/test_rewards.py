@@ -7,7 +7,7 @@ import math
 import attrs
 import pytest
 
-from esper_core.leyline import FactoredAction, LifecycleOp, SeedMetrics, SeedStage, SeedStateReport
+from esper_core.leyline import FactoredAction, InternalKind, LifecycleOp, SeedMetrics, SeedStage, SeedStateReport
 from esper_core.simic import (
     BasicReward,
     BasicRewardConfig,
@@ -29,10 +29,13 @@ GERMINATE = FactoredAction(op=LifecycleOp.GERMINATE)
 
 
 def slot(stage=SeedStage.DORMANT, *, seed_id=None, alpha=0.0, params=0, contribution=None, progress=None, age=0,
-         slot_id="r0c0") -> SeedStateReport:
+         slot_id="r0c0", level=0, last_direction=0, since_change=None, in_use=None) -> SeedStateReport:
     return SeedStateReport(
         env_id=0, slot_id=slot_id, stage=stage, seed_id=seed_id, blueprint_id="b" if seed_id else None,
         alpha=alpha, seed_params=params, effective_params=alpha * params,
+        internal_effective_params=params if in_use is None else in_use, internal_level=level,
+        internal_kind=InternalKind.CONV_STAGES if level or last_direction else InternalKind.NONE, internal_max_level=4,
+        internal_last_direction=last_direction, epochs_since_internal_change=since_change,
         metrics=SeedMetrics(counterfactual_contribution=contribution, metric_delta_since_germination=progress,
                             seed_age_epochs=age),
     )
@@ -153,3 +156,21 @@ def test_simplified_reward_terms():
     step = reward.compute(signals(action=GERMINATE))
     assert step.components["action_cost"] == pytest.approx(-0.01) and step.components["fossil_bonus"] == 0.0
     assert set(step.components) == {"stage_shaping", "action_cost", "terminal", "fossil_bonus"}
+
+
+def test_churn_prices_grow_shrink_reversals_inside_the_window():
+    reward = shaped(reversal_cost=0.05, reversal_window=3, churn_cost=0.2)
+    grown_recently = (slot(SeedStage.HOLDING, seed_id="s", alpha=1.0, params=100, level=2, last_direction=1, since_change=1),)
+    shrunk = (slot(SeedStage.HOLDING, seed_id="s", alpha=1.0, params=100, level=1, last_direction=-1, since_change=0),)
+    assert reward.compute(signals(slots=shrunk, previous=grown_recently)).components["churn"] == pytest.approx(-0.05)
+    grown_long_ago = (slot(SeedStage.HOLDING, seed_id="s", alpha=1.0, params=100, level=2, last_direction=1, since_change=5),)
+    assert reward.compute(signals(slots=shrunk, previous=grown_long_ago)).components["churn"] == 0.0
+    grown_again = (slot(SeedStage.HOLDING, seed_id="s", alpha=1.0, params=100, level=3, last_direction=1, since_change=0),)
+    assert reward.compute(signals(slots=grown_again, previous=grown_recently)).components["churn"] == 0.0
+
+
+def test_rent_and_shock_use_the_capacity_in_use():
+    before = (slot(SeedStage.BLENDING, seed_id="s", alpha=0.2, params=8000, in_use=1000, level=1),)
+    after = (slot(SeedStage.HOLDING, seed_id="s", alpha=1.0, params=8000, in_use=1000, level=1),)
+    shock = shaped(shock_weight=1.0).compute(signals(slots=after, previous=before)).components["alpha_shock"]
+    assert shock == pytest.approx(-(0.8**2) * 1000 / HOST)

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from esper_core import hookimpl
-from esper_core.leyline import SEGMENT_BOUNDARY, FactoredAction, InjectionSpec, LifecycleOp
-from esper_core.registry import HostFamily, PolicyKind, SeedFamily, SinkKind, SurfaceKind, TaskKind
+from esper_core.leyline import SEGMENT_BOUNDARY, FactoredAction, InjectionSpec, InternalKind, LifecycleOp
+from esper_core.registry import HostFamily, LadderSpec, PolicyKind, SeedFamily, SinkKind, SurfaceKind, TaskKind
 from esper_core.tamiyo.features import build_features
 from esper_core.tasks import TaskContext, TaskInfo, TensorClassificationTask
 from esper_core.telemetry import SinkContext
@@ -87,6 +87,46 @@ class ToySeed(nn.Module):
 
 def build_toy_seed(channels: int, topology: str, config: ToySeedConfig) -> nn.Module:
     return ToySeed(channels, config)
+
+
+TOY_LADDER = LadderSpec(kind=InternalKind.CONV_STAGES, max_level=3, initial_level=1)
+
+
+class ToyLadder(nn.Module):
+    """Levels 0..3: level k adds k 1x1 conv branches, each entering through a zeroed scale."""
+
+    internal_kind = TOY_LADDER.kind
+    internal_max_level = TOY_LADDER.max_level
+
+    def __init__(self, channels: int, *, rezero_on_grow: bool = True) -> None:
+        super().__init__()
+        self.branches = nn.ModuleList(nn.Conv2d(channels, channels, 1) for _ in range(3))
+        self.scales = nn.Parameter(torch.zeros(3))
+        self.rezero_on_grow = rezero_on_grow
+        self._level = TOY_LADDER.initial_level
+
+    @property
+    def internal_level(self) -> int:
+        return self._level
+
+    def set_internal_level(self, level: int) -> None:
+        if self.rezero_on_grow:
+            with torch.no_grad():
+                self.scales[self._level : level] = 0.0
+        self._level = level
+
+    def internal_effective_params(self, level: int) -> int:
+        return level * (sum(p.numel() for p in self.branches[0].parameters()) + 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = x
+        for index in range(self._level):
+            out = out + self.scales[index] * torch.tanh(self.branches[index](x))
+        return out
+
+
+def build_toy_ladder(channels: int, topology: str, config: Any) -> nn.Module:
+    return ToyLadder(channels)
 
 
 # -- task --------------------------------------------------------------------------------------------
@@ -189,6 +229,7 @@ def esper_register_surfaces(register) -> None:
 @hookimpl
 def esper_register_seed_families(register) -> None:
     register(SeedFamily(name="toy_conv", build=build_toy_seed, topologies=("image",), config_class=ToySeedConfig))
+    register(SeedFamily(name="toy_ladder", build=build_toy_ladder, topologies=("image",), ladder=TOY_LADDER))
 
 
 @hookimpl

@@ -2,6 +2,7 @@
 
 from esper_core.kasmina.blending import AlphaSchedule, BlendGate, blend, curve_value
 from esper_core.kasmina.host import HostModule, check_host
+from esper_core.kasmina.ladder import LadderModule
 from esper_core.kasmina.model import MorphogeneticModel
 from esper_core.kasmina.slot import LifecycleSettings, OpResult, SeedSlot, count_parameters
 
@@ -9,6 +10,7 @@ __all__ = [
     "AlphaSchedule",
     "BlendGate",
     "HostModule",
+    "LadderModule",
     "LifecycleSettings",
     "MorphogeneticModel",
     "OpResult",

@@ -150,6 +150,10 @@ class MorphogeneticModel(nn.Module):
             )
         if op is LifecycleOp.PRUNE:
             return slot.prune(epochs=action.alpha_speed.epochs, curve=action.alpha_curve, reason="policy")
+        if op is LifecycleOp.GROW_INTERNAL:
+            return slot.grow_internal()
+        if op is LifecycleOp.SHRINK_INTERNAL:
+            return slot.shrink_internal()
         if op is LifecycleOp.FOSSILIZE:
             result = slot.fossilize()
             if result.success:

@@ -20,6 +20,7 @@ from torch import nn
 
 from esper_core.errors import LifecycleError
 from esper_core.kasmina.blending import AlphaSchedule, BlendGate, blend
+from esper_core.kasmina.ladder import LadderModule
 from esper_core.leyline import (
     BLENDED_STAGES,
     INCUBATOR_STAGES,
@@ -27,6 +28,7 @@ from esper_core.leyline import (
     AlphaCurve,
     BlendStyle,
     InjectionSpec,
+    InternalKind,
     SeedMetrics,
     SeedStage,
     SeedStateReport,
@@ -37,6 +39,7 @@ from esper_core.leyline import (
 from esper_core.leyline.telemetry import (
     SeedFossilizedPayload,
     SeedGerminatedPayload,
+    SeedInternalLevelChangedPayload,
     SeedPrunedPayload,
     SeedStageChangedPayload,
 )
@@ -127,6 +130,8 @@ class SeedSlot(nn.Module):
         self.seed_grad_norm: float | None = None
         self.host_grad_norm: float | None = None
         self.grad_finite = True
+        self.internal_last_direction = 0
+        self.epochs_since_internal_change: int | None = None
         self._set_alpha(0.0)
 
     # -- forward -----------------------------------------------------------------------------------
@@ -188,6 +193,7 @@ class SeedSlot(nn.Module):
                 env_id=self.env_id, round=round_, epoch=epoch, slot_id=self.slot_id,
                 seed_id=seed_id, blueprint_id=blueprint, style=style.name,
                 alpha_target=alpha_target, seed_params=self.seed_params,
+                internal_level=self.ladder.internal_level if self.ladder is not None else 0,
             ),
         )
         return OK
@@ -245,6 +251,45 @@ class SeedSlot(nn.Module):
             self._transition(SeedStage.BLENDING)
         return OK
 
+    @property
+    def ladder(self) -> LadderModule | None:
+        """The seed, when it has an internal capacity ladder."""
+        return self.seed if isinstance(self.seed, LadderModule) else None
+
+    def grow_internal(self) -> OpResult:
+        return self._change_level(+1)
+
+    def shrink_internal(self) -> OpResult:
+        return self._change_level(-1)
+
+    def _change_level(self, step: int) -> OpResult:
+        name = "GROW_INTERNAL" if step > 0 else "SHRINK_INTERNAL"
+        if self.stage not in LIVE_STAGES:
+            return OpResult(False, f"slot {self.slot_id} is {self.stage.name}; {name} needs a live seed")
+        if self.blend_out:
+            return OpResult(False, f"slot {self.slot_id} is blending out")
+        ladder = self.ladder
+        if ladder is None:
+            return OpResult(False, f"seed {self.seed_id} ({self.blueprint_id}) has no internal ladder")
+        source = ladder.internal_level
+        target = source + step
+        if not 0 <= target <= ladder.internal_max_level:
+            return OpResult(False, f"level {target} is outside the ladder 0..{ladder.internal_max_level}")
+        ladder.set_internal_level(target)
+        self.internal_last_direction = step
+        self.epochs_since_internal_change = 0
+        round_, epoch = self._clock()
+        self._send(
+            TelemetryEventType.SEED_INTERNAL_LEVEL_CHANGED,
+            SeedInternalLevelChangedPayload(
+                slot_id=self.slot_id, env_id=self.env_id, seed_id=self.seed_id, blueprint_id=self.blueprint_id,
+                from_level=source, to_level=target,
+                internal_effective_params=ladder.internal_effective_params(target),
+                round=round_, epoch=epoch,
+            ),
+        )
+        return OK
+
     def fossilize(self) -> OpResult:
         if self.stage is not SeedStage.HOLDING:
             return OpResult(False, f"slot {self.slot_id} is {self.stage.name}; FOSSILIZE needs HOLDING")
@@ -256,6 +301,7 @@ class SeedSlot(nn.Module):
                 env_id=self.env_id, round=round_, epoch=epoch, slot_id=self.slot_id,
                 seed_id=self.seed_id, blueprint_id=self.blueprint_id, seed_params=self.seed_params,
                 alpha=self.alpha, contribution=self.contribution, seed_age_epochs=self.seed_age,
+                internal_level=self.ladder.internal_level if self.ladder is not None else 0,
             ),
         )
         return OK
@@ -276,6 +322,8 @@ class SeedSlot(nn.Module):
         if stage in LIVE_STAGES:
             self.seed_age += 1
             self.epochs_in_stage += 1
+            if self.epochs_since_internal_change is not None:
+                self.epochs_since_internal_change += 1
         if stage is SeedStage.GERMINATED:
             if self._seed_is_finite():
                 self._transition(SeedStage.TRAINING)
@@ -329,12 +377,20 @@ class SeedSlot(nn.Module):
         return count_parameters(self.seed) + count_parameters(self.gate)
 
     @property
+    def internal_effective_params(self) -> int:
+        """Parameters in use: the ladder's count at its level (plus any gate), else all of the seed's."""
+        ladder = self.ladder
+        if ladder is None:
+            return self.seed_params
+        return ladder.internal_effective_params(ladder.internal_level) + count_parameters(self.gate)
+
+    @property
     def effective_params(self) -> float:
-        """Rent base: alpha-weighted while live, the full count once fossilized."""
+        """Rent base: alpha x the capacity in use while live, the capacity in use once fossilized."""
         if self.stage is SeedStage.FOSSILIZED:
-            return float(self.seed_params)
+            return float(self.internal_effective_params)
         if self.stage in LIVE_STAGES:
-            return self.alpha * self.seed_params
+            return self.alpha * self.internal_effective_params
         return 0.0
 
     def report(self) -> SeedStateReport:
@@ -361,6 +417,12 @@ class SeedSlot(nn.Module):
             seed_params=self.seed_params,
             effective_params=self.effective_params,
             embargo_epochs_left=self.embargo_left,
+            internal_kind=self.ladder.internal_kind if self.ladder is not None else InternalKind.NONE,
+            internal_level=self.ladder.internal_level if self.ladder is not None else 0,
+            internal_max_level=self.ladder.internal_max_level if self.ladder is not None else 0,
+            internal_effective_params=self.internal_effective_params if has_seed else 0,
+            internal_last_direction=self.internal_last_direction,
+            epochs_since_internal_change=self.epochs_since_internal_change,
             metrics=SeedMetrics(
                 counterfactual_contribution=self.contribution,
                 contribution_velocity=self.contribution_velocity,
@@ -405,13 +467,16 @@ class SeedSlot(nn.Module):
             "seed_grad_norm": self.seed_grad_norm,
             "host_grad_norm": self.host_grad_norm,
             "grad_finite": self.grad_finite,
+            "internal_level": self.ladder.internal_level if self.ladder is not None else None,
+            "internal_last_direction": self.internal_last_direction,
+            "epochs_since_internal_change": self.epochs_since_internal_change,
         }
 
     def load_lifecycle_state(self, state: dict[str, Any]) -> None:
         """Rebuild the seed module (if any) and restore the lifecycle; load weights afterwards."""
         self._reset_state()
         self.stage = SeedStage(state["stage"])
-        if state["blueprint_id"] is not None:
+        if self.stage in LIVE_STAGES or self.stage is SeedStage.FOSSILIZED:  # pruned seeds keep only their ids
             device = self.alpha_tensor.device
             self.seed = self._build_seed(state["blueprint_id"], self.spec.channels).to(device)
             style = BlendStyle(state["style"])
@@ -440,6 +505,10 @@ class SeedSlot(nn.Module):
         self.seed_grad_norm = state["seed_grad_norm"]
         self.host_grad_norm = state["host_grad_norm"]
         self.grad_finite = state["grad_finite"]
+        if state["internal_level"] is not None:
+            self.ladder.set_internal_level(state["internal_level"])
+        self.internal_last_direction = state["internal_last_direction"]
+        self.epochs_since_internal_change = state["epochs_since_internal_change"]
         self._set_alpha(state["alpha"])
 
     # -- internals ---------------------------------------------------------------------------------

@@ -16,6 +16,17 @@ class LifecycleOp(enum.IntEnum):
     SET_ALPHA_TARGET = 3
     PRUNE = 4
     FOSSILIZE = 5
+    GROW_INTERNAL = 6
+    SHRINK_INTERNAL = 7
+
+
+class InternalKind(enum.IntEnum):
+    """The kind of internal capacity ladder a seed family has (0: none). Values are stable."""
+
+    NONE = 0
+    CONV_STAGES = 1
+    LORA_RANK = 2
+    CHANNEL_GROUPS = 3
 
 
 class BlendStyle(enum.IntEnum):
@@ -111,6 +122,8 @@ CAUSAL_RELEVANCE: dict[LifecycleOp, frozenset[str]] = {
     ),
     LifecycleOp.PRUNE: frozenset({"op", "slot", "alpha_speed", "alpha_curve"}),
     LifecycleOp.FOSSILIZE: frozenset({"op", "slot"}),
+    LifecycleOp.GROW_INTERNAL: frozenset({"op", "slot"}),
+    LifecycleOp.SHRINK_INTERNAL: frozenset({"op", "slot"}),
 }
 
 

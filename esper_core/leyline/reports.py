@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import attrs
 
-from esper_core.leyline.actions import BlendStyle
+from esper_core.leyline.actions import BlendStyle, InternalKind
 from esper_core.leyline.stages import OCCUPIED_STAGES, SeedStage
 
 
@@ -31,7 +31,14 @@ class SeedMetrics:
 
 @attrs.frozen
 class SeedStateReport:
-    """The observable state of one slot at the end of one epoch."""
+    """The observable state of one slot at the end of one epoch.
+
+    ``seed_params`` counts every parameter the seed holds; ``effective_params`` is what rent is charged
+    on (alpha x the capacity in use while live, all of it once fossilized). For a seed with a ladder,
+    ``internal_level`` of ``internal_max_level`` is the capacity in use and
+    ``internal_effective_params`` its parameter count; ``internal_last_direction`` (+1 grow, -1
+    shrink, 0 never) and ``epochs_since_internal_change`` describe the last level change.
+    """
 
     env_id: int
     slot_id: str
@@ -47,6 +54,12 @@ class SeedStateReport:
     seed_params: int = 0
     effective_params: float = 0.0
     embargo_epochs_left: int = 0
+    internal_kind: InternalKind = InternalKind.NONE
+    internal_level: int = 0
+    internal_max_level: int = 0
+    internal_effective_params: int = 0
+    internal_last_direction: int = 0
+    epochs_since_internal_change: int | None = None
     metrics: SeedMetrics = attrs.Factory(SeedMetrics)
 
     @property

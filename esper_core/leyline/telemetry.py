@@ -10,7 +10,7 @@ from typing import Any
 import attrs
 import cattrs
 
-from esper_core.leyline.actions import BlendStyle
+from esper_core.leyline.actions import BlendStyle, InternalKind
 from esper_core.leyline.reports import SeedStateReport
 from esper_core.leyline.stages import SeedStage
 
@@ -27,6 +27,7 @@ class TelemetryEventType(enum.Enum):
     SEED_STAGE_CHANGED = "SEED_STAGE_CHANGED"
     SEED_FOSSILIZED = "SEED_FOSSILIZED"
     SEED_PRUNED = "SEED_PRUNED"
+    SEED_INTERNAL_LEVEL_CHANGED = "SEED_INTERNAL_LEVEL_CHANGED"
     GOVERNOR_ROLLBACK = "GOVERNOR_ROLLBACK"
     POLICY_UPDATED = "POLICY_UPDATED"
 
@@ -130,6 +131,7 @@ class SeedGerminatedPayload:
     style: str
     alpha_target: float
     seed_params: int
+    internal_level: int = 0
 
 
 @attrs.frozen
@@ -156,6 +158,7 @@ class SeedFossilizedPayload:
     alpha: float
     contribution: float | None
     seed_age_epochs: int
+    internal_level: int = 0
 
 
 @attrs.frozen
@@ -169,6 +172,21 @@ class SeedPrunedPayload:
     reason: str
     contribution: float | None
     seed_age_epochs: int
+
+
+@attrs.frozen
+class SeedInternalLevelChangedPayload:
+    """A GROW_INTERNAL or SHRINK_INTERNAL that succeeded (emitted by Kasmina only then)."""
+
+    slot_id: str
+    env_id: int
+    seed_id: str
+    blueprint_id: str
+    from_level: int
+    to_level: int
+    internal_effective_params: int
+    round: int = 0
+    epoch: int = 0
 
 
 @attrs.frozen
@@ -200,6 +218,7 @@ EVENT_PAYLOADS: dict[TelemetryEventType, type] = {
     TelemetryEventType.SEED_STAGE_CHANGED: SeedStageChangedPayload,
     TelemetryEventType.SEED_FOSSILIZED: SeedFossilizedPayload,
     TelemetryEventType.SEED_PRUNED: SeedPrunedPayload,
+    TelemetryEventType.SEED_INTERNAL_LEVEL_CHANGED: SeedInternalLevelChangedPayload,
     TelemetryEventType.GOVERNOR_ROLLBACK: GovernorRollbackPayload,
     TelemetryEventType.POLICY_UPDATED: PolicyUpdatedPayload,
 }
@@ -225,6 +244,8 @@ class TelemetryEvent:
 _json_converter = cattrs.Converter()
 _json_converter.register_unstructure_hook(SeedStage, lambda stage: stage.name)
 _json_converter.register_structure_hook(SeedStage, lambda value, _: SeedStage[value])
+_json_converter.register_unstructure_hook(InternalKind, lambda kind: kind.name)
+_json_converter.register_structure_hook(InternalKind, lambda value, _: InternalKind[value])
 _json_converter.register_unstructure_hook(BlendStyle, lambda style: style.name)
 _json_converter.register_structure_hook(BlendStyle, lambda value, _: BlendStyle[value])
 

@@ -17,6 +17,7 @@ from esper_core.simic.shaped import (
     SimplifiedRewardConfig,
     alpha_shock,
     bounded_attribution,
+    internal_reversals,
     potential_shaping,
     removed_seeds,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "SimplifiedRewardConfig",
     "alpha_shock",
     "bounded_attribution",
+    "internal_reversals",
     "potential_shaping",
     "removed_seeds",
     "BasicReward",

@@ -49,13 +49,29 @@ def removed_seeds(previous: tuple[SeedStateReport, ...], current: tuple[SeedStat
 
 
 def alpha_shock(previous: tuple[SeedStateReport, ...], current: tuple[SeedStateReport, ...], host_params: int) -> float:
-    """Sum over slots of (alpha change)^2 times the seed's size relative to the host (>= 0)."""
+    """Sum over slots of (alpha change)^2 times the capacity in use relative to the host (>= 0)."""
     shock = 0.0
     for before, after in zip(previous, current):
-        params = max(before.seed_params, after.seed_params)
+        params = max(before.internal_effective_params, after.internal_effective_params)
         if params:
             shock += (after.alpha - before.alpha) ** 2 * params / host_params
     return shock
+
+
+def internal_reversals(
+    previous: tuple[SeedStateReport, ...], current: tuple[SeedStateReport, ...], window: int
+) -> int:
+    """Level changes this step that undo the seed's previous level change made fewer than ``window``
+    epochs earlier (grow then shrink, or shrink then grow): capacity churn."""
+    count = 0
+    for before, after in zip(previous, current):
+        if after.seed_id is None or after.seed_id != before.seed_id or after.internal_level == before.internal_level:
+            continue
+        direction = 1 if after.internal_level > before.internal_level else -1
+        recent = before.epochs_since_internal_change is not None and before.epochs_since_internal_change < window
+        if recent and before.internal_last_direction == -direction:
+            count += 1
+    return count
 
 
 def bounded_attribution(report: SeedStateReport) -> float:
@@ -89,6 +105,8 @@ class ShapedRewardConfig:
     invalid_action_cost: float = attrs.field(default=0.05, validator=_non_negative)
     churn_cost: float = attrs.field(default=0.2, validator=_non_negative)
     churn_window: int = attrs.field(default=4, validator=attrs.validators.ge(0))
+    reversal_cost: float = attrs.field(default=0.05, validator=_non_negative)
+    reversal_window: int = attrs.field(default=3, validator=attrs.validators.ge(0))
     terminal_weight: float = attrs.field(default=2.0, validator=_non_negative)
 
 
@@ -104,8 +122,9 @@ class ShapedReward:
     - ``alpha_shock``: -``shock_weight`` x sum (delta alpha)^2 x seed params / host params.
     - ``action_cost``: -``action_cost`` for any non-WAIT op, -``invalid_action_cost`` more if it failed.
     - ``churn``: -``churn_cost`` per seed removed within ``churn_window`` epochs of its germination
-      (germinate/prune farming), whoever removed it (the policy, or gate G0); governor rollbacks are
-      not charged.
+      (germinate/prune farming), whoever removed it (the policy, or gate G0), and -``reversal_cost`` per
+      internal level change that undoes the previous one within ``reversal_window`` epochs (grow/shrink
+      oscillation); governor rollbacks are not charged.
     - ``terminal``: ``terminal_weight`` x the final metric, on the terminal step only.
     """
 
@@ -126,6 +145,7 @@ class ShapedReward:
             for report in removed_seeds(previous, current):
                 if report.metrics.seed_age_epochs < config.churn_window:
                     churn -= config.churn_cost
+            churn -= config.reversal_cost * internal_reversals(previous, current, config.reversal_window)
         return RewardBreakdown.from_components(
             {
                 "attribution": config.contribution_weight * sum(bounded_attribution(r) for r in current),

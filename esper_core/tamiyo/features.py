@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 import attrs
 import torch
 
-from esper_core.leyline import LifecycleOp, SeedStage, SeedStateReport
+from esper_core.leyline import InternalKind, LifecycleOp, SeedStage, SeedStateReport
 from esper_core.tamiyo.observation import EnvObservation
 
 #: The value written for anything not measured (always accompanied by a ``*_measured`` flag of 0).
@@ -81,6 +81,11 @@ SLOT_FEATURES: tuple[Feature, ...] = (
     Feature("seed_age_norm", 1, "epochs since germination / episode_length"),
     Feature("seed_params_norm", 1, "log1p(seed params / host params)"),
     Feature("embargo_left_norm", 1, "embargo epochs left / episode_length"),
+    Feature("has_ladder", 1, "1 if the seed has an internal capacity ladder (GROW/SHRINK_INTERNAL apply)"),
+    Feature("internal_level_norm", 1, "internal_level / max(internal_max_level, 1); 0 without a ladder"),
+    Feature("internal_effective_params_norm", 1, "log1p(parameters in use at the current level / host params)"),
+    Feature("epochs_since_internal_change_norm", 1, "epochs since the last level change / episode_length, UNMEASURED if none"),
+    Feature("internal_last_direction", 1, "+1 if the last level change grew, -1 if it shrank, 0 if none"),
 )
 
 
@@ -195,6 +200,11 @@ def slot_features(report: SeedStateReport, *, episode_length: int, host_params: 
         metrics.seed_age_epochs / episode_length,
         math.log1p(report.seed_params / host_params),
         report.embargo_epochs_left / episode_length,
+        0.0 if report.internal_kind is InternalKind.NONE else 1.0,
+        report.internal_level / max(report.internal_max_level, 1),
+        math.log1p(report.internal_effective_params / host_params),
+        _measured(report.epochs_since_internal_change, lambda epochs: epochs / episode_length)[0],
+        float(report.internal_last_direction),
     ]
 
 

@@ -16,6 +16,7 @@ from esper_core.leyline import (
     ENUM_HEAD_SIZES,
     LIVE_STAGES,
     FactoredAction,
+    InternalKind,
     LifecycleOp,
     SeedStage,
     SeedStateReport,
@@ -71,6 +72,12 @@ def slot_valid_for(op: LifecycleOp, report: SeedStateReport, *, seeds_available:
         return stage in LIVE_STAGES and not report.blend_out
     if op is LifecycleOp.FOSSILIZE:
         return stage is SeedStage.HOLDING
+    if op in (LifecycleOp.GROW_INTERNAL, LifecycleOp.SHRINK_INTERNAL):
+        if stage not in LIVE_STAGES or report.blend_out or report.internal_kind is InternalKind.NONE:
+            return False
+        if op is LifecycleOp.GROW_INTERNAL:
+            return report.internal_level < report.internal_max_level
+        return report.internal_level > 0
     raise ValueError(f"unhandled lifecycle op {op!r}")
 
 

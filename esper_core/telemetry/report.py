@@ -48,13 +48,19 @@ def summarize_events(records: list[dict[str, Any]]) -> dict[str, Any]:
     actions: Counter[str] = Counter()
     failed_actions = 0
     rewards: dict[int, float] = defaultdict(float)
+    internal: Counter[str] = Counter()
+    fossil_levels: list[int] = []
     for record in records:
         event, data = record["event"], record["data"]
         if event == "SEED_GERMINATED":
             lifecycle["germinated"] += 1
             blueprints[data["blueprint_id"]]["germinated"] += 1
+        elif event == "SEED_INTERNAL_LEVEL_CHANGED":
+            internal["grow" if data["to_level"] > data["from_level"] else "shrink"] += 1
         elif event == "SEED_FOSSILIZED":
             lifecycle["fossilized"] += 1
+            if data["internal_level"]:
+                fossil_levels.append(data["internal_level"])
             blueprints[data["blueprint_id"]]["fossilized"] += 1
             if data["contribution"] is not None:
                 fossil_contributions[data["blueprint_id"]].append(data["contribution"])
@@ -122,6 +128,11 @@ def summarize_events(records: list[dict[str, Any]]) -> dict[str, Any]:
             for name, counts in sorted(blueprints.items())
         },
         "actions": {"by_op": dict(actions), "failed": failed_actions},
+        "internal": {
+            "grow": internal["grow"],
+            "shrink": internal["shrink"],
+            "mean_level_at_fossilization": sum(fossil_levels) / len(fossil_levels) if fossil_levels else None,
+        },
         "rounds": {str(k): v for k, v in sorted(rounds.items())},
         "final": None if last is None else {"mean_metric": last["mean_metric"], "mean_params": last["mean_params"]},
     }

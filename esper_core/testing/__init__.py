@@ -3,6 +3,7 @@
 from esper_core.testing.conformance import (
     ConformanceError,
     check_host_family,
+    check_ladder_family,
     check_seed_family,
     check_sink_kind,
     check_task_kind,
@@ -12,6 +13,7 @@ from esper_core.testing.conformance import (
 __all__ = [
     "ConformanceError",
     "check_host_family",
+    "check_ladder_family",
     "check_seed_family",
     "check_sink_kind",
     "check_task_kind",

@@ -43,8 +43,11 @@ def check_seed_family(
 ) -> None:
     """A seed family is shape-preserving, the identity at birth, deterministic, and trainable.
 
-    Runs for every topology the family declares.
+    Runs for every topology the family declares; a family with a ladder also runs
+    ``check_ladder_family``.
     """
+    if family.ladder is not None:
+        check_ladder_family(family, channels=channels, config=config, atol=atol)
     config = family.config_class() if config is None else config
     for topology in family.topologies:
         x = _sample_input(topology, channels)
@@ -89,6 +92,96 @@ def check_seed_family(
         ((seed_a(x) - target) ** 2).mean().backward()
         if not any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in params):
             raise ConformanceError(f"seed family '{family.name}' ({topology}) receives no gradient at birth")
+
+
+def _perturbed(module: torch.nn.Module, seed: int = 99, scale: float = 0.3) -> torch.nn.Module:
+    """Add noise to every parameter (so zero-initialised layers start to matter)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * scale)
+    return module
+
+
+def check_ladder_family(family: SeedFamily, *, channels: int = 16, config: Any = None, atol: float = 1e-6) -> None:
+    """A ladder seed family keeps the LadderModule contract (see esper_core.kasmina.LadderModule):
+    the declared kind and levels; level 0 is the identity; parameters in use are 0 at level 0 and
+    non-decreasing in level; level changes allocate nothing and are deterministic; capacity above the
+    current level never influences the output; growing a level does not change the output."""
+    from esper_core.kasmina import LadderModule
+
+    spec = family.ladder
+    if spec is None:
+        raise ConformanceError(f"seed family '{family.name}' declares no ladder")
+    config = family.config_class() if config is None else config
+    for topology in family.topologies:
+        x = _sample_input(topology, channels)
+        torch.manual_seed(0)
+        seed = family.build(channels, topology, config)
+        if not isinstance(seed, LadderModule):
+            raise ConformanceError(f"seed family '{family.name}' declares a ladder but builds no LadderModule")
+        if (seed.internal_kind, seed.internal_max_level, seed.internal_level) != (spec.kind, spec.max_level, spec.initial_level):
+            raise ConformanceError(
+                f"seed family '{family.name}': module ladder {seed.internal_kind!r}, max {seed.internal_max_level}, "
+                f"level {seed.internal_level} differs from the declared {spec}"
+            )
+        counts = [seed.internal_effective_params(level) for level in range(spec.max_level + 1)]
+        if counts[0] != 0 or any(b < a for a, b in zip(counts, counts[1:])):
+            raise ConformanceError(f"seed family '{family.name}': effective params per level {counts} must start at 0 and never fall")
+        if counts[-1] <= 0:
+            raise ConformanceError(f"seed family '{family.name}': the top level uses no parameters")
+        parameter_ids = [id(p) for p in seed.parameters()]
+        _perturbed(seed).eval()
+        with torch.no_grad():
+            seed.set_internal_level(0)
+            if not torch.allclose(seed(x), x, atol=atol):
+                raise ConformanceError(f"seed family '{family.name}' ({topology}) is not the identity at level 0")
+            for level in range(spec.max_level):
+                seed.set_internal_level(level)
+                before = seed(x)
+                seed.set_internal_level(level + 1)
+                if seed.internal_level != level + 1:
+                    raise ConformanceError(f"seed family '{family.name}': set_internal_level({level + 1}) did not take")
+                after = seed(x)
+                if not torch.allclose(before, after, atol=atol):
+                    gap = (before - after).abs().max().item()
+                    raise ConformanceError(
+                        f"seed family '{family.name}' ({topology}): growing to level {level + 1} changes the output "
+                        f"(max {gap:.3g}); new capacity must enter at zero"
+                    )
+                _perturbed(seed, seed=level)  # the new capacity learns something before the next step
+        if [id(p) for p in seed.parameters()] != parameter_ids:
+            raise ConformanceError(f"seed family '{family.name}': level changes allocated or freed parameters")
+        for level in range(spec.max_level):
+            seed.set_internal_level(level)
+            seed.zero_grad()
+            out = seed(x)
+            if out.requires_grad:  # at level 0 nothing runs: every parameter is inactive
+                (out * torch.randn(x.shape, generator=torch.Generator().manual_seed(5))).sum().backward()
+            inactive = [p for p in seed.parameters() if p.grad is None or not bool(p.grad.abs().sum() > 0)]
+            with torch.no_grad():
+                reference = seed(x)
+                saved = [p.detach().clone() for p in inactive]
+                for parameter in inactive:
+                    parameter.add_(torch.randn(parameter.shape, generator=torch.Generator().manual_seed(7)) * 5.0)
+                changed = seed(x)
+                for parameter, value in zip(inactive, saved):
+                    parameter.copy_(value)
+            if not torch.allclose(reference, changed, atol=atol):
+                raise ConformanceError(
+                    f"seed family '{family.name}' ({topology}): at level {level} the output depends on parameters "
+                    "that receive no gradient there (inactive capacity must be inert)"
+                )
+        torch.manual_seed(0)
+        twin_a = _perturbed(family.build(channels, topology, config)).eval()
+        torch.manual_seed(0)
+        twin_b = _perturbed(family.build(channels, topology, config)).eval()
+        with torch.no_grad():
+            for level in [spec.max_level, 0, 1, spec.max_level]:
+                twin_a.set_internal_level(level)
+                twin_b.set_internal_level(level)
+                if not torch.equal(twin_a(x), twin_b(x)):
+                    raise ConformanceError(f"seed family '{family.name}': level changes are not deterministic")
 
 
 def check_host_family(
@@ -206,6 +299,9 @@ def sample_events() -> list[TelemetryEvent]:
         ),
         TelemetryEventType.SEED_PRUNED: payloads.SeedPrunedPayload(
             reason="policy", contribution=-0.01, seed_age_epochs=4, **common, **seed
+        ),
+        TelemetryEventType.SEED_INTERNAL_LEVEL_CHANGED: payloads.SeedInternalLevelChangedPayload(
+            from_level=1, to_level=2, internal_effective_params=2000, **common, **seed
         ),
         TelemetryEventType.GOVERNOR_ROLLBACK: payloads.GovernorRollbackPayload(
             reason="non-finite loss", loss=float("nan"), restored_epoch=0, pruned_slots=("r0c0",), **common

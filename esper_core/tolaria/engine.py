@@ -13,8 +13,8 @@ import attrs
 import torch
 
 from esper_core.config import RunConfig, write_config
-from esper_core.errors import CheckpointError, ConfigError, RunAborted
-from esper_core.kasmina import LifecycleSettings, MorphogeneticModel, check_host
+from esper_core.errors import CheckpointError, ConfigError, PluginError, RunAborted
+from esper_core.kasmina import LadderModule, LifecycleSettings, MorphogeneticModel, check_host
 from esper_core.leyline import (
     FactoredAction,
     SlotConfig,
@@ -23,7 +23,7 @@ from esper_core.leyline import (
 )
 from esper_core.leyline import telemetry as payloads
 from esper_core.plugins import PluginManager, distribution_versions
-from esper_core.registry import HostFamily, TaskKind
+from esper_core.registry import HostFamily, SeedFamily, TaskKind
 from esper_core.runs import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
@@ -65,6 +65,24 @@ class RunSetup:
     max_seeds: int
     host_params: int
     surface_codes: dict[str, int]
+
+
+def check_ladder(family: SeedFamily, seed: torch.nn.Module) -> None:
+    """A family that declares a ladder must build a LadderModule matching the declaration (and vice versa)."""
+    spec = family.ladder
+    if spec is None:
+        if isinstance(seed, LadderModule):
+            raise PluginError(f"seed family '{family.name}' builds a ladder module but declares no ladder")
+        return
+    if not isinstance(seed, LadderModule):
+        raise PluginError(f"seed family '{family.name}' declares a ladder but its module is not a LadderModule")
+    found = (seed.internal_kind, seed.internal_max_level, seed.internal_level)
+    expected = (spec.kind, spec.max_level, spec.initial_level)
+    if found != expected:
+        raise PluginError(
+            f"seed family '{family.name}' declares ladder (kind, max level, initial level) {expected} "
+            f"but its module has {found}"
+        )
 
 
 def resolve_device(name: str) -> torch.device:
@@ -233,7 +251,9 @@ class Engine:
             config = options.get(blueprint, family.config_class())
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(derive_seed(env_seed, model_ref[0].germination_count))
-                return family.build(channels, topology, config)
+                seed = family.build(channels, topology, config)
+            check_ladder(family, seed)
+            return seed
 
         return build_seed
 

@@ -1,4 +1,4 @@
-"""The esper-cnn plugin module (entry point `cnn`): registers the `cnn` host and seven image seed families."""
+"""The esper-cnn plugin module (entry point `cnn`): registers the `cnn` host and eight image seed families (one with a ladder)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from esper_core.hookspecs import Register, hookimpl
 from esper_core.registry import HostFamily, SeedFamily
 
 from esper_cnn import seeds
+from esper_cnn.ladder import CONV_LADDER, build_conv_ladder
 from esper_cnn.host import TOPOLOGY, CNNHostConfig, build_cnn_host
 
 
@@ -82,5 +83,15 @@ def esper_register_seed_families(register: Register) -> None:
             build=seeds.build_conv_heavy,
             topologies=image,
             description="two full-width 3x3 conv-BN-ReLU stages + zero-initialised 1x1 projection, residual",
+        )
+    )
+    register(
+        SeedFamily(
+            name="conv_ladder",
+            build=build_conv_ladder,
+            topologies=image,
+            ladder=CONV_LADDER,
+            description="1 to 4 full-width 3x3 conv-BN-ReLU stages chosen by the internal level (GROW/SHRINK_INTERNAL), "
+            "each with a zero-initialised projection; level 1 ~ conv_light, level 2 ~ conv_heavy",
         )
     )

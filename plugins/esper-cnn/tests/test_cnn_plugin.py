@@ -13,7 +13,7 @@ from esper_core.tasks import TaskInfo
 
 from esper_cnn.host import CNNHostConfig, build_cnn_host
 
-FAMILY_NAMES = ("norm", "attention", "depthwise", "bottleneck", "conv_small", "conv_light", "conv_heavy")
+FAMILY_NAMES = ("norm", "attention", "depthwise", "bottleneck", "conv_small", "conv_light", "conv_heavy", "conv_ladder")
 TINY_DIGITS = TaskInfo(
     name="digits", topology="image", input_shape=(1, 8, 8), num_classes=10,
     metric_name="accuracy", train_size=32, val_size=32,

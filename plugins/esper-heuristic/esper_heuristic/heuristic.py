@@ -107,6 +107,12 @@ class HeuristicConfig:
     #: Rule 4: advance a TRAINING seed once this many epochs have passed since its germination; unset
     #: follows the run's ``[morphogenesis] min_training_epochs`` (gate G1), so ADVANCE is never refused.
     min_training_epochs: int | None = attrs.field(default=None, validator=attrs.validators.optional(_int_at_least(0)))
+    #: Ladder rules: grow a blended ladder seed whose contribution rose by at least this since the last
+    #: measurement; a growth that has not raised the contribution by this much after
+    #: ``ladder_patience`` epochs is undone (and the seed is not grown past that level again).
+    ladder_min_gain: float = attrs.field(default=0.005, validator=_finite_number(minimum=0.0))
+    #: Ladder rules: epochs a growth gets to pay before it is judged.
+    ladder_patience: int = attrs.field(default=2, validator=_int_at_least(1))
     #: Rule 5: no germination before this many epochs of the episode are complete.
     warmup_epochs: int = attrs.field(default=5, validator=_int_at_least(0))
     #: Rule 5: the plateau is judged over this many most recent epochs.
@@ -191,11 +197,17 @@ class EnvMemory:
     - ``pruned_seeds_in_recovery``: seed ids already counted as pruned that still occupy their slot
       in PRUNED, EMBARGOED or RESETTING (so a long embargo is counted once).
     - ``blueprint_pruned_at``: blueprint name -> the epoch at which its latest prune was first seen.
+    - ``ladder_trials`` / ``ladder_ceiling``: growths of ladder seeds under evaluation, and levels that
+      did not pay.
     """
 
     holding_without_verdict: dict[str, int] = attrs.Factory(dict)
     pruned_seeds_in_recovery: set[str] = attrs.Factory(set)
     blueprint_pruned_at: dict[str, int] = attrs.Factory(dict)
+    #: seed id -> [epoch of the growth, contribution before it] while a growth is on trial
+    ladder_trials: dict[str, list[float]] = attrs.Factory(dict)
+    #: seed id -> highest level worth having (a growth past it did not pay)
+    ladder_ceiling: dict[str, int] = attrs.Factory(dict)
 
     def observe(self, observation: EnvObservation, fossilize_threshold: float) -> None:
         """Fold this epoch's slot reports into the memory (call once per decision)."""
@@ -223,6 +235,9 @@ class EnvMemory:
                     holding[report.seed_id] = self.holding_without_verdict.get(report.seed_id, 0) + 1
         self.pruned_seeds_in_recovery = in_recovery
         self.holding_without_verdict = holding
+        live = {report.seed_id for report in observation.slots if report.stage in BLENDED_STAGES}
+        self.ladder_trials = {k: v for k, v in self.ladder_trials.items() if k in live}
+        self.ladder_ceiling = {k: v for k, v in self.ladder_ceiling.items() if k in live}
 
     def cooling_down(self, blueprint: str, epoch: int, cooldown_epochs: int) -> bool:
         """Whether ``blueprint`` was pruned fewer than ``cooldown_epochs`` epochs before ``epoch``."""
@@ -235,17 +250,23 @@ class EnvMemory:
             "holding_without_verdict": dict(sorted(self.holding_without_verdict.items())),
             "pruned_seeds_in_recovery": sorted(self.pruned_seeds_in_recovery),
             "blueprint_pruned_at": dict(sorted(self.blueprint_pruned_at.items())),
+            "ladder_trials": {k: list(v) for k, v in sorted(self.ladder_trials.items())},
+            "ladder_ceiling": dict(sorted(self.ladder_ceiling.items())),
         }
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> EnvMemory:
-        expected = {"holding_without_verdict", "pruned_seeds_in_recovery", "blueprint_pruned_at"}
+        expected = {
+            "holding_without_verdict", "pruned_seeds_in_recovery", "blueprint_pruned_at", "ladder_trials", "ladder_ceiling",
+        }
         if set(state) != expected:
             raise ValueError(f"heuristic memory state has keys {sorted(state)}; expected {sorted(expected)}")
         return cls(
             holding_without_verdict={str(k): int(v) for k, v in state["holding_without_verdict"].items()},
             pruned_seeds_in_recovery={str(seed_id) for seed_id in state["pruned_seeds_in_recovery"]},
             blueprint_pruned_at={str(k): int(v) for k, v in state["blueprint_pruned_at"].items()},
+            ladder_trials={str(k): [float(x) for x in v] for k, v in state["ladder_trials"].items()},
+            ladder_ceiling={str(k): int(v) for k, v in state["ladder_ceiling"].items()},
         )
 
 
@@ -256,6 +277,8 @@ class Rule(enum.Enum):
     """Which rule produced a decision, in priority order."""
 
     PRUNE_DAMAGE = "prune_damage"
+    SHRINK_UNPAID = "shrink_unpaid"
+    GROW_RISING = "grow_rising"
     FOSSILIZE = "fossilize"
     PRUNE_PATIENCE = "prune_patience"
     ADVANCE = "advance"
@@ -354,6 +377,8 @@ class HeuristicController:
         """The highest-priority rule that fires for this environment, or WAIT."""
         rules = (
             self._prune_damage,
+            self._shrink_unpaid,
+            self._grow_rising,
             self._fossilize,
             self._prune_patience,
             self._advance,
@@ -397,6 +422,57 @@ class HeuristicController:
             f"{observation.slots[slot].slot_id}: contribution {contribution:.4g} < -{self.config.prune_threshold}",
         )
 
+    def _shrink_unpaid(
+        self, observation: EnvObservation, masks: ActionMasks, env_index: int, memory: EnvMemory
+    ) -> Decision | None:
+        """Ladder rule: a growth judged after ladder_patience epochs that did not raise the contribution by
+        ladder_min_gain is undone, and the seed is capped at the level below."""
+        for slot, report in enumerate(observation.slots):
+            trial = memory.ladder_trials.get(report.seed_id) if report.seed_id is not None else None
+            contribution = report.metrics.counterfactual_contribution
+            if trial is None or contribution is None or report.stage not in BLENDED_STAGES:
+                continue
+            grown_at, before = trial
+            if observation.epoch - grown_at < self.config.ladder_patience:
+                continue
+            del memory.ladder_trials[report.seed_id]
+            gain = contribution - before
+            if gain >= self.config.ladder_min_gain:
+                continue  # the growth paid: keep it
+            memory.ladder_ceiling[report.seed_id] = report.internal_level - 1
+            action = pinned_action(LifecycleOp.SHRINK_INTERNAL, slot=slot)
+            if masks.allows(env_index, action):
+                return Decision(
+                    action, Rule.SHRINK_UNPAID,
+                    f"{report.slot_id}: level {report.internal_level} raised the contribution by only {gain:.4g}",
+                )
+        return None
+
+    def _grow_rising(
+        self, observation: EnvObservation, masks: ActionMasks, env_index: int, memory: EnvMemory
+    ) -> Decision | None:
+        """Ladder rule: a HOLDING ladder seed whose contribution is still rising gets one more level."""
+        for slot, report in enumerate(observation.slots):
+            metrics = report.metrics
+            if report.stage is not SeedStage.HOLDING or report.seed_id in memory.ladder_trials:
+                continue
+            if metrics.counterfactual_contribution is None or metrics.contribution_velocity is None:
+                continue
+            if metrics.contribution_velocity < self.config.ladder_min_gain:
+                continue
+            if report.internal_level >= memory.ladder_ceiling.get(report.seed_id, report.internal_max_level):
+                continue
+            action = pinned_action(LifecycleOp.GROW_INTERNAL, slot=slot)
+            if not masks.allows(env_index, action):
+                continue
+            memory.ladder_trials[report.seed_id] = [float(observation.epoch), metrics.counterfactual_contribution]
+            return Decision(
+                action, Rule.GROW_RISING,
+                f"{report.slot_id}: contribution rose by {metrics.contribution_velocity:.4g}; level "
+                f"{report.internal_level} -> {report.internal_level + 1}",
+            )
+        return None
+
     def _fossilize(
         self, observation: EnvObservation, masks: ActionMasks, env_index: int, memory: EnvMemory
     ) -> Decision | None:
@@ -406,8 +482,8 @@ class HeuristicController:
             contribution = report.metrics.counterfactual_contribution
             if report.stage is not SeedStage.HOLDING or contribution is None:
                 continue
-            if contribution < self.config.fossilize_threshold:
-                continue
+            if contribution < self.config.fossilize_threshold or report.seed_id in memory.ladder_trials:
+                continue  # a growth on trial is judged before the seed is frozen
             if not masks.allows(env_index, pinned_action(LifecycleOp.FOSSILIZE, slot=slot)):
                 continue
             if best is None or contribution > best[0]:

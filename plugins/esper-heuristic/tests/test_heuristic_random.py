@@ -4,16 +4,21 @@ from __future__ import annotations
 
 from collections import Counter
 
+import attrs
 import pytest
 import torch
 
-from esper_core.leyline import CAUSAL_RELEVANCE, LifecycleOp, SeedStage
+from esper_core.leyline import CAUSAL_RELEVANCE, InternalKind, LifecycleOp, SeedStage
 from esper_heuristic import RandomController, RandomPolicyConfig
 
 
 def _every_op_state(kit):
-    """One environment where every op is allowed: a DORMANT, a TRAINING and a HOLDING slot."""
-    slots = {1: kit.slot(1, SeedStage.TRAINING), 2: kit.slot(2, SeedStage.HOLDING, contribution=0.0)}
+    """One environment where every op is allowed: a DORMANT slot, a TRAINING ladder seed at level 1 of 3
+    (it can grow and shrink) and a HOLDING seed."""
+    ladder = attrs.evolve(
+        kit.slot(1, SeedStage.TRAINING), internal_kind=InternalKind.CONV_STAGES, internal_level=1, internal_max_level=3
+    )
+    slots = {1: ladder, 2: kit.slot(2, SeedStage.HOLDING, contribution=0.0)}
     observation = kit.observation(epoch=5, slots=slots)
     return [observation], kit.masks([observation])
 
@@ -31,12 +36,13 @@ def test_draws_are_roughly_uniform_over_allowed_ops_and_valid_targets(kit):
     ops = Counter(action.op for action in actions)
     assert set(ops) == set(LifecycleOp)
     for op in LifecycleOp:
-        assert 400 < ops[op] < 600, ops  # 3000 / 6 = 500 each
+        assert 300 < ops[op] < 450, ops  # 3000 / 8 = 375 each
     slots_by_op = {op: {action.slot for action in actions if action.op is op} for op in LifecycleOp}
     assert slots_by_op[LifecycleOp.GERMINATE] == {0}
     assert slots_by_op[LifecycleOp.ADVANCE] == {1}
     assert slots_by_op[LifecycleOp.FOSSILIZE] == {2}
     assert slots_by_op[LifecycleOp.PRUNE] == {1, 2}
+    assert slots_by_op[LifecycleOp.GROW_INTERNAL] == slots_by_op[LifecycleOp.SHRINK_INTERNAL] == {1}
     germinations = [action for action in actions if action.op is LifecycleOp.GERMINATE]
     assert {action.blueprint for action in germinations} == {0, 1, 2}
     assert {int(action.tempo) for action in germinations} == {0, 1, 2}

@@ -324,6 +324,8 @@ def test_state_dict_round_trip_keeps_memory_and_resumes_exactly(kit):
         "holding_without_verdict": {"holder": 3},
         "pruned_seeds_in_recovery": ["gone"],
         "blueprint_pruned_at": {"conv_light": 10},
+        "ladder_trials": {},
+        "ladder_ceiling": {},
     }
     resumed = kit.heuristic(**options)
     resumed.load_state_dict(state)

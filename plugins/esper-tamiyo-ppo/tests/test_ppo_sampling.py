@@ -113,7 +113,7 @@ def test_gumbel_max_sampling_matches_the_distribution():
 
 def _all_allowed(n: int, n_slots: int = 3, n_blueprints: int = 3) -> StepMasks:
     return StepMasks(
-        op=torch.ones(n, 6, dtype=torch.bool),
+        op=torch.ones(n, len(LifecycleOp), dtype=torch.bool),
         slot=torch.ones(n, n_slots, dtype=torch.bool),
         blueprint=torch.ones(n, n_blueprints, dtype=torch.bool),
     )

@@ -1,0 +1,33 @@
+"""The internal-capacity ladder contract: seeds whose capacity moves by small, deterministic level steps."""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from esper_core.leyline import InternalKind
+
+
+@runtime_checkable
+class LadderModule(Protocol):
+    """What a seed family with a ladder builds (an ``nn.Module`` with these members).
+
+    Levels run ``0..internal_max_level``; level 0 is the identity (no capacity in use). The module is
+    built at its family's ``initial_level``. Rules the conformance kit checks:
+
+    - ``set_internal_level`` is deterministic and never allocates or frees parameters (all capacity is
+      built up front; the level selects how much of it runs), so compiled graphs stay bounded;
+    - capacity above the current level never influences the output (inactive capacity is inert);
+    - raising the level does not change the output at that moment (new capacity enters at zero);
+    - ``internal_effective_params(level)`` is the parameter count in use at ``level``, non-decreasing
+      in ``level`` and 0 at level 0.
+    """
+
+    internal_kind: InternalKind
+    internal_max_level: int
+
+    @property
+    def internal_level(self) -> int: ...
+
+    def set_internal_level(self, level: int) -> None: ...
+
+    def internal_effective_params(self, level: int) -> int: ...

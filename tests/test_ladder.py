@@ -1,0 +1,166 @@
+"""Internal capacity ladders: GROW/SHRINK_INTERNAL mechanics, masks, events, reports, conformance, engine."""
+
+from __future__ import annotations
+
+import json
+
+import attrs
+import pytest
+import torch
+
+from esper_core.errors import PluginError
+from esper_core.leyline import (
+    AlphaTarget,
+    FactoredAction,
+    InternalKind,
+    LifecycleOp,
+    SeedStage,
+    TelemetryEventType,
+)
+from esper_core.registry import LadderSpec, SeedFamily
+from esper_core.tamiyo import compute_masks
+from esper_core.testing import ConformanceError, check_ladder_family, check_seed_family
+from esper_core.tolaria.engine import check_ladder, start_run
+from esper_core.telemetry.report import read_events
+from tests import toy_plugin
+from tests.conftest import make_model
+
+GROW = LifecycleOp.GROW_INTERNAL
+SHRINK = LifecycleOp.SHRINK_INTERNAL
+LADDER = 1  # blueprint index of toy_ladder in make_model
+
+
+def ladder_family(build=toy_plugin.build_toy_ladder, ladder=toy_plugin.TOY_LADDER) -> SeedFamily:
+    return SeedFamily(name="toy_ladder", build=build, topologies=("image",), ladder=ladder)
+
+
+def test_the_toy_ladder_passes_the_conformance_kit():
+    check_seed_family(ladder_family(), channels=6)
+
+
+def test_conformance_catches_a_jump_when_growing():
+    jumpy = ladder_family(build=lambda c, t, cfg: toy_plugin.ToyLadder(c, rezero_on_grow=False))
+    with pytest.raises(ConformanceError, match="growing to level 1 changes the output"):
+        check_ladder_family(jumpy, channels=6)
+
+
+def test_conformance_catches_active_inactive_capacity():
+    class Leaky(toy_plugin.ToyLadder):
+        def forward(self, x):  # the top branch always runs: inactive capacity is not inert
+            return super().forward(x) + 0.0 * self.branches[2](x) + self.scales[2] * torch.tanh(self.branches[2](x))
+
+    with pytest.raises(ConformanceError):
+        check_ladder_family(ladder_family(build=lambda c, t, cfg: Leaky(c)), channels=6)
+
+
+def test_conformance_catches_a_wrong_declaration_and_the_engine_too():
+    wrong = ladder_family(ladder=LadderSpec(kind=InternalKind.LORA_RANK, max_level=3, initial_level=1))
+    with pytest.raises(ConformanceError, match="differs from the declared"):
+        check_ladder_family(wrong, channels=6)
+    with pytest.raises(PluginError, match="declares ladder"):
+        check_ladder(wrong, toy_plugin.ToyLadder(6))
+    undeclared = SeedFamily(name="sneaky", build=toy_plugin.build_toy_ladder, topologies=("image",))
+    with pytest.raises(PluginError, match="declares no ladder"):
+        check_ladder(undeclared, toy_plugin.ToyLadder(6))
+    with pytest.raises(ValueError, match="NONE"):
+        LadderSpec(kind=InternalKind.NONE, max_level=2)
+
+
+def germinate_ladder(model, slot=0):
+    action = FactoredAction(op=LifecycleOp.GERMINATE, slot=slot, blueprint=LADDER, alpha_target=AlphaTarget.FULL)
+    assert model.apply(action, metric_now=0.1).success
+    return model.slots[model.slot_ids[slot]]
+
+
+def test_grow_and_shrink_move_the_level_and_emit_one_event_each():
+    events = []
+    model = make_model(events=events)
+    slot = germinate_ladder(model)
+    report = slot.report()
+    assert (report.internal_kind, report.internal_level, report.internal_max_level) == (InternalKind.CONV_STAGES, 1, 3)
+    assert report.internal_effective_params == slot.ladder.internal_effective_params(1) < report.seed_params
+    assert model.apply(FactoredAction(op=GROW, slot=0), metric_now=0.1).success
+    assert model.apply(FactoredAction(op=GROW, slot=0), metric_now=0.1).success
+    failed = model.apply(FactoredAction(op=GROW, slot=0), metric_now=0.1)
+    assert not failed.success and "outside the ladder 0..3" in failed.reason
+    assert model.apply(FactoredAction(op=SHRINK, slot=0), metric_now=0.1).success
+    changes = [e.payload for e in events if e.event_type is TelemetryEventType.SEED_INTERNAL_LEVEL_CHANGED]
+    assert [(c.from_level, c.to_level) for c in changes] == [(1, 2), (2, 3), (3, 2)]
+    assert changes[0].internal_effective_params == slot.ladder.internal_effective_params(2)
+    assert slot.report().internal_last_direction == -1 and slot.report().epochs_since_internal_change == 0
+    model.tick()
+    assert slot.report().epochs_since_internal_change == 1
+
+
+def test_internal_ops_fail_on_dormant_plain_and_fossilized_seeds():
+    model = make_model()
+    assert "needs a live seed" in model.apply(FactoredAction(op=GROW, slot=1), metric_now=0.1).reason
+    model.apply(FactoredAction(op=LifecycleOp.GERMINATE, slot=1, blueprint=0), metric_now=0.1)
+    assert "no internal ladder" in model.apply(FactoredAction(op=GROW, slot=1), metric_now=0.1).reason
+    slot = germinate_ladder(model, slot=2)
+    slot.tick(); slot.tick()
+    assert slot.advance().success
+    while slot.stage is not SeedStage.HOLDING:
+        slot.tick()
+    assert slot.fossilize().success
+    frozen = model.apply(FactoredAction(op=SHRINK, slot=2), metric_now=0.1)
+    assert not frozen.success and slot.ladder.internal_level == 1
+
+
+def test_masks_allow_internal_ops_only_where_they_can_succeed():
+    model = make_model()
+    germinate_ladder(model, slot=0)
+    model.apply(FactoredAction(op=LifecycleOp.GERMINATE, slot=1, blueprint=0), metric_now=0.1)
+    masks = compute_masks([model.reports()], num_blueprints=2, max_seeds=3)
+    assert masks.slot[0, GROW].tolist() == [True, False, False]
+    assert masks.slot[0, SHRINK].tolist() == [True, False, False]
+    for _ in range(2):
+        model.apply(FactoredAction(op=GROW, slot=0), metric_now=0.1)
+    masks = compute_masks([model.reports()], num_blueprints=2, max_seeds=3)
+    assert not masks.op[0, GROW] and masks.op[0, SHRINK]
+
+
+def test_rent_follows_the_capacity_in_use():
+    model = make_model()
+    slot = germinate_ladder(model)
+    slot._set_alpha(1.0)
+    slot.stage = SeedStage.HOLDING  # direct state for the arithmetic only
+    at_one = slot.effective_params
+    model.apply(FactoredAction(op=GROW, slot=0), metric_now=0.1)
+    assert slot.effective_params == pytest.approx(2 * at_one)
+    assert slot.effective_params < slot.seed_params
+
+
+def test_level_survives_a_lifecycle_round_trip():
+    model = make_model(seed=3)
+    germinate_ladder(model)
+    model.apply(FactoredAction(op=GROW, slot=0), metric_now=0.1)
+    state, weights = model.lifecycle_state(), model.state_dict()
+    clone = make_model(seed=4)
+    clone.load_lifecycle_state(state)
+    clone.load_state_dict(weights)
+    assert clone.reports() == model.reports()
+    x = torch.randn(2, 1, 6, 6)
+    model.eval(); clone.eval()
+    assert torch.equal(model(x), clone(x))
+
+
+def test_internal_ops_through_the_engine(toy_manager, toy_config):
+    script = {
+        "1": {"op": 1, "slot": 0, "blueprint": 1, "alpha_target": 2},
+        "2": {"op": 6, "slot": 0},
+        "3": {"op": 6, "slot": 0},
+        "4": {"op": 7, "slot": 0},
+        "5": {"op": 6, "slot": 2},  # no seed there: masked, executed as WAIT
+    }
+    run_dir = start_run(toy_config(policy={"name": "scripted", "script": script}, reward={"name": "shaped"}), toy_manager)
+    records = read_events(run_dir / "events.jsonl")
+    changes = [r["data"] for r in records if r["event"] == "SEED_INTERNAL_LEVEL_CHANGED" and r["data"]["env_id"] == 0]
+    assert [(c["from_level"], c["to_level"]) for c in changes] == [(1, 2), (2, 3), (3, 2)]
+    actions = [r["data"] for r in records if r["event"] == "ACTION_TAKEN" and r["data"]["env_id"] == 0]
+    assert actions[5]["action"] == {"op": "GROW_INTERNAL", "slot": "r0c2"} and not actions[5]["success"]
+    churn = [r["data"]["components"]["churn"] for r in records
+             if r["event"] == "REWARD_COMPUTED" and r["data"]["env_id"] == 0 and r["data"]["epoch"] == 5]
+    assert churn == [pytest.approx(-0.05)]  # the shrink after epoch 4 undid the grow after epoch 3
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["internal"]["grow"] == 4 and summary["internal"]["shrink"] == 2
