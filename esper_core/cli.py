@@ -112,6 +112,11 @@ def _print_comparison(exp_dir: Path, console: Console) -> None:
         ("pruned", lambda a: str(a["pruned"])),
         ("rollbacks", lambda a: str(a["rollbacks"])),
         ("invalid action rate", lambda a: _fmt(a["invalid_action_rate"], ".3f")),
+        ("prune / fossil ratio", lambda a: _fmt(a["prune_fossil_ratio"], ".2f")),
+        ("heavy blueprint share", lambda a: _fmt(a["heavy_share"], ".2f")),
+        ("internal ops (grow / shrink)", lambda a: f"{a['internal_grows']} / {a['internal_shrinks']}"),
+        ("internal op rate", lambda a: _fmt(a["internal_op_rate"], ".3f")),
+        ("mean level at fossilization", lambda a: _fmt(a["mean_level_at_fossilization"], ".2f")),
         ("blueprint usage", lambda a: ", ".join(f"{k} {v}" for k, v in a["blueprint_usage"].items()) or "-"),
         ("final head entropies", lambda a: ", ".join(f"{k} {v:.2f}" for k, v in a["final_head_entropy"].items()) or "-"),
     ]

@@ -34,10 +34,11 @@ class ArmSection:
 
 @attrs.frozen
 class ExperimentSection:
-    """``[experiment]``: a name and two or more arms."""
+    """``[experiment]``: a name, two or more arms, and the blueprints the report counts as heavy."""
 
     name: str
     arms: tuple[ArmSection, ...] = attrs.field(validator=attrs.validators.min_len(2))
+    heavy_blueprints: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -99,8 +100,12 @@ def experiment_dir(experiment: Experiment) -> Path:
 # -- comparison ------------------------------------------------------------------------------------
 
 
-def arm_metrics(run_dir: Path) -> dict[str, Any]:
-    """What the comparison table shows for one arm, from its event record."""
+def arm_metrics(run_dir: Path, heavy_blueprints: tuple[str, ...] = ()) -> dict[str, Any]:
+    """What the comparison table shows for one arm, from its event record.
+
+    ``heavy_share`` is the fraction of germinations that chose one of ``heavy_blueprints``;
+    ``internal_op_rate`` the fraction of decisions that changed a seed's internal level.
+    """
     records = read_events(run_dir / "events.jsonl")
     summary = summarize_events(records)
     host_params = summary["run"]["host_params"] or 0
@@ -117,6 +122,8 @@ def arm_metrics(run_dir: Path) -> dict[str, Any]:
     actions = summary["actions"]
     decisions = sum(actions["by_op"].values())
     lifecycle = summary["lifecycle"]
+    internal = summary["internal"]
+    usage = {name: counts["germinated"] for name, counts in summary["blueprints"].items()}
     return {
         "run_dir": str(run_dir),
         "status": summary["run"]["status"],
@@ -129,7 +136,16 @@ def arm_metrics(run_dir: Path) -> dict[str, Any]:
         "rollbacks": lifecycle["governor_rollbacks"],
         "invalid_action_rate": actions["failed"] / decisions if decisions else 0.0,
         "op_rates": {op: count / decisions for op, count in sorted(actions["by_op"].items())} if decisions else {},
-        "blueprint_usage": {name: counts["germinated"] for name, counts in summary["blueprints"].items()},
+        "blueprint_usage": usage,
+        "heavy_share": (
+            sum(usage.get(name, 0) for name in heavy_blueprints) / lifecycle["germinated"]
+            if lifecycle["germinated"] and heavy_blueprints else None
+        ),
+        "internal_grows": internal["grow"],
+        "internal_shrinks": internal["shrink"],
+        "internal_op_rate": (internal["grow"] + internal["shrink"]) / decisions if decisions else 0.0,
+        "mean_level_at_fossilization": internal["mean_level_at_fossilization"],
+        "prune_fossil_ratio": lifecycle["pruned"] / lifecycle["fossilized"] if lifecycle["fossilized"] else None,
         "final_head_entropy": {head: values[-1] for head, values in sorted(entropies.items())},
         "mean_return": _mean([r.get("total_reward") for r in summary["rounds"].values()]),
     }
@@ -142,10 +158,84 @@ def _mean(values: list[float | None]) -> float | None:
 
 def compare(exp_dir: Path) -> dict[str, Any]:
     """Side-by-side metrics of every arm; written to ``comparison.json``."""
-    arms = {name: arm_metrics(run_dir) for name, run_dir in arm_run_dirs(exp_dir).items()}
+    heavy = tuple(read_toml(exp_dir / EXPERIMENT_FILE)["experiment"].get("heavy_blueprints", ()))
+    arms = {name: arm_metrics(run_dir, heavy) for name, run_dir in arm_run_dirs(exp_dir).items()}
     comparison = {"experiment": exp_dir.name, "arms": arms}
     write_json(exp_dir / COMPARISON_FILE, comparison)
+    plot_comparison(exp_dir, comparison)
     return comparison
+
+
+def level_trajectories(run_dir: Path) -> dict[str, list[tuple[int, int]]]:
+    """Per seed with a ladder: (global epoch, level) at germination and at every level change."""
+    records = read_events(run_dir / "events.jsonl")
+    started = next(r["data"] for r in records if r["event"] == "RUN_STARTED")
+    length = started["episode_length"]
+    paths: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for record in records:
+        data = record["data"]
+        if record["event"] == "SEED_GERMINATED" and data["internal_level"]:
+            paths[data["seed_id"]].append((data["round"] * length + data["epoch"], data["internal_level"]))
+        elif record["event"] == "SEED_INTERNAL_LEVEL_CHANGED":
+            paths[data["seed_id"]].append((data["round"] * length + data["epoch"], data["to_level"]))
+    return dict(paths)
+
+
+def plot_comparison(exp_dir: Path, comparison: dict[str, Any]) -> Path:
+    """``comparison.png``: the arms side by side (metric, accuracy per rent, blueprint mix, levels)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = comparison["arms"]
+    names = list(arms)
+    figure, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+    (metric_axis, mix_axis), (ops_axis, level_axis) = axes
+    positions = range(len(names))
+    width = 0.38
+    metric_axis.bar([p - width / 2 for p in positions], [arms[n]["final_metric"] or 0 for n in names], width, label="final metric")
+    metric_axis.bar([p + width / 2 for p in positions], [arms[n]["accuracy_per_rent"] or 0 for n in names], width,
+                    label="accuracy per rent")
+    metric_axis.set_xticks(list(positions), names)
+    metric_axis.set_title("accuracy and accuracy per rent")
+    metric_axis.legend(fontsize=8)
+    blueprints = sorted({bp for arm in arms.values() for bp in arm["blueprint_usage"]})
+    bottoms = [0.0] * len(names)
+    for blueprint in blueprints:
+        shares = []
+        for name in names:
+            usage = arms[name]["blueprint_usage"]
+            total = sum(usage.values())
+            shares.append(usage.get(blueprint, 0) / total if total else 0.0)
+        mix_axis.bar(list(positions), shares, 0.6, bottom=bottoms, label=blueprint)
+        bottoms = [b + s for b, s in zip(bottoms, shares)]
+    mix_axis.set_xticks(list(positions), names)
+    mix_axis.set_title("blueprint selection share")
+    if blueprints:
+        mix_axis.legend(fontsize=7, ncol=2)
+    rates = ["internal_op_rate", "invalid_action_rate"]
+    for offset, key in zip((-width / 2, width / 2), rates):
+        ops_axis.bar([p + offset for p in positions], [arms[n][key] for n in names], width, label=key.replace("_", " "))
+    ops_axis.set_xticks(list(positions), names)
+    ops_axis.set_title("decision rates")
+    ops_axis.legend(fontsize=8)
+    plotted = False
+    for name in names:
+        for seed_id, path in level_trajectories(Path(arms[name]["run_dir"])).items():
+            steps, levels = zip(*path)
+            level_axis.step(steps, levels, where="post", alpha=0.6, label=name if not plotted else None)
+            plotted = True
+    level_axis.set_title("internal level of ladder seeds (each line a seed)")
+    level_axis.set_xlabel("epoch (all rounds)")
+    if not plotted:
+        level_axis.text(0.5, 0.5, "no ladder seeds", ha="center", va="center", transform=level_axis.transAxes)
+    figure.suptitle(f"{comparison['experiment']}")
+    figure.tight_layout()
+    path = exp_dir / "comparison.png"
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
 
 
 def arm_run_dirs(exp_dir: Path) -> dict[str, Path]:

@@ -38,7 +38,9 @@ def epochs(run_dir):
 
 def test_arms_are_paired_and_compared(toy_manager, toy_run_data):
     data = experiment_data(toy_run_data, basic={"reward.name": "basic"}, shaped={"reward.name": "shaped"})
+    data["experiment"]["heavy_blueprints"] = ["toy_conv"]
     exp_dir = run_experiment(data, toy_manager)
+    assert (exp_dir / "comparison.png").stat().st_size > 10_000
     runs = arm_run_dirs(exp_dir)
     assert set(runs) == {"basic", "shaped"}
     # same seeds, same data order, same scripted decisions: only the reward differs
@@ -53,6 +55,7 @@ def test_arms_are_paired_and_compared(toy_manager, toy_run_data):
         assert arm["status"] == "completed"
         assert arm["germinated"] == 2 and arm["final_metric"] is not None
         assert arm["accuracy_per_rent"] <= arm["final_metric"]
+        assert arm["heavy_share"] == 1.0 and arm["internal_op_rate"] == 0.0
     assert (exp_dir / "experiment.toml").exists()
 
 
