@@ -19,6 +19,10 @@ class TaskInfo:
 
     ``topology`` is the activation layout hosts produce for it (``"image"`` or ``"sequence"``).
     ``metric_name`` names the validation metric; it is always *higher is better*.
+    ``score_basis`` says what counterfactual contributions and rewards are measured on: ``"metric"``
+    (the score is the metric) or ``"loss"`` (the score is minus the validation loss, e.g. language
+    modelling, where accuracy is too coarse). Either way a higher score is better, so a positive
+    contribution always means the seed helps.
     """
 
     name: str
@@ -28,6 +32,11 @@ class TaskInfo:
     metric_name: str
     train_size: int
     val_size: int
+    score_basis: str = attrs.field(default="metric", validator=attrs.validators.in_(("metric", "loss")))
+
+    def score(self, metric: float, loss: float) -> float:
+        """The higher-is-better number contributions and rewards use."""
+        return metric if self.score_basis == "metric" else -loss
 
 
 @attrs.frozen

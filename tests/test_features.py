@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from esper_core.leyline import FactoredAction, LifecycleOp, SeedMetrics, SeedStage, SeedStateReport
+from esper_core.leyline import FactoredAction, InjectionSpec, LifecycleOp, SeedMetrics, SeedStage, SeedStateReport
 from esper_core.tamiyo import EnvObservation
 from esper_core.tamiyo.features import (
     BASE_FEATURES,
@@ -18,6 +18,10 @@ from esper_core.tamiyo.features import (
     layout_markdown,
 )
 
+SPECS = (
+    InjectionSpec(slot_id="r0c0", channels=4, surface="segment_boundary", order=0, host_block=0),
+    InjectionSpec(slot_id="r0c1", channels=4, surface="post_mlp", order=1, host_block=1),
+)
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "observation.md"
 
 
@@ -34,7 +38,8 @@ def observation(slots, *, history=(0.3, 0.35, 0.4), last_action=None, success=Tr
     return EnvObservation(
         env_id=0, round=0, epoch=len(history) - 1, episode_length=10, val_metric=history[-1], val_loss=1.2,
         train_loss=1.0, metric_history=tuple(history), loss_history=tuple(1.5 - 0.1 * i for i in range(len(history))),
-        host_params=1000, slots=tuple(slots), blueprints=("a", "b"), max_seeds=2, last_action=last_action,
+        host_params=1000, slots=tuple(slots), slot_specs=SPECS[: len(slots)], surface_codes={"segment_boundary": 0, "post_mlp": 2},
+        blueprints=("a", "b"), max_seeds=2, last_action=last_action,
         last_action_success=success, last_action_reason="", rolled_back=False,
     )
 
@@ -88,3 +93,10 @@ def test_stage_one_hot_and_last_action():
 
 def test_the_documented_layout_is_generated_from_the_code():
     assert DOCS.read_text() == layout_markdown() + "\n", "regenerate: python -m esper_core.tamiyo.features > docs/observation.md"
+
+
+def test_static_slot_fields_place_the_slot_and_its_surface():
+    batch = build_features([observation([DORMANT, HOLDING])])
+    order, surface = offset(SLOT_FEATURES, "slot_order_norm"), offset(SLOT_FEATURES, "slot_surface_norm")
+    assert batch.slots[0, :, order].tolist() == [0.0, 1.0]
+    assert batch.slots[0, :, surface].tolist() == [0.0, 1.0]

@@ -190,3 +190,68 @@ def test_resume_before_the_first_checkpoint_says_to_start_again(toy_manager, toy
     (run_dir / "checkpoints" / "latest.pt").unlink()
     with pytest.raises(CheckpointError, match="stopped before its first checkpoint"):
         resume_run(run_dir, toy_manager)
+
+
+def test_loss_based_tasks_measure_contributions_and_rewards_on_minus_the_loss(toy_manager, toy_config, monkeypatch):
+    """For score_basis = "loss" a seed helps when removing it raises the validation loss: its
+    contribution is loss_without - loss_with > 0, and metric_gain pays for a falling loss."""
+    import attrs
+
+    from tests import toy_plugin as toy
+
+    original = toy.build_toy_task
+
+    def loss_based(config, context):
+        task = original(config, context)
+        task.info = attrs.evolve(task.info, score_basis="loss")
+        return task
+
+    monkeypatch.setattr(toy, "build_toy_task", loss_based)
+    manager = type(toy_manager)(autoload=False, extra=[toy])
+    script = {"policy": {"name": "scripted", "script": LIFECYCLE_SCRIPT}}
+    run_dir = start_run(toy_config(**script), manager)
+    records = events_of(run_dir)
+    epochs = {(r["data"]["env_id"], r["data"]["epoch"]): r["data"] for r in records if r["event"] == "EPOCH_COMPLETED"}
+    for reward in (r["data"] for r in records if r["event"] == "REWARD_COMPUTED"):
+        env, epoch = reward["env_id"], reward["epoch"]
+        expected = 10.0 * (epochs[(env, epoch - 1)]["val_loss"] - epochs[(env, epoch)]["val_loss"])
+        assert reward["components"]["metric_gain"] == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    assert TaskInfoCheck.score_of("loss", metric=0.9, loss=0.25) == -0.25
+    assert TaskInfoCheck.score_of("metric", metric=0.9, loss=0.25) == 0.9
+
+
+class TaskInfoCheck:
+    @staticmethod
+    def score_of(basis, *, metric, loss):
+        from esper_core.tasks import TaskInfo
+
+        info = TaskInfo(name="t", topology="image", input_shape=(1,), num_classes=2, metric_name="m",
+                        train_size=1, val_size=1, score_basis=basis)
+        return info.score(metric, loss)
+
+
+def test_counterfactual_contribution_sign_for_loss_based_tasks():
+    """contribution = score(with) - score(without) = loss(without) - loss(with) when score_basis = "loss"."""
+    import attrs
+
+    from esper_core.config import GovernorSection, TrainingSection
+    from esper_core.tasks import TaskContext
+    from esper_core.tolaria.environment import Environment
+    from tests.conftest import make_model
+    from tests.test_kasmina import grow_to_holding
+
+    task = toy_plugin.build_toy_task(toy_plugin.ToyTaskConfig(), TaskContext(device=torch.device("cpu"), seed=0))
+    task.info = attrs.evolve(task.info, score_basis="loss")
+    model = make_model(seed=1)
+    slot = model.slots["r0c1"]
+    grow_to_holding(slot)
+    with torch.no_grad():
+        for parameter in slot.seed.parameters():
+            parameter.add_(torch.randn_like(parameter))
+    env = Environment(env_id=0, env_seed=1, model=model, task=task, training=TrainingSection(),
+                      governor=GovernorSection(), episode_length=5, device=torch.device("cpu"))
+    result = env.validate(64)
+    slot._set_alpha(0.0)
+    without = env.validate(64)
+    assert result.contributions["r0c1"] == pytest.approx(without.loss - result.loss)
+    assert (result.contributions["r0c1"] > 0) == (without.loss > result.loss)

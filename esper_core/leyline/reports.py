@@ -12,9 +12,11 @@ from esper_core.leyline.stages import OCCUPIED_STAGES, SeedStage
 class SeedMetrics:
     """What has been measured about a seed. ``None`` means *not measured*, never zero.
 
-    ``counterfactual_contribution`` is the task metric with the seed minus the metric with the
-    seed's alpha forced to 0, on the environment's fixed validation set; positive means the seed
-    helps (for loss-based tasks the sign is flipped so that this stays true).
+    ``counterfactual_contribution`` is the task's score with the seed minus the score with the
+    seed's alpha forced to 0, on the environment's fixed validation set. The score is the validation
+    metric, or minus the validation loss for a task with ``score_basis = "loss"`` (language models):
+    either way positive means the seed helps. ``metric_at_germination`` and
+    ``metric_delta_since_germination`` are on the same score.
     """
 
     counterfactual_contribution: float | None = None

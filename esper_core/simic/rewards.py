@@ -25,7 +25,8 @@ class RewardSignals:
 
     The decision was taken after epoch t; the reward is computed after epoch t + 1's validation.
     ``previous_metric`` and ``previous_slots`` describe the state the decision was taken in (epoch t);
-    ``metric`` and ``slots`` the state after it took effect (epoch t + 1). Metrics are higher-is-better.
+    ``metric`` and ``slots`` the state after it took effect (epoch t + 1). ``metric`` is the task's score:
+    the validation metric, or minus the validation loss for a loss-based task; higher is better.
     ``terminal`` marks the episode's last reward.
     """
 

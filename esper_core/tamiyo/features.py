@@ -61,6 +61,8 @@ BASE_FEATURES: tuple[Feature, ...] = (
 # -- per-slot features ------------------------------------------------------------------------------------
 
 SLOT_FEATURES: tuple[Feature, ...] = (
+    Feature("slot_order_norm", 1, "the slot's position in the run's slot order / (number of slots - 1); 0 with one slot"),
+    Feature("slot_surface_norm", 1, "the slot's surface code / the largest registered surface code (0 if that is 0)"),
     Feature("stage", len(SeedStage), "one-hot of the slot's SeedStage, in enum order"),
     Feature("alpha", 1, "current blend weight"),
     Feature("alpha_target", 1, "where the current (or planned) alpha schedule goes; 0 with no seed"),
@@ -161,7 +163,9 @@ def base_features(observation: EnvObservation) -> list[float]:
     return values
 
 
-def slot_features(report: SeedStateReport, *, episode_length: int, host_params: int) -> list[float]:
+def slot_features(
+    report: SeedStateReport, *, episode_length: int, host_params: int, order_norm: float, surface_norm: float
+) -> list[float]:
     metrics = report.metrics
     has_seed = report.seed_id is not None and report.seed_params > 0
     if report.alpha_schedule_total_epochs > 0:
@@ -180,6 +184,8 @@ def slot_features(report: SeedStateReport, *, episode_length: int, host_params: 
     else:
         grad_norm, grad_ratio, grad_flag = UNMEASURED, UNMEASURED, 0.0
     return [
+        order_norm,
+        surface_norm,
         *_one_hot(int(report.stage), len(SeedStage)),
         report.alpha,
         report.alpha_target,
@@ -232,10 +238,16 @@ def build_features(observations: Sequence[EnvObservation], device: torch.device 
     for observation in observations:
         index = {name: position for position, name in enumerate(observation.blueprints)}
         base.append(base_features(observation))
+        n_slots = len(observation.slots)
+        top_code = max(observation.surface_codes.values())
         slots.append(
             [
-                slot_features(report, episode_length=observation.episode_length, host_params=observation.host_params)
-                for report in observation.slots
+                slot_features(
+                    report, episode_length=observation.episode_length, host_params=observation.host_params,
+                    order_norm=position / max(n_slots - 1, 1),
+                    surface_norm=observation.surface_codes[spec.surface] / top_code if top_code else 0.0,
+                )
+                for position, (report, spec) in enumerate(zip(observation.slots, observation.slot_specs))
             ]
         )
         ids.append([0 if report.blueprint_id is None else index[report.blueprint_id] + 1 for report in observation.slots])

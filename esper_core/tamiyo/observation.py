@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import attrs
 
-from esper_core.leyline import FactoredAction, SeedStateReport
+from esper_core.leyline import FactoredAction, InjectionSpec, SeedStateReport
 
 
 @attrs.frozen
@@ -14,7 +14,8 @@ class EnvObservation:
     ``train_loss`` is None after a rollback to the untrained model (no training loss describes it).
     ``last_action_reason`` says why the last action failed ('' when it succeeded or there was none).
     ``metric_history`` and ``loss_history`` hold every validation of this episode so far, oldest
-    first (the last entry is this epoch's). ``slots`` follows the run's SlotConfig order.
+    first (the last entry is this epoch's). ``slots`` follows the run's SlotConfig order; ``slot_specs`` are the
+    same slots' injection specs and ``surface_codes`` every registered surface's stable code.
     """
 
     env_id: int
@@ -28,6 +29,8 @@ class EnvObservation:
     loss_history: tuple[float, ...]
     host_params: int
     slots: tuple[SeedStateReport, ...]
+    slot_specs: tuple[InjectionSpec, ...]
+    surface_codes: dict[str, int]
     blueprints: tuple[str, ...]
     max_seeds: int
     last_action: FactoredAction | None

@@ -65,6 +65,7 @@ class RunSetup:
     max_seeds: int
     host_params: int
     surface_codes: dict[str, int]
+    all_surface_codes: dict[str, int]
 
 
 def check_ladder(family: SeedFamily, seed: torch.nn.Module) -> None:
@@ -197,6 +198,7 @@ def prepare(config: RunConfig, manager: PluginManager) -> RunSetup:
         max_seeds=max_seeds,
         host_params=sum(p.numel() for p in probe.parameters()),
         surface_codes=surface_codes,
+        all_surface_codes={name: entry.code for name, entry in manager.registry.entries["surfaces"].items()},
     )
 
 
@@ -453,6 +455,8 @@ class Engine:
                 loss_history=tuple(env.loss_history),
                 host_params=self.setup.host_params,
                 slots=env.model.reports(),
+                slot_specs=self.setup.slot_config.specs,
+                surface_codes=self.setup.all_surface_codes,
                 blueprints=self.setup.blueprints,
                 max_seeds=self.setup.max_seeds,
                 last_action=env.last_action,
@@ -482,7 +486,7 @@ class Engine:
             if not isinstance(action, FactoredAction):
                 raise RuntimeError(f"policy '{self.config.policy.name}' returned {action!r}, not a FactoredAction")
             if masks.allows(env.env_id, action):
-                result = env.model.apply(action, metric_now=observation.val_metric)
+                result = env.model.apply(action, metric_now=env.score_history[-1])
             else:
                 result = None
             success = result is not None and result.success
@@ -492,7 +496,7 @@ class Engine:
             env.last_action_success = success
             env.last_action_reason = "" if success else reason
             env.pending = PendingDecision(
-                action=action, success=success, metric_at_decision=observation.val_metric,
+                action=action, success=success, metric_at_decision=env.score_history[-1],
                 slots_at_decision=observation.slots,
             )
             self.hub.emit(
@@ -523,7 +527,7 @@ class Engine:
                     episode_length=self.config.run.episode_length,
                     action=decision.action,
                     action_success=decision.success,
-                    metric=env.metric_history[-1],
+                    metric=env.score_history[-1],
                     previous_metric=decision.metric_at_decision,
                     host_params=self.setup.host_params,
                     effective_seed_params=env.model.effective_seed_params(),

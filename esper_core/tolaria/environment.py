@@ -19,7 +19,8 @@ from esper_core.tolaria.governor import Governor
 
 @attrs.frozen
 class ValidationResult:
-    """One validation pass: the full model's metric and loss plus each blended seed's contribution."""
+    """One validation pass: the full model's metric and loss plus each blended seed's contribution
+    (the task's score with the seed minus the score with its alpha forced to 0; see TaskInfo.score)."""
 
     metric: float
     loss: float
@@ -63,6 +64,7 @@ class Environment:
         self.generator.manual_seed(env_seed)
         self.governor = Governor(governor)
         self.metric_history: list[float] = []
+        self.score_history: list[float] = []
         self.loss_history: list[float] = []
         self.train_loss_history: list[float | None] = []
         self.last_action: FactoredAction | None = None
@@ -196,16 +198,21 @@ class Environment:
                 count += int(targets.shape[0])
         losses = (loss_sums / count).tolist()
         metrics = (metric_sums / count).tolist()
-        contributions = {slot_id: metrics[0] - metrics[k + 1] for k, slot_id in enumerate(ablate)}
+        info = self.task.info
+        scores = [info.score(metric, loss) for metric, loss in zip(metrics, losses)]
+        contributions = {slot_id: scores[0] - scores[k + 1] for k, slot_id in enumerate(ablate)}
         return ValidationResult(
             metric=metrics[0], loss=losses[0], contributions=contributions, seconds=time.perf_counter() - started
         )
 
     def record_validation(self, result: ValidationResult) -> None:
         self.metric_history.append(result.metric)
+        self.score_history.append(self.task.info.score(result.metric, result.loss))
         self.loss_history.append(result.loss)
         for slot_id in self.model.slot_ids:
-            self.model.slots[slot_id].record_validation(result.metric, result.contributions.get(slot_id))
+            self.model.slots[slot_id].record_validation(
+                self.task.info.score(result.metric, result.loss), result.contributions.get(slot_id)
+            )
 
     # -- governor ----------------------------------------------------------------------------------
 
@@ -229,6 +236,7 @@ class Environment:
             "generator": self.generator.get_state(),
             "governor": self.governor.state_dict(),
             "metric_history": list(self.metric_history),
+            "score_history": list(self.score_history),
             "loss_history": list(self.loss_history),
             "train_loss_history": list(self.train_loss_history),
             "last_action": None if self.last_action is None else self.last_action.head_values(),
@@ -267,6 +275,7 @@ class Environment:
         self.generator.set_state(state["generator"])
         self.governor.load_state_dict(state["governor"])
         self.metric_history = list(state["metric_history"])
+        self.score_history = list(state["score_history"])
         self.loss_history = list(state["loss_history"])
         self.train_loss_history = list(state["train_loss_history"])
         self.last_action = None if state["last_action"] is None else FactoredAction(**state["last_action"])
