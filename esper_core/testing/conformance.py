@@ -200,7 +200,11 @@ def check_host_family(
     host = family.build(config, task_info)
     specs = check_host(host, family.name)
     host.eval()
-    x = torch.randn(batch, *task_info.input_shape, generator=torch.Generator().manual_seed(7))
+    generator = torch.Generator().manual_seed(7)
+    if task_info.topology == "sequence":  # token ids
+        x = torch.randint(0, task_info.num_classes, (batch, *task_info.input_shape), generator=generator)
+    else:
+        x = torch.randn(batch, *task_info.input_shape, generator=generator)
     channel_dim = 1 if family.topology == "image" else -1
     with torch.no_grad():
         reference = host(x)
@@ -251,7 +255,7 @@ def check_task_kind(kind: TaskKind, *, config: Any = None, batch_size: int = 8) 
     again = task.validation_batches(batch_size)
     if not all(torch.equal(a[0], b[0]) for a, b in zip(val, again)):
         raise ConformanceError(f"task '{kind.name}': validation set changes between calls")
-    logits = torch.zeros(2, x.shape[0], info.num_classes)
+    logits = torch.zeros(2, *y.shape, info.num_classes)  # (variants, batch[, time], classes)
     loss_sums, metric_sums = task.score(logits, y)
     if loss_sums.shape != (2,) or metric_sums.shape != (2,):
         raise ConformanceError(f"task '{kind.name}': score() must return per-variant sums of shape (V,)")
