@@ -117,6 +117,9 @@ class GovernorSection:
     enabled: bool = True
     divergence_factor: float = attrs.field(default=3.0, validator=attrs.validators.gt(1.0))
     patience: int = attrs.field(default=2, validator=_ge(1))
+    #: an environment that rolls back this many epochs in a row stops the run with a clear error
+    #: (training is unstable: a snapshot cannot help); 0 never stops
+    max_consecutive_rollbacks: int = attrs.field(default=5, validator=_ge(0))
 
 
 @attrs.frozen

@@ -52,3 +52,9 @@ class RunAborted(EsperError):
     """A run was stopped on purpose (fault injection or interrupt); its data up to here is on disk."""
 
     exit_code = 3
+
+
+class TrainingUnstable(EsperError):
+    """An environment kept diverging after every governor rollback; the run stops with its data on disk."""
+
+    exit_code = 1

@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from esper_core.errors import CheckpointError, RunAborted
+from esper_core.config import GovernorSection
+from esper_core.errors import CheckpointError, RunAborted, TrainingUnstable
 from esper_core.runs import CHECKPOINT_DIR, LATEST_CHECKPOINT, create_run_dir, load_checkpoint
 from esper_core.telemetry.report import read_events
 from esper_core.tolaria.engine import resume_run, start_run
+from esper_core.tolaria.governor import Governor
 from tests import toy_plugin
 
 LIFECYCLE_SCRIPT = {
@@ -255,3 +257,37 @@ def test_counterfactual_contribution_sign_for_loss_based_tasks():
     without = env.validate(64)
     assert result.contributions["r0c1"] == pytest.approx(without.loss - result.loss)
     assert (result.contributions["r0c1"] > 0) == (without.loss > result.loss)
+
+
+def test_an_environment_that_keeps_rolling_back_stops_the_run_with_its_data_kept(toy_manager, toy_config):
+    nan_every_epoch = [{"epoch": epoch, "env": 0} for epoch in range(3)]
+    config = toy_config(faults={"host_nan": nan_every_epoch}, governor={"max_consecutive_rollbacks": 3})
+    created = []
+    with pytest.raises(TrainingUnstable, match="environment 0 rolled back 3 epochs in a row .*host_lr"):
+        start_run(config, toy_manager, on_run_dir=created.append)
+    records = events_of(created[0])
+    assert [r["data"]["epoch"] for r in records if r["event"] == "GOVERNOR_ROLLBACK"] == [0, 1, 2]
+    finished = [r["data"] for r in records if r["event"] == "RUN_FINISHED"]
+    assert finished[-1]["status"] == "failed" and "TrainingUnstable" in finished[-1]["error"]
+    assert json.loads((created[0] / "summary.json").read_text())["run"]["status"] == "failed"
+
+
+def test_two_rollbacks_then_a_healthy_epoch_reset_the_consecutive_count(toy_manager, toy_config):
+    faults = [{"epoch": 0, "env": 0}, {"epoch": 1, "env": 0}, {"epoch": 3, "env": 0}, {"epoch": 4, "env": 0}]
+    config = toy_config(faults={"host_nan": faults}, governor={"max_consecutive_rollbacks": 3})
+    run_dir = start_run(config, toy_manager)
+    records = events_of(run_dir)
+    assert len([r for r in records if r["event"] == "GOVERNOR_ROLLBACK"]) == 4
+    assert [r["data"]["status"] for r in records if r["event"] == "RUN_FINISHED"] == ["completed"]
+
+
+def test_the_first_finite_loss_after_a_rollback_is_judged_against_the_restored_model():
+    """A run of NaN epochs followed by a huge but finite loss must not make that loss the healthy reference."""
+    governor = Governor(GovernorSection(divergence_factor=3.0, patience=2))
+    assert governor.verdict(float("nan"), float("nan")) is not None
+    governor.record_restored(4.5)  # the untrained model's validation loss after the rollback
+    assert governor.verdict(1e6, 1.2e12) is None  # first diverging epoch: within patience ...
+    assert governor.is_diverging  # ... but not healthy, so no snapshot is taken of it
+    assert "above 3.0x the recent best 4.5" in governor.verdict(1e6, 1.3e12)
+    governor.record_restored(float("nan"))
+    assert list(governor.healthy_losses) == [4.5]

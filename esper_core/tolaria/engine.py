@@ -13,7 +13,7 @@ import attrs
 import torch
 
 from esper_core.config import RunConfig, write_config
-from esper_core.errors import CheckpointError, ConfigError, PluginError, RunAborted
+from esper_core.errors import CheckpointError, ConfigError, PluginError, RunAborted, TrainingUnstable
 from esper_core.kasmina import LadderModule, LifecycleSettings, MorphogeneticModel, check_host
 from esper_core.leyline import (
     FactoredAction,
@@ -361,6 +361,8 @@ class Engine:
             env.rolled_back = False
             if verdict is not None:
                 result = self.rollback(env, round_index, epoch, verdict, train_loss, result.loss)
+                env.governor.record_restored(result.loss)
+                self._check_stability(env, verdict)
             elif not env.governor.is_diverging:
                 env.governor.record_healthy(result.loss)
             env.record_validation(result)
@@ -415,6 +417,16 @@ class Engine:
             for env, order in zip(self.envs, orders):
                 inputs, targets = task.train_batch(order[start : start + batch_size], env.generator)
                 env.train_step(inputs, targets, measure_gradients=last)
+
+    def _check_stability(self, env: Environment, reason: str) -> None:
+        limit = self.config.governor.max_consecutive_rollbacks
+        if limit and env.governor.consecutive_rollbacks >= limit:
+            raise TrainingUnstable(
+                f"environment {env.env_id} rolled back {env.governor.consecutive_rollbacks} epochs in a row "
+                f"(last: {reason}); training is unstable, e.g. lower [training] host_lr / seed_lr "
+                f"(now {self.config.training.host_lr:g} / {self.config.training.seed_lr:g}), or raise "
+                "[governor] max_consecutive_rollbacks"
+            )
 
     def rollback(self, env: Environment, round_index: int, epoch: int, reason: str, train_loss: float, val_loss: float):
         restored_epoch = env.governor.restore(env.model)

@@ -28,6 +28,7 @@ class Governor:
         self.snapshot_epoch = -1
         self.snapshot_train_loss: float | None = None
         self.rollbacks = 0
+        self.consecutive_rollbacks = 0
 
     def verdict(self, train_loss: float, val_loss: float) -> str | None:
         """The reason to roll back now, or None when the epoch is healthy (updates the streak)."""
@@ -54,6 +55,14 @@ class Governor:
 
     def record_healthy(self, val_loss: float) -> None:
         self.healthy_losses.append(val_loss)
+        self.consecutive_rollbacks = 0
+
+    def record_restored(self, val_loss: float) -> None:
+        """After a rollback: the restored snapshot's validation loss is the reference the next epochs are
+        judged against (without it, the first finite loss after a run of NaN epochs, however large, would
+        count as healthy and become the snapshot)."""
+        if math.isfinite(val_loss):
+            self.healthy_losses.append(val_loss)
 
     def take_snapshot(self, model: MorphogeneticModel, epoch: int, train_loss: float | None = None) -> None:
         """Remember the model as it is after ``epoch`` (-1: before training), and that epoch's train loss."""
@@ -69,6 +78,7 @@ class Governor:
         model.load_lifecycle_state(self.snapshot_lifecycle)
         model.load_state_dict(self.snapshot_weights)
         self.rollbacks += 1
+        self.consecutive_rollbacks += 1
         self.divergent_streak = 0
         return self.snapshot_epoch
 
@@ -81,6 +91,7 @@ class Governor:
             "snapshot_epoch": self.snapshot_epoch,
             "snapshot_train_loss": self.snapshot_train_loss,
             "rollbacks": self.rollbacks,
+            "consecutive_rollbacks": self.consecutive_rollbacks,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -91,3 +102,4 @@ class Governor:
         self.snapshot_epoch = state["snapshot_epoch"]
         self.snapshot_train_loss = state["snapshot_train_loss"]
         self.rollbacks = state["rollbacks"]
+        self.consecutive_rollbacks = state.get("consecutive_rollbacks", 0)

@@ -113,6 +113,9 @@ class PPOConfig:
     # -- observation normalisation --------------------------------------------------------------------
     normalize_observations: bool = attrs.field(default=True, validator=_flag)
     observation_clip: float = attrs.field(default=10.0, validator=_positive())
+    #: rewards are clipped to ±this before they enter the buffer (None: no clip); the episode return
+    #: reported in telemetry is the unclipped sum
+    reward_clip: float | None = attrs.field(default=10.0, validator=attrs.validators.optional(_positive()))
 
     # -- PPO --------------------------------------------------------------------------------------------
     learning_rate: float = attrs.field(default=3e-4, validator=_positive())

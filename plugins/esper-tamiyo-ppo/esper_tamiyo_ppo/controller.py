@@ -173,7 +173,8 @@ class PPOController:
             raise ValueError(f"non-finite reward(s): {values.tolist()}")
         episode["returns"] += values
         if self.config.learn:
-            self.buffer.add_reward(values.to(device=self.device, dtype=torch.float32), bool(terminal))
+            learned = values if self.config.reward_clip is None else values.clamp(-self.config.reward_clip, self.config.reward_clip)
+            self.buffer.add_reward(learned.to(device=self.device, dtype=torch.float32), bool(terminal))
         episode["awaiting_reward"] = False
         episode["terminal"] = bool(terminal)
 

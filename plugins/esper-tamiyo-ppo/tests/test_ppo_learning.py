@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 import torch
 
 from esper_core.runs import load_checkpoint, save_checkpoint
@@ -96,3 +98,17 @@ def test_state_dict_round_trips_through_a_weights_only_checkpoint_mid_round(kit,
     for name, tensor in reference.network.state_dict().items():
         assert torch.equal(tensor, resumed.network.state_dict()[name]), name
     assert torch.equal(reference.generator.get_state(), resumed.generator.get_state())
+
+
+@pytest.mark.parametrize("reward_clip", [2.0, None])
+def test_rewards_are_clipped_before_learning_but_returns_are_reported_whole(kit, reward_clip):
+    controller = kit.controller(seed=3, reward_clip=reward_clip)
+    rng = random.Random(0)
+    controller.begin_episode(0, 2)
+    observations, masks = kit.random_batch(rng, 0, 2)
+    controller.act(observations, masks)
+    controller.record([1e6, -0.5], terminal=False)
+    stored = controller.buffer.rewards[-1].tolist()
+    expected_first = 1e6 if reward_clip is None else reward_clip
+    assert stored == pytest.approx([expected_first, -0.5])
+    assert controller._episode["returns"].tolist() == pytest.approx([1e6, -0.5])
