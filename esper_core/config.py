@@ -80,15 +80,22 @@ class RunSection:
     )
 
 
+def _betas(_instance: Any, attribute: attrs.Attribute, value: tuple[float, float]) -> None:
+    if not all(0.0 <= beta < 1.0 for beta in value):
+        raise ValueError(f"'{attribute.name}' must be two numbers in [0, 1), got {list(value)}")
+
+
 @attrs.frozen
 class TrainingSection:
-    """``[training]``: host and seed optimisation (SGD with momentum) and batching."""
+    """``[training]``: host and seed optimisation (SGD with momentum, or AdamW) and batching."""
 
     batch_size: int = attrs.field(default=128, validator=_ge(2))
     eval_batch_size: int = attrs.field(default=256, validator=_ge(1))
     host_lr: float = attrs.field(default=0.05, validator=attrs.validators.gt(0.0))
     seed_lr: float = attrs.field(default=0.05, validator=attrs.validators.gt(0.0))
+    optimizer: str = attrs.field(default="sgd", validator=attrs.validators.in_(("sgd", "adamw")))
     momentum: float = attrs.field(default=0.9, validator=[_ge(0.0), attrs.validators.lt(1.0)])
+    betas: tuple[float, float] = attrs.field(default=(0.9, 0.999), validator=_betas)
     weight_decay: float = attrs.field(default=5e-4, validator=_ge(0.0))
     lr_schedule: str = attrs.field(default="cosine", validator=attrs.validators.in_(("constant", "cosine")))
     batches_per_epoch: int = attrs.field(default=0, validator=_ge(0))

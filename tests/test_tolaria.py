@@ -291,3 +291,19 @@ def test_the_first_finite_loss_after_a_rollback_is_judged_against_the_restored_m
     assert "above 3.0x the recent best 4.5" in governor.verdict(1e6, 1.3e12)
     governor.record_restored(float("nan"))
     assert list(governor.healthy_losses) == [4.5]
+
+
+def test_adamw_runs_checkpoints_its_moments_and_resumes_exactly(toy_manager, toy_config):
+    script = {"policy": {"name": "scripted", "script": LIFECYCLE_SCRIPT}}
+    adamw = {"optimizer": "adamw", "host_lr": 0.01, "seed_lr": 0.01, "betas": [0.8, 0.99]}
+    reference = start_run(toy_config(training=adamw, **script), toy_manager)
+    created = []
+    with pytest.raises(RunAborted):
+        start_run(toy_config(training=adamw, faults={"abort": {"round": 0, "epoch": 4}}, **script), toy_manager,
+                  on_run_dir=created.append)
+    env_state = load_checkpoint(created[0] / CHECKPOINT_DIR / LATEST_CHECKPOINT)["env_states"][0]
+    optimizer_state = env_state["host_optimizer"]
+    assert optimizer_state["param_groups"][0]["betas"] == (0.8, 0.99)
+    assert all("exp_avg_sq" in moments for moments in optimizer_state["state"].values())
+    resumed = resume_run(created[0], toy_manager)
+    assert comparable(events_of(resumed)) == comparable(events_of(reference))

@@ -80,16 +80,19 @@ class Environment:
 
     # -- optimizers --------------------------------------------------------------------------------
 
-    def _sgd(self, params: list[torch.nn.Parameter], lr: float) -> torch.optim.SGD:
+    def _optimizer(self, params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
+        """``[training] optimizer``: SGD with momentum, or AdamW (decoupled weight decay; momentum unused)."""
+        if self.training.optimizer == "adamw":
+            return torch.optim.AdamW(params, lr=lr, betas=self.training.betas, weight_decay=self.training.weight_decay)
         return torch.optim.SGD(
             params, lr=lr, momentum=self.training.momentum, weight_decay=self.training.weight_decay
         )
 
     def build_optimizers(self) -> None:
         """Fresh optimizers: host params (+ fossilized seeds, in fossilization order) and one per live seed."""
-        self.host_optimizer = self._sgd(list(self.model.host.parameters()), self.training.host_lr * self._lr_factor)
+        self.host_optimizer = self._optimizer(list(self.model.host.parameters()), self.training.host_lr * self._lr_factor)
         self.host_groups: list[str] = []
-        self.seed_optimizers: dict[str, torch.optim.SGD] = {}
+        self.seed_optimizers: dict[str, torch.optim.Optimizer] = {}
         self.sync_optimizers()
 
     def sync_optimizers(self) -> None:
@@ -108,7 +111,7 @@ class Environment:
                 del self.seed_optimizers[seed_id]
         for seed_id, slot in live.items():
             if seed_id not in self.seed_optimizers:
-                self.seed_optimizers[seed_id] = self._sgd(slot.seed_parameters(), self.training.seed_lr * self._lr_factor)
+                self.seed_optimizers[seed_id] = self._optimizer(slot.seed_parameters(), self.training.seed_lr * self._lr_factor)
 
     def set_epoch(self, epoch: int) -> None:
         """Apply the learning-rate schedule for ``epoch`` to every optimizer."""
@@ -261,7 +264,7 @@ class Environment:
         self.model.to(self.device)
         self.model.load_state_dict(state["model_weights"])
         self._lr_factor = state["lr_factor"]
-        self.host_optimizer = self._sgd(list(self.model.host.parameters()), self.training.host_lr * self._lr_factor)
+        self.host_optimizer = self._optimizer(list(self.model.host.parameters()), self.training.host_lr * self._lr_factor)
         self.host_groups = []
         self.seed_optimizers = {}
         self.sync_optimizers()
