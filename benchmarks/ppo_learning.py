@@ -18,8 +18,9 @@ import _common as c
 ARMS = ("ppo", "random", "heuristic")
 STOPPED = "stopped at --max-minutes"
 
-#: Defaults of the full run (about 15 minutes of wall time on 2 quiet cores, three arms in parallel).
-FULL = {"rounds": 50, "envs": 4, "episode_length": 12, "train_size": 512, "val_size": 512}
+#: Defaults of the full run: about 28 CPU-minutes, so about 14 minutes of wall time on 2 otherwise idle cores
+#: (three arms in parallel, one torch thread each); longer when other processes share the cores.
+FULL = {"rounds": 40, "envs": 4, "episode_length": 12, "train_size": 512, "val_size": 512}
 #: --quick: a smoke run of about 2 minutes; its numbers say nothing about learning.
 QUICK = {"rounds": 6, "envs": 4, "episode_length": 12, "train_size": 512, "val_size": 256}
 
@@ -85,16 +86,16 @@ def experiment_data(args) -> dict[str, Any]:
     }
 
 
-def _run_arm(arm_data: dict[str, Any], exp_dir: str) -> str | None:
-    """Child process: one arm, the engine's own start_run, in the experiment directory. Returns an error or None."""
+def _run_arm(config, exp_dir: str) -> str | None:
+    """Child process: one arm's validated RunConfig, run by the engine's own start_run in the experiment
+    directory (as esper_core.experiments.run_experiment does). Returns an error message or None."""
     try:
-        from esper_core.config import parse_config
+        import attrs
+
         from esper_core.plugins import PluginManager
         from esper_core.tolaria.engine import start_run
 
-        arm_data["run"]["output_dir"] = exp_dir
-        manager = PluginManager()
-        start_run(parse_config(arm_data, manager, source="ppo_learning"), manager)
+        start_run(attrs.evolve(config, run=attrs.evolve(config.run, output_dir=exp_dir)), PluginManager())
         return None
     except BaseException as exc:  # reported by the parent
         return f"{type(exc).__name__}: {exc}"
@@ -105,39 +106,30 @@ def run_arms(
 ) -> tuple[Path, dict[str, str | None], float]:
     """Validate every arm, make the experiment directory, run the arms in ``jobs`` processes, print progress.
     With ``max_minutes``, every arm still running at the deadline is stopped (its completed rounds count)."""
-    import copy
-
     import tomli_w
 
-    from esper_core.experiments import EXPERIMENT_FILE, _apply, arm_run_dirs, compare, experiment_dir, parse_experiment
+    from esper_core.experiments import EXPERIMENT_FILE, arm_run_dirs, compare, experiment_dir, parse_experiment
     from esper_core.plugins import PluginManager
 
     experiment = parse_experiment(data, PluginManager(), source="ppo_learning")  # every arm checked before any runs
     exp_dir = experiment_dir(experiment)
     (exp_dir / EXPERIMENT_FILE).write_text(tomli_w.dumps(data), encoding="utf-8")
-    base = {key: value for key, value in data.items() if key != "experiment"}
-    arm_data = {}
-    for arm in data["experiment"]["arms"]:
-        one = copy.deepcopy(base)
-        for key, value in arm["set"].items():
-            _apply(one, key, value)
-        one["run"]["name"] = arm["name"]
-        arm_data[arm["name"]] = one
+    arm_configs = experiment.arms
     print(f"   experiment directory: {exp_dir}  (`esper report` reads it)")
 
     started = time.perf_counter()
     pool = multiprocessing.get_context("spawn").Pool(processes=jobs)
-    pending = {name: pool.apply_async(_run_arm, (one, str(exp_dir))) for name, one in arm_data.items()}
+    pending = {name: pool.apply_async(_run_arm, (config, str(exp_dir))) for name, config in arm_configs.items()}
     pool.close()
     printed = 0
-    returns: dict[str, dict[int, float]] = {name: {} for name in arm_data}
+    returns: dict[str, dict[int, float]] = {name: {} for name in arm_configs}
     offsets: dict[str, int] = defaultdict(int)
     while True:
         done = all(result.ready() for result in pending.values())
         for name, run_dir in arm_run_dirs(exp_dir).items():
             offsets[name] = _scan_returns(run_dir / "events.jsonl", offsets[name], returns.setdefault(name, {}))
-        while all(printed in returns[name] for name in arm_data):
-            cells = "  ".join(f"{name} {returns[name][printed]:+7.3f}" for name in arm_data)
+        while all(printed in returns[name] for name in arm_configs):
+            cells = "  ".join(f"{name} {returns[name][printed]:+7.3f}" for name in arm_configs)
             print(f"   round {printed + 1:>3}/{rounds}  return  {cells}   ({_clock(time.perf_counter() - started)})", flush=True)
             printed += 1
         if done:
@@ -197,9 +189,12 @@ def read_arm(run_dir: Path) -> dict[str, Any]:
     failed: Counter = Counter()
     lifecycle: dict[int, Counter] = defaultdict(Counter)
     policy: dict[int, dict[str, float]] = {}
+    components: dict[int, Counter] = defaultdict(Counter)
     for record in records:
         event, data = record["event"], record["data"]
-        if event == "ACTION_TAKEN":
+        if event == "REWARD_COMPUTED":
+            components[data["round"]].update(data["components"])
+        elif event == "ACTION_TAKEN":
             ops[data["round"]][data["action"]["op"]] += 1
             failed[data["round"]] += 0 if data["success"] else 1
         elif event in ("SEED_GERMINATED", "SEED_FOSSILIZED", "SEED_PRUNED"):
@@ -221,6 +216,7 @@ def read_arm(run_dir: Path) -> dict[str, Any]:
         row["op_rates"] = {op: count / decisions for op, count in sorted(ops[index].items())}
         row["invalid_rate"] = failed[index] / decisions
         row["per_env"] = {key: lifecycle[index][key] / envs for key in ("germinated", "fossilized", "pruned")}
+        row["reward_components"] = {key: value / envs for key, value in sorted(components[index].items())}
         if index in policy:
             row["policy"] = policy[index]
     return {
@@ -319,6 +315,20 @@ def print_tables(arms: dict[str, dict[str, Any]], groups: list[range]) -> list[d
         row["behaviour"] = behaviour
         print(f"   {group.start + 1:>3}-{group.stop:<5} | " + " | ".join(f"{cell:^27}" for cell in cells))
 
+    print("\n-- reward components (shaped), summed over an episode and averaged over environments and the bucket's rounds")
+    keys = sorted({key for arm in arms.values() for r in arm["rounds"] for key in r["reward_components"]})
+    print(f"   {'rounds':<9} {'arm':<10} " + " ".join(f"{key:>13}" for key in keys))
+    for row, group in zip(rows, groups):
+        if group not in (groups[0], groups[-1]):
+            continue
+        row["reward_components"] = {}
+        for n in names:
+            part = arms[n]["rounds"][group.start:group.stop]
+            values = {key: statistics.fmean(r["reward_components"].get(key, 0.0) for r in part) for key in keys}
+            row["reward_components"][n] = values
+            label = f"{group.start + 1}-{group.stop}"
+            print(f"   {label:<9} {n:<10} " + " ".join(f"{values[key]:+13.3f}" for key in keys))
+
     if "ppo" in arms and any("policy" in r for r in arms["ppo"]["rounds"]):
         keys = [("losses/approx_kl", "approx_kl", "{:10.4f}"), ("losses/clipfrac", "clipfrac", "{:9.3f}"),
                 ("losses/entropy", "entropy", "{:8.3f}"), ("losses/entropy/op", "H(op)", "{:7.3f}"),
@@ -385,11 +395,16 @@ def plot(arms: dict[str, dict[str, Any]], path: Path, title: str, window: int) -
     import matplotlib.pyplot as plt
 
     colours = {"ppo": "tab:blue", "random": "tab:grey", "heuristic": "tab:orange"}
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for axis, key, label in ((axes[0], "mean_return", "mean return per round"),
-                             (axes[1], "accuracy_per_rent", "accuracy per rent (final)")):
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    panels = ((axes[0], "mean_return", "mean return per round"),
+              (axes[1], "accuracy_per_rent", "accuracy per rent (final)"),
+              (axes[2], "wait_share", "share of WAIT decisions"))
+    for axis, key, label in panels:
         for name, arm in arms.items():
-            ys = series(arm, key)
+            if key == "wait_share":
+                ys = [row["op_rates"].get("WAIT", 0.0) for row in arm["rounds"]]
+            else:
+                ys = series(arm, key)
             xs = list(range(1, len(ys) + 1))
             axis.plot(xs, ys, color=colours.get(name), alpha=0.3, linewidth=0.8)
             smooth = [statistics.fmean(ys[max(0, i - window + 1): i + 1]) for i in range(len(ys))]
@@ -403,6 +418,14 @@ def plot(arms: dict[str, dict[str, Any]], path: Path, title: str, window: int) -
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=80)
     plt.close(fig)
+    try:  # a palette PNG is a third of the size: friendlier to commit
+        from PIL import Image
+
+        with Image.open(path) as image:
+            small = image.convert("RGB").quantize(colors=64)
+        small.save(path, optimize=True)
+    except ImportError:  # pragma: no cover - Pillow comes with matplotlib
+        pass
     return path
 
 
