@@ -106,6 +106,8 @@ def _print_comparison(exp_dir: Path, console: Console) -> None:
         ("final metric", lambda a: _fmt(a["final_metric"], ".4f")),
         ("added params", lambda a: _fmt(a["added_params"], ",.0f")),
         ("accuracy per rent", lambda a: _fmt(a["accuracy_per_rent"], ".4f")),
+        ("final validation loss", lambda a: _fmt(a["final_val_loss"], ".4f")),
+        ("val loss x rent", lambda a: _fmt(a["val_loss_times_rent"], ".4f")),
         ("mean return", lambda a: _fmt(a["mean_return"], ".3f")),
         ("germinated", lambda a: str(a["germinated"])),
         ("fossilized", lambda a: str(a["fossilized"])),
@@ -118,7 +120,9 @@ def _print_comparison(exp_dir: Path, console: Console) -> None:
         ("internal op rate", lambda a: _fmt(a["internal_op_rate"], ".3f")),
         ("mean level at fossilization", lambda a: _fmt(a["mean_level_at_fossilization"], ".2f")),
         ("blueprint usage", lambda a: ", ".join(f"{k} {v}" for k, v in a["blueprint_usage"].items()) or "-"),
+        ("surface usage", lambda a: ", ".join(f"{k} {v}" for k, v in a["surface_usage"].items() if v) or "-"),
         ("final head entropies", lambda a: ", ".join(f"{k} {v:.2f}" for k, v in a["final_head_entropy"].items()) or "-"),
+        ("mean head entropies", lambda a: ", ".join(f"{k} {v:.2f}" for k, v in a["mean_head_entropy"].items()) or "-"),
     ]
     for label, getter in rows:
         table.add_row(label, *(getter(arm) for arm in arms.values()))

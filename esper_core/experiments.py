@@ -105,6 +105,10 @@ def arm_metrics(run_dir: Path, heavy_blueprints: tuple[str, ...] = ()) -> dict[s
 
     ``heavy_share`` is the fraction of germinations that chose one of ``heavy_blueprints``;
     ``internal_op_rate`` the fraction of decisions that changed a seed's internal level.
+    ``accuracy_per_rent`` divides the final metric by ``1 + ln(1 + added / host params)`` (higher is
+    better); ``val_loss_times_rent`` multiplies the final validation loss by the same factor (lower is
+    better: the loss-based ROI for language tasks). ``surface_usage`` counts germinations per injection
+    surface.
     """
     records = read_events(run_dir / "events.jsonl")
     summary = summarize_events(records)
@@ -124,12 +128,18 @@ def arm_metrics(run_dir: Path, heavy_blueprints: tuple[str, ...] = ()) -> dict[s
     lifecycle = summary["lifecycle"]
     internal = summary["internal"]
     usage = {name: counts["germinated"] for name, counts in summary["blueprints"].items()}
+    surfaces: dict[str, int] = defaultdict(int)
+    for slot in summary["slots"].values():
+        surfaces[slot["surface"] or "unknown"] += slot["germinated"]
+    val_loss = final.get("mean_val_loss")
     return {
         "run_dir": str(run_dir),
         "status": summary["run"]["status"],
         "final_metric": mean_metric,
         "added_params": added,
         "accuracy_per_rent": None if mean_metric is None else mean_metric / (1.0 + rent),
+        "final_val_loss": val_loss,
+        "val_loss_times_rent": None if val_loss is None else val_loss * (1.0 + rent),
         "germinated": lifecycle["germinated"],
         "fossilized": lifecycle["fossilized"],
         "pruned": lifecycle["pruned"],
@@ -137,6 +147,8 @@ def arm_metrics(run_dir: Path, heavy_blueprints: tuple[str, ...] = ()) -> dict[s
         "invalid_action_rate": actions["failed"] / decisions if decisions else 0.0,
         "op_rates": {op: count / decisions for op, count in sorted(actions["by_op"].items())} if decisions else {},
         "blueprint_usage": usage,
+        "slot_usage": {slot: counts["germinated"] for slot, counts in summary["slots"].items()},
+        "surface_usage": dict(sorted(surfaces.items())),
         "heavy_share": (
             sum(usage.get(name, 0) for name in heavy_blueprints) / lifecycle["germinated"]
             if lifecycle["germinated"] and heavy_blueprints else None
@@ -147,6 +159,7 @@ def arm_metrics(run_dir: Path, heavy_blueprints: tuple[str, ...] = ()) -> dict[s
         "mean_level_at_fossilization": internal["mean_level_at_fossilization"],
         "prune_fossil_ratio": lifecycle["pruned"] / lifecycle["fossilized"] if lifecycle["fossilized"] else None,
         "final_head_entropy": {head: values[-1] for head, values in sorted(entropies.items())},
+        "mean_head_entropy": {head: sum(values) / len(values) for head, values in sorted(entropies.items())},
         "mean_return": _mean([r.get("total_reward") for r in summary["rounds"].values()]),
     }
 

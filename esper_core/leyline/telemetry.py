@@ -48,6 +48,8 @@ class RunStartedPayload:
     blueprints: tuple[str, ...]
     host_params: int
     device: str
+    #: the injection surface of each slot, in the order of ``slots``
+    slot_surfaces: tuple[str, ...] = ()
 
 
 @attrs.frozen

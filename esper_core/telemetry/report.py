@@ -50,11 +50,15 @@ def summarize_events(records: list[dict[str, Any]]) -> dict[str, Any]:
     rewards: dict[int, float] = defaultdict(float)
     internal: Counter[str] = Counter()
     fossil_levels: list[int] = []
+    last_losses: dict[tuple[int, int], float] = {}
+    slot_germinations: Counter[str] = Counter()
+    surface_of = dict(zip(started["slots"], started.get("slot_surfaces") or ())) if started else {}
     for record in records:
         event, data = record["event"], record["data"]
         if event == "SEED_GERMINATED":
             lifecycle["germinated"] += 1
             blueprints[data["blueprint_id"]]["germinated"] += 1
+            slot_germinations[data["slot_id"]] += 1
         elif event == "SEED_INTERNAL_LEVEL_CHANGED":
             internal["grow" if data["to_level"] > data["from_level"] else "shrink"] += 1
         elif event == "SEED_FOSSILIZED":
@@ -78,14 +82,18 @@ def summarize_events(records: list[dict[str, Any]]) -> dict[str, Any]:
             failed_actions += 0 if data["success"] else 1
         elif event == "REWARD_COMPUTED":
             rewards[data["round"]] += data["reward"]
+        elif event == "EPOCH_COMPLETED":
+            last_losses[(data["round"], data["env_id"])] = data["val_loss"]
         elif event == "ROUND_COMPLETED":
             metrics = data["final_metrics"]
             params = data["final_params"]
+            losses = [loss for (round_index, _), loss in sorted(last_losses.items()) if round_index == data["round"]]
             rounds[data["round"]] = {
                 "final_metrics": metrics,
                 "final_params": params,
                 "mean_metric": sum(metrics) / len(metrics),
                 "mean_params": sum(params) / len(params),
+                "mean_val_loss": sum(losses) / len(losses) if losses else None,
             }
     for round_index, total in rewards.items():
         if round_index in rounds:
@@ -134,7 +142,12 @@ def summarize_events(records: list[dict[str, Any]]) -> dict[str, Any]:
             "mean_level_at_fossilization": sum(fossil_levels) / len(fossil_levels) if fossil_levels else None,
         },
         "rounds": {str(k): v for k, v in sorted(rounds.items())},
-        "final": None if last is None else {"mean_metric": last["mean_metric"], "mean_params": last["mean_params"]},
+        "slots": {
+            slot: {"surface": surface_of.get(slot), "germinated": count} for slot, count in sorted(slot_germinations.items())
+        },
+        "final": None
+        if last is None
+        else {"mean_metric": last["mean_metric"], "mean_params": last["mean_params"], "mean_val_loss": last["mean_val_loss"]},
     }
 
 

@@ -718,6 +718,7 @@ def start_run(config: RunConfig, manager: PluginManager, *, on_run_dir: Callable
                 seed=config.run.seed, rounds=config.run.rounds, envs=config.run.envs,
                 episode_length=config.run.episode_length, slots=setup.slot_config.slot_ids,
                 blueprints=setup.blueprints, host_params=setup.host_params, device=str(setup.device),
+                slot_surfaces=tuple(spec.surface for spec in setup.slot_config.specs),
             ),
         )
     )
