@@ -1,0 +1,3 @@
+"""my-seed-plugin: an Esper seed-family plugin (the entry-point module is ``plugin``)."""
+
+__version__ = "0.1.0"
