@@ -134,6 +134,8 @@ class SeedGerminatedPayload:
     alpha_target: float
     seed_params: int
     internal_level: int = 0
+    #: a ladder seed's parameters in use at ``internal_level`` (what rent is charged on); 0 without a ladder
+    internal_effective_params: int = 0
 
 
 @attrs.frozen
@@ -161,6 +163,8 @@ class SeedFossilizedPayload:
     contribution: float | None
     seed_age_epochs: int
     internal_level: int = 0
+    #: a ladder seed's parameters in use at its frozen level (what the host keeps paying for); 0 without a ladder
+    internal_effective_params: int = 0
 
 
 @attrs.frozen

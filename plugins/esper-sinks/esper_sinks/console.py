@@ -289,7 +289,7 @@ class ConsoleSink:
         if self.config.verbose:
             self._print_event_line(
                 payload.round, payload.epoch, payload.env_id,
-                f"germinated {payload.blueprint_id} in {payload.slot_id} ({payload.seed_params:,} params, "
+                f"germinated {payload.blueprint_id} in {payload.slot_id} ({_size(payload)}, "
                 f"{payload.style}, alpha target {payload.alpha_target:g}) seed {payload.seed_id}",
                 style="green",
             )
@@ -370,3 +370,11 @@ class ConsoleSink:
                 str(row.rollbacks),
             )
         return table
+
+
+def _size(payload: payloads.SeedGerminatedPayload) -> str:
+    """"1,234 params", or for a ladder seed "512 of 4,096 params in use at level 1"."""
+    if payload.internal_level:
+        return (f"{payload.internal_effective_params:,} of {payload.seed_params:,} params in use "
+                f"at level {payload.internal_level}")
+    return f"{payload.seed_params:,} params"

@@ -263,3 +263,15 @@ def test_formatting_helpers() -> None:
     assert format_duration(7384) == "2h 03m 04s"
     assert format_seed_stages({"FOSSILIZED": 1, "DORMANT": 3, "TRAINING": 2, "PRUNED": 0}) == "TRAINING 2, FOSSILIZED 1"
     assert format_seed_stages({"DORMANT": 3}) == "no seeds"
+
+
+def test_a_ladder_seed_germination_shows_the_parameters_in_use(tmp_path: Path) -> None:
+    console = plain_console()
+    sink = ConsoleSink(ConsoleSinkConfig(verbose=True), make_context(tmp_path), console=console)
+    sink.handle(TelemetryEvent(
+        TelemetryEventType.SEED_GERMINATED,
+        payloads.SeedGerminatedPayload(env_id=0, round=0, epoch=2, slot_id="r1c1", seed_id="s", blueprint_id="lora_ladder",
+                                       style="ADD", alpha_target=1.0, seed_params=4096, internal_level=1,
+                                       internal_effective_params=512),
+    ))
+    assert "germinated lora_ladder in r1c1 (512 of 4,096 params in use at level 1, ADD" in output_of(console)
