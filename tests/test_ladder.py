@@ -8,7 +8,7 @@ import attrs
 import pytest
 import torch
 
-from esper_core.errors import PluginError
+from esper_core.errors import PluginError, RunAborted
 from esper_core.leyline import (
     AlphaTarget,
     FactoredAction,
@@ -18,6 +18,7 @@ from esper_core.leyline import (
     TelemetryEventType,
 )
 from esper_core.registry import LadderSpec, SeedFamily
+from esper_core.runs import CHECKPOINT_DIR, LATEST_CHECKPOINT, load_checkpoint
 from esper_core.tamiyo import compute_masks
 from esper_core.testing import ConformanceError, check_ladder_family, check_seed_family
 from esper_core.tolaria.engine import check_ladder, start_run
@@ -164,3 +165,21 @@ def test_internal_ops_through_the_engine(toy_manager, toy_config):
     assert churn == [pytest.approx(-0.05)]  # the shrink after epoch 4 undid the grow after epoch 3
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["internal"]["grow"] == 4 and summary["internal"]["shrink"] == 2
+
+
+def test_growing_drops_the_seeds_stale_momentum(toy_manager, toy_config):
+    """After GROW_INTERNAL the seed's optimizer starts afresh: momentum gathered before the growth (or
+    before an earlier shrink) would push the newly enabled, re-zeroed capacity off zero at the next step."""
+    script = {"0": {"op": 1, "slot": 0, "blueprint": 1, "alpha_target": 2}, "2": {"op": 6, "slot": 0}}
+    states = {}
+    for abort_epoch in (1, 2):
+        config = toy_config(policy={"name": "scripted", "script": script}, run={"checkpoint_every": 1},
+                            faults={"abort": {"round": 0, "epoch": abort_epoch}})
+        created = []
+        with pytest.raises(RunAborted):
+            start_run(config, toy_manager, on_run_dir=created.append)
+        env_state = load_checkpoint(created[0] / CHECKPOINT_DIR / LATEST_CHECKPOINT)["env_states"][0]
+        (seed_optimizer,) = env_state["seed_optimizers"].values()
+        states[abort_epoch] = seed_optimizer["state"]
+    assert states[1], "the seed trained for an epoch before the growth: it has momentum"
+    assert states[2] == {}, "the growth after epoch 2 dropped it"

@@ -17,6 +17,7 @@ from esper_core.errors import CheckpointError, ConfigError, PluginError, RunAbor
 from esper_core.kasmina import LadderModule, LifecycleSettings, MorphogeneticModel, check_host
 from esper_core.leyline import (
     FactoredAction,
+    LifecycleOp,
     SlotConfig,
     TelemetryEvent,
     TelemetryEventType,
@@ -504,6 +505,8 @@ class Engine:
             success = result is not None and result.success
             reason = "masked: executed as WAIT" if result is None else result.reason
             env.sync_optimizers()
+            if success and action.op == LifecycleOp.GROW_INTERNAL:
+                env.forget_seed_moments(env.model.slot_ids[action.slot])
             env.last_action = action
             env.last_action_success = success
             env.last_action_reason = "" if success else reason

@@ -113,6 +113,14 @@ class Environment:
             if seed_id not in self.seed_optimizers:
                 self.seed_optimizers[seed_id] = self._optimizer(slot.seed_parameters(), self.training.seed_lr * self._lr_factor)
 
+    def forget_seed_moments(self, slot_id: str) -> None:
+        """Drop the optimizer state (momentum, Adam moments) of the live seed in ``slot_id``. Called after
+        GROW_INTERNAL: the capacity it enables was re-zeroed, and stale momentum from before an earlier
+        shrink would otherwise push it off zero at the next step."""
+        seed_id = self.model.slots[slot_id].seed_id
+        if seed_id in self.seed_optimizers:
+            self.seed_optimizers[seed_id].state.clear()
+
     def set_epoch(self, epoch: int) -> None:
         """Apply the learning-rate schedule for ``epoch`` to every optimizer."""
         if self.training.lr_schedule == "cosine":
