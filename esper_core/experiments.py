@@ -171,8 +171,12 @@ def _mean(values: list[float | None]) -> float | None:
 
 def compare(exp_dir: Path) -> dict[str, Any]:
     """Side-by-side metrics of every arm; written to ``comparison.json``."""
-    heavy = tuple(read_toml(exp_dir / EXPERIMENT_FILE)["experiment"].get("heavy_blueprints", ()))
-    arms = {name: arm_metrics(run_dir, heavy) for name, run_dir in arm_run_dirs(exp_dir).items()}
+    declared = read_toml(exp_dir / EXPERIMENT_FILE)["experiment"]
+    heavy = tuple(declared.get("heavy_blueprints", ()))
+    order = [arm["name"] for arm in declared.get("arms", ())]
+    runs = arm_run_dirs(exp_dir)
+    ranked = sorted(runs, key=lambda name: (order.index(name) if name in order else len(order), name))
+    arms = {name: arm_metrics(runs[name], heavy) for name in ranked}  # in the order the experiment declares
     comparison = {"experiment": exp_dir.name, "arms": arms}
     write_json(exp_dir / COMPARISON_FILE, comparison)
     plot_comparison(exp_dir, comparison)

@@ -37,7 +37,7 @@ def epochs(run_dir):
 
 
 def test_arms_are_paired_and_compared(toy_manager, toy_run_data):
-    data = experiment_data(toy_run_data, basic={"reward.name": "basic"}, shaped={"reward.name": "shaped"})
+    data = experiment_data(toy_run_data, shaped={"reward.name": "shaped"}, basic={"reward.name": "basic"})
     data["experiment"]["heavy_blueprints"] = ["toy_conv"]
     exp_dir = run_experiment(data, toy_manager)
     assert (exp_dir / "comparison.png").stat().st_size > 10_000
@@ -51,6 +51,7 @@ def test_arms_are_paired_and_compared(toy_manager, toy_run_data):
     }
     assert "attribution" in rewards["shaped"][0] and "attribution" not in rewards["basic"][0]
     comparison = json.loads((exp_dir / COMPARISON_FILE).read_text())
+    assert list(comparison["arms"]) == ["shaped", "basic"]  # the declared order, not the alphabetical one
     for arm in comparison["arms"].values():
         assert arm["status"] == "completed"
         assert arm["germinated"] == 2 and arm["final_metric"] is not None
