@@ -207,8 +207,8 @@ def plot_comparison(exp_dir: Path, comparison: dict[str, Any]) -> Path:
 
     arms = comparison["arms"]
     names = list(arms)
-    figure, axes = plt.subplots(2, 2, figsize=(11, 7.5))
-    (metric_axis, mix_axis), (ops_axis, level_axis) = axes
+    figure, axes = plt.subplots(2, 3, figsize=(16, 7.5))
+    (metric_axis, mix_axis, surface_axis), (ops_axis, level_axis, loss_axis) = axes
     positions = range(len(names))
     width = 0.38
     metric_axis.bar([p - width / 2 for p in positions], [arms[n]["final_metric"] or 0 for n in names], width, label="final metric")
@@ -231,6 +231,15 @@ def plot_comparison(exp_dir: Path, comparison: dict[str, Any]) -> Path:
     mix_axis.set_title("blueprint selection share")
     if blueprints:
         mix_axis.legend(fontsize=7, ncol=2)
+    _stacked_shares(surface_axis, names, [arms[n]["surface_usage"] for n in names])
+    surface_axis.set_title("germinations per injection surface")
+    loss_axis.bar([p - width / 2 for p in positions], [arms[n]["final_val_loss"] or 0 for n in names], width,
+                  label="final validation loss")
+    loss_axis.bar([p + width / 2 for p in positions], [arms[n]["val_loss_times_rent"] or 0 for n in names], width,
+                  label="val loss x rent")
+    loss_axis.set_xticks(list(positions), names)
+    loss_axis.set_title("validation loss (lower is better)")
+    loss_axis.legend(fontsize=8)
     rates = ["internal_op_rate", "invalid_action_rate"]
     for offset, key in zip((-width / 2, width / 2), rates):
         ops_axis.bar([p + offset for p in positions], [arms[n][key] for n in names], width, label=key.replace("_", " "))
@@ -253,6 +262,21 @@ def plot_comparison(exp_dir: Path, comparison: dict[str, Any]) -> Path:
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return path
+
+
+def _stacked_shares(axis: Any, names: list[str], usages: list[dict[str, int]]) -> None:
+    """One stacked bar per arm: the share of each key in that arm's counts."""
+    keys = sorted({key for usage in usages for key, count in usage.items() if count})
+    bottoms = [0.0] * len(names)
+    for key in keys:
+        shares = [usage.get(key, 0) / sum(usage.values()) if sum(usage.values()) else 0.0 for usage in usages]
+        axis.bar(range(len(names)), shares, 0.6, bottom=bottoms, label=key)
+        bottoms = [b + s for b, s in zip(bottoms, shares)]
+    axis.set_xticks(list(range(len(names))), names)
+    if keys:
+        axis.legend(fontsize=7)
+    else:
+        axis.text(0.5, 0.5, "no germinations", ha="center", va="center", transform=axis.transAxes)
 
 
 def arm_run_dirs(exp_dir: Path) -> dict[str, Path]:
