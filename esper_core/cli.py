@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -207,12 +208,14 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
             "-" if contribution is None else f"{contribution:+.4f}",
         )
     console.print(usage)
-    rounds = Table(title="Rounds (final validation metric and parameters per environment)")
-    for column in ("round", "mean metric", "per env", "mean params"):
+    rounds = Table(title="Rounds (final validation metric, loss and parameters per environment)")
+    for column in ("round", "mean metric", "per env", "mean val loss", "exp(loss)", "mean params"):
         rounds.add_column(column, justify="right")
     for round_index, data in summary["rounds"].items():
+        loss = data.get("mean_val_loss")
         rounds.add_row(
             round_index, f"{data['mean_metric']:.4f}", " ".join(f"{m:.4f}" for m in data["final_metrics"]),
+            _fmt(loss, ".4f"), "-" if loss is None or loss > 50 else f"{math.exp(loss):.2f}",
             f"{data['mean_params']:,.0f}",
         )
     console.print(rounds)
