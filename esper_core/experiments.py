@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime as _dt
 import json
 import math
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import attrs
 import tomli_w
 
 from esper_core.config import RunConfig, parse_config, read_toml, structure_section
-from esper_core.errors import ConfigError
+from esper_core.errors import ConfigError, TrainingUnstable
 from esper_core.plugins import PluginManager
 from esper_core.runs import SUMMARY_FILE, create_run_dir, write_json
 from esper_core.telemetry.report import read_events, summarize_events
@@ -312,10 +313,30 @@ def run_experiment(
     if on_dir is not None:
         on_dir(exp_dir)
     (exp_dir / EXPERIMENT_FILE).write_text(tomli_w.dumps(data), encoding="utf-8")
-    for config in experiment.arms.values():
-        start_run(_in_dir(config, exp_dir), manager)
-    compare(exp_dir)
+    unstable = []
+    for name, config in experiment.arms.items():
+        with _arm_outcome(name, unstable):
+            start_run(_in_dir(config, exp_dir), manager)
+    _finish(exp_dir, unstable)
     return exp_dir
+
+
+@contextlib.contextmanager
+def _arm_outcome(name: str, unstable: list[str]) -> Iterator[None]:
+    """An arm whose training is unstable is a result, not a crash: note it and go on with the other arms."""
+    try:
+        yield
+    except TrainingUnstable as exc:
+        unstable.append(f"arm '{name}': {exc}")
+
+
+def _finish(exp_dir: Path, unstable: list[str]) -> None:
+    """Compare every arm (a failed arm shows as failed), then report the unstable arms as one error."""
+    compare(exp_dir)
+    if unstable:
+        raise TrainingUnstable(
+            f"{len(unstable)} arm(s) stopped: " + "; ".join(unstable) + f". The other arms ran; comparison in {exp_dir}"
+        )
 
 
 def resume_experiment(exp_dir: Path, manager: PluginManager) -> Path:
@@ -326,15 +347,17 @@ def resume_experiment(exp_dir: Path, manager: PluginManager) -> Path:
     data = read_toml(exp_dir / EXPERIMENT_FILE)
     experiment = parse_experiment(data, manager, source=str(exp_dir / EXPERIMENT_FILE))
     existing = arm_run_dirs(exp_dir)
+    unstable: list[str] = []
     for name, config in experiment.arms.items():
         run_dir = existing.get(name)
         if run_dir is not None and arm_completed(run_dir):
             continue
-        if run_dir is not None and (run_dir / CHECKPOINT_DIR / LATEST_CHECKPOINT).exists():
-            resume_run(run_dir, manager)
-        else:
-            start_run(_in_dir(config, exp_dir), manager)
-    compare(exp_dir)
+        with _arm_outcome(name, unstable):
+            if run_dir is not None and (run_dir / CHECKPOINT_DIR / LATEST_CHECKPOINT).exists():
+                resume_run(run_dir, manager)
+            else:
+                start_run(_in_dir(config, exp_dir), manager)
+    _finish(exp_dir, unstable)
     return exp_dir
 
 

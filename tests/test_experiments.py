@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from esper_core.errors import ConfigError, RunAborted
+from esper_core.errors import ConfigError, RunAborted, TrainingUnstable
 from esper_core.experiments import (
     COMPARISON_FILE,
     arm_run_dirs,
@@ -101,3 +101,18 @@ def test_an_interrupted_experiment_resumes_where_it_stopped(toy_manager, toy_run
     assert (runs_after["first"] / "events.jsonl").read_text() == first_events  # the finished arm is untouched
     comparison = json.loads((exp_dir / COMPARISON_FILE).read_text())
     assert {arm["status"] for arm in comparison["arms"].values()} == {"completed"}
+
+
+def test_an_unstable_arm_is_reported_and_the_other_arms_still_run(toy_manager, toy_run_data):
+    nan_every_epoch = [{"epoch": epoch, "env": env} for epoch in range(8) for env in range(2)]
+    data = experiment_data(
+        toy_run_data,
+        unstable={"faults.host_nan": nan_every_epoch, "governor.max_consecutive_rollbacks": 2},
+        stable={},
+    )
+    created = []
+    with pytest.raises(TrainingUnstable, match="1 arm\\(s\\) stopped: arm 'unstable': environment 0 rolled back 2"):
+        run_experiment(data, toy_manager, on_dir=created.append)
+    comparison = json.loads((created[0] / COMPARISON_FILE).read_text())
+    assert comparison["arms"]["unstable"]["status"] == "failed"
+    assert comparison["arms"]["stable"]["status"] == "completed"
