@@ -98,6 +98,7 @@ class TrainingSection:
     betas: tuple[float, float] = attrs.field(default=(0.9, 0.999), validator=_betas)
     weight_decay: float = attrs.field(default=5e-4, validator=_ge(0.0))
     lr_schedule: str = attrs.field(default="cosine", validator=attrs.validators.in_(("constant", "cosine")))
+    warmup_steps: int = attrs.field(default=0, validator=_ge(0))
     batches_per_epoch: int = attrs.field(default=0, validator=_ge(0))
 
 

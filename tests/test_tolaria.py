@@ -307,3 +307,26 @@ def test_adamw_runs_checkpoints_its_moments_and_resumes_exactly(toy_manager, toy
     assert all("exp_avg_sq" in moments for moments in optimizer_state["state"].values())
     resumed = resume_run(created[0], toy_manager)
     assert comparable(events_of(resumed)) == comparable(events_of(reference))
+
+
+def test_warmup_ramps_the_learning_rate_per_step_and_resumes_exactly(toy_manager, toy_config):
+    training = {"warmup_steps": 1000, "host_lr": 0.1, "lr_schedule": "constant"}
+    created = []
+    with pytest.raises(RunAborted):
+        start_run(toy_config(training=training, faults={"abort": {"round": 0, "epoch": 0}}), toy_manager,
+                  on_run_dir=created.append)
+    env_state = load_checkpoint(created[0] / CHECKPOINT_DIR / LATEST_CHECKPOINT)["env_states"][0]
+    steps = env_state["episode_steps"]
+    assert steps > 1
+    assert env_state["host_optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.1 * steps / 1000)
+
+    script = {"policy": {"name": "scripted", "script": LIFECYCLE_SCRIPT}}
+    short = {"warmup_steps": steps + 2, "host_lr": 0.1}  # the warm-up ends inside epoch 1, after the abort point
+    reference = start_run(toy_config(training=short, **script), toy_manager)
+    created = []
+    with pytest.raises(RunAborted):
+        start_run(toy_config(training=short, faults={"abort": {"round": 0, "epoch": 0}}, **script), toy_manager,
+                  on_run_dir=created.append)
+    assert comparable(events_of(resume_run(created[0], toy_manager))) == comparable(events_of(reference))
+    plain = start_run(toy_config(training={"host_lr": 0.1}, **script), toy_manager)
+    assert comparable(events_of(plain)) != comparable(events_of(reference))  # the warm-up changed training

@@ -75,6 +75,8 @@ class Environment:
         self.episode_return = 0.0
         self.train_seconds = 0.0
         self._lr_factor = 1.0
+        #: optimizer steps taken this episode (drives ``[training] warmup_steps``)
+        self.episode_steps = 0
         self.build_optimizers()
         self.governor.take_snapshot(self.model, epoch=-1)
 
@@ -127,11 +129,14 @@ class Environment:
             self._lr_factor = 0.5 * (1.0 + math.cos(math.pi * epoch / self.episode_length))
         else:
             self._lr_factor = 1.0
+        self._apply_lr(1.0)
+
+    def _apply_lr(self, warmup_scale: float) -> None:
         for group in self.host_optimizer.param_groups:
-            group["lr"] = self.training.host_lr * self._lr_factor
+            group["lr"] = self.training.host_lr * self._lr_factor * warmup_scale
         for optimizer in self.seed_optimizers.values():
             for group in optimizer.param_groups:
-                group["lr"] = self.training.seed_lr * self._lr_factor
+                group["lr"] = self.training.seed_lr * self._lr_factor * warmup_scale
 
     # -- training ----------------------------------------------------------------------------------
 
@@ -153,6 +158,10 @@ class Environment:
         loss.backward()
         if measure_gradients:
             self._measure_gradients()
+        warmup = self.training.warmup_steps
+        if warmup and self.episode_steps <= warmup:  # linear warm-up; at step == warmup back to the schedule
+            self._apply_lr(min(1.0, (self.episode_steps + 1) / warmup))
+        self.episode_steps += 1
         self.host_optimizer.step()
         for optimizer in self.seed_optimizers.values():
             optimizer.step()
@@ -244,6 +253,7 @@ class Environment:
             "host_groups": list(self.host_groups),
             "seed_optimizers": {seed_id: opt.state_dict() for seed_id, opt in self.seed_optimizers.items()},
             "lr_factor": self._lr_factor,
+            "episode_steps": self.episode_steps,
             "generator": self.generator.get_state(),
             "governor": self.governor.state_dict(),
             "metric_history": list(self.metric_history),
@@ -272,6 +282,7 @@ class Environment:
         self.model.to(self.device)
         self.model.load_state_dict(state["model_weights"])
         self._lr_factor = state["lr_factor"]
+        self.episode_steps = state.get("episode_steps", 0)
         self.host_optimizer = self._optimizer(list(self.model.host.parameters()), self.training.host_lr * self._lr_factor)
         self.host_groups = []
         self.seed_optimizers = {}
