@@ -330,3 +330,53 @@ def test_warmup_ramps_the_learning_rate_per_step_and_resumes_exactly(toy_manager
     assert comparable(events_of(resume_run(created[0], toy_manager))) == comparable(events_of(reference))
     plain = start_run(toy_config(training={"host_lr": 0.1}, **script), toy_manager)
     assert comparable(events_of(plain)) != comparable(events_of(reference))  # the warm-up changed training
+
+
+def test_step_clock_sums_wall_time_on_cpu_and_resets():
+    from esper_core.tolaria.environment import StepClock
+
+    clock = StepClock(torch.device("cpu"))
+    clock.start()
+    sum(range(20000))
+    clock.stop()
+    first = clock.seconds
+    assert first > 0.0
+    assert clock.seconds == first  # reading does not add time
+    clock.reset()
+    assert clock.seconds == 0.0
+    with pytest.raises(RuntimeError, match="without start"):
+        clock.stop()
+
+
+def test_step_clock_on_cuda_sums_event_times_not_launch_times(monkeypatch):
+    """On CUDA the clock reads kernel time from timing events, synchronising once when read."""
+    from esper_core.tolaria import environment
+
+    synchronised = []
+
+    class FakeEvent:
+        count = 0
+
+        def __init__(self, enable_timing: bool) -> None:
+            assert enable_timing
+            FakeEvent.count += 1
+            self.index = FakeEvent.count
+
+        def record(self) -> None:
+            pass
+
+        def synchronize(self) -> None:
+            synchronised.append(self.index)
+
+        def elapsed_time(self, end) -> float:  # milliseconds, like torch.cuda.Event
+            return 250.0 * (end.index - self.index)
+
+    monkeypatch.setattr(environment.torch.cuda, "Event", FakeEvent)
+    clock = environment.StepClock(torch.device("cuda"))
+    for _ in range(3):
+        clock.start()
+        clock.stop()
+    assert synchronised == []  # nothing waits on the GPU until the total is read
+    assert clock.seconds == pytest.approx(0.75)
+    assert synchronised == [6]
+    assert clock.seconds == pytest.approx(0.75)

@@ -352,6 +352,8 @@ class Engine:
                 self.envs[fault.env].inject_nan()
         started = time.perf_counter()
         self.train_epoch(epoch)
+        if self.setup.device.type == "cuda":  # kernels still queued belong to training, not to validation
+            torch.cuda.synchronize(self.setup.device)
         self.timing["train"] += time.perf_counter() - started
         started = time.perf_counter()
         results = []

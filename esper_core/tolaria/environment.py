@@ -38,6 +38,47 @@ class PendingDecision:
     slots_at_decision: tuple[SeedStateReport, ...]
 
 
+class StepClock:
+    """Seconds spent inside training steps: wall time on the CPU; on CUDA, timing events around each
+    step, so the total is kernel time rather than launch time (read once per epoch, when the epoch's
+    loss is fetched anyway)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.on_cuda = device.type == "cuda"
+        self.reset()
+
+    def reset(self) -> None:
+        self._seconds = 0.0
+        self._events: list[tuple[Any, Any]] = []
+        self._started: Any = None
+
+    def start(self) -> None:
+        if self.on_cuda:
+            self._started = torch.cuda.Event(enable_timing=True)
+            self._started.record()
+        else:
+            self._started = time.perf_counter()
+
+    def stop(self) -> None:
+        if self._started is None:
+            raise RuntimeError("StepClock.stop() without start()")
+        if self.on_cuda:
+            finished = torch.cuda.Event(enable_timing=True)
+            finished.record()
+            self._events.append((self._started, finished))
+        else:
+            self._seconds += time.perf_counter() - self._started
+        self._started = None
+
+    @property
+    def seconds(self) -> float:
+        if self._events:
+            self._events[-1][1].synchronize()
+            self._seconds += sum(begin.elapsed_time(end) for begin, end in self._events) / 1000.0
+            self._events = []
+        return self._seconds
+
+
 class Environment:
     """Trains one model on its own data order; Tolaria steps every environment on each batch index."""
 
@@ -73,7 +114,7 @@ class Environment:
         self.pending: PendingDecision | None = None
         self.rolled_back = False
         self.episode_return = 0.0
-        self.train_seconds = 0.0
+        self.step_clock = StepClock(device)
         self._lr_factor = 1.0
         #: optimizer steps taken this episode (drives ``[training] warmup_steps``)
         self.episode_steps = 0
@@ -146,10 +187,15 @@ class Environment:
         self._steps = 0
         self._grad_norms: torch.Tensor | None = None
         self._grad_slots: list[str] = []
-        self.train_seconds = 0.0
+        self.step_clock.reset()
+
+    @property
+    def train_seconds(self) -> float:
+        """Seconds inside this epoch's training steps (kernel time on CUDA; see StepClock)."""
+        return self.step_clock.seconds
 
     def train_step(self, inputs: torch.Tensor, targets: torch.Tensor, *, measure_gradients: bool) -> None:
-        started = time.perf_counter()
+        self.step_clock.start()
         output = self.model(inputs)
         loss = self.task.loss(output, targets)
         self.host_optimizer.zero_grad(set_to_none=True)
@@ -167,7 +213,7 @@ class Environment:
             optimizer.step()
         self._loss_sum += loss.detach()
         self._steps += 1
-        self.train_seconds += time.perf_counter() - started
+        self.step_clock.stop()
 
     def _measure_gradients(self) -> None:
         norms = [_grad_norm(self.model.host.parameters(), self.device)]
