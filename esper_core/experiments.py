@@ -231,7 +231,7 @@ def plot_comparison(exp_dir: Path, comparison: dict[str, Any]) -> Path:
     mix_axis.set_xticks(list(positions), names)
     mix_axis.set_title("blueprint selection share")
     if blueprints:
-        mix_axis.legend(fontsize=7, ncol=2)
+        mix_axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the bars, not on them
     _stacked_shares(surface_axis, names, [arms[n]["surface_usage"] for n in names])
     surface_axis.set_title("germinations per injection surface")
     loss_axis.bar([p - width / 2 for p in positions], [arms[n]["final_val_loss"] or 0 for n in names], width,
@@ -240,6 +240,7 @@ def plot_comparison(exp_dir: Path, comparison: dict[str, Any]) -> Path:
                   label="val loss x rent")
     loss_axis.set_xticks(list(positions), names)
     loss_axis.set_title("validation loss (lower is better)")
+    _zoom_to_values(loss_axis, [arms[n][key] for n in names for key in ("final_val_loss", "val_loss_times_rent")])
     loss_axis.legend(fontsize=8)
     rates = ["internal_op_rate", "invalid_action_rate"]
     for offset, key in zip((-width / 2, width / 2), rates):
@@ -248,14 +249,19 @@ def plot_comparison(exp_dir: Path, comparison: dict[str, Any]) -> Path:
     ops_axis.set_title("decision rates")
     ops_axis.legend(fontsize=8)
     plotted = False
-    for name in names:
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for index, name in enumerate(names):
+        labelled = False
         for seed_id, path in level_trajectories(Path(arms[name]["run_dir"])).items():
             steps, levels = zip(*path)
-            level_axis.step(steps, levels, where="post", alpha=0.6, label=name if not plotted else None)
-            plotted = True
+            level_axis.step(steps, levels, where="post", alpha=0.6, color=colours[index % len(colours)],
+                            label=None if labelled else name)
+            labelled = plotted = True
     level_axis.set_title("internal level of ladder seeds (each line a seed)")
     level_axis.set_xlabel("epoch (all rounds)")
-    if not plotted:
+    if plotted:
+        level_axis.legend(fontsize=8)
+    else:
         level_axis.text(0.5, 0.5, "no ladder seeds", ha="center", va="center", transform=level_axis.transAxes)
     figure.suptitle(f"{comparison['experiment']}")
     figure.tight_layout()
@@ -275,9 +281,19 @@ def _stacked_shares(axis: Any, names: list[str], usages: list[dict[str, int]]) -
         bottoms = [b + s for b, s in zip(bottoms, shares)]
     axis.set_xticks(list(range(len(names))), names)
     if keys:
-        axis.legend(fontsize=7)
+        axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     else:
         axis.text(0.5, 0.5, "no germinations", ha="center", va="center", transform=axis.transAxes)
+
+
+def _zoom_to_values(axis: Any, values: list[float | None]) -> None:
+    """Start a bar axis near the smallest value, so differences of a few per cent are visible."""
+    present = [v for v in values if v is not None and math.isfinite(v) and v > 0]
+    if not present:
+        return
+    low, high = min(present), max(present)
+    margin = max(high - low, 0.01 * high)
+    axis.set_ylim(max(0.0, low - margin), high + margin)
 
 
 def arm_run_dirs(exp_dir: Path) -> dict[str, Path]:
