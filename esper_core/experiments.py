@@ -161,7 +161,7 @@ def arm_metrics(run_dir: Path, heavy_blueprints: tuple[str, ...] = ()) -> dict[s
         "prune_fossil_ratio": lifecycle["pruned"] / lifecycle["fossilized"] if lifecycle["fossilized"] else None,
         "final_head_entropy": {head: values[-1] for head, values in sorted(entropies.items())},
         "mean_head_entropy": {head: sum(values) / len(values) for head, values in sorted(entropies.items())},
-        "mean_return": _mean([r.get("total_reward") for r in summary["rounds"].values()]),
+        "mean_return": _mean([r.get("mean_return") for r in summary["rounds"].values()]),  # per episode
     }
 
 

@@ -64,6 +64,11 @@ def test_arms_are_paired_and_compared(toy_manager, toy_run_data):
         ]
         assert arm["final_val_loss"] == pytest.approx(sum(final_losses) / len(final_losses))
         assert arm["val_loss_times_rent"] >= arm["final_val_loss"]
+        episode_returns = [
+            r["data"]["mean_return"] for r in read_events(runs[name_of(arm)] / "events.jsonl")
+            if r["event"] == "ROUND_COMPLETED"
+        ]  # per environment's episode, like every other return Esper reports
+        assert arm["mean_return"] == pytest.approx(sum(episode_returns) / len(episode_returns))
     assert (exp_dir / "experiment.toml").exists()
 
 

@@ -97,7 +97,8 @@ def summarize_events(records: list[dict[str, Any]]) -> dict[str, Any]:
             }
     for round_index, total in rewards.items():
         if round_index in rounds:
-            rounds[round_index]["total_reward"] = total
+            rounds[round_index]["total_reward"] = total  # summed over the round's environments
+            rounds[round_index]["mean_return"] = total / len(rounds[round_index]["final_metrics"])
     last = rounds[max(rounds)] if rounds else None
     return {
         "run": {
