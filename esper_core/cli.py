@@ -209,15 +209,17 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
         )
     console.print(usage)
     rounds = Table(title="Rounds (final validation metric, loss and parameters per environment)")
-    for column in ("round", "mean metric", "per env", "mean val loss", "exp(loss)", "mean params"):
+    perplexity = summary["run"]["score_basis"] == "loss"  # a cross-entropy per token: exp(loss) is perplexity
+    columns = ["round", "mean metric", "per env", "mean val loss"] + (["perplexity"] if perplexity else []) + ["mean params"]
+    for column in columns:
         rounds.add_column(column, justify="right")
     for round_index, data in summary["rounds"].items():
         loss = data.get("mean_val_loss")
-        rounds.add_row(
-            round_index, f"{data['mean_metric']:.4f}", " ".join(f"{m:.4f}" for m in data["final_metrics"]),
-            _fmt(loss, ".4f"), "-" if loss is None or loss > 50 else f"{math.exp(loss):.2f}",
-            f"{data['mean_params']:,.0f}",
-        )
+        cells = [round_index, f"{data['mean_metric']:.4f}", " ".join(f"{m:.4f}" for m in data["final_metrics"]),
+                 _fmt(loss, ".4f")]
+        if perplexity:
+            cells.append("-" if loss is None or loss > 50 else f"{math.exp(loss):.2f}")
+        rounds.add_row(*cells, f"{data['mean_params']:,.0f}")
     console.print(rounds)
     plot = plot_report(run_dir, records)
     console.print(f"plot: {plot}", highlight=False)

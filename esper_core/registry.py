@@ -10,7 +10,7 @@ from typing import Any
 import attrs
 
 from esper_core.errors import PluginError
-from esper_core.leyline import InternalKind
+from esper_core.leyline import MAX_SURFACE_CODE, InternalKind
 
 
 @attrs.frozen
@@ -57,12 +57,14 @@ class HostFamily:
 class SurfaceKind:
     """An injection surface: where on a host a slot sits (segment boundary, post-attention, ...).
 
-    ``code`` is a stable small integer that enters observations; ``host_families`` lists the hosts
-    that can expose it (empty: any host).
+    ``code`` is a stable small integer, 0..``MAX_SURFACE_CODE``, that enters observations as
+    ``code / MAX_SURFACE_CODE`` (the same value whatever other plugins are installed);
+    ``host_families`` lists the hosts that can expose it (empty: any host).
     """
 
     name: str = attrs.field(validator=_valid_name)
-    code: int
+    code: int = attrs.field(validator=attrs.validators.and_(
+        attrs.validators.instance_of(int), attrs.validators.ge(0), attrs.validators.le(MAX_SURFACE_CODE)))
     host_families: tuple[str, ...] = ()
     description: str = ""
 

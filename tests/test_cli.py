@@ -50,6 +50,21 @@ def test_run_then_report(write_config):
     assert "toy_conv" in report.stdout
     assert (run_dir / "report.png").stat().st_size > 10_000
     assert json.loads((run_dir / "summary.json").read_text())["run"]["envs"] == 1
+    assert "perplexity" not in report.stdout  # an accuracy task: exp(loss) means nothing here
+
+
+def test_report_shows_perplexity_for_loss_based_tasks(write_config):
+    result = esper("run", str(write_config()), "-s", "run.envs=1")
+    assert result.returncode == 0, result.stderr
+    events = run_dir_from(result.stdout) / "events.jsonl"
+    lines = events.read_text().splitlines()
+    started = json.loads(lines[0])
+    assert started["event"] == "RUN_STARTED" and started["data"]["score_basis"] == "metric"
+    started["data"]["score_basis"] = "loss"  # as a language task's run records it
+    events.write_text("\n".join([json.dumps(started), *lines[1:]]) + "\n")
+    report = esper("report", str(events.parent))
+    assert report.returncode == 0, report.stderr
+    assert "perplexity" in report.stdout
 
 
 def test_validate_accepts_a_good_config_and_explains_a_bad_one(write_config):

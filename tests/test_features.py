@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import attrs
 import pytest
 
-from esper_core.leyline import FactoredAction, InjectionSpec, LifecycleOp, SeedMetrics, SeedStage, SeedStateReport
+from esper_core.leyline import (
+    MAX_SURFACE_CODE, FactoredAction, InjectionSpec, LifecycleOp, SeedMetrics, SeedStage, SeedStateReport, SlotConfig,
+)
 from esper_core.tamiyo import EnvObservation
 from esper_core.tamiyo.features import (
     BASE_FEATURES,
@@ -38,7 +41,7 @@ def observation(slots, *, history=(0.3, 0.35, 0.4), last_action=None, success=Tr
     return EnvObservation(
         env_id=0, round=0, epoch=len(history) - 1, episode_length=10, val_metric=history[-1], val_loss=1.2,
         train_loss=1.0, metric_history=tuple(history), loss_history=tuple(1.5 - 0.1 * i for i in range(len(history))),
-        host_params=1000, slots=tuple(slots), slot_specs=SPECS[: len(slots)], surface_codes={"segment_boundary": 0, "post_mlp": 2},
+        host_params=1000, slots=tuple(slots), slot_config=SlotConfig.from_specs(SPECS, enabled=[r.slot_id for r in slots]), surface_codes={"segment_boundary": 0, "post_mlp": 2},
         blueprints=("a", "b"), max_seeds=2, last_action=last_action,
         last_action_success=success, last_action_reason="", rolled_back=False,
     )
@@ -99,4 +102,20 @@ def test_static_slot_fields_place_the_slot_and_its_surface():
     batch = build_features([observation([DORMANT, HOLDING])])
     order, surface = offset(SLOT_FEATURES, "slot_order_norm"), offset(SLOT_FEATURES, "slot_surface_norm")
     assert batch.slots[0, :, order].tolist() == [0.0, 1.0]
-    assert batch.slots[0, :, surface].tolist() == [0.0, 1.0]
+    assert batch.slots[0, :, surface].tolist() == pytest.approx([0.0, 2 / MAX_SURFACE_CODE])
+
+
+def test_static_slot_fields_do_not_depend_on_the_enabled_slots_or_installed_surfaces():
+    """A slot observes the same order and surface values whichever other slots a run enables."""
+    three = SPECS + (InjectionSpec(slot_id="r1c1", channels=4, surface="post_attn", order=2, host_block=1),)
+    alone = SlotConfig.from_specs(three, enabled=["r0c1"])
+    assert alone.order_norm("r0c1") == 0.5  # order 1 in the host's span 0..2, not "the only slot"
+    report = attrs.evolve(HOLDING, slot_id="r0c1")
+    codes = {"segment_boundary": 0, "post_attn": 1, "post_mlp": 2}
+    one = attrs.evolve(observation([report]), slot_config=alone, surface_codes=codes)
+    more = attrs.evolve(one, surface_codes={**codes, "pre_pool": 3, "post_pool": 4})  # more plugins installed
+    order, surface = offset(SLOT_FEATURES, "slot_order_norm"), offset(SLOT_FEATURES, "slot_surface_norm")
+    for obs in (one, more):
+        slot = build_features([obs]).slots[0, 0]
+        assert slot[order].item() == 0.5
+        assert slot[surface].item() == pytest.approx(2 / 7)

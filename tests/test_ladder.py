@@ -11,6 +11,7 @@ import torch
 from esper_core.errors import PluginError, RunAborted
 from esper_core.leyline import (
     AlphaTarget,
+    BlendStyle,
     FactoredAction,
     InternalKind,
     LifecycleOp,
@@ -183,3 +184,26 @@ def test_growing_drops_the_seeds_stale_momentum(toy_manager, toy_config):
         states[abort_epoch] = seed_optimizer["state"]
     assert states[1], "the seed trained for an epoch before the growth: it has momentum"
     assert states[2] == {}, "the growth after epoch 2 dropped it"
+
+
+def test_events_and_reports_count_parameters_in_use_the_same_way():
+    """SEED_GERMINATED, SEED_INTERNAL_LEVEL_CHANGED, SEED_FOSSILIZED and the report agree: the ladder's
+    parameters at its level plus a GATE blend's gate; a seed without a ladder uses all its parameters."""
+    events = []
+    model = make_model(events=events)
+    gated = FactoredAction(op=LifecycleOp.GERMINATE, slot=0, blueprint=LADDER, style=BlendStyle.GATE,
+                           alpha_target=AlphaTarget.FULL)
+    assert model.apply(gated, metric_now=0.1).success
+    slot = model.slots[model.slot_ids[0]]
+    assert model.apply(FactoredAction(op=GROW, slot=0), metric_now=0.1).success
+    gate_params = sum(p.numel() for p in slot.gate.parameters())
+    assert gate_params > 0
+    in_use = slot.report().internal_effective_params
+    assert in_use == slot.ladder.internal_effective_params(2) + gate_params
+    changed = [e.payload for e in events if e.event_type is TelemetryEventType.SEED_INTERNAL_LEVEL_CHANGED]
+    assert changed[-1].internal_effective_params == in_use
+    plain = FactoredAction(op=LifecycleOp.GERMINATE, slot=1, blueprint=0)
+    assert model.apply(plain, metric_now=0.1).success
+    germinated = [e.payload for e in events if e.event_type is TelemetryEventType.SEED_GERMINATED]
+    plain_slot = model.slots[model.slot_ids[1]]
+    assert germinated[-1].internal_effective_params == plain_slot.seed_params == plain_slot.report().internal_effective_params

@@ -223,7 +223,7 @@ def esper_register_hosts(register) -> None:
 
 @hookimpl
 def esper_register_surfaces(register) -> None:
-    register(SurfaceKind(name="toy_surface", code=99, host_families=("toy",), description="test surface"))
+    register(SurfaceKind(name="toy_surface", code=7, host_families=("toy",), description="test surface"))
 
 
 @hookimpl

@@ -194,7 +194,7 @@ class SeedSlot(nn.Module):
                 seed_id=seed_id, blueprint_id=blueprint, style=style.name,
                 alpha_target=alpha_target, seed_params=self.seed_params,
                 internal_level=self.ladder.internal_level if self.ladder is not None else 0,
-                internal_effective_params=self.internal_effective_params if self.ladder is not None else 0,
+                internal_effective_params=self.internal_effective_params,
             ),
         )
         return OK
@@ -285,7 +285,7 @@ class SeedSlot(nn.Module):
             SeedInternalLevelChangedPayload(
                 slot_id=self.slot_id, env_id=self.env_id, seed_id=self.seed_id, blueprint_id=self.blueprint_id,
                 from_level=source, to_level=target,
-                internal_effective_params=ladder.internal_effective_params(target),
+                internal_effective_params=self.internal_effective_params,  # the same count reports and rent use
                 round=round_, epoch=epoch,
             ),
         )
@@ -303,7 +303,7 @@ class SeedSlot(nn.Module):
                 seed_id=self.seed_id, blueprint_id=self.blueprint_id, seed_params=self.seed_params,
                 alpha=self.alpha, contribution=self.contribution, seed_age_epochs=self.seed_age,
                 internal_level=self.ladder.internal_level if self.ladder is not None else 0,
-                internal_effective_params=self.internal_effective_params if self.ladder is not None else 0,
+                internal_effective_params=self.internal_effective_params,
             ),
         )
         return OK

@@ -14,7 +14,7 @@ from esper_core.leyline.actions import (
     Tempo,
     is_relevant,
 )
-from esper_core.leyline.injection import SEGMENT_BOUNDARY, InjectionSpec, SlotConfig
+from esper_core.leyline.injection import MAX_SURFACE_CODE, SEGMENT_BOUNDARY, InjectionSpec, SlotConfig
 from esper_core.leyline.reports import SeedMetrics, SeedStateReport
 from esper_core.leyline.stages import (
     BLENDED_STAGES,
@@ -37,6 +37,7 @@ from esper_core.leyline.telemetry import (
 )
 
 __all__ = [
+    "MAX_SURFACE_CODE",
     "AlphaCurve",
     "AlphaSpeed",
     "AlphaTarget",

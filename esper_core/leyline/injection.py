@@ -9,6 +9,12 @@ import attrs
 SEGMENT_BOUNDARY = "segment_boundary"
 
 
+#: The largest injection-surface code. Codes 0..7 leave room for the roadmap's surfaces (segment
+#: boundary, post-attention, post-MLP, pre-pool, post-pool) and a few more; Obs V3's
+#: slot_surface_norm is code / MAX_SURFACE_CODE, the same whatever plugins are installed.
+MAX_SURFACE_CODE = 7
+
+
 @attrs.frozen
 class InjectionSpec:
     """One place a host can carry a slot.
@@ -29,9 +35,14 @@ class InjectionSpec:
 
 @attrs.frozen
 class SlotConfig:
-    """The ordered slots a run uses, derived from the host's injection specs."""
+    """The ordered slots a run uses, derived from the host's injection specs.
+
+    ``host_order_span`` is the lowest and highest ``order`` among all the host's specs, enabled or
+    not, so a slot's normalised order does not depend on which slots a run enables.
+    """
 
     specs: tuple[InjectionSpec, ...]
+    host_order_span: tuple[int, int]
 
     @classmethod
     def from_specs(
@@ -55,7 +66,8 @@ class SlotConfig:
                     f"unknown slot(s) {', '.join(unknown)}; this host has {', '.join(ids)}"
                 )
             ordered = [spec for spec in ordered if spec.slot_id in set(enabled)]
-        return cls(specs=tuple(ordered))
+        span = (orders[0], orders[-1]) if orders else (0, 0)
+        return cls(specs=tuple(ordered), host_order_span=span)
 
     @property
     def slot_ids(self) -> tuple[str, ...]:
@@ -78,6 +90,11 @@ class SlotConfig:
     @property
     def order_map(self) -> dict[str, int]:
         return {spec.slot_id: spec.order for spec in self.specs}
+
+    def order_norm(self, slot_id: str) -> float:
+        """The slot's ``order`` scaled to 0..1 over the host's whole order span (0 with one slot)."""
+        low, high = self.host_order_span
+        return (self.spec(slot_id).order - low) / (high - low) if high > low else 0.0
 
     @property
     def surface_map(self) -> dict[str, str]:

@@ -50,6 +50,8 @@ class RunStartedPayload:
     device: str
     #: the injection surface of each slot, in the order of ``slots``
     slot_surfaces: tuple[str, ...] = ()
+    #: what contributions and rewards are measured on: "metric", or "loss" (language tasks)
+    score_basis: str = "metric"
 
 
 @attrs.frozen

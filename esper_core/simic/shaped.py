@@ -119,7 +119,10 @@ class ShapedReward:
     - ``metric_gain``: ``metric_weight`` x (metric after - metric at the decision).
     - ``stage_shaping``: ``stage_weight`` x (gamma * phi(s') - phi(s)), phi = summed stage potentials.
     - ``rent``: -parameter_rent(effective seed params).
-    - ``alpha_shock``: -``shock_weight`` x sum (delta alpha)^2 x seed params / host params.
+    - ``alpha_shock``: -``shock_weight`` x sum (delta alpha)^2 x parameters in use
+      (``internal_effective_params``) / host params. A level change at constant alpha is not a
+      shock: a ladder's new capacity enters without an output jump (the conformance kit checks it);
+      its price is rent on the larger capacity and, if reversed soon, ``reversal_cost``.
     - ``action_cost``: -``action_cost`` for any non-WAIT op, -``invalid_action_cost`` more if it failed.
     - ``churn``: -``churn_cost`` per seed removed within ``churn_window`` epochs of its germination
       (germinate/prune farming), whoever removed it (the policy, or gate G0), and -``reversal_cost`` per

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 import attrs
 import torch
 
-from esper_core.leyline import InternalKind, LifecycleOp, SeedStage, SeedStateReport
+from esper_core.leyline import MAX_SURFACE_CODE, InternalKind, LifecycleOp, SeedStage, SeedStateReport
 from esper_core.tamiyo.observation import EnvObservation
 
 #: The value written for anything not measured (always accompanied by a ``*_measured`` flag of 0).
@@ -61,8 +61,8 @@ BASE_FEATURES: tuple[Feature, ...] = (
 # -- per-slot features ------------------------------------------------------------------------------------
 
 SLOT_FEATURES: tuple[Feature, ...] = (
-    Feature("slot_order_norm", 1, "the slot's position in the run's slot order / (number of slots - 1); 0 with one slot"),
-    Feature("slot_surface_norm", 1, "the slot's surface code / the largest registered surface code (0 if that is 0)"),
+    Feature("slot_order_norm", 1, "(the slot's InjectionSpec.order - the host's lowest) / the host's order span, over all the host's slots, enabled or not; 0 with one slot"),
+    Feature("slot_surface_norm", 1, "the slot's surface code / MAX_SURFACE_CODE (7): segment boundary 0, post_attn 1/7, post_mlp 2/7"),
     Feature("stage", len(SeedStage), "one-hot of the slot's SeedStage, in enum order"),
     Feature("alpha", 1, "current blend weight"),
     Feature("alpha_target", 1, "where the current (or planned) alpha schedule goes; 0 with no seed"),
@@ -238,16 +238,15 @@ def build_features(observations: Sequence[EnvObservation], device: torch.device 
     for observation in observations:
         index = {name: position for position, name in enumerate(observation.blueprints)}
         base.append(base_features(observation))
-        n_slots = len(observation.slots)
-        top_code = max(observation.surface_codes.values())
+        slot_config = observation.slot_config
         slots.append(
             [
                 slot_features(
                     report, episode_length=observation.episode_length, host_params=observation.host_params,
-                    order_norm=position / max(n_slots - 1, 1),
-                    surface_norm=observation.surface_codes[spec.surface] / top_code if top_code else 0.0,
+                    order_norm=slot_config.order_norm(spec.slot_id),
+                    surface_norm=observation.surface_codes[spec.surface] / MAX_SURFACE_CODE,
                 )
-                for position, (report, spec) in enumerate(zip(observation.slots, observation.slot_specs))
+                for report, spec in zip(observation.slots, slot_config.specs)
             ]
         )
         ids.append([0 if report.blueprint_id is None else index[report.blueprint_id] + 1 for report in observation.slots])

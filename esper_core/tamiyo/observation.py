@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import attrs
 
-from esper_core.leyline import FactoredAction, InjectionSpec, SeedStateReport
+from esper_core.leyline import FactoredAction, SeedStateReport, SlotConfig
 
 
 @attrs.frozen
@@ -14,8 +14,8 @@ class EnvObservation:
     ``train_loss`` is None after a rollback to the untrained model (no training loss describes it).
     ``last_action_reason`` says why the last action failed ('' when it succeeded or there was none).
     ``metric_history`` and ``loss_history`` hold every validation of this episode so far, oldest
-    first (the last entry is this epoch's). ``slots`` follows the run's SlotConfig order; ``slot_specs`` are the
-    same slots' injection specs and ``surface_codes`` every registered surface's stable code.
+    first (the last entry is this epoch's). ``slots`` follows the order of ``slot_config`` (the run's
+    slots and their injection specs); ``surface_codes`` maps every registered surface to its stable code.
     """
 
     env_id: int
@@ -29,7 +29,7 @@ class EnvObservation:
     loss_history: tuple[float, ...]
     host_params: int
     slots: tuple[SeedStateReport, ...]
-    slot_specs: tuple[InjectionSpec, ...]
+    slot_config: SlotConfig
     surface_codes: dict[str, int]
     blueprints: tuple[str, ...]
     max_seeds: int

@@ -109,6 +109,7 @@ def summarize_events(records: list[dict[str, Any]]) -> dict[str, Any]:
             "seed": started["seed"] if started else None,
             "envs": started["envs"] if started else None,
             "host_params": started["host_params"] if started else None,
+            "score_basis": started.get("score_basis", "metric") if started else "metric",
             "status": finished[-1]["status"] if finished else "running or killed",
             "error": finished[-1]["error"] if finished else None,
             "wall_seconds": sum(f["wall_seconds"] for f in finished),

@@ -470,7 +470,7 @@ class Engine:
                 loss_history=tuple(env.loss_history),
                 host_params=self.setup.host_params,
                 slots=env.model.reports(),
-                slot_specs=self.setup.slot_config.specs,
+                slot_config=self.setup.slot_config,
                 surface_codes=self.setup.all_surface_codes,
                 blueprints=self.setup.blueprints,
                 max_seeds=self.setup.max_seeds,
@@ -724,6 +724,7 @@ def start_run(config: RunConfig, manager: PluginManager, *, on_run_dir: Callable
                 episode_length=config.run.episode_length, slots=setup.slot_config.slot_ids,
                 blueprints=setup.blueprints, host_params=setup.host_params, device=str(setup.device),
                 slot_surfaces=tuple(spec.surface for spec in setup.slot_config.specs),
+                score_basis=setup.task.info.score_basis,
             ),
         )
     )

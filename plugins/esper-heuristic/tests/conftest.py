@@ -118,10 +118,10 @@ def build_observation(
         loss_history=tuple(1.0 for _ in history),
         host_params=1000,
         slots=reports,
-        slot_specs=tuple(
+        slot_config=SlotConfig.from_specs([
             InjectionSpec(slot_id=slot_id, channels=8, surface=SEGMENT_BOUNDARY, order=index, host_block=index)
             for index, slot_id in enumerate(SLOT_IDS)
-        ),
+        ]),
         surface_codes={SEGMENT_BOUNDARY: 0},
         blueprints=tuple(blueprints),
         max_seeds=max_seeds,

@@ -93,10 +93,10 @@ def observation(epoch: int, slots: Sequence[SeedStateReport], *, env_id: int = 0
         val_metric=history[-1], val_loss=1.0 - history[-1], train_loss=0.9 - history[-1],
         metric_history=history, loss_history=tuple(1.0 - value for value in history),
         host_params=1000, slots=tuple(slots), blueprints=BLUEPRINTS, max_seeds=max_seeds,
-        slot_specs=tuple(
+        slot_config=SlotConfig.from_specs([
             InjectionSpec(slot_id=slot_id, channels=8, surface=SEGMENT_BOUNDARY, order=index, host_block=index)
             for index, slot_id in enumerate(SLOT_IDS)
-        ),
+        ]),
         surface_codes={SEGMENT_BOUNDARY: 0},
         last_action=None, last_action_success=True, last_action_reason="", rolled_back=False,
     )
