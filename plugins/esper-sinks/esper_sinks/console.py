@@ -129,6 +129,7 @@ class ConsoleSink:
             TelemetryEventType.SEED_GERMINATED: self._on_seed_germinated,
             TelemetryEventType.SEED_FOSSILIZED: self._on_seed_fossilized,
             TelemetryEventType.SEED_PRUNED: self._on_seed_pruned,
+            TelemetryEventType.SEED_INTERNAL_LEVEL_CHANGED: self._on_internal_level_changed,
             TelemetryEventType.GOVERNOR_ROLLBACK: self._on_governor_rollback,
         }
         if self.console.is_interactive:
@@ -314,6 +315,16 @@ class ConsoleSink:
                 f"(age {_count(payload.seed_age_epochs, 'epoch')}, {_format_contribution(payload.contribution)}) "
                 f"seed {payload.seed_id}",
                 style="magenta",
+            )
+
+    def _on_internal_level_changed(self, payload: payloads.SeedInternalLevelChangedPayload) -> None:
+        if self.config.verbose:
+            verb = "grew" if payload.to_level > payload.from_level else "shrank"
+            self._print_event_line(
+                payload.round, payload.epoch, payload.env_id,
+                f"{verb} {payload.blueprint_id} in {payload.slot_id} from level {payload.from_level} to "
+                f"{payload.to_level} ({payload.internal_effective_params:,} params in use) seed {payload.seed_id}",
+                style="cyan",
             )
 
     def _on_governor_rollback(self, payload: payloads.GovernorRollbackPayload) -> None:

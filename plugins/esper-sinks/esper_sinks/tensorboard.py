@@ -25,6 +25,10 @@ LIFECYCLE_COUNT_TAGS: dict[TelemetryEventType, str] = {
     TelemetryEventType.SEED_PRUNED: "lifecycle/pruned",
     TelemetryEventType.GOVERNOR_ROLLBACK: "governor/rollbacks",
 }
+#: Internal level changes counted per round, by direction.
+INTERNAL_GROW_TAG = "lifecycle/internal_grow"
+INTERNAL_SHRINK_TAG = "lifecycle/internal_shrink"
+ROUND_COUNT_TAGS = (*LIFECYCLE_COUNT_TAGS.values(), INTERNAL_GROW_TAG, INTERNAL_SHRINK_TAG)
 
 
 def _plain_directory_name(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -63,7 +67,8 @@ class TensorBoardSink:
     - each ``POLICY_UPDATED`` metric under its own name (e.g. ``losses/policy_loss``);
     - ``round/final_metric_mean`` and ``round/mean_return`` per ``ROUND_COMPLETED``, together with how
       many seeds were germinated, fossilized and pruned and how many governor rollbacks happened in
-      that round over all environments (``lifecycle/*``, ``governor/rollbacks``).
+      that round over all environments, and how many internal levels grew and shrank
+      (``lifecycle/*``, ``lifecycle/internal_grow``, ``lifecycle/internal_shrink``, ``governor/rollbacks``).
 
     On ``RUN_RESUMED`` the writer is reopened with ``purge_step`` at the resume step, so TensorBoard
     hides what the interrupted attempt logged from there on.
@@ -90,6 +95,9 @@ class TensorBoardSink:
         if self._writer is None:
             raise RuntimeError(f"the tensorboard sink for {self.log_dir} received an event after close()")
         count_tag = LIFECYCLE_COUNT_TAGS.get(event.event_type)
+        if event.event_type is TelemetryEventType.SEED_INTERNAL_LEVEL_CHANGED:
+            payload = event.payload
+            count_tag = INTERNAL_GROW_TAG if payload.to_level > payload.from_level else INTERNAL_SHRINK_TAG
         if count_tag is not None:
             self._lifecycle_counts.setdefault(event.payload.round, Counter())[count_tag] += 1
             return
@@ -147,5 +155,5 @@ class TensorBoardSink:
         if payload.mean_return is not None:
             self._writer.add_scalar("round/mean_return", payload.mean_return, step)
         counts = self._lifecycle_counts.pop(payload.round, Counter())
-        for tag in LIFECYCLE_COUNT_TAGS.values():
+        for tag in ROUND_COUNT_TAGS:
             self._writer.add_scalar(tag, counts[tag], step)

@@ -64,6 +64,9 @@ def test_scalars_can_be_read_back(tmp_path: Path) -> None:
         env_id=1, round=1, epoch=0, style="ADD", alpha_target=1.0, seed_params=24, **SEED)))
     sink.handle(event(TelemetryEventType.SEED_PRUNED, payloads.SeedPrunedPayload(
         env_id=1, round=1, epoch=2, reason="policy", contribution=None, seed_age_epochs=2, **SEED)))
+    for from_level, to_level in ((1, 2), (2, 3), (3, 2)):
+        sink.handle(event(TelemetryEventType.SEED_INTERNAL_LEVEL_CHANGED, payloads.SeedInternalLevelChangedPayload(
+            env_id=0, round=1, epoch=1, from_level=from_level, to_level=to_level, internal_effective_params=64, **SEED)))
     sink.handle(event(TelemetryEventType.POLICY_UPDATED,
                       payloads.PolicyUpdatedPayload(round=1, metrics={"losses/policy_loss": 0.125})))
     sink.handle(event(TelemetryEventType.ROUND_COMPLETED, payloads.RoundCompletedPayload(
@@ -88,6 +91,8 @@ def test_scalars_can_be_read_back(tmp_path: Path) -> None:
     assert steps_and_values(scalars, "lifecycle/pruned") == [(5, 1)]
     assert steps_and_values(scalars, "lifecycle/fossilized") == [(5, 0)]
     assert steps_and_values(scalars, "governor/rollbacks") == [(5, 0)]
+    assert steps_and_values(scalars, "lifecycle/internal_grow") == [(5, 2)]
+    assert steps_and_values(scalars, "lifecycle/internal_shrink") == [(5, 1)]
 
 
 def test_custom_subdir(tmp_path: Path) -> None:
