@@ -18,7 +18,7 @@ import torch
 from esper_core.errors import CheckpointError
 
 CHECKPOINT_FORMAT = "esper-checkpoint"
-CHECKPOINT_VERSION = 2
+CHECKPOINT_VERSION = 3
 
 CONFIG_FILE = "config.toml"
 ENVIRONMENT_FILE = "environment.json"

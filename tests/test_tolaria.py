@@ -62,6 +62,13 @@ def test_scripted_lifecycle_runs_through_the_engine(toy_manager, toy_config):
     assert fossil["contribution"] is not None and fossil["alpha"] == 1.0
     last_epoch = [r["data"] for r in records if r["event"] == "EPOCH_COMPLETED"][-1]
     assert last_epoch["fossilized_params"] > 0 and last_epoch["stage_counts"]["FOSSILIZED"] == 1
+    # the roadmap's rent and shock proxies: the seed's alpha climbs 0 -> 1 over the blend, once
+    env0 = [r["data"] for r in records if r["event"] == "EPOCH_COMPLETED" and r["data"]["env_id"] == 0]
+    shocks = [epoch["alpha_delta_sq_sum"] for epoch in env0]
+    assert shocks[:3] == [0.0] * 3 and shocks[3:6] == pytest.approx([1 / 9] * 3) and shocks[6:] == [0.0] * 2
+    assert sum(shock ** 0.5 for shock in shocks) == pytest.approx(1.0)  # one slot: |steps| add up to 0 -> 1
+    assert env0[0]["effective_seed_params"] == 0.0
+    assert env0[-1]["effective_seed_params"] == last_epoch["fossilized_params"]
     env = json.loads((run_dir / "environment.json").read_text())
     assert env["seed"] == 0 and env["versions"]["torch"] == torch.__version__.split("+")[0] or env["versions"]["torch"]
 

@@ -89,7 +89,10 @@ class RoundCompletedPayload:
 class EpochCompletedPayload:
     """One environment's epoch. ``host_params`` is the bare host; ``seed_params`` counts live (not yet
     fossilized) seeds; ``fossilized_params`` counts fossilized seeds; the model's size is their sum.
-    ``stage_counts`` has every SeedStage name as a key (zeros included)."""
+    ``stage_counts`` has every SeedStage name as a key (zeros included). ``effective_seed_params`` is
+    the rent base (alpha x parameters in use for live seeds, parameters in use for fossils) and
+    ``alpha_delta_sq_sum`` the alpha shock base: the sum over slots of the squared alpha change since
+    the environment's previous epoch (the roadmap's rent and shock proxies)."""
 
     env_id: int
     round: int
@@ -103,6 +106,8 @@ class EpochCompletedPayload:
     stage_counts: dict[str, int]
     train_seconds: float
     validate_seconds: float
+    effective_seed_params: float
+    alpha_delta_sq_sum: float
 
 
 @attrs.frozen

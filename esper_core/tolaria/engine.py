@@ -397,6 +397,8 @@ class Engine:
                         stage_counts=env.model.stage_counts(),
                         train_seconds=env.train_seconds,
                         validate_seconds=result.seconds,
+                        effective_seed_params=env.model.effective_seed_params(),
+                        alpha_delta_sq_sum=env.alpha_delta_sq_sum(),
                     ),
                 )
             )

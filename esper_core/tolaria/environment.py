@@ -115,6 +115,8 @@ class Environment:
         self.rolled_back = False
         self.episode_return = 0.0
         self.step_clock = StepClock(device)
+        #: every slot's alpha at this environment's previous EPOCH_COMPLETED (all 0 for a fresh host)
+        self.epoch_alphas: dict[str, float] = {slot_id: 0.0 for slot_id in model.slot_ids}
         self._lr_factor = 1.0
         #: optimizer steps taken this episode (drives ``[training] warmup_steps``)
         self.episode_steps = 0
@@ -289,6 +291,13 @@ class Environment:
 
     # -- checkpointing -----------------------------------------------------------------------------
 
+    def alpha_delta_sq_sum(self) -> float:
+        """Sum over slots of (alpha now - alpha at the previous call)^2; remembers alpha now."""
+        alphas = {slot_id: self.model.slots[slot_id].alpha for slot_id in self.model.slot_ids}
+        total = sum((alpha - self.epoch_alphas[slot_id]) ** 2 for slot_id, alpha in alphas.items())
+        self.epoch_alphas = alphas
+        return total
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "env_id": self.env_id,
@@ -300,6 +309,7 @@ class Environment:
             "seed_optimizers": {seed_id: opt.state_dict() for seed_id, opt in self.seed_optimizers.items()},
             "lr_factor": self._lr_factor,
             "episode_steps": self.episode_steps,
+            "epoch_alphas": dict(self.epoch_alphas),
             "generator": self.generator.get_state(),
             "governor": self.governor.state_dict(),
             "metric_history": list(self.metric_history),
@@ -328,7 +338,8 @@ class Environment:
         self.model.to(self.device)
         self.model.load_state_dict(state["model_weights"])
         self._lr_factor = state["lr_factor"]
-        self.episode_steps = state.get("episode_steps", 0)
+        self.episode_steps = state["episode_steps"]
+        self.epoch_alphas = dict(state["epoch_alphas"])
         self.host_optimizer = self._optimizer(list(self.model.host.parameters()), self.training.host_lr * self._lr_factor)
         self.host_groups = []
         self.seed_optimizers = {}

@@ -61,8 +61,8 @@ class TensorBoardSink:
     scalars use the step of the round's last epoch. Tags:
 
     - ``env{i}/val_metric``, ``env{i}/val_loss``, ``env{i}/train_loss``, ``env{i}/params`` (host + fossilized
-      + live seed parameters, the model's size)
-      per ``EPOCH_COMPLETED``;
+      + live seed parameters, the model's size), ``env{i}/effective_seed_params`` and
+      ``env{i}/alpha_delta_sq_sum`` (the rent and alpha-shock bases) per ``EPOCH_COMPLETED``;
     - ``env{i}/reward`` and ``env{i}/reward/{component}`` per ``REWARD_COMPUTED``;
     - each ``POLICY_UPDATED`` metric under its own name (e.g. ``losses/policy_loss``);
     - ``round/final_metric_mean`` and ``round/mean_return`` per ``ROUND_COMPLETED``, together with how
@@ -134,6 +134,8 @@ class TensorBoardSink:
         self._writer.add_scalar(
             f"{prefix}/params", payload.host_params + payload.fossilized_params + payload.seed_params, step
         )
+        self._writer.add_scalar(f"{prefix}/effective_seed_params", payload.effective_seed_params, step)
+        self._writer.add_scalar(f"{prefix}/alpha_delta_sq_sum", payload.alpha_delta_sq_sum, step)
 
     def _on_reward_computed(self, payload: payloads.RewardComputedPayload) -> None:
         step = self._epoch_step(payload.round, payload.epoch)

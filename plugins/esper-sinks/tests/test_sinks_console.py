@@ -45,7 +45,7 @@ def epoch_completed(env_id: int, round_index: int, epoch: int, val_metric: float
             env_id=env_id, round=round_index, epoch=epoch, train_loss=1.0, val_loss=0.9, val_metric=val_metric,
             host_params=1000, seed_params=seed_params, fossilized_params=fossilized_params,
             stage_counts=stage_counts if stage_counts is not None else {"DORMANT": 2},
-            train_seconds=0.1, validate_seconds=0.05,
+            train_seconds=0.1, validate_seconds=0.05, effective_seed_params=0.0, alpha_delta_sq_sum=0.0,
         ),
     )
 

@@ -31,7 +31,7 @@ def epoch_completed(env_id: int, round_index: int, epoch: int, val_metric: float
         payload=payloads.EpochCompletedPayload(
             env_id=env_id, round=round_index, epoch=epoch, train_loss=1.25, val_loss=1.5, val_metric=val_metric,
             host_params=1000, seed_params=40, fossilized_params=0, stage_counts={"DORMANT": 1, "TRAINING": 1},
-            train_seconds=0.25, validate_seconds=0.125,
+            train_seconds=0.25, validate_seconds=0.125, effective_seed_params=0.0, alpha_delta_sq_sum=0.0,
         ),
     )
 

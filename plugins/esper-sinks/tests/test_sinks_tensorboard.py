@@ -33,7 +33,7 @@ def epoch_completed(env_id: int, round_index: int, epoch: int, val_metric: float
         payloads.EpochCompletedPayload(
             env_id=env_id, round=round_index, epoch=epoch, train_loss=2.0, val_loss=1.5, val_metric=val_metric,
             host_params=1000, seed_params=24, fossilized_params=8, stage_counts={"TRAINING": 1},
-            train_seconds=0.1, validate_seconds=0.1,
+            train_seconds=0.1, validate_seconds=0.1, effective_seed_params=0.0, alpha_delta_sq_sum=0.0,
         ),
     )
 
@@ -81,6 +81,8 @@ def test_scalars_can_be_read_back(tmp_path: Path) -> None:
     assert steps_and_values(scalars, "env1/val_loss")[-1] == (5, 1.5)
     assert steps_and_values(scalars, "env1/train_loss")[0] == (3, 2.0)
     assert steps_and_values(scalars, "env0/params")[0] == (3, 1032), "host + fossilized + live seed parameters"
+    assert steps_and_values(scalars, "env0/alpha_delta_sq_sum")[0] == (3, 0.0)
+    assert [step for step, _ in steps_and_values(scalars, "env0/effective_seed_params")] == [3, 4, 5]
     assert steps_and_values(scalars, "env1/reward") == [(5, 0.5)]
     assert steps_and_values(scalars, "env1/reward/metric_gain") == [(5, 0.75)]
     assert steps_and_values(scalars, "env1/reward/param_rent") == [(5, -0.25)]

@@ -14,7 +14,7 @@ from esper_core.errors import CheckpointError, ConfigError
 from esper_core.leyline import HEADS, FactoredAction
 from esper_core.runs import CHECKPOINT_DIR, LATEST_CHECKPOINT, derive_seed, load_checkpoint
 from esper_core.tamiyo import ActionMasks, EnvObservation, PolicyContext
-from esper_core.tamiyo.features import BASE_FEATURES, SLOT_FEATURES, FeatureBatch, build_features
+from esper_core.tamiyo.features import BASE_FEATURES, BASE_SIZE, SLOT_FEATURES, SLOT_SIZE, FeatureBatch, build_features
 
 from esper_tamiyo_ppo.buffer import RolloutBuffer
 from esper_tamiyo_ppo.config import PPOConfig
@@ -24,7 +24,7 @@ from esper_tamiyo_ppo.ppo import ppo_update
 
 #: Marks a policy state written by this plugin (inside an Esper checkpoint, under "policy").
 STATE_FORMAT = "esper-tamiyo-ppo"
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: episodes carry observation statistics
 #: Streams of the run seed: network initialisation and the sampling/shuffling generator.
 _INIT_STREAM = 0x7070_0001
 _SAMPLING_STREAM = 0x7070_0002
@@ -58,6 +58,25 @@ def check_context(config: PPOConfig, context: PolicyContext) -> None:
         problems.append("[policy] deterministic: argmax actions need learn = false (PPO learns from sampled actions)")
     if problems:
         raise ConfigError(problems)
+
+
+def observation_statistics(episode: dict[str, Any]) -> dict[str, float]:
+    """The round's mean raw value of every one-float Obs V3 feature, as ``obs/base/{name}`` (over
+    environments and decisions) and ``obs/slot/{name}`` (over slots too): the roadmap's observation
+    stats telemetry, e.g. to see that ``internal_level_norm`` moves when ladders grow."""
+    statistics: dict[str, float] = {}
+    for scope, features, total, count in (
+        ("base", BASE_FEATURES, episode["obs_base_sum"], episode["obs_base_count"]),
+        ("slot", SLOT_FEATURES, episode["obs_slot_sum"], episode["obs_slot_count"]),
+    ):
+        if not count:
+            continue
+        offset = 0
+        for feature in features:
+            if feature.size == 1:
+                statistics[f"obs/{scope}/{feature.name}"] = float(total[offset]) / count
+            offset += feature.size
+    return statistics
 
 
 def _plain(value: Any) -> Any:
@@ -120,6 +139,11 @@ class PPOController:
             "awaiting_reward": False,
             "terminal": False,
             "returns": torch.zeros(n_envs, dtype=torch.float64),
+            # raw (unnormalised) Obs V3 sums for the round's observation statistics
+            "obs_base_sum": torch.zeros(BASE_SIZE, dtype=torch.float64),
+            "obs_slot_sum": torch.zeros(SLOT_SIZE, dtype=torch.float64),
+            "obs_base_count": 0,
+            "obs_slot_count": 0,
             "steps": 0,
             "elapsed": 0.0,
         }
@@ -134,6 +158,10 @@ class PPOController:
             raise RuntimeError("act() after the terminal reward of the episode")
         self._check_batch(observations, masks, episode["n_envs"])
         features = build_features(observations, device=self.device)
+        episode["obs_base_sum"] += features.base.double().sum(dim=0).cpu()
+        episode["obs_slot_sum"] += features.slots.double().sum(dim=(0, 1)).cpu()
+        episode["obs_base_count"] += features.slots.shape[0]
+        episode["obs_slot_count"] += features.slots.shape[0] * features.slots.shape[1]
         if self.config.normalize_observations:
             if self.config.learn:
                 self.normalizer.update(features)
@@ -190,6 +218,7 @@ class PPOController:
         metrics = {
             "charts/episode_return": float(episode["returns"].mean()),
             "charts/SPS": decisions / elapsed,
+            **observation_statistics(episode),
         }
         self._episode = None
         self.rounds_seen += 1
@@ -255,6 +284,8 @@ class PPOController:
                 "h": episode["h"].to(self.device),
                 "c": episode["c"].to(self.device),
                 "returns": episode["returns"].clone(),
+                "obs_base_sum": episode["obs_base_sum"].clone(),
+                "obs_slot_sum": episode["obs_slot_sum"].clone(),
             }
         self._clock = time.perf_counter()
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import random
 
 import pytest
-
 import torch
 
+from esper_core.leyline import SeedStage
 from esper_core.runs import load_checkpoint, save_checkpoint
+from esper_core.tamiyo import compute_masks
 from esper_core.tolaria.engine import build_policy_and_reward, prepare, start_run
 
 
@@ -112,3 +113,22 @@ def test_rewards_are_clipped_before_learning_but_returns_are_reported_whole(kit,
     expected_first = 1e6 if reward_clip is None else reward_clip
     assert stored == pytest.approx([expected_first, -0.5])
     assert controller._episode["returns"].tolist() == pytest.approx([1e6, -0.5])
+
+
+def test_each_round_reports_the_mean_raw_observation_per_feature(kit):
+    """obs/base/* and obs/slot/* are the round's means of the unnormalised Obs V3 features."""
+    controller = kit.controller(n_envs=2)
+    controller.begin_episode(0, 2)
+    holding = [kit.slot_report(0, SeedStage.HOLDING), kit.slot_report(1, SeedStage.DORMANT),
+               kit.slot_report(2, SeedStage.DORMANT)]
+    for epoch in range(2):
+        observations = [kit.observation(epoch, holding, env_id=env, metric=0.25 + 0.5 * env) for env in range(2)]
+        masks = compute_masks([obs.slots for obs in observations], num_blueprints=3, max_seeds=3)
+        controller.act(observations, masks)
+        controller.record([0.0, 0.0], terminal=epoch == 1)
+    metrics = controller.end_episode(0)
+    assert metrics["obs/slot/alpha"] == pytest.approx(0.5 / 3)  # one slot of three at alpha 0.5
+    assert metrics["obs/slot/slot_order_norm"] == pytest.approx(0.5)  # orders 0, 1, 2 of span 2
+    assert metrics["obs/slot/internal_level_norm"] == 0.0
+    assert metrics["obs/base/val_metric"] == pytest.approx((0.25 + 0.75) / 2)
+    assert not any(name.startswith("obs/slot/stage") for name in metrics)  # multi-float blocks are left out
