@@ -49,9 +49,9 @@ class RunStartedPayload:
     host_params: int
     device: str
     #: the injection surface of each slot, in the order of ``slots``
-    slot_surfaces: tuple[str, ...] = ()
+    slot_surfaces: tuple[str, ...]
     #: what contributions and rewards are measured on: "metric", or "loss" (language tasks)
-    score_basis: str = "metric"
+    score_basis: str
 
 
 @attrs.frozen
@@ -198,8 +198,8 @@ class SeedInternalLevelChangedPayload:
     from_level: int
     to_level: int
     internal_effective_params: int
-    round: int = 0
-    epoch: int = 0
+    round: int
+    epoch: int
 
 
 @attrs.frozen

@@ -272,7 +272,8 @@ def sample_events() -> list[TelemetryEvent]:
         TelemetryEventType.RUN_STARTED: payloads.RunStartedPayload(
             run_name="sample", run_dir="/tmp/sample", task="shapes", host="cnn", policy="heuristic",
             reward="basic", seed=0, rounds=1, envs=1, episode_length=3, slots=("r0c0",),
-            blueprints=("norm",), host_params=1000, device="cpu",
+            blueprints=("norm",), host_params=1000, device="cpu", slot_surfaces=("segment_boundary",),
+            score_basis="metric",
         ),
         TelemetryEventType.RUN_RESUMED: payloads.RunResumedPayload(round=0, epoch=1, discarded_events=2),
         TelemetryEventType.RUN_FINISHED: payloads.RunFinishedPayload(

@@ -102,4 +102,4 @@ class Governor:
         self.snapshot_epoch = state["snapshot_epoch"]
         self.snapshot_train_loss = state["snapshot_train_loss"]
         self.rollbacks = state["rollbacks"]
-        self.consecutive_rollbacks = state.get("consecutive_rollbacks", 0)
+        self.consecutive_rollbacks = state["consecutive_rollbacks"]
