@@ -284,8 +284,8 @@ def sample_events() -> list[TelemetryEvent]:
         ),
         TelemetryEventType.EPOCH_COMPLETED: payloads.EpochCompletedPayload(
             train_loss=1.0, val_loss=1.1, val_metric=0.5, host_params=1000, seed_params=10,
-            fossilized_params=0, stage_counts={"DORMANT": 1}, train_seconds=0.1, validate_seconds=0.05, effective_seed_params=0.0, alpha_delta_sq_sum=0.0,
-            **common,
+            fossilized_params=0, stage_counts={"DORMANT": 1}, train_seconds=0.1, validate_seconds=0.05,
+            effective_seed_params=0.0, alpha_delta_sq_sum=0.0, **common,
         ),
         TelemetryEventType.ACTION_TAKEN: payloads.ActionTakenPayload(
             action={"op": "WAIT"}, success=True, **common

@@ -289,7 +289,7 @@ class Environment:
         with torch.no_grad():
             next(self.model.host.parameters()).fill_(float("nan"))
 
-    # -- checkpointing -----------------------------------------------------------------------------
+    # -- telemetry -----------------------------------------------------------------------------------
 
     def alpha_delta_sq_sum(self) -> float:
         """Sum over slots of (alpha now - alpha at the previous call)^2; remembers alpha now."""
@@ -297,6 +297,8 @@ class Environment:
         total = sum((alpha - self.epoch_alphas[slot_id]) ** 2 for slot_id, alpha in alphas.items())
         self.epoch_alphas = alphas
         return total
+
+    # -- checkpointing -----------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
         return {

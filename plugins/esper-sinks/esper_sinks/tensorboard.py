@@ -28,7 +28,15 @@ LIFECYCLE_COUNT_TAGS: dict[TelemetryEventType, str] = {
 #: Internal level changes counted per round, by direction.
 INTERNAL_GROW_TAG = "lifecycle/internal_grow"
 INTERNAL_SHRINK_TAG = "lifecycle/internal_shrink"
+#: Every per-round count, written (zeros included) at ROUND_COMPLETED.
 ROUND_COUNT_TAGS = (*LIFECYCLE_COUNT_TAGS.values(), INTERNAL_GROW_TAG, INTERNAL_SHRINK_TAG)
+
+
+def round_count_tag(event: TelemetryEvent) -> str | None:
+    """The per-round count an event adds to, if any."""
+    if event.event_type is TelemetryEventType.SEED_INTERNAL_LEVEL_CHANGED:
+        return INTERNAL_GROW_TAG if event.payload.to_level > event.payload.from_level else INTERNAL_SHRINK_TAG
+    return LIFECYCLE_COUNT_TAGS.get(event.event_type)
 
 
 def _plain_directory_name(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -94,10 +102,7 @@ class TensorBoardSink:
     def handle(self, event: TelemetryEvent) -> None:
         if self._writer is None:
             raise RuntimeError(f"the tensorboard sink for {self.log_dir} received an event after close()")
-        count_tag = LIFECYCLE_COUNT_TAGS.get(event.event_type)
-        if event.event_type is TelemetryEventType.SEED_INTERNAL_LEVEL_CHANGED:
-            payload = event.payload
-            count_tag = INTERNAL_GROW_TAG if payload.to_level > payload.from_level else INTERNAL_SHRINK_TAG
+        count_tag = round_count_tag(event)
         if count_tag is not None:
             self._lifecycle_counts.setdefault(event.payload.round, Counter())[count_tag] += 1
             return

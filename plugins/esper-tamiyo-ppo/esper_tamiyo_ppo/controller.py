@@ -60,21 +60,22 @@ def check_context(config: PPOConfig, context: PolicyContext) -> None:
         raise ConfigError(problems)
 
 
-def observation_statistics(episode: dict[str, Any]) -> dict[str, float]:
+def observation_statistics(episode: dict[str, Any], n_slots: int) -> dict[str, float]:
     """The round's mean raw value of every one-float Obs V3 feature, as ``obs/base/{name}`` (over
     environments and decisions) and ``obs/slot/{name}`` (over slots too): the roadmap's observation
     stats telemetry, e.g. to see that ``internal_level_norm`` moves when ladders grow."""
+    observed = episode["steps"] * episode["n_envs"]
+    if not observed:
+        return {}
     statistics: dict[str, float] = {}
     for scope, features, total, count in (
-        ("base", BASE_FEATURES, episode["obs_base_sum"], episode["obs_base_count"]),
-        ("slot", SLOT_FEATURES, episode["obs_slot_sum"], episode["obs_slot_count"]),
+        ("base", BASE_FEATURES, episode["obs_base_sum"].tolist(), observed),
+        ("slot", SLOT_FEATURES, episode["obs_slot_sum"].tolist(), observed * n_slots),
     ):
-        if not count:
-            continue
         offset = 0
         for feature in features:
             if feature.size == 1:
-                statistics[f"obs/{scope}/{feature.name}"] = float(total[offset]) / count
+                statistics[f"obs/{scope}/{feature.name}"] = total[offset] / count
             offset += feature.size
     return statistics
 
@@ -139,11 +140,10 @@ class PPOController:
             "awaiting_reward": False,
             "terminal": False,
             "returns": torch.zeros(n_envs, dtype=torch.float64),
-            # raw (unnormalised) Obs V3 sums for the round's observation statistics
-            "obs_base_sum": torch.zeros(BASE_SIZE, dtype=torch.float64),
-            "obs_slot_sum": torch.zeros(SLOT_SIZE, dtype=torch.float64),
-            "obs_base_count": 0,
-            "obs_slot_count": 0,
+            # raw (unnormalised) Obs V3 sums for the round's observation statistics, kept on the
+            # policy's device so a decision adds no host-device copy
+            "obs_base_sum": torch.zeros(BASE_SIZE, dtype=torch.float64, device=self.device),
+            "obs_slot_sum": torch.zeros(SLOT_SIZE, dtype=torch.float64, device=self.device),
             "steps": 0,
             "elapsed": 0.0,
         }
@@ -158,10 +158,8 @@ class PPOController:
             raise RuntimeError("act() after the terminal reward of the episode")
         self._check_batch(observations, masks, episode["n_envs"])
         features = build_features(observations, device=self.device)
-        episode["obs_base_sum"] += features.base.double().sum(dim=0).cpu()
-        episode["obs_slot_sum"] += features.slots.double().sum(dim=(0, 1)).cpu()
-        episode["obs_base_count"] += features.slots.shape[0]
-        episode["obs_slot_count"] += features.slots.shape[0] * features.slots.shape[1]
+        episode["obs_base_sum"] += features.base.sum(dim=0, dtype=torch.float64)
+        episode["obs_slot_sum"] += features.slots.sum(dim=(0, 1), dtype=torch.float64)
         if self.config.normalize_observations:
             if self.config.learn:
                 self.normalizer.update(features)
@@ -218,7 +216,7 @@ class PPOController:
         metrics = {
             "charts/episode_return": float(episode["returns"].mean()),
             "charts/SPS": decisions / elapsed,
-            **observation_statistics(episode),
+            **observation_statistics(episode, len(self.slot_ids)),
         }
         self._episode = None
         self.rounds_seen += 1
@@ -284,8 +282,8 @@ class PPOController:
                 "h": episode["h"].to(self.device),
                 "c": episode["c"].to(self.device),
                 "returns": episode["returns"].clone(),
-                "obs_base_sum": episode["obs_base_sum"].clone(),
-                "obs_slot_sum": episode["obs_slot_sum"].clone(),
+                "obs_base_sum": episode["obs_base_sum"].to(self.device, copy=True),
+                "obs_slot_sum": episode["obs_slot_sum"].to(self.device, copy=True),
             }
         self._clock = time.perf_counter()
 
