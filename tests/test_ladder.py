@@ -80,7 +80,7 @@ def test_grow_and_shrink_move_the_level_and_emit_one_event_each():
     slot = germinate_ladder(model)
     report = slot.report()
     assert (report.internal_kind, report.internal_level, report.internal_max_level) == (InternalKind.CONV_STAGES, 1, 3)
-    assert report.internal_effective_params == slot.ladder.internal_effective_params(1) < report.seed_params
+    assert report.internal_effective_params == slot.ladder.internal_effective_params(1) < report.built_params
     assert model.apply(FactoredAction(op=GROW, slot=0), metric_now=0.1).success
     assert model.apply(FactoredAction(op=GROW, slot=0), metric_now=0.1).success
     failed = model.apply(FactoredAction(op=GROW, slot=0), metric_now=0.1)
@@ -130,7 +130,7 @@ def test_rent_follows_the_capacity_in_use():
     at_one = slot.effective_params
     model.apply(FactoredAction(op=GROW, slot=0), metric_now=0.1)
     assert slot.effective_params == pytest.approx(2 * at_one)
-    assert slot.effective_params < slot.seed_params
+    assert slot.effective_params < slot.built_params
 
 
 def test_level_survives_a_lifecycle_round_trip():
@@ -207,3 +207,26 @@ def test_events_and_reports_count_parameters_in_use_the_same_way():
     germinated = [e.payload for e in events if e.event_type is TelemetryEventType.SEED_GERMINATED]
     plain_slot = model.slots[model.slot_ids[1]]
     assert germinated[-1].internal_effective_params == plain_slot.seed_params == plain_slot.report().internal_effective_params
+
+
+def test_every_size_counts_the_capacity_in_use_not_what_is_built():
+    """The size rule: a ladder fossilized at level 1 is its level-1 parameters everywhere a size is shown
+    (issue 10: a conv_ladder at level 1 reported every stage it had built)."""
+    events = []
+    model = make_model(events=events)
+    slot = germinate_ladder(model)
+    level_one = slot.ladder.internal_effective_params(1)
+    assert slot.built_params > level_one  # the ladder built levels 2 and 3 up front
+    assert model.seed_params() == level_one
+    slot._set_alpha(1.0)
+    slot.stage = SeedStage.HOLDING  # direct state for the arithmetic only
+    assert model.apply(FactoredAction(op=LifecycleOp.FOSSILIZE, slot=0), metric_now=0.1).success
+    assert model.fossilized_params() == level_one
+    assert model.seed_params() == 0
+    report = slot.report()
+    assert (report.seed_params, report.internal_effective_params, report.built_params) == (
+        level_one, level_one, slot.built_params)
+    fossilized = [e.payload for e in events if e.event_type is TelemetryEventType.SEED_FOSSILIZED]
+    germinated = [e.payload for e in events if e.event_type is TelemetryEventType.SEED_GERMINATED]
+    assert fossilized[-1].seed_params == level_one
+    assert (germinated[-1].seed_params, germinated[-1].built_params) == (level_one, slot.built_params)

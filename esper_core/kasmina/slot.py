@@ -192,7 +192,7 @@ class SeedSlot(nn.Module):
             SeedGerminatedPayload(
                 env_id=self.env_id, round=round_, epoch=epoch, slot_id=self.slot_id,
                 seed_id=seed_id, blueprint_id=blueprint, style=style.name,
-                alpha_target=alpha_target, seed_params=self.seed_params,
+                alpha_target=alpha_target, seed_params=self.seed_params, built_params=self.built_params,
                 internal_level=self.ladder.internal_level if self.ladder is not None else 0,
                 internal_effective_params=self.internal_effective_params,
             ),
@@ -375,15 +375,21 @@ class SeedSlot(nn.Module):
         return params
 
     @property
-    def seed_params(self) -> int:
+    def built_params(self) -> int:
+        """Every parameter the seed allocates (a ladder builds all its levels up front): memory, not size."""
         return count_parameters(self.seed) + count_parameters(self.gate)
+
+    @property
+    def seed_params(self) -> int:
+        """The seed's size: its parameters in use (the size rule, see ``SeedStateReport``)."""
+        return self.internal_effective_params
 
     @property
     def internal_effective_params(self) -> int:
         """Parameters in use: the ladder's count at its level (plus any gate), else all of the seed's."""
         ladder = self.ladder
         if ladder is None:
-            return self.seed_params
+            return self.built_params
         return ladder.internal_effective_params(ladder.internal_level) + count_parameters(self.gate)
 
     @property
@@ -416,7 +422,8 @@ class SeedSlot(nn.Module):
             alpha_schedule_epochs_left=self.schedule.epochs_left if self.schedule is not None else 0,
             alpha_schedule_total_epochs=self.schedule.total_epochs if self.schedule is not None else 0,
             blend_out=self.blend_out,
-            seed_params=self.seed_params,
+            seed_params=self.seed_params if has_seed else 0,
+            built_params=self.built_params if has_seed else 0,
             effective_params=self.effective_params,
             embargo_epochs_left=self.embargo_left,
             internal_kind=self.ladder.internal_kind if self.ladder is not None else InternalKind.NONE,

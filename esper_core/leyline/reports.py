@@ -35,10 +35,14 @@ class SeedMetrics:
 class SeedStateReport:
     """The observable state of one slot at the end of one epoch.
 
-    ``seed_params`` counts every parameter the seed holds; ``effective_params`` is what rent is charged
-    on (alpha x the capacity in use while live, all of it once fossilized). For a seed with a ladder,
-    ``internal_level`` of ``internal_max_level`` is the capacity in use and
-    ``internal_effective_params`` its parameter count; ``internal_last_direction`` (+1 grow, -1
+    **The size rule** (one rule for every size a user sees: reports, events, summaries, rent, ROI): a
+    seed's size is its *parameters in use* — for a seed with a ladder the count at its current level
+    (capacity built up front but switched off is not counted), for any other seed all its parameters,
+    plus a learned gate if its blend style has one. ``seed_params`` and ``internal_effective_params``
+    are that count; ``built_params`` is what the seed allocates (memory, never size). A model's size is
+    the host's parameters plus the sizes of its live and fossilized seeds. ``effective_params`` is what
+    rent is charged on (alpha x the size while live, the size once fossilized). For a seed with a
+    ladder, ``internal_level`` of ``internal_max_level`` is the capacity in use; ``internal_last_direction`` (+1 grow, -1
     shrink, 0 never) and ``epochs_since_internal_change`` describe the last level change.
     """
 
@@ -54,6 +58,7 @@ class SeedStateReport:
     alpha_schedule_total_epochs: int = 0
     blend_out: bool = False
     seed_params: int = 0
+    built_params: int = 0
     effective_params: float = 0.0
     embargo_epochs_left: int = 0
     internal_kind: InternalKind = InternalKind.NONE

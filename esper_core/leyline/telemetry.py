@@ -88,7 +88,8 @@ class RoundCompletedPayload:
 @attrs.frozen
 class EpochCompletedPayload:
     """One environment's epoch. ``host_params`` is the bare host; ``seed_params`` counts live (not yet
-    fossilized) seeds; ``fossilized_params`` counts fossilized seeds; the model's size is their sum.
+    fossilized) seeds; ``fossilized_params`` counts fossilized seeds, each by its parameters in use (the
+    size rule in ``SeedStateReport``); the model's size is their sum.
     ``stage_counts`` has every SeedStage name as a key (zeros included). ``effective_seed_params`` is
     the rent base (alpha x parameters in use for live seeds, parameters in use for fossils) and
     ``alpha_delta_sq_sum`` the alpha shock base: the sum over slots of the squared alpha change since
@@ -139,7 +140,10 @@ class SeedGerminatedPayload:
     blueprint_id: str
     style: str
     alpha_target: float
+    #: the seed's size: parameters in use (the size rule in ``SeedStateReport``)
     seed_params: int
+    #: every parameter the seed allocates (a ladder builds all levels up front); memory, not size
+    built_params: int
     internal_level: int = 0
     #: a ladder seed's parameters in use at ``internal_level`` (what rent is charged on); 0 without a ladder
     internal_effective_params: int = 0

@@ -294,7 +294,7 @@ def sample_events() -> list[TelemetryEvent]:
             reward=0.1, components={"metric_gain": 0.1}, **common
         ),
         TelemetryEventType.SEED_GERMINATED: payloads.SeedGerminatedPayload(
-            style="ADD", alpha_target=1.0, seed_params=10, **common, **seed
+            style="ADD", alpha_target=1.0, seed_params=10, built_params=10, **common, **seed
         ),
         TelemetryEventType.SEED_STAGE_CHANGED: payloads.SeedStageChangedPayload(
             from_stage=SeedStage.GERMINATED, to_stage=SeedStage.TRAINING, **common, **seed

@@ -84,7 +84,7 @@ def test_a_slot_grows_and_shrinks_the_rank_and_charges_rent_on_the_rank_in_use()
     slot = slot_with_a_lora_ladder(events)
     report = slot.report()
     assert (report.internal_kind, report.internal_level, report.internal_max_level) == (InternalKind.LORA_RANK, 1, 4)
-    assert slot.internal_effective_params == 2 * CHANNELS * 4 < slot.seed_params == 2 * CHANNELS * 32
+    assert slot.internal_effective_params == 2 * CHANNELS * 4 == slot.seed_params < slot.built_params == 2 * CHANNELS * 32
     assert slot.grow_internal().success and slot.grow_internal().success and slot.shrink_internal().success
     changes = [e.payload for e in events if e.event_type is TelemetryEventType.SEED_INTERNAL_LEVEL_CHANGED]
     assert [(c.from_level, c.to_level, c.internal_effective_params) for c in changes] == [

@@ -384,8 +384,8 @@ class ConsoleSink:
 
 
 def _size(payload: payloads.SeedGerminatedPayload) -> str:
-    """"1,234 params", or for a ladder seed "512 of 4,096 params in use at level 1"."""
-    if payload.internal_level:
-        return (f"{payload.internal_effective_params:,} of {payload.seed_params:,} params in use "
-                f"at level {payload.internal_level}")
+    """"1,234 params", or for a ladder seed "512 params in use at level 1 (4,096 built)"."""
+    if payload.built_params != payload.seed_params:
+        return (f"{payload.seed_params:,} params in use at level {payload.internal_level} "
+                f"({payload.built_params:,} built)")
     return f"{payload.seed_params:,} params"

@@ -57,7 +57,7 @@ def germinated(env_id: int, round_index: int, epoch: int) -> TelemetryEvent:
     return event(
         TelemetryEventType.SEED_GERMINATED,
         payloads.SeedGerminatedPayload(env_id=env_id, round=round_index, epoch=epoch, style="ADD", alpha_target=1.0,
-                                       seed_params=250, **SEED),
+                                       seed_params=250, built_params=250, **SEED),
     )
 
 
@@ -276,7 +276,7 @@ def test_a_ladder_seed_germination_shows_the_parameters_in_use(tmp_path: Path) -
     sink.handle(TelemetryEvent(
         TelemetryEventType.SEED_GERMINATED,
         payloads.SeedGerminatedPayload(env_id=0, round=0, epoch=2, slot_id="r1c1", seed_id="s", blueprint_id="lora_ladder",
-                                       style="ADD", alpha_target=1.0, seed_params=4096, internal_level=1,
-                                       internal_effective_params=512),
+                                       style="ADD", alpha_target=1.0, seed_params=512, built_params=4096,
+                                       internal_level=1, internal_effective_params=512),
     ))
-    assert "germinated lora_ladder in r1c1 (512 of 4,096 params in use at level 1, ADD" in output_of(console)
+    assert "germinated lora_ladder in r1c1 (512 params in use at level 1 (4,096 built), ADD" in output_of(console)

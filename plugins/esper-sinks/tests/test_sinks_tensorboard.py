@@ -59,9 +59,9 @@ def test_scalars_can_be_read_back(tmp_path: Path) -> None:
     sink.handle(event(TelemetryEventType.REWARD_COMPUTED, payloads.RewardComputedPayload(
         env_id=1, round=1, epoch=2, reward=0.5, components={"metric_gain": 0.75, "param_rent": -0.25})))
     sink.handle(event(TelemetryEventType.SEED_GERMINATED, payloads.SeedGerminatedPayload(
-        env_id=0, round=1, epoch=0, style="ADD", alpha_target=1.0, seed_params=24, **SEED)))
+        env_id=0, round=1, epoch=0, style="ADD", alpha_target=1.0, seed_params=24, built_params=24, **SEED)))
     sink.handle(event(TelemetryEventType.SEED_GERMINATED, payloads.SeedGerminatedPayload(
-        env_id=1, round=1, epoch=0, style="ADD", alpha_target=1.0, seed_params=24, **SEED)))
+        env_id=1, round=1, epoch=0, style="ADD", alpha_target=1.0, seed_params=24, built_params=24, **SEED)))
     sink.handle(event(TelemetryEventType.SEED_PRUNED, payloads.SeedPrunedPayload(
         env_id=1, round=1, epoch=2, reason="policy", contribution=None, seed_age_epochs=2, **SEED)))
     for from_level, to_level in ((1, 2), (2, 3), (3, 2)):
