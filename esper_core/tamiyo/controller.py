@@ -29,6 +29,9 @@ class PolicyContext:
     task_info: TaskInfo
     device: torch.device
     seed: int
+    #: the size (parameters in use, the size rule) each blueprint has at birth in each enabled slot:
+    #: ``blueprint_params[slot][blueprint]``, in slot order and ``blueprints`` order
+    blueprint_params: tuple[tuple[int, ...], ...]
 
 
 @runtime_checkable

@@ -67,6 +67,7 @@ class RunSetup:
     host_params: int
     surface_codes: dict[str, int]
     all_surface_codes: dict[str, int]
+    blueprint_params: tuple[tuple[int, ...], ...]
 
 
 def check_ladder(family: SeedFamily, seed: torch.nn.Module) -> None:
@@ -85,6 +86,16 @@ def check_ladder(family: SeedFamily, seed: torch.nn.Module) -> None:
             f"seed family '{family.name}' declares ladder (kind, max level, initial level) {expected} "
             f"but its module has {found}"
         )
+
+
+def seed_size_at_birth(family: SeedFamily, channels: int, topology: str, config: Any) -> int:
+    """A blueprint's size at birth in a slot of ``channels``: its parameters in use (the size rule)."""
+    with torch.random.fork_rng(devices=[]):
+        seed = family.build(channels, topology, config)
+    check_ladder(family, seed)
+    if family.ladder is not None:
+        return seed.internal_effective_params(family.ladder.initial_level)
+    return sum(p.numel() for p in seed.parameters())
 
 
 def resolve_device(name: str) -> torch.device:
@@ -187,6 +198,16 @@ def prepare(config: RunConfig, manager: PluginManager) -> RunSetup:
     if problems:
         raise ConfigError(problems, source=config.source)
     allowed = tuple(tuple(True for _ in blueprints) for _ in range(slot_config.num_slots))
+    channels = slot_config.channels_map
+    sizes: dict[tuple[str, int], int] = {}
+    for name in blueprints:
+        family = manager.registry.get("seed_families", name)
+        options = config.blueprint_options.get(name, family.config_class())
+        for width in sorted(set(channels.values())):
+            sizes[name, width] = seed_size_at_birth(family, width, topology, options)
+    blueprint_params = tuple(
+        tuple(sizes[name, channels[slot_id]] for name in blueprints) for slot_id in slot_config.slot_ids
+    )
     return RunSetup(
         config=config,
         device=device,
@@ -200,6 +221,7 @@ def prepare(config: RunConfig, manager: PluginManager) -> RunSetup:
         host_params=sum(p.numel() for p in probe.parameters()),
         surface_codes=surface_codes,
         all_surface_codes={name: entry.code for name, entry in manager.registry.entries["surfaces"].items()},
+        blueprint_params=blueprint_params,
     )
 
 
@@ -651,6 +673,7 @@ def build_policy_and_reward(setup: RunSetup, manager: PluginManager) -> tuple[Co
             task_info=setup.task.info,
             device=setup.device,
             seed=config.run.seed,
+            blueprint_params=setup.blueprint_params,
         ),
     )
     reward_kind = manager.lookup("rewards", config.reward.name)

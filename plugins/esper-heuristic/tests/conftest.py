@@ -53,6 +53,7 @@ def build_context(
         ),
         device=torch.device("cpu"),
         seed=seed,
+        blueprint_params=tuple(tuple(100 * (index + 1) for index in range(len(blueprints))) for _ in slot_ids),
     )
 
 
