@@ -1,4 +1,5 @@
-"""The ``heuristic`` controller: fixed lifecycle rules (prune damage, fossilize, advance, germinate on plateau)."""
+"""The ``heuristic`` controller: fixed lifecycle rules (prune damage, fossilize what pays its price, advance,
+germinate on plateau, choosing the blueprint by the run's evidence: start cheap, escalate when growth pays)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import attrs
 from esper_core.errors import ConfigError
 from esper_core.leyline import (
     BLENDED_STAGES,
+    LIVE_STAGES,
     RECOVERY_STAGES,
     AlphaCurve,
     AlphaSpeed,
@@ -21,6 +23,7 @@ from esper_core.leyline import (
     FactoredAction,
     LifecycleOp,
     SeedStage,
+    SeedStateReport,
     Tempo,
 )
 from esper_core.tamiyo import ActionMasks, EnvObservation, PolicyContext
@@ -98,7 +101,15 @@ class HeuristicConfig:
     prune_alpha_speed: str = attrs.field(default="instant", validator=_enum_choice(AlphaSpeed))
     #: Rules 1 and 3: the alpha curve of a scheduled blend-out (unused by ``instant``); an AlphaCurve name.
     prune_alpha_curve: str = attrs.field(default="linear", validator=_enum_choice(AlphaCurve))
-    #: Rule 2: fossilize a HOLDING seed whose measured contribution is at least this.
+    #: The price of size, in score units per 1,000 parameters in use: a seed *pays* when its measured
+    #: contribution exceeds ``price_per_kparam * seed_params / 1000`` (0.01 = one accuracy point per
+    #: 1,000 parameters). Rule 2 fossilizes only seeds that pay; the ladder grows only seeds that pay;
+    #: rule 5 escalates or falls back on whether ended seeds paid.
+    price_per_kparam: float = attrs.field(default=0.01, validator=_finite_number(minimum=0.0))
+    #: Rule 5: an ended seed whose contribution exceeded this multiple of its price paid *a lot*: the
+    #: next germination in its slot uses the next larger blueprint.
+    escalate_margin: float = attrs.field(default=2.0, validator=_finite_number(minimum=1.0))
+    #: Rule 2: fossilize a HOLDING seed whose measured contribution is at least this (and pays its price).
     fossilize_threshold: float = attrs.field(
         default=0.005, validator=[_finite_number(), _not_below_minus_prune_threshold]
     )
@@ -185,7 +196,40 @@ def resolve_blueprint_order(config: HeuristicConfig, run_blueprints: tuple[str, 
     return tuple(run_blueprints.index(name) for name in config.blueprints)
 
 
+def blueprint_rungs(order: tuple[int, ...], context: PolicyContext) -> tuple[tuple[int, ...], ...]:
+    """Per slot, the candidate blueprints (indices into the run's list) from cheapest to largest by
+    their size at birth in that slot (``context.blueprint_params``); equal sizes keep ``order``."""
+    slot_ids = context.slot_config.slot_ids
+    sizes = context.blueprint_params
+    if len(sizes) != len(slot_ids) or any(len(row) != len(context.blueprints) for row in sizes):
+        raise ValueError(
+            f"blueprint_params must give one size per blueprint ({len(context.blueprints)}) for each slot "
+            f"({len(slot_ids)}); got {[len(row) for row in sizes]}"
+        )
+    return tuple(
+        tuple(sorted(order, key=lambda index, row=row: (row[index], order.index(index)))) for row in sizes
+    )
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
 # -- per-environment memory ------------------------------------------------------------------------
+
+
+@attrs.frozen
+class EndedSeed:
+    """A seed seen ending (fossilized, or gone from its slot: pruned) with what it last showed alive."""
+
+    slot: int
+    seed_id: str
+    blueprint: str
+    #: its last measured counterfactual contribution while alive (None: never measured)
+    contribution: float | None
+    #: its size (parameters in use) when last seen alive
+    seed_params: int
+    fossilized: bool
 
 
 @attrs.define
@@ -193,12 +237,15 @@ class EnvMemory:
     """What the heuristic remembers about one environment within an episode.
 
     - ``holding_without_verdict``: seed id -> consecutive HOLDING decisions in which the seed had no
-      measured contribution at or above ``fossilize_threshold`` (only seeds HOLDING now are kept).
+      measured contribution that earns fossilization (at or above ``fossilize_threshold`` and paying
+      its price; only seeds HOLDING now are kept).
     - ``pruned_seeds_in_recovery``: seed ids already counted as pruned that still occupy their slot
       in PRUNED, EMBARGOED or RESETTING (so a long embargo is counted once).
     - ``blueprint_pruned_at``: blueprint name -> the epoch at which its latest prune was first seen.
     - ``ladder_trials`` / ``ladder_ceiling``: growths of ladder seeds under evaluation, and levels that
       did not pay.
+    - ``live_seeds``: slot id -> [seed id, blueprint, last measured contribution or None, seed_params]
+      of the live seed last seen there, so its end (FOSSILIZED, or gone) can be judged.
     """
 
     holding_without_verdict: dict[str, int] = attrs.Factory(dict)
@@ -208,9 +255,14 @@ class EnvMemory:
     ladder_trials: dict[str, list[float]] = attrs.Factory(dict)
     #: seed id -> highest level worth having (a growth past it did not pay)
     ladder_ceiling: dict[str, int] = attrs.Factory(dict)
+    #: slot id -> [seed id, blueprint, last measured contribution, seed_params] of its live seed
+    live_seeds: dict[str, list[Any]] = attrs.Factory(dict)
 
-    def observe(self, observation: EnvObservation, fossilize_threshold: float) -> None:
-        """Fold this epoch's slot reports into the memory (call once per decision)."""
+    def observe(
+        self, observation: EnvObservation, earns_fossilization: Callable[[SeedStateReport], bool]
+    ) -> list[EndedSeed]:
+        """Fold this epoch's slot reports into the memory (call once per decision); returns the seeds
+        seen ending since the last call, in slot order."""
         in_recovery: set[str] = set()
         holding: dict[str, int] = {}
         for report in observation.slots:
@@ -228,8 +280,7 @@ class EnvMemory:
                     raise ValueError(
                         f"environment {observation.env_id} slot {report.slot_id} is HOLDING without a seed id"
                     )
-                contribution = report.metrics.counterfactual_contribution
-                if contribution is not None and contribution >= fossilize_threshold:
+                if earns_fossilization(report):
                     holding[report.seed_id] = 0
                 else:
                     holding[report.seed_id] = self.holding_without_verdict.get(report.seed_id, 0) + 1
@@ -238,6 +289,27 @@ class EnvMemory:
         live = {report.seed_id for report in observation.slots if report.stage in BLENDED_STAGES}
         self.ladder_trials = {k: v for k, v in self.ladder_trials.items() if k in live}
         self.ladder_ceiling = {k: v for k, v in self.ladder_ceiling.items() if k in live}
+        return self._track_live_seeds(observation)
+
+    def _track_live_seeds(self, observation: EnvObservation) -> list[EndedSeed]:
+        ended: list[EndedSeed] = []
+        for slot, report in enumerate(observation.slots):
+            tracked = self.live_seeds.get(report.slot_id)
+            alive = report.stage in LIVE_STAGES and report.seed_id is not None and report.blueprint_id is not None
+            if tracked is not None and not (alive and report.seed_id == tracked[0]):
+                seed_id, blueprint, contribution, seed_params = tracked
+                fossilized = report.stage is SeedStage.FOSSILIZED and report.seed_id == seed_id
+                ended.append(EndedSeed(slot, seed_id, blueprint, contribution, seed_params, fossilized))
+                del self.live_seeds[report.slot_id]
+            if alive:
+                previous = self.live_seeds.get(report.slot_id)
+                contribution = report.metrics.counterfactual_contribution
+                if contribution is None and previous is not None:
+                    contribution = previous[2]  # keep the last measurement through unmeasured epochs
+                self.live_seeds[report.slot_id] = [
+                    report.seed_id, report.blueprint_id, contribution, int(report.seed_params)
+                ]
+        return ended
 
     def cooling_down(self, blueprint: str, epoch: int, cooldown_epochs: int) -> bool:
         """Whether ``blueprint`` was pruned fewer than ``cooldown_epochs`` epochs before ``epoch``."""
@@ -252,12 +324,14 @@ class EnvMemory:
             "blueprint_pruned_at": dict(sorted(self.blueprint_pruned_at.items())),
             "ladder_trials": {k: list(v) for k, v in sorted(self.ladder_trials.items())},
             "ladder_ceiling": dict(sorted(self.ladder_ceiling.items())),
+            "live_seeds": {k: list(v) for k, v in sorted(self.live_seeds.items())},
         }
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> EnvMemory:
         expected = {
-            "holding_without_verdict", "pruned_seeds_in_recovery", "blueprint_pruned_at", "ladder_trials", "ladder_ceiling",
+            "holding_without_verdict", "pruned_seeds_in_recovery", "blueprint_pruned_at", "ladder_trials",
+            "ladder_ceiling", "live_seeds",
         }
         if set(state) != expected:
             raise ValueError(f"heuristic memory state has keys {sorted(state)}; expected {sorted(expected)}")
@@ -267,7 +341,50 @@ class EnvMemory:
             blueprint_pruned_at={str(k): int(v) for k, v in state["blueprint_pruned_at"].items()},
             ladder_trials={str(k): [float(x) for x in v] for k, v in state["ladder_trials"].items()},
             ladder_ceiling={str(k): int(v) for k, v in state["ladder_ceiling"].items()},
+            live_seeds={
+                str(k): [str(seed_id), str(blueprint), _optional_float(contribution), int(params)]
+                for k, (seed_id, blueprint, contribution, params) in state["live_seeds"].items()
+            },
         )
+
+
+# -- run-wide evidence -----------------------------------------------------------------------------
+
+
+class Verdict(enum.Enum):
+    """How an ended seed's last measured contribution compared with its price."""
+
+    PAID_WELL = "paid_well"  # contribution > escalate_margin * price: escalate
+    PAID = "paid"  # price < contribution <= escalate_margin * price: stay
+    UNPAID = "unpaid"  # contribution <= price, or never measured: fall back
+
+
+@attrs.define
+class SlotEvidence:
+    """What this run has learned about germinating in one slot (kept across episodes).
+
+    - ``target``: the blueprint the next germination in the slot aims for (None: the cheapest).
+    - ``last``: the latest ended seed's [seed id, blueprint, contribution or None, price, verdict].
+    - ``ended``: how many seeds have ended in the slot (all environments, all episodes).
+    """
+
+    target: str | None = None
+    last: list[Any] | None = None
+    ended: int = 0
+
+    def to_state(self) -> dict[str, Any]:
+        return {"target": self.target, "last": None if self.last is None else list(self.last), "ended": self.ended}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> SlotEvidence:
+        if set(state) != {"target", "last", "ended"}:
+            raise ValueError(f"heuristic slot evidence has keys {sorted(state)}; expected ['ended', 'last', 'target']")
+        last = state["last"]
+        if last is not None:
+            seed_id, blueprint, contribution, price, verdict = last
+            last = [str(seed_id), str(blueprint), _optional_float(contribution), float(price), Verdict(verdict).value]
+        target = state["target"]
+        return cls(target=None if target is None else str(target), last=last, ended=int(state["ended"]))
 
 
 # -- decisions -------------------------------------------------------------------------------------
@@ -302,6 +419,9 @@ class HeuristicController:
         self.config = config
         self.context = context
         self._blueprint_order = resolve_blueprint_order(config, context.blueprints)
+        self._rungs = blueprint_rungs(self._blueprint_order, context)
+        #: slot id -> what this run has learned about germinating there (survives begin_episode)
+        self._evidence: dict[str, SlotEvidence] = {slot_id: SlotEvidence() for slot_id in context.slot_config.slot_ids}
         self.min_training_epochs = (
             context.lifecycle.min_training_epochs if config.min_training_epochs is None else config.min_training_epochs
         )
@@ -313,7 +433,8 @@ class HeuristicController:
     # -- Controller protocol -----------------------------------------------------------------------
 
     def begin_episode(self, round_index: int, n_envs: int) -> None:
-        """Forget everything remembered about the previous episode; environments are ``0..n_envs-1``."""
+        """Forget what was remembered about the previous episode's environments (``0..n_envs-1`` now);
+        the run's blueprint evidence per slot is kept. Seeds still alive when an episode ends teach nothing."""
         if n_envs < 1:
             raise ValueError(f"an episode needs at least one environment, got n_envs={n_envs}")
         self._memories = {env_id: EnvMemory() for env_id in range(n_envs)}
@@ -326,7 +447,8 @@ class HeuristicController:
         decisions = []
         for env_index, observation in enumerate(observations):
             memory = self._memory(observation.env_id)
-            memory.observe(observation, self.config.fossilize_threshold)
+            for ended in memory.observe(observation, self.earns_fossilization):
+                self._weigh(ended)
             decision = self.decide(observation, masks, env_index, memory)
             if not masks.allows(env_index, decision.action):
                 raise RuntimeError(
@@ -356,18 +478,85 @@ class HeuristicController:
                 {"env_id": env_id, "memory": memory.to_state()}
                 for env_id, memory in sorted(self._memories.items())
             ],
+            "evidence": {slot_id: evidence.to_state() for slot_id, evidence in self._evidence.items()},
             "last_batch_size": self._last_batch_size,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if set(state) != {"envs", "last_batch_size"}:
-            raise ValueError(f"heuristic state has keys {sorted(state)}; expected ['envs', 'last_batch_size']")
+        if set(state) != {"envs", "evidence", "last_batch_size"}:
+            raise ValueError(
+                f"heuristic state has keys {sorted(state)}; expected ['envs', 'evidence', 'last_batch_size']"
+            )
+        slot_ids = self.context.slot_config.slot_ids
+        if set(state["evidence"]) != set(slot_ids):
+            raise ValueError(
+                f"heuristic evidence covers slots {sorted(state['evidence'])}; this run's slots are {list(slot_ids)}"
+            )
+        evidence = {slot_id: SlotEvidence.from_state(state["evidence"][slot_id]) for slot_id in slot_ids}
+        for slot, slot_id in enumerate(slot_ids):
+            target = evidence[slot_id].target
+            if target is not None and target not in [self.context.blueprints[i] for i in self._rungs[slot]]:
+                raise ValueError(f"heuristic evidence for slot {slot_id} targets {target!r}, not a candidate blueprint")
         self._memories = {
             int(entry["env_id"]): EnvMemory.from_state(entry["memory"]) for entry in state["envs"]
         }
+        self._evidence = evidence
         self._last_batch_size = state["last_batch_size"]
         self.last_decisions = ()
         return None
+
+    # -- prices and evidence -----------------------------------------------------------------------
+
+    def price(self, seed_params: int) -> float:
+        """What a seed of ``seed_params`` parameters in use must contribute to pay for itself."""
+        return self.config.price_per_kparam * seed_params / 1000
+
+    def pays(self, report: SeedStateReport) -> bool:
+        """Whether the seed's measured contribution exceeds its price (False when unmeasured)."""
+        contribution = report.metrics.counterfactual_contribution
+        return contribution is not None and contribution > self.price(report.seed_params)
+
+    def earns_fossilization(self, report: SeedStateReport) -> bool:
+        """Rule 2's test: measured, at least ``fossilize_threshold``, and paying its price."""
+        contribution = report.metrics.counterfactual_contribution
+        return contribution is not None and contribution >= self.config.fossilize_threshold and self.pays(report)
+
+    def verdict(self, contribution: float | None, seed_params: int) -> Verdict:
+        price = self.price(seed_params)
+        if contribution is None or contribution <= price:
+            return Verdict.UNPAID
+        if contribution > self.config.escalate_margin * price:
+            return Verdict.PAID_WELL
+        return Verdict.PAID
+
+    def evidence(self, slot_id: str) -> SlotEvidence:
+        """The run's evidence for one slot (read-only use: telemetry and tests)."""
+        return self._evidence[slot_id]
+
+    def target_rung(self, slot: int) -> int:
+        """The position, in the slot's rungs (candidates from cheapest to largest), the next germination aims for."""
+        target = self._evidence[self.context.slot_config.slot_ids[slot]].target
+        names = [self.context.blueprints[index] for index in self._rungs[slot]]
+        return 0 if target is None else names.index(target)
+
+    def _weigh(self, ended: EndedSeed) -> None:
+        """Move the slot's target by one ended seed: a rung up if it paid a lot, stay if it paid, a rung
+        down if it did not. Seeds of blueprints that are not candidates teach nothing."""
+        names = [self.context.blueprints[index] for index in self._rungs[ended.slot]]
+        if ended.blueprint not in names:
+            return
+        rung = names.index(ended.blueprint)
+        verdict = self.verdict(ended.contribution, ended.seed_params)
+        if verdict is Verdict.PAID_WELL:
+            rung = min(rung + 1, len(names) - 1)
+        elif verdict is Verdict.UNPAID:
+            rung = max(rung - 1, 0)
+        evidence = self._evidence[self.context.slot_config.slot_ids[ended.slot]]
+        evidence.target = names[rung]
+        evidence.last = [
+            ended.seed_id, ended.blueprint, ended.contribution, self.price(ended.seed_params), verdict.value
+        ]
+        evidence.ended += 1
 
     # -- the rules ---------------------------------------------------------------------------------
 
@@ -460,6 +649,8 @@ class HeuristicController:
                 continue
             if metrics.contribution_velocity < self.config.ladder_min_gain:
                 continue
+            if not self.pays(report):
+                continue  # a seed that does not pay for its current size is not bought more
             if report.internal_level >= memory.ladder_ceiling.get(report.seed_id, report.internal_max_level):
                 continue
             action = pinned_action(LifecycleOp.GROW_INTERNAL, slot=slot)
@@ -476,13 +667,14 @@ class HeuristicController:
     def _fossilize(
         self, observation: EnvObservation, masks: ActionMasks, env_index: int, memory: EnvMemory
     ) -> Decision | None:
-        """Rule 2: the HOLDING seed with the highest measured contribution at or above fossilize_threshold."""
+        """Rule 2: the HOLDING seed with the highest measured contribution that is at or above
+        fossilize_threshold and pays its price."""
         best: tuple[float, int] | None = None
         for slot, report in enumerate(observation.slots):
             contribution = report.metrics.counterfactual_contribution
             if report.stage is not SeedStage.HOLDING or contribution is None:
                 continue
-            if contribution < self.config.fossilize_threshold or report.seed_id in memory.ladder_trials:
+            if not self.earns_fossilization(report) or report.seed_id in memory.ladder_trials:
                 continue  # a growth on trial is judged before the seed is frozen
             if not masks.allows(env_index, pinned_action(LifecycleOp.FOSSILIZE, slot=slot)):
                 continue
@@ -494,7 +686,8 @@ class HeuristicController:
         return Decision(
             pinned_action(LifecycleOp.FOSSILIZE, slot=slot),
             Rule.FOSSILIZE,
-            f"{observation.slots[slot].slot_id}: contribution {contribution:.4g} >= {self.config.fossilize_threshold}",
+            f"{observation.slots[slot].slot_id}: contribution {contribution:.4g} >= {self.config.fossilize_threshold} "
+            f"and > its price {self.price(observation.slots[slot].seed_params):.4g}",
         )
 
     def _prune_patience(
@@ -512,7 +705,8 @@ class HeuristicController:
                 return Decision(
                     action,
                     Rule.PRUNE_PATIENCE,
-                    f"{report.slot_id}: {waited} holding epochs below {self.config.fossilize_threshold}",
+                    f"{report.slot_id}: {waited} holding epochs below {self.config.fossilize_threshold} "
+                    f"or not paying its price {self.price(report.seed_params):.4g}",
                 )
         return None
 
@@ -553,7 +747,8 @@ class HeuristicController:
     def _germinate(
         self, observation: EnvObservation, masks: ActionMasks, env_index: int, memory: EnvMemory
     ) -> Decision | None:
-        """Rule 5: on a plateau, germinate in the earliest free slot the first eligible blueprint."""
+        """Rule 5: on a plateau, germinate in the earliest free slot the blueprint the slot's evidence
+        points at (see ``_choose_blueprint``)."""
         if not bool(masks.op[env_index, int(LifecycleOp.GERMINATE)]):
             return None
         if observation.epoch + 1 < self.config.warmup_epochs:
@@ -563,31 +758,51 @@ class HeuristicController:
         if not self.plateaued(observation):
             return None
         run_blueprints = self.context.blueprints
-        eligible = [
-            index
-            for index in self._blueprint_order
-            if not memory.cooling_down(
-                run_blueprints[index], observation.epoch, self.config.blueprint_cooldown_epochs
+        for slot in range(len(observation.slots)):
+            choice = self._choose_blueprint(observation, masks, env_index, memory, slot)
+            if choice is None:
+                continue
+            action = self._germinate_action(slot, choice)
+            target = run_blueprints[self._rungs[slot][self.target_rung(slot)]]
+            aimed = "" if run_blueprints[choice] == target else f" (evidence points at {target}, not available)"
+            return Decision(
+                action,
+                Rule.GERMINATE,
+                f"plateau: germinate {run_blueprints[choice]} in {observation.slots[slot].slot_id}{aimed}",
+            )
+        return None
+
+    def _germinate_action(self, slot: int, blueprint: int) -> FactoredAction:
+        return pinned_action(
+            LifecycleOp.GERMINATE,
+            slot=slot,
+            blueprint=blueprint,
+            style=int(self.config.blend_style),
+            tempo=int(self.config.blend_tempo),
+            alpha_target=int(self.config.blend_alpha_target),
+            alpha_curve=int(self.config.blend_curve),
+        )
+
+    def _choose_blueprint(
+        self, observation: EnvObservation, masks: ActionMasks, env_index: int, memory: EnvMemory, slot: int
+    ) -> int | None:
+        """The blueprint to germinate in ``slot``: the target rung if the masks allow it and it is not
+        cooling down; otherwise the largest such rung below it, otherwise the cheapest such rung above it;
+        None when no candidate is available in the slot."""
+        usable = [
+            rung
+            for rung, index in enumerate(self._rungs[slot])
+            if masks.allows(env_index, self._germinate_action(slot, index))
+            and not memory.cooling_down(
+                self.context.blueprints[index], observation.epoch, self.config.blueprint_cooldown_epochs
             )
         ]
-        for slot in range(len(observation.slots)):
-            for blueprint in eligible:
-                action = pinned_action(
-                    LifecycleOp.GERMINATE,
-                    slot=slot,
-                    blueprint=blueprint,
-                    style=int(self.config.blend_style),
-                    tempo=int(self.config.blend_tempo),
-                    alpha_target=int(self.config.blend_alpha_target),
-                    alpha_curve=int(self.config.blend_curve),
-                )
-                if masks.allows(env_index, action):
-                    return Decision(
-                        action,
-                        Rule.GERMINATE,
-                        f"plateau: germinate {run_blueprints[blueprint]} in {observation.slots[slot].slot_id}",
-                    )
-        return None
+        if not usable:
+            return None
+        target = self.target_rung(slot)
+        below = [rung for rung in usable if rung <= target]
+        rung = max(below) if below else min(usable)
+        return self._rungs[slot][rung]
 
     # -- internals ---------------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Entry-point module of esper-heuristic: registers the ``heuristic`` and ``random`` policies."""
+"""Entry-point module of esper-heuristic: registers the ``heuristic``, ``random`` and ``static`` policies."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from esper_core.registry import PolicyKind
 
 from esper_heuristic.heuristic import HeuristicConfig, HeuristicController
 from esper_heuristic.random_policy import RandomController, RandomPolicyConfig
+from esper_heuristic.static_policy import StaticController, StaticPolicyConfig
 
 
 @hookimpl
@@ -18,8 +19,8 @@ def esper_register_policies(register: Register) -> None:
             config_class=HeuristicConfig,
             learns=False,
             description=(
-                "rules: prune damaging seeds, fossilize proven ones, advance incubated ones, "
-                "germinate on a validation plateau"
+                "rules: prune damaging seeds, fossilize ones that pay their price, advance incubated ones, "
+                "germinate on a validation plateau (start cheap, escalate when growth pays)"
             ),
         )
     )
@@ -30,5 +31,14 @@ def esper_register_policies(register: Register) -> None:
             config_class=RandomPolicyConfig,
             learns=False,
             description="uniform-random valid actions, seeded from the run seed (a baseline)",
+        )
+    )
+    register(
+        PolicyKind(
+            name="static",
+            build=StaticController,
+            config_class=StaticPolicyConfig,
+            learns=False,
+            description="always WAIT: the host trains alone (the never-grows control arm)",
         )
     )

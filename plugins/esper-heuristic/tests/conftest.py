@@ -34,7 +34,12 @@ def build_context(
     episode_length: int = EPISODE_LENGTH,
     slot_ids: Sequence[str] = SLOT_IDS,
     blueprints: Sequence[str] = BLUEPRINTS,
+    blueprint_params: Sequence[int] | None = None,
 ) -> PolicyContext:
+    """A policy context; ``blueprint_params`` (one size per blueprint, the same in every slot) defaults
+    to 100 * (index + 1)."""
+    default_sizes = tuple(100 * (index + 1) for index in range(len(blueprints)))
+    sizes = default_sizes if blueprint_params is None else tuple(blueprint_params)
     specs = tuple(
         InjectionSpec(slot_id=slot_id, channels=8, surface=SEGMENT_BOUNDARY, order=index, host_block=index)
         for index, slot_id in enumerate(slot_ids)
@@ -53,7 +58,7 @@ def build_context(
         ),
         device=torch.device("cpu"),
         seed=seed,
-        blueprint_params=tuple(tuple(100 * (index + 1) for index in range(len(blueprints))) for _ in slot_ids),
+        blueprint_params=tuple(sizes for _ in slot_ids),
     )
 
 
@@ -67,16 +72,22 @@ def build_slot(
     seed_id: str | None = None,
     blend_out: bool = False,
     env_id: int = 0,
+    seed_params: int | None = None,
 ) -> SeedStateReport:
-    """A slot report; any stage but DORMANT carries a seed (id and blueprint default from the slot)."""
+    """A slot report; any stage but DORMANT carries a seed (id and blueprint default from the slot;
+    ``seed_params`` defaults to the blueprint's size in ``build_context``: 100 * (its index + 1))."""
     has_seed = stage is not SeedStage.DORMANT
+    blueprint = (blueprint or BLUEPRINTS[0]) if has_seed else None
+    if seed_params is None:
+        seed_params = 100 * (BLUEPRINTS.index(blueprint) + 1) if blueprint in BLUEPRINTS else 0
     return SeedStateReport(
         env_id=env_id,
         slot_id=SLOT_IDS[slot],
         stage=stage,
         seed_id=(seed_id or f"seed-{SLOT_IDS[slot]}") if has_seed else None,
-        blueprint_id=(blueprint or BLUEPRINTS[0]) if has_seed else None,
+        blueprint_id=blueprint,
         blend_out=blend_out,
+        seed_params=seed_params,
         metrics=SeedMetrics(
             counterfactual_contribution=contribution, epochs_in_stage=epochs_in_stage, seed_age_epochs=epochs_in_stage
         ),
@@ -147,9 +158,17 @@ def build_masks(
     )
 
 
-def build_heuristic(*, n_envs: int = 1, max_seeds: int = 3, **options: object) -> HeuristicController:
-    """A heuristic controller with ``options`` as its config, its episode begun."""
-    controller = HeuristicController(HeuristicConfig(**options), build_context(n_envs=n_envs, max_seeds=max_seeds))
+def build_heuristic(
+    *,
+    n_envs: int = 1,
+    max_seeds: int = 3,
+    blueprint_params: Sequence[int] | None = None,
+    **options: object,
+) -> HeuristicController:
+    """A heuristic controller with ``options`` as its config, its episode begun (``blueprint_params``
+    goes to ``build_context``)."""
+    context = build_context(n_envs=n_envs, max_seeds=max_seeds, blueprint_params=blueprint_params)
+    controller = HeuristicController(HeuristicConfig(**options), context)
     controller.begin_episode(0, n_envs)
     return controller
 

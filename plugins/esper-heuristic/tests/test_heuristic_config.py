@@ -10,7 +10,7 @@ import pytest
 
 from esper_core.config import structure_section
 from esper_core.errors import ConfigError
-from esper_heuristic import HeuristicConfig, HeuristicController, RandomPolicyConfig
+from esper_heuristic import HeuristicConfig, HeuristicController, RandomPolicyConfig, StaticPolicyConfig
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -31,6 +31,8 @@ README = Path(__file__).resolve().parents[1] / "README.md"
         ({"blueprints": "conv_light"}, "'blueprints' must be a list"),
         ({"blueprints": ("a", "b", "a")}, "'blueprints' lists a more than once"),
         ({"prune_threshold": 0.01, "fossilize_threshold": -0.02}, "must be at least -prune_threshold (-0.01)"),
+        ({"price_per_kparam": -0.01}, "'price_per_kparam' must be >= 0.0, got -0.01"),
+        ({"escalate_margin": 0.5}, "'escalate_margin' must be >= 1.0, got 0.5"),
     ],
 )
 def test_heuristic_config_rejects_out_of_range_values(options, message):
@@ -87,7 +89,17 @@ def test_heuristic_config_defaults():
     assert config.blueprints == ()
     assert (config.style, config.tempo, config.alpha_target, config.alpha_curve) == ("add", "standard", "full", "linear")
     assert config.prune_alpha_speed == "instant"
+    assert (config.price_per_kparam, config.escalate_margin) == (0.01, 2.0)
     assert config.epochs_to_verdict(2) == 2 + 5 + 5
+
+
+def test_static_config_has_no_options_and_rejects_unknown_keys():
+    assert structure_section({}, StaticPolicyConfig, "policy") == (StaticPolicyConfig(), [])
+    config, problems = structure_section({"warmup_epochs": 1}, StaticPolicyConfig, "policy")
+    assert config is None
+    assert problems == ["[policy] unknown key 'warmup_epochs'"]
+    with pytest.raises(TypeError):
+        StaticPolicyConfig(warmup_epochs=1)
 
 
 @pytest.mark.parametrize("value", [-0.01, 1.01, float("inf"), "half"])
@@ -125,7 +137,7 @@ def _readme_policy_tables() -> list[dict]:
 
 
 def test_readme_toml_examples_load_with_the_run_config_loader(kit):
-    classes = {"heuristic": HeuristicConfig, "random": RandomPolicyConfig}
+    classes = {"heuristic": HeuristicConfig, "random": RandomPolicyConfig, "static": StaticPolicyConfig}
     seen = set()
     for table in _readme_policy_tables():
         options = dict(table)
@@ -135,12 +147,12 @@ def test_readme_toml_examples_load_with_the_run_config_loader(kit):
         seen.add(name)
         if name == "heuristic":
             HeuristicController(config, kit.context())  # its blueprint names exist in the test run
-    assert seen == {"heuristic", "random"}
+    assert seen == {"heuristic", "random", "static"}
 
 
 def test_readme_documents_every_option_with_its_default():
     text = README.read_text()
-    for config_class in (HeuristicConfig, RandomPolicyConfig):
+    for config_class in (HeuristicConfig, RandomPolicyConfig, StaticPolicyConfig):
         for field in config_class.__attrs_attrs__:
             default = field.default
             shown = {None: "unset", (): "[]"}.get(default, default) if not isinstance(default, float) else default

@@ -48,3 +48,13 @@ def test_a_growth_that_pays_is_kept_and_may_grow_again(kit):
     restored = kit.heuristic(ladder_min_gain=0.005, ladder_patience=2)
     restored.load_state_dict(state)
     assert restored.state_dict() == state
+
+
+def test_a_rising_ladder_seed_that_does_not_pay_its_price_is_not_grown(kit):
+    controller = kit.heuristic(ladder_min_gain=0.005, ladder_patience=2, holding_patience=5)
+    rising = ladder_slot(kit, 0, level=1, contribution=0.04, velocity=0.02)
+    costly = attrs.evolve(rising, seed_params=5000)  # price 0.05
+    decision = kit.decide(controller, kit.observation(epoch=8, slots={0: costly}, metric_history=kit.rising_history(8)))
+    assert decision.rule is Rule.WAIT
+    paying = attrs.evolve(costly, seed_params=3000)  # price 0.03
+    assert kit.decide(controller, kit.observation(epoch=9, slots={0: paying})).rule is Rule.GROW_RISING

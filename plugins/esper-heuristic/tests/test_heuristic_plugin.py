@@ -1,22 +1,30 @@
-"""The distribution's entry point registers both policies, and what it registers builds working controllers."""
+"""The distribution's entry point registers its three policies, and what it registers builds working controllers."""
 
 from __future__ import annotations
 
 from esper_core.plugins import PluginManager
 from esper_core.tamiyo import Controller
-from esper_heuristic import HeuristicConfig, HeuristicController, RandomController, RandomPolicyConfig
+from esper_heuristic import (
+    HeuristicConfig,
+    HeuristicController,
+    RandomController,
+    RandomPolicyConfig,
+    StaticController,
+    StaticPolicyConfig,
+)
 
 
-def test_entry_point_registers_heuristic_and_random():
+def test_entry_point_registers_heuristic_random_and_static():
     manager = PluginManager()
     assert [failure for failure in manager.failures if failure.distribution == "esper-heuristic"] == []
     names = manager.registry.names("policies")
-    assert {"heuristic", "random"} <= set(names)
+    assert {"heuristic", "random", "static"} <= set(names)
     assert manager.registry.owner("policies", "heuristic") == "heuristic"
     assert manager.registry.owner("policies", "random") == "heuristic"
+    assert manager.registry.owner("policies", "static") == "heuristic"
     info = next(plugin for plugin in manager.plugins if plugin.name == "heuristic")
     assert info.distribution == "esper-heuristic"
-    assert info.registered == {"policies": ("heuristic", "random")}
+    assert info.registered == {"policies": ("heuristic", "random", "static")}
 
 
 def test_registered_policies_build_non_learning_controllers(kit):
@@ -24,6 +32,7 @@ def test_registered_policies_build_non_learning_controllers(kit):
     expected = {
         "heuristic": (HeuristicConfig, HeuristicController),
         "random": (RandomPolicyConfig, RandomController),
+        "static": (StaticPolicyConfig, StaticController),
     }
     for name, (config_class, controller_class) in expected.items():
         kind = manager.lookup("policies", name)

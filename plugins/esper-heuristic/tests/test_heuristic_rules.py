@@ -25,7 +25,7 @@ HOLDING = SeedStage.HOLDING
 # -- (d) germinate on plateau ----------------------------------------------------------------------
 
 
-def test_plateau_germinates_first_blueprint_in_earliest_dormant_slot_with_configured_heads(kit):
+def test_plateau_germinates_the_cheapest_blueprint_in_earliest_dormant_slot_with_configured_heads(kit):
     controller = kit.heuristic()
     decision = kit.decide(controller, kit.observation(epoch=10))
     action = decision.action
@@ -39,7 +39,8 @@ def test_plateau_germinates_first_blueprint_in_earliest_dormant_slot_with_config
     assert action.alpha_speed is AlphaSpeed.INSTANT  # irrelevant to GERMINATE: pinned to 0
 
 
-def test_germination_follows_configured_blueprint_order_and_heads(kit):
+def test_germination_picks_the_cheapest_configured_blueprint_not_the_first_listed_and_configured_heads(kit):
+    # sizes: conv_light 100, conv_heavy 200, attention 300; listing attention first does not make it first
     controller = kit.heuristic(
         blueprints=("attention", "conv_light"), style="gate", tempo="slow",
         alpha_target="three_quarters", alpha_curve="cosine",
@@ -48,9 +49,13 @@ def test_germination_follows_configured_blueprint_order_and_heads(kit):
     action = kit.decide(controller, kit.observation(epoch=10, slots=occupied)).action
     assert action.op is LifecycleOp.GERMINATE
     assert action.slot == 1
-    assert kit.blueprints[action.blueprint] == "attention"
+    assert kit.blueprints[action.blueprint] == "conv_light"
     assert (action.style, action.tempo) == (BlendStyle.GATE, Tempo.SLOW)
     assert (action.alpha_target, action.alpha_curve) == (AlphaTarget.THREE_QUARTERS, AlphaCurve.COSINE)
+    # the configured list still restricts the candidates: conv_light left out, conv_heavy is the cheapest
+    restricted = kit.heuristic(blueprints=("attention", "conv_heavy"))
+    action = kit.decide(restricted, kit.observation(epoch=10, slots=occupied)).action
+    assert kit.blueprints[action.blueprint] == "conv_heavy"
 
 
 def test_germination_respects_the_blueprint_mask_per_slot(kit):
@@ -326,7 +331,9 @@ def test_state_dict_round_trip_keeps_memory_and_resumes_exactly(kit):
         "blueprint_pruned_at": {"conv_light": 10},
         "ladder_trials": {},
         "ladder_ceiling": {},
+        "live_seeds": {"r0c1": ["holder", "attention", 0.0, 300]},
     }
+    assert state["evidence"] == {slot_id: {"target": None, "last": None, "ended": 0} for slot_id in kit.slot_ids}
     resumed = kit.heuristic(**options)
     resumed.load_state_dict(state)
     assert resumed.state_dict() == original.state_dict()
