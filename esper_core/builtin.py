@@ -1,4 +1,4 @@
-"""The core's own plugin: the segment-boundary surface and the ``basic`` reward, registered like any other."""
+"""The core's own plugin: the segment-boundary surface and the built-in rewards, registered like any other."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from esper_core.registry import RewardKind, SurfaceKind
 from esper_core.simic import (
     BasicReward,
     BasicRewardConfig,
+    FrontierReward,
+    FrontierRewardConfig,
     ShapedReward,
     ShapedRewardConfig,
     SimplifiedReward,
@@ -51,5 +53,16 @@ def esper_register_rewards(register: Register) -> None:
             build=SimplifiedReward,
             config_class=SimplifiedRewardConfig,
             description="stage shaping, a cost per action, terminal metric, a bonus per contributing fossil",
+        )
+    )
+    register(
+        RewardKind(
+            name="frontier",
+            build=FrontierReward,
+            config_class=FrontierRewardConfig,
+            description="lead over a paired static control minus a price per parameter in use; the episode's "
+            "product is the host plus its fossils (recommended for learning: its return's sign says whether "
+            "growth beat the static host at the user's price)",
+            needs_control=True,
         )
     )

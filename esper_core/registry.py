@@ -132,12 +132,19 @@ class TaskKind:
 
 @attrs.frozen
 class RewardKind:
-    """A reward mode. ``build(config, context: RewardContext)`` returns a ``RewardFunction``."""
+    """A reward mode. ``build(config, context: RewardContext)`` returns a ``RewardFunction``.
+
+    ``needs_control``: the engine trains a paired static control environment beside the run's
+    environments (same host initial weights and data order, never grows) and passes its scores in
+    ``RewardSignals.control_metric`` / ``control_previous_metric``; every environment of a round then
+    shares the control's host initial weights and data order, so they differ only by their actions.
+    """
 
     name: str = attrs.field(validator=_valid_name)
     build: Callable[..., Any] = attrs.field(validator=_callable)
     config_class: type = attrs.field(default=NoOptions, validator=_is_attrs_class)
     description: str = ""
+    needs_control: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
 
 
 @attrs.frozen

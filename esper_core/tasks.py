@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import abc
 from collections.abc import Callable
 
@@ -20,9 +22,11 @@ class TaskInfo:
     ``topology`` is the activation layout hosts produce for it (``"image"`` or ``"sequence"``).
     ``metric_name`` names the validation metric; it is always *higher is better*.
     ``score_basis`` says what counterfactual contributions and rewards are measured on: ``"metric"``
-    (the score is the metric) or ``"loss"`` (the score is minus the validation loss, e.g. language
+    (the score is the metric) or ``"loss"`` (the score is ``-ln(validation loss)``, e.g. language
     modelling, where accuracy is too coarse). Either way a higher score is better, so a positive
-    contribution always means the seed helps.
+    contribution always means the seed helps. The log makes score differences *relative*: a difference
+    of 0.01 is about 1 % lower loss, on any task and at any loss level, as 0.01 of accuracy is one
+    accuracy point; so one set of reward settings serves image and text tasks alike.
     """
 
     name: str
@@ -35,8 +39,10 @@ class TaskInfo:
     score_basis: str = attrs.field(default="metric", validator=attrs.validators.in_(("metric", "loss")))
 
     def score(self, metric: float, loss: float) -> float:
-        """The higher-is-better number contributions and rewards use."""
-        return metric if self.score_basis == "metric" else -loss
+        """The higher-is-better number contributions and rewards use: the metric, or -ln(loss)."""
+        if self.score_basis == "metric":
+            return metric
+        return -math.log(loss) if loss > 0.0 else math.inf  # a zero loss is a perfect score
 
 
 @attrs.frozen

@@ -138,7 +138,7 @@ def test_every_hook_registers_into_its_kind(toy_manager):
     }
     assert info.registered == expected
     builtin = next(p for p in toy_manager.plugins if p.builtin)
-    assert builtin.registered == {"surfaces": ("segment_boundary",), "rewards": ("basic", "shaped", "simplified")}
+    assert builtin.registered == {"surfaces": ("segment_boundary",), "rewards": ("basic", "shaped", "simplified", "frontier")}
 
 
 def test_lookup_suggests_close_names_and_names_failed_plugins(fake_entry_points):

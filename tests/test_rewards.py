@@ -42,11 +42,12 @@ def slot(stage=SeedStage.DORMANT, *, seed_id=None, alpha=0.0, params=0, contribu
 
 
 def signals(*, slots=(slot(),), previous=(slot(),), metric=0.5, previous_metric=0.5, action=WAIT, success=True,
-            terminal=False, effective=0.0, rolled_back=False) -> RewardSignals:
+            terminal=False, effective=0.0, rolled_back=False, control=None, control_previous=None) -> RewardSignals:
     return RewardSignals(
         env_id=0, epoch=3, episode_length=10, action=action, action_success=success, metric=metric,
         previous_metric=previous_metric, host_params=HOST, effective_seed_params=effective,
         slots=tuple(slots), previous_slots=tuple(previous), terminal=terminal, rolled_back=rolled_back,
+        control_metric=control, control_previous_metric=control_previous,
     )
 
 

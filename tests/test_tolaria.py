@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import datetime as dt
 import json
 from pathlib import Path
@@ -201,9 +203,10 @@ def test_resume_before_the_first_checkpoint_says_to_start_again(toy_manager, toy
         resume_run(run_dir, toy_manager)
 
 
-def test_loss_based_tasks_measure_contributions_and_rewards_on_minus_the_loss(toy_manager, toy_config, monkeypatch):
+def test_loss_based_tasks_measure_contributions_and_rewards_on_minus_the_log_loss(toy_manager, toy_config, monkeypatch):
     """For score_basis = "loss" a seed helps when removing it raises the validation loss: its
-    contribution is loss_without - loss_with > 0, and metric_gain pays for a falling loss."""
+    contribution is ln(loss_without / loss_with) > 0, and metric_gain pays for a falling loss, in
+    relative terms (issue 10: returns comparable across image and text tasks)."""
     import attrs
 
     from tests import toy_plugin as toy
@@ -223,9 +226,13 @@ def test_loss_based_tasks_measure_contributions_and_rewards_on_minus_the_loss(to
     epochs = {(r["data"]["env_id"], r["data"]["epoch"]): r["data"] for r in records if r["event"] == "EPOCH_COMPLETED"}
     for reward in (r["data"] for r in records if r["event"] == "REWARD_COMPUTED"):
         env, epoch = reward["env_id"], reward["epoch"]
-        expected = 10.0 * (epochs[(env, epoch - 1)]["val_loss"] - epochs[(env, epoch)]["val_loss"])
+        expected = 10.0 * math.log(epochs[(env, epoch - 1)]["val_loss"] / epochs[(env, epoch)]["val_loss"])
         assert reward["components"]["metric_gain"] == pytest.approx(expected, rel=1e-9, abs=1e-12)
-    assert TaskInfoCheck.score_of("loss", metric=0.9, loss=0.25) == -0.25
+    assert TaskInfoCheck.score_of("loss", metric=0.9, loss=0.25) == pytest.approx(math.log(4.0))
+    # 1 % lower loss scores 0.01 higher at any loss level, as one accuracy point does
+    for loss in (0.3, 2.4, 7.0):
+        gain = TaskInfoCheck.score_of("loss", metric=0.0, loss=0.99 * loss) - TaskInfoCheck.score_of("loss", metric=0.0, loss=loss)
+        assert gain == pytest.approx(0.01, rel=0.01)
     assert TaskInfoCheck.score_of("metric", metric=0.9, loss=0.25) == 0.9
 
 
@@ -240,7 +247,7 @@ class TaskInfoCheck:
 
 
 def test_counterfactual_contribution_sign_for_loss_based_tasks():
-    """contribution = score(with) - score(without) = loss(without) - loss(with) when score_basis = "loss"."""
+    """contribution = score(with) - score(without) = ln(loss(without) / loss(with)) when score_basis = "loss"."""
     import attrs
 
     from esper_core.config import GovernorSection, TrainingSection
@@ -262,7 +269,7 @@ def test_counterfactual_contribution_sign_for_loss_based_tasks():
     result = env.validate(64)
     slot._set_alpha(0.0)
     without = env.validate(64)
-    assert result.contributions["r0c1"] == pytest.approx(without.loss - result.loss)
+    assert result.contributions["r0c1"] == pytest.approx(math.log(without.loss / result.loss))
     assert (result.contributions["r0c1"] > 0) == (without.loss > result.loss)
 
 

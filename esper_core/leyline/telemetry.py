@@ -76,13 +76,16 @@ class RoundCompletedPayload:
     """End of a round: each environment's final metric and size, the mean over environments of the
     undiscounted sum of rewards (None if no reward was paid), and wall seconds spent in this round's
     phases (``train``, ``validate`` — counterfactuals and governor included —, ``policy_act``,
-    ``policy_update``); after a mid-round resume they cover the resumed part only."""
+    ``policy_update``); after a mid-round resume they cover the resumed part only. ``final_params`` counts
+    parameters in use (the size rule in ``SeedStateReport``). ``control_metric`` is the final validation
+    metric of the round's paired static control environment (None when the reward uses none)."""
 
     round: int
     final_metrics: tuple[float, ...]
     final_params: tuple[int, ...]
     mean_return: float | None = None
     seconds: dict[str, float] = attrs.Factory(dict)
+    control_metric: float | None = None
 
 
 @attrs.frozen

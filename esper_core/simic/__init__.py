@@ -9,6 +9,7 @@ from esper_core.simic.rewards import (
     RewardSignals,
     parameter_rent,
 )
+from esper_core.simic.frontier import MARGIN_TERMS, FrontierReward, FrontierRewardConfig, uncommitted
 from esper_core.simic.shaped import (
     STAGE_POTENTIAL,
     ShapedReward,
@@ -23,6 +24,10 @@ from esper_core.simic.shaped import (
 )
 
 __all__ = [
+    "MARGIN_TERMS",
+    "FrontierReward",
+    "FrontierRewardConfig",
+    "uncommitted",
     "STAGE_POTENTIAL",
     "ShapedReward",
     "ShapedRewardConfig",

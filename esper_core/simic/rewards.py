@@ -27,7 +27,9 @@ class RewardSignals:
     ``previous_metric`` and ``previous_slots`` describe the state the decision was taken in (epoch t);
     ``metric`` and ``slots`` the state after it took effect (epoch t + 1). ``metric`` is the task's score:
     the validation metric, or minus the validation loss for a loss-based task; higher is better.
-    ``terminal`` marks the episode's last reward.
+    ``terminal`` marks the episode's last reward. ``control_metric`` and ``control_previous_metric`` are
+    the paired control environment's scores at the same two epochs (the same host, initial weights and
+    data order, never growing), present only when the run's reward kind declares ``needs_control``.
     """
 
     env_id: int
@@ -43,6 +45,8 @@ class RewardSignals:
     previous_slots: tuple[SeedStateReport, ...]
     terminal: bool
     rolled_back: bool
+    control_metric: float | None
+    control_previous_metric: float | None
 
 
 @attrs.frozen

@@ -68,6 +68,8 @@ class RunSetup:
     surface_codes: dict[str, int]
     all_surface_codes: dict[str, int]
     blueprint_params: tuple[tuple[int, ...], ...]
+    #: the reward needs a paired static control environment (``RewardKind.needs_control``)
+    uses_control: bool
 
 
 def check_ladder(family: SeedFamily, seed: torch.nn.Module) -> None:
@@ -222,6 +224,7 @@ def prepare(config: RunConfig, manager: PluginManager) -> RunSetup:
         surface_codes=surface_codes,
         all_surface_codes={name: entry.code for name, entry in manager.registry.entries["surfaces"].items()},
         blueprint_params=blueprint_params,
+        uses_control=manager.registry.get("rewards", config.reward.name).needs_control,
     )
 
 
@@ -240,6 +243,13 @@ class Engine:
     rewards for the previous decisions are paid; the controller decides for all environments at
     once (no decision after the final epoch: nothing would train on it); actions are applied; the
     lifecycle clock ticks once; telemetry is emitted; a checkpoint is written when due.
+
+    When the reward needs a control (``RewardKind.needs_control``), one more environment trains beside
+    the others: the **control**, with ``env_id == envs``, which never grows. Every environment of the
+    round then shares its host initial weights and data order, so an environment's lead over the control
+    is what its actions did. The control trains, validates and passes its governor like the others but
+    takes no decisions, is paid no reward and emits no EPOCH_COMPLETED; its final metric is in
+    ROUND_COMPLETED.
     """
 
     def __init__(
@@ -260,6 +270,7 @@ class Engine:
         self.reward = reward
         self.clock: tuple[int, int] = (0, 0)
         self.envs: list[Environment] = []
+        self.control: Environment | None = None
         self.started = time.perf_counter()
         self.rounds_completed = 0
         self.timing: dict[str, float] = {}
@@ -282,11 +293,21 @@ class Engine:
 
         return build_seed
 
+    @property
+    def all_envs(self) -> list[Environment]:
+        """The environments, then the control if the run has one (what trains, validates and checkpoints)."""
+        return self.envs if self.control is None else [*self.envs, self.control]
+
     def make_envs(self, round_index: int) -> list[Environment]:
+        """The round's environments, followed by the control environment when the reward needs one."""
         config = self.config
         envs = []
-        for env_id in range(config.run.envs):
-            env_seed = derive_seed(config.run.seed, round_index, env_id)
+        count = config.run.envs + (1 if self.setup.uses_control else 0)
+        for env_id in range(count):
+            if self.setup.uses_control:  # paired: one host init and data order for the round
+                env_seed = derive_seed(config.run.seed, round_index)
+            else:
+                env_seed = derive_seed(config.run.seed, round_index, env_id)
             host = build_host(self.setup.host_family, config, self.setup.task, seed=env_seed)
             model_ref: list[MorphogeneticModel] = []
             model = MorphogeneticModel(
@@ -327,10 +348,17 @@ class Engine:
         for round_index in range(start.round, config.run.rounds):
             resuming_mid_round = round_index == start.round and start.env_states is not None
             self.timing = {"train": 0.0, "validate": 0.0, "policy_act": 0.0, "policy_update": 0.0}
-            self.envs = self.make_envs(round_index)
+            made = self.make_envs(round_index)
+            self.envs = made[: config.run.envs]
+            self.control = made[config.run.envs] if self.setup.uses_control else None
             first_epoch = 0
             if resuming_mid_round:
-                for env, state in zip(self.envs, start.env_states):
+                if len(start.env_states) != len(self.all_envs):
+                    raise CheckpointError(
+                        f"the checkpoint in '{self.run_dir}' holds {len(start.env_states)} environment(s); "
+                        f"this run has {len(self.all_envs)}"
+                    )
+                for env, state in zip(self.all_envs, start.env_states):
                     try:
                         env.load_state_dict(state)
                     except (KeyError, ValueError, RuntimeError) as exc:
@@ -347,7 +375,7 @@ class Engine:
                 last_epoch = epoch == config.run.episode_length - 1
                 abort = self._abort_due(round_index, epoch)
                 if (due or abort) and not last_epoch:
-                    self.checkpoint(ResumePoint(round_index, epoch + 1, [env.state_dict() for env in self.envs]))
+                    self.checkpoint(ResumePoint(round_index, epoch + 1, [env.state_dict() for env in self.all_envs]))
                 if abort and not last_epoch:
                     raise RunAborted(
                         f"aborted by [faults] abort at round {round_index} epoch {epoch}; "
@@ -379,7 +407,7 @@ class Engine:
         self.timing["train"] += time.perf_counter() - started
         started = time.perf_counter()
         results = []
-        for env in self.envs:
+        for env in self.all_envs:
             train_loss = env.finish_training()
             result = env.validate(config.training.eval_batch_size)
             verdict = env.governor.verdict(train_loss, result.loss)
@@ -394,12 +422,13 @@ class Engine:
             if verdict is None and not env.governor.is_diverging:
                 env.governor.take_snapshot(env.model, epoch, train_loss)
             results.append((train_loss, result))
+        results = results[: len(self.envs)]  # the control's are not reported per epoch
 
         self.timing["validate"] += time.perf_counter() - started
         self.pay_rewards(round_index, epoch)
         if epoch < config.run.episode_length - 1:
             self.decide(round_index, epoch)
-        for env in self.envs:
+        for env in self.all_envs:
             env.model.tick()
             env.sync_optimizers()
         for env, (train_loss, result) in zip(self.envs, results):
@@ -434,14 +463,15 @@ class Engine:
         if training.batches_per_epoch:
             n_batches = min(n_batches, training.batches_per_epoch)
         orders = []
-        for env in self.envs:
+        envs = self.all_envs
+        for env in envs:
             env.set_epoch(epoch)
             env.begin_training()
             orders.append(task.epoch_order(env.generator))
         for batch_index in range(n_batches):
             start = batch_index * batch_size
             last = batch_index == n_batches - 1
-            for env, order in zip(self.envs, orders):
+            for env, order in zip(envs, orders):
                 inputs, targets = task.train_batch(order[start : start + batch_size], env.generator)
                 env.train_step(inputs, targets, measure_gradients=last)
 
@@ -559,6 +589,9 @@ class Engine:
         if any(decision is None for decision in pending):
             raise RuntimeError("environments disagree on whether a decision is pending")
         terminal = epoch == self.config.run.episode_length - 1
+        control_metric = control_previous = None
+        if self.control is not None:  # the decision was taken one epoch ago
+            control_metric, control_previous = self.control.score_history[-1], self.control.score_history[-2]
         rewards = []
         for env, decision in zip(self.envs, pending):
             breakdown = self.reward.compute(
@@ -576,6 +609,8 @@ class Engine:
                     previous_slots=decision.slots_at_decision,
                     terminal=terminal,
                     rolled_back=env.rolled_back,
+                    control_metric=control_metric,
+                    control_previous_metric=control_previous,
                 )
             )
             rewards.append(breakdown.total)
@@ -619,6 +654,7 @@ class Engine:
                         else None  # a one-epoch episode has no decision to reward
                     ),
                     seconds=dict(self.timing),
+                    control_metric=None if self.control is None else self.control.metric_history[-1],
                 ),
             )
         )

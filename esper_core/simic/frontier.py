@@ -1,0 +1,118 @@
+"""The ``frontier`` reward: growth paid against a paired static control at a user-set price per parameter."""
+
+from __future__ import annotations
+
+import attrs
+
+from esper_core.leyline import LIVE_STAGES, LifecycleOp, SeedStateReport
+from esper_core.simic.rewards import RewardBreakdown, RewardContext, RewardSignals
+from esper_core.simic.shaped import internal_reversals, removed_seeds
+
+_non_negative = attrs.validators.ge(0.0)
+
+
+@attrs.frozen
+class FrontierRewardConfig:
+    """Options of the ``frontier`` reward.
+
+    ``price_per_kparam`` is the trade-off, and it is the user's: how much score one is willing to give
+    for 1,000 fewer parameters in use (score units: accuracy as a fraction, or the log-loss score of a
+    loss-based task, see ``TaskInfo.score``). 0.01 means "a network must gain one accuracy point (or
+    about 1 % lower loss) per 1,000 parameters it adds". ``scale`` multiplies every term so that
+    returns sit near 1 for typical gains (10: ten accuracy points = 1.0).
+    """
+
+    price_per_kparam: float = attrs.field(default=0.01, validator=_non_negative)
+    scale: float = attrs.field(default=10.0, validator=attrs.validators.gt(0.0))
+    action_cost: float = attrs.field(default=0.005, validator=_non_negative)
+    invalid_action_cost: float = attrs.field(default=0.02, validator=_non_negative)
+    churn_cost: float = attrs.field(default=0.05, validator=_non_negative)
+    churn_window: int = attrs.field(default=4, validator=attrs.validators.ge(0))
+    reversal_cost: float = attrs.field(default=0.02, validator=_non_negative)
+    reversal_window: int = attrs.field(default=3, validator=attrs.validators.ge(0))
+
+
+def uncommitted(slots: tuple[SeedStateReport, ...]) -> list[SeedStateReport]:
+    """Seeds still live (not fossilized) in ``slots``: they are not part of the episode's product."""
+    return [report for report in slots if report.stage in LIVE_STAGES]
+
+
+class FrontierReward:
+    """Pays what growth adds over the static host, minus the price of the parameters it adds.
+
+    The engine trains a **control**: the same host (same initial weights, same data order) that never
+    grows, beside the episode's environments. With ``s`` the environment's score, ``c`` the control's,
+    ``P`` the rent base (alpha x parameters in use for live seeds, parameters in use for fossils) and
+    ``k = scale``, ``p = price_per_kparam / 1000``, every step pays:
+
+    - ``growth``: ``k * ((s' - c') - (s - c))``, the change of the lead over the control;
+    - ``rent``: ``-k * p * (P' - P)``, the price of parameters added (a refund when they leave);
+    - ``commit`` (terminal step only): the episode's product is the host plus its **fossils**; each
+      seed still live at the end is valued as if pruned: ``k * (-contribution + p * alpha * size)``,
+      its measured counterfactual contribution taken back and its rent refunded. FOSSILIZE is how a
+      seed that has earned its place is kept; holding one to the end earns nothing;
+    - ``action_cost``, ``churn``: small explicit charges (per non-WAIT op, per failed op, per seed
+      removed within ``churn_window`` epochs of its germination, per level change reversed within
+      ``reversal_window`` epochs).
+
+    The growth and rent terms telescope: before the first decision the environment equals the control,
+    so an episode's ``growth + rent + commit`` is ``k * [(s_T - c_T - live contributions) -
+    p * (fossil parameters)]``: positive exactly when the committed network beats the static host by
+    more than the price of what it added — it lies above the line of slope ``p`` through the host's
+    point, hence above the static frontier wherever that line is above the frontier (a concave frontier
+    whose slope at the host is at most ``p``). A controller that never grows earns 0.
+    """
+
+    needs_control = True
+
+    def __init__(self, config: FrontierRewardConfig, context: RewardContext) -> None:
+        self.config = config
+        self.context = context
+
+    def compute(self, signals: RewardSignals) -> RewardBreakdown:
+        config = self.config
+        if signals.control_metric is None or signals.control_previous_metric is None:
+            raise RuntimeError("the frontier reward needs the control environment's scores; the engine gave none")
+        k = config.scale
+        price = config.price_per_kparam / 1000.0
+        previous_params = sum(report.effective_params for report in signals.previous_slots)
+        lead = signals.metric - signals.control_metric
+        previous_lead = signals.previous_metric - signals.control_previous_metric
+        commit = 0.0
+        if signals.terminal:
+            for report in uncommitted(signals.slots):
+                contribution = report.metrics.counterfactual_contribution
+                if contribution is None:
+                    if report.alpha > 0.0:
+                        raise RuntimeError(
+                            f"seed {report.seed_id} in {report.slot_id} blends at alpha {report.alpha:g} but its "
+                            "contribution was never measured"
+                        )
+                    contribution = 0.0
+                commit += -contribution + price * report.effective_params
+        action_cost = 0.0
+        if signals.action.op is not LifecycleOp.WAIT:
+            action_cost -= config.action_cost
+            if not signals.action_success:
+                action_cost -= config.invalid_action_cost
+        churn = 0.0
+        if not signals.rolled_back:
+            for report in removed_seeds(signals.previous_slots, signals.slots):
+                if report.metrics.seed_age_epochs < config.churn_window:
+                    churn -= config.churn_cost
+            churn -= config.reversal_cost * internal_reversals(
+                signals.previous_slots, signals.slots, config.reversal_window
+            )
+        return RewardBreakdown.from_components(
+            {
+                "growth": k * (lead - previous_lead),
+                "rent": -k * price * (signals.effective_seed_params - previous_params),
+                "commit": k * commit,
+                "action_cost": action_cost,
+                "churn": churn,
+            }
+        )
+
+
+#: The terms whose episode sum is the frontier margin (the rest are explicit charges).
+MARGIN_TERMS: tuple[str, ...] = ("growth", "rent", "commit")
