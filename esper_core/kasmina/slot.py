@@ -152,8 +152,9 @@ class SeedSlot(nn.Module):
 
     @property
     def is_ablatable(self) -> bool:
-        """Whether the counterfactual (alpha forced to 0) differs from the forward pass."""
-        return self.stage in BLENDED_STAGES
+        """Whether the counterfactual (alpha forced to 0) differs from the forward pass: a blended seed
+        (BLENDING, HOLDING) or a fossil, whose contribution is thereby measured every epoch too."""
+        return self.stage in BLENDED_STAGES or self.stage is SeedStage.FOSSILIZED
 
     # -- lifecycle operations ----------------------------------------------------------------------
 
@@ -407,9 +408,11 @@ class SeedSlot(nn.Module):
         if has_seed and self.metric_at_germination is not None and self.last_metric is not None:
             delta = self.last_metric - self.metric_at_germination
         if self.schedule is not None:
-            alpha_target = self.schedule.target
+            alpha_target, alpha_curve = self.schedule.target, self.schedule.curve
+        elif has_seed:
+            alpha_target, alpha_curve = self.planned_alpha_target, self.planned_curve
         else:
-            alpha_target = self.planned_alpha_target if has_seed else 0.0
+            alpha_target, alpha_curve = 0.0, None
         return SeedStateReport(
             env_id=self.env_id,
             slot_id=self.slot_id,
@@ -419,6 +422,8 @@ class SeedSlot(nn.Module):
             style=self.style,
             alpha=self.alpha,
             alpha_target=alpha_target,
+            alpha_curve=alpha_curve,
+            blend_epochs=self.blend_epochs if has_seed else 0,
             alpha_schedule_epochs_left=self.schedule.epochs_left if self.schedule is not None else 0,
             alpha_schedule_total_epochs=self.schedule.total_epochs if self.schedule is not None else 0,
             blend_out=self.blend_out,

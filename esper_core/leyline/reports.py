@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import attrs
 
-from esper_core.leyline.actions import BlendStyle, InternalKind
+from esper_core.leyline.actions import AlphaCurve, BlendStyle, InternalKind
 from esper_core.leyline.stages import OCCUPIED_STAGES, SeedStage
 
 
@@ -13,7 +13,9 @@ class SeedMetrics:
     """What has been measured about a seed. ``None`` means *not measured*, never zero.
 
     ``counterfactual_contribution`` is the task's score with the seed minus the score with the
-    seed's alpha forced to 0, on the environment's fixed validation set. The score is the validation
+    seed's alpha forced to 0, on the environment's fixed validation set. It is measured every epoch
+    for a seed that is blended in (BLENDING, HOLDING) and for a fossil (FOSSILIZED), so a fossil's
+    contribution stays current; an incubating seed has none. The score is the validation
     metric, or minus the validation loss for a task with ``score_basis = "loss"`` (language models):
     either way positive means the seed helps. ``metric_at_germination`` and
     ``metric_delta_since_germination`` are on the same score.
@@ -44,6 +46,15 @@ class SeedStateReport:
     rent is charged on (alpha x the size while live, the size once fossilized). For a seed with a
     ladder, ``internal_level`` of ``internal_max_level`` is the capacity in use; ``internal_last_direction`` (+1 grow, -1
     shrink, 0 never) and ``epochs_since_internal_change`` describe the last level change.
+
+    **The levers** (what the action heads set, so a policy can see what it pulled): ``style`` is the
+    blend style chosen at germination (the style head); ``blend_epochs`` the blend-in length in epochs
+    chosen at germination (the tempo head; ``Tempo.epochs``), 0 with no seed; ``alpha_target`` and
+    ``alpha_curve`` the target and shape of the current alpha schedule, or of the planned blend-in
+    before ADVANCE (the alpha_target and alpha_curve heads of GERMINATE, SET_ALPHA_TARGET or a
+    scheduled PRUNE), 0.0 and None with no seed; ``alpha_schedule_total_epochs`` the current
+    schedule's length (the tempo on ADVANCE, the alpha_speed head's ``AlphaSpeed.epochs`` after
+    SET_ALPHA_TARGET or a scheduled PRUNE), 0 with no schedule.
     """
 
     env_id: int
@@ -54,6 +65,8 @@ class SeedStateReport:
     style: BlendStyle | None = None
     alpha: float = 0.0
     alpha_target: float = 0.0
+    alpha_curve: AlphaCurve | None = None
+    blend_epochs: int = 0
     alpha_schedule_epochs_left: int = 0
     alpha_schedule_total_epochs: int = 0
     blend_out: bool = False

@@ -14,13 +14,25 @@ from collections.abc import Callable, Sequence
 import attrs
 import torch
 
-from esper_core.leyline import MAX_SURFACE_CODE, InternalKind, LifecycleOp, SeedStage, SeedStateReport
+from esper_core.leyline import (
+    MAX_SURFACE_CODE,
+    AlphaCurve,
+    AlphaSpeed,
+    BlendStyle,
+    InternalKind,
+    LifecycleOp,
+    SeedStage,
+    SeedStateReport,
+    Tempo,
+)
 from esper_core.tamiyo.observation import EnvObservation
 
 #: The value written for anything not measured (always accompanied by a ``*_measured`` flag of 0).
 UNMEASURED = -1.0
 #: How many past epochs the metric and loss deltas look back.
 HISTORY = 5
+#: The longest alpha schedule a head can choose (Tempo.SLOW, AlphaSpeed.SLOW): schedule lengths are divided by it.
+MAX_SCHEDULE_EPOCHS = max(*(tempo.epochs for tempo in Tempo), *(speed.epochs for speed in AlphaSpeed))
 
 
 @attrs.frozen
@@ -68,6 +80,10 @@ SLOT_FEATURES: tuple[Feature, ...] = (
     Feature("alpha_target", 1, "where the current (or planned) alpha schedule goes; 0 with no seed"),
     Feature("alpha_schedule_progress", 1, "1 - epochs left / total epochs of the alpha schedule; 1 with no schedule"),
     Feature("blend_out", 1, "1 while a scheduled prune blends the seed out"),
+    Feature("style", len(BlendStyle), "one-hot of the seed's BlendStyle (the style head), in enum order; 0s with no seed"),
+    Feature("tempo_epochs_norm", 1, "blend-in epochs the tempo head chose at germination / MAX_SCHEDULE_EPOCHS (8); 0 with no seed"),
+    Feature("alpha_schedule_epochs_norm", 1, "length of the current alpha schedule / MAX_SCHEDULE_EPOCHS (8): the tempo's after ADVANCE, the alpha_speed head's after SET_ALPHA_TARGET or a scheduled PRUNE (0 for INSTANT); 0 with no schedule"),
+    Feature("alpha_curve", len(AlphaCurve), "one-hot of the AlphaCurve of the current (or planned) alpha schedule (the alpha_curve head), in enum order; 0s with no seed"),
     Feature("contribution", 1, "counterfactual contribution (metric with seed - without), UNMEASURED if never measured"),
     Feature("contribution_measured", 1, "1 if the seed's contribution has been measured"),
     Feature("contribution_velocity", 1, "change of the contribution between its last two measurements, UNMEASURED if fewer"),
@@ -81,11 +97,11 @@ SLOT_FEATURES: tuple[Feature, ...] = (
     Feature("grad_finite", 1, "1 unless the seed's last measured gradient was NaN or Inf"),
     Feature("epochs_in_stage_norm", 1, "epochs in the current stage / episode_length"),
     Feature("seed_age_norm", 1, "epochs since germination / episode_length"),
-    Feature("seed_params_norm", 1, "log1p(seed params / host params)"),
+    Feature("seed_params_norm", 1, "log1p(seed params / host params); seed params are the parameters in use (the size rule)"),
     Feature("embargo_left_norm", 1, "embargo epochs left / episode_length"),
     Feature("has_ladder", 1, "1 if the seed has an internal capacity ladder (GROW/SHRINK_INTERNAL apply)"),
     Feature("internal_level_norm", 1, "internal_level / max(internal_max_level, 1); 0 without a ladder"),
-    Feature("internal_effective_params_norm", 1, "log1p(parameters in use at the current level / host params)"),
+    Feature("contribution_per_param", 1, "signed log1p(contribution / (seed params / host params)): contribution per unit of relative size in use, what rent is weighed against; UNMEASURED with contribution or with no seed"),
     Feature("epochs_since_internal_change_norm", 1, "epochs since the last level change / episode_length, UNMEASURED if none"),
     Feature("internal_last_direction", 1, "+1 if the last level change grew, -1 if it shrank, 0 if none"),
 )
@@ -173,6 +189,16 @@ def slot_features(
     else:
         progress = 1.0
     contribution, contribution_flag = _measured(metrics.counterfactual_contribution)
+    if has_seed and metrics.counterfactual_contribution is not None:
+        per_param = _signed_log(metrics.counterfactual_contribution * host_params / report.seed_params)
+    else:
+        per_param = UNMEASURED
+    style = _one_hot(int(report.style), len(BlendStyle)) if has_seed and report.style is not None else [0.0] * len(BlendStyle)
+    curve = (
+        _one_hot(int(report.alpha_curve), len(AlphaCurve))
+        if has_seed and report.alpha_curve is not None
+        else [0.0] * len(AlphaCurve)
+    )
     velocity, velocity_flag = _measured(metrics.contribution_velocity)
     staleness, _ = _measured(metrics.epochs_since_measured, lambda epochs: epochs / episode_length)
     delta, delta_flag = _measured(metrics.metric_delta_since_germination if has_seed else None)
@@ -191,6 +217,10 @@ def slot_features(
         report.alpha_target,
         progress,
         1.0 if report.blend_out else 0.0,
+        *style,
+        (report.blend_epochs if has_seed else 0) / MAX_SCHEDULE_EPOCHS,
+        report.alpha_schedule_total_epochs / MAX_SCHEDULE_EPOCHS,
+        *curve,
         contribution,
         contribution_flag,
         velocity,
@@ -208,7 +238,7 @@ def slot_features(
         report.embargo_epochs_left / episode_length,
         0.0 if report.internal_kind is InternalKind.NONE else 1.0,
         report.internal_level / max(report.internal_max_level, 1),
-        math.log1p(report.internal_effective_params / host_params),
+        per_param,
         _measured(report.epochs_since_internal_change, lambda epochs: epochs / episode_length)[0],
         float(report.internal_last_direction),
     ]

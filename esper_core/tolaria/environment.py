@@ -19,8 +19,9 @@ from esper_core.tolaria.governor import Governor
 
 @attrs.frozen
 class ValidationResult:
-    """One validation pass: the full model's metric and loss plus each blended seed's contribution
-    (the task's score with the seed minus the score with its alpha forced to 0; see TaskInfo.score)."""
+    """One validation pass: the full model's metric and loss plus the contribution of each seed that
+    is blended in or fossilized (the task's score with the seed minus the score with its alpha forced
+    to 0; see TaskInfo.score)."""
 
     metric: float
     loss: float
@@ -241,9 +242,11 @@ class Environment:
     # -- validation --------------------------------------------------------------------------------
 
     def validate(self, batch_size: int) -> ValidationResult:
-        """Full-model metric and loss on the fixed validation set, and each blended seed's
-        counterfactual contribution (metric with it minus metric with its alpha forced to 0),
-        all in one batched pass per validation batch."""
+        """Full-model metric and loss on the fixed validation set, and the counterfactual contribution
+        (metric with it minus metric with its alpha forced to 0) of every seed that is blended in
+        (BLENDING, HOLDING) or fossilized: fossils stay measured every epoch, so their reports are
+        current. All in one batched pass per validation batch, one ablation variant per such seed
+        (``SeedSlot.is_ablatable``)."""
         started = time.perf_counter()
         self.model.eval()
         ablate = self.model.ablatable_slots()

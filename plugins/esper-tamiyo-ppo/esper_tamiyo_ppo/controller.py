@@ -24,7 +24,9 @@ from esper_tamiyo_ppo.ppo import ppo_update
 
 #: Marks a policy state written by this plugin (inside an Esper checkpoint, under "policy").
 STATE_FORMAT = "esper-tamiyo-ppo"
-STATE_VERSION = 2  # 2: episodes carry observation statistics
+#: 2: episodes carry observation statistics; 3: Obs V3 slot features show every lever (style, tempo,
+#: alpha schedule length, alpha curve) and contribution per parameter (43 slot floats, was 35).
+STATE_VERSION = 3
 #: Streams of the run seed: network initialisation and the sampling/shuffling generator.
 _INIT_STREAM = 0x7070_0001
 _SAMPLING_STREAM = 0x7070_0002
@@ -309,7 +311,8 @@ class PPOController:
             raise CheckpointError(f"{prefix}{what} was not written by the ppo policy")
         if state.get("version") != STATE_VERSION:
             raise CheckpointError(
-                f"{prefix}{what} has ppo state version {state.get('version')}; this plugin reads {STATE_VERSION}"
+                f"{prefix}{what} has ppo state version {state.get('version')}; this plugin reads {STATE_VERSION} "
+                f"(the observation layout or the saved state changed: retrain, or use the plugin version that wrote it)"
             )
         saved, mine = state["architecture"], self.architecture()
         differences = []

@@ -24,6 +24,8 @@ BINARY_FEATURES: frozenset[str] = frozenset(
         # per slot
         "stage",
         "blend_out",
+        "style",
+        "alpha_curve",
         "contribution_measured",
         "contribution_velocity_measured",
         "metric_delta_since_germination_measured",
