@@ -103,12 +103,23 @@ class TrainingSection:
 
 
 @attrs.frozen
+class Implant:
+    """One seed that is part of the host from birth: ``{slot = "r0c1", blueprint = "conv_light", level = 1}``."""
+
+    slot: str
+    blueprint: str
+    level: int | None = attrs.field(default=None, validator=attrs.validators.optional(_ge(0)))
+
+
+@attrs.frozen
 class MorphogenesisSection:
     """``[morphogenesis]``: which slots and blueprints the controller may use, and lifecycle rules.
 
     Empty ``slots`` means every slot the host exposes; empty ``blueprints`` means every registered
     seed family that supports the host's topology. ``max_seeds`` caps occupied slots (live plus
-    fossilized) per environment; unset means one per slot.
+    fossilized) per environment; unset means one per slot. ``implants`` are seeds built into the host
+    from birth (fossilized at alpha 1, trained with the host from the first step): a static network with
+    a grown network's final architecture, trained from scratch.
     """
 
     slots: tuple[str, ...] = ()
@@ -116,6 +127,7 @@ class MorphogenesisSection:
     max_seeds: int | None = attrs.field(default=None, validator=attrs.validators.optional(_ge(1)))
     embargo_epochs: int = attrs.field(default=3, validator=_ge(0))
     min_training_epochs: int = attrs.field(default=2, validator=_ge(0))
+    implants: tuple[Implant, ...] = ()
 
 
 @attrs.frozen

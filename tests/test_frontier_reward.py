@@ -234,3 +234,40 @@ def test_a_run_with_a_control_resumes_exactly(toy_manager, toy_config):
                   toy_manager, on_run_dir=created.append)
     resumed = resume_run(created[0], toy_manager)
     assert comparable(_events(resumed)) == comparable(_events(reference))
+
+
+# -- implants: a grown architecture trained from scratch ------------------------------------------
+
+
+def test_implants_build_a_static_network_with_seeds_from_birth(toy_manager, toy_config):
+    from esper_core.tolaria.engine import start_run
+
+    plain = _events(start_run(toy_config(), toy_manager))
+    implanted_config = toy_config(morphogenesis={"implants": [{"slot": "r0c1", "blueprint": "toy_ladder", "level": 2}]})
+    implanted = _events(start_run(implanted_config, toy_manager))
+    size = lambda records: next(r["data"] for r in records if r["event"] == "ROUND_COMPLETED")["final_params"]
+    host = next(r["data"] for r in plain if r["event"] == "RUN_STARTED")["host_params"]
+    assert size(plain) == [host, host]
+    from tests import toy_plugin
+
+    from esper_core.tolaria.engine import prepare
+
+    channels = prepare(implanted_config, toy_manager).slot_config.channels_map["r0c1"]
+    in_use = toy_plugin.ToyLadder(channels).internal_effective_params(2)
+    assert size(implanted) == [host + in_use] * 2
+    first = lambda records: [r["data"]["train_loss"] for r in records if r["event"] == "EPOCH_COMPLETED"]
+    assert first(plain)[:2] != first(implanted)[:2]  # the implant trains from the first step
+    assert not [r for r in implanted if r["event"] in ("SEED_GERMINATED", "SEED_FOSSILIZED")]
+
+
+def test_a_bad_implant_is_a_config_error_naming_it(toy_manager, toy_config):
+    from esper_core.errors import ConfigError
+    from esper_core.tolaria.engine import prepare
+
+    config = toy_config(morphogenesis={"implants": [
+        {"slot": "r9c9", "blueprint": "toy_ladder"}, {"slot": "r0c1", "blueprint": "nope"},
+        {"slot": "r0c0", "blueprint": "toy_ladder", "level": 9}]})
+    with pytest.raises(ConfigError) as caught:
+        prepare(config, toy_manager)
+    text = "\n".join(caught.value.problems)
+    assert "implants[0]: slot 'r9c9'" in text and "implants[1]" in text and "implants[2]: level 9" in text

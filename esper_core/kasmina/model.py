@@ -11,6 +11,7 @@ from torch import nn
 from esper_core.kasmina.slot import Clock, EventSink, LifecycleSettings, OpResult, SeedBuilder, SeedSlot
 from esper_core.leyline import (
     AlphaTarget,
+    BlendStyle,
     FactoredAction,
     LifecycleOp,
     OCCUPIED_STAGES,
@@ -160,6 +161,35 @@ class MorphogeneticModel(nn.Module):
                 self.fossilization_order.append(slot.slot_id)
             return result
         raise ValueError(f"unhandled lifecycle op {op!r}")
+
+    def implant(self, slot_id: str, blueprint: str, level: int | None = None) -> None:
+        """Static architecture: make a seed of ``blueprint`` part of the host from birth.
+
+        The seed sits in ``slot_id`` fossilized at alpha 1 (ADD blend; a ladder at ``level``), so it
+        trains with the host optimizer from the first step; no lifecycle, no events. This is how a grown
+        network's final architecture is trained from scratch (``[morphogenesis] implants``). Seeds are
+        identity at birth (their output layer starts at zero), so the implanted network starts as the
+        host does and learns to use the extra capacity, as a zero-initialised residual branch would.
+        """
+        slot = self.slots[slot_id]
+        if slot.stage is not SeedStage.DORMANT:
+            raise ValueError(f"cannot implant {blueprint} in {slot_id}: the slot is {slot.stage.name}")
+        slot.seed = slot._build_seed(blueprint, slot.spec.channels).to(slot.alpha_tensor.device)
+        slot.gate = None
+        slot.seed_id = f"implant-{slot_id}"
+        slot.blueprint_id = blueprint
+        slot.style = BlendStyle.ADD
+        ladder = slot.ladder
+        if level is not None:
+            if ladder is None:
+                raise ValueError(f"cannot implant {blueprint} at level {level}: it has no ladder")
+            if not 0 <= level <= ladder.internal_max_level:
+                raise ValueError(f"level {level} of {blueprint} is outside its ladder 0..{ladder.internal_max_level}")
+            ladder.set_internal_level(level)
+        slot.stage = SeedStage.FOSSILIZED
+        slot._set_alpha(1.0)
+        self.fossilization_order.append(slot_id)
+        self.germination_count += 1
 
     def tick(self) -> None:
         """Advance every slot's lifecycle clock by one epoch."""

@@ -197,6 +197,23 @@ def prepare(config: RunConfig, manager: PluginManager) -> RunSetup:
             problems.append(
                 f"[morphogenesis] max_seeds: {max_seeds} exceeds the {slot_config.num_slots} enabled slots"
             )
+    if slot_config is not None:
+        for index, implant in enumerate(config.morphogenesis.implants):
+            where = f"[morphogenesis] implants[{index}]"
+            if implant.slot not in slot_config.slot_ids:
+                problems.append(f"{where}: slot '{implant.slot}' is not one of {', '.join(slot_config.slot_ids)}")
+            if implant.blueprint not in manager.registry.entries["seed_families"]:
+                problems.append(f"{where}: {manager.registry.unknown_message('seed_families', implant.blueprint)}")
+                continue
+            family = manager.registry.get("seed_families", implant.blueprint)
+            if topology not in family.topologies:
+                problems.append(f"{where}: '{implant.blueprint}' does not support {topology} activations")
+            if implant.level is not None and (family.ladder is None or implant.level > family.ladder.max_level):
+                ladder = "no ladder" if family.ladder is None else f"levels 0..{family.ladder.max_level}"
+                problems.append(f"{where}: level {implant.level} but '{implant.blueprint}' has {ladder}")
+        implanted = [implant.slot for implant in config.morphogenesis.implants]
+        if len(set(implanted)) != len(implanted):
+            problems.append(f"[morphogenesis] implants: a slot is named twice in {implanted}")
     if problems:
         raise ConfigError(problems, source=config.source)
     allowed = tuple(tuple(True for _ in blueprints) for _ in range(slot_config.num_slots))
@@ -326,6 +343,8 @@ class Engine:
                 clock=lambda: self.clock,
             )
             model_ref.append(model)
+            for implant in config.morphogenesis.implants:
+                model.implant(implant.slot, implant.blueprint, implant.level)
             envs.append(
                 Environment(
                     env_id=env_id,
