@@ -122,6 +122,9 @@ class PPOConfig:
     gamma: float = attrs.field(default=0.99, validator=_unit_interval())
     gae_lambda: float = attrs.field(default=0.95, validator=_unit_interval())
     rounds_per_update: int = attrs.field(default=1, validator=_count(1))
+    #: an update waits (beyond ``rounds_per_update``) until it holds at least this many decisions; a round
+    #: holds envs x (episode_length - 1), so small runs accumulate rounds rather than update on a few dozen
+    min_decisions_per_update: int = attrs.field(default=128, validator=_count(0))
     update_epochs: int = attrs.field(default=4, validator=_count(1))
     num_minibatches: int = attrs.field(default=4, validator=_count(1))
     sequence_length: int = attrs.field(default=0, validator=_count(0))
@@ -132,6 +135,10 @@ class PPOConfig:
     q_coef: float = attrs.field(default=0.5, validator=_non_negative())
     entropy_coef: float = attrs.field(default=0.01, validator=_non_negative())
     entropy_head_weights: dict[str, float] = attrs.field(factory=dict, validator=_head_weights)
+    #: a head whose mean normalised entropy (H / ln(valid choices), over the steps where it is relevant)
+    #: in a minibatch is below this fraction gets its entropy bonus multiplied by ``entropy_floor_boost``
+    entropy_floor: float = attrs.field(default=0.25, validator=_unit_interval())
+    entropy_floor_boost: float = attrs.field(default=5.0, validator=[_finite, attrs.validators.ge(1.0)])
     max_grad_norm: float = attrs.field(default=0.5, validator=_positive())
     target_kl: float | None = attrs.field(default=None, validator=attrs.validators.optional(_positive()))
 

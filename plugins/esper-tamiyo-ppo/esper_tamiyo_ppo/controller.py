@@ -32,11 +32,18 @@ _INIT_STREAM = 0x7070_0001
 _SAMPLING_STREAM = 0x7070_0002
 
 
+def rounds_per_update(config: PPOConfig, n_envs: int, episode_length: int) -> int:
+    """Rounds one update collects: ``rounds_per_update``, or more until the update holds at least
+    ``min_decisions_per_update`` decisions (a round holds envs x (episode_length - 1))."""
+    per_round = n_envs * max(episode_length - 1, 1)
+    return max(config.rounds_per_update, math.ceil(config.min_decisions_per_update / per_round))
+
+
 def sequences_per_update(config: PPOConfig, n_envs: int, episode_length: int) -> int:
     """How many sequences one update sees: environments x rounds x chunks per episode."""
     decisions = episode_length - 1
     chunks = 1 if config.sequence_length == 0 else math.ceil(decisions / config.sequence_length)
-    return n_envs * config.rounds_per_update * chunks
+    return n_envs * rounds_per_update(config, n_envs, episode_length) * chunks
 
 
 def check_context(config: PPOConfig, context: PolicyContext) -> None:
@@ -52,9 +59,10 @@ def check_context(config: PPOConfig, context: PolicyContext) -> None:
         if config.num_minibatches > available:
             problems.append(
                 f"[policy] num_minibatches: {config.num_minibatches} minibatches need at least as many sequences "
-                f"per update; this run gives {available} (envs {context.n_envs} x rounds_per_update "
-                f"{config.rounds_per_update} x chunks per episode); lower num_minibatches, or raise envs, "
-                f"rounds_per_update, or set a sequence_length"
+                f"per update; this run gives {available} (envs {context.n_envs} x "
+                f"{rounds_per_update(config, context.n_envs, context.episode_length)} rounds per update x chunks "
+                f"per episode); lower num_minibatches, or raise envs, rounds_per_update or "
+                f"min_decisions_per_update, or set a sequence_length"
             )
     if config.deterministic and config.learn:
         problems.append("[policy] deterministic: argmax actions need learn = false (PPO learns from sampled actions)")
@@ -115,6 +123,8 @@ class PPOController:
         self.generator = torch.Generator(device="cpu")
         self.generator.manual_seed(derive_seed(context.seed, _SAMPLING_STREAM))
         self.buffer = RolloutBuffer(self.device)
+        #: rounds collected per update (``rounds_per_update`` raised to reach ``min_decisions_per_update``)
+        self.rounds_per_update = rounds_per_update(config, context.n_envs, context.episode_length)
         self.rounds_seen = 0
         self.updates = 0
         self.decisions = 0
@@ -207,7 +217,7 @@ class PPOController:
         episode["terminal"] = bool(terminal)
 
     def end_episode(self, round_index: int) -> dict[str, float]:
-        """Close the round; update every ``rounds_per_update`` rounds. Returns the round's metrics."""
+        """Close the round; update every ``self.rounds_per_update`` rounds. Returns the round's metrics."""
         episode = self._require_episode("end_episode")
         if round_index != episode["round"]:
             raise ValueError(f"end_episode({round_index}) closes the episode begun for round {episode['round']}")
@@ -224,7 +234,7 @@ class PPOController:
         self.rounds_seen += 1
         if self.config.learn:
             self.buffer.close_round()
-            if len(self.buffer.rounds) == self.config.rounds_per_update:
+            if len(self.buffer.rounds) >= self.rounds_per_update:
                 batch = self.buffer.sequences(self.config.gamma, self.config.gae_lambda, self.config.sequence_length)
                 metrics.update(ppo_update(self.network, self.optimizer, batch, self.config, self.generator))
                 self.buffer.clear()

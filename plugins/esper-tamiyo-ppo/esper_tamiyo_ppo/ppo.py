@@ -10,7 +10,7 @@ from esper_core.leyline import HEADS
 
 from esper_tamiyo_ppo.buffer import SequenceBatch
 from esper_tamiyo_ppo.config import PPOConfig
-from esper_tamiyo_ppo.network import HEAD_INDEX, PolicyNetwork
+from esper_tamiyo_ppo.network import HEAD_INDEX, PolicyNetwork, StepMasks
 
 #: SB3's rule: stop the update before a minibatch step once its approximate KL exceeds 1.5 x target_kl.
 KL_STOP_FACTOR = 1.5
@@ -29,6 +29,36 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor) -> float:
     return float(1.0 - (returns - values).var(correction=0) / variance)
 
 
+def normalized_entropy(
+    network: PolicyNetwork, actions: torch.Tensor, masks: StepMasks, entropies: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per head, the sum over steps of H / ln(valid choices) and the number of steps summed (both
+    (n_heads,)). A step counts for a head only where the head is causally relevant to the step's op and
+    has at least 2 valid choices (op, slot and blueprint count the choices their masks allow; the other
+    heads are unmasked); a head with no such step has count 0."""
+    relevant = network.relevance[actions[:, HEAD_INDEX["op"]]]
+    masked = {"op": masks.op, "slot": masks.slot, "blueprint": masks.blueprint}
+    choices = torch.stack(
+        [
+            masked[head].sum(dim=-1).to(entropies.dtype)
+            if head in masked
+            else torch.full_like(entropies[:, 0], float(network.head_sizes[head]))
+            for head in HEADS
+        ],
+        dim=-1,
+    )
+    eligible = relevant & (choices > 1)
+    normalized = torch.where(eligible, entropies / choices.clamp_min(2.0).log(), 0.0)
+    return normalized.sum(dim=0), eligible.sum(dim=0).to(entropies.dtype)
+
+
+def entropy_boosts(norm_sum: torch.Tensor, norm_count: torch.Tensor, config: PPOConfig) -> torch.Tensor:
+    """(n_heads,): ``entropy_floor_boost`` for a head whose mean normalised entropy is below
+    ``entropy_floor`` (over at least one eligible step), 1 for every other head."""
+    below = (norm_count > 0) & (norm_sum < config.entropy_floor * norm_count)
+    return torch.where(below, config.entropy_floor_boost, 1.0).to(norm_sum.dtype)
+
+
 @attrs.frozen
 class LossTerms:
     """The losses of one minibatch (``loss`` carries the graph) and its diagnostics (detached)."""
@@ -38,6 +68,9 @@ class LossTerms:
     value_loss: torch.Tensor
     q_value_loss: torch.Tensor
     entropy: torch.Tensor  # (n_heads,), mean over steps, 0 where a head is irrelevant
+    entropy_norm_sum: torch.Tensor  # (n_heads,), see normalized_entropy
+    entropy_norm_count: torch.Tensor  # (n_heads,)
+    entropy_below_floor: torch.Tensor  # (n_heads,), 1.0 where the floor boosted the head's bonus, else 0.0
     approx_kl: torch.Tensor
     clipfrac: torch.Tensor
 
@@ -49,7 +82,8 @@ def ppo_losses(network: PolicyNetwork, batch: SequenceBatch, config: PPOConfig) 
     valid = batch.valid
     z = z[valid]
     actions = batch.actions[valid]
-    log_prob, entropies = network.evaluate(z, actions, batch.valid_masks())
+    masks = batch.valid_masks()
+    log_prob, entropies = network.evaluate(z, actions, masks)
     value = network.value(z)
     q_taken = network.q_values(z).gather(-1, actions[:, HEAD_INDEX["op"]].unsqueeze(-1)).squeeze(-1)
     old_log_prob = batch.log_prob[valid]
@@ -79,7 +113,10 @@ def ppo_losses(network: PolicyNetwork, batch: SequenceBatch, config: PPOConfig) 
 
     entropy = entropies.mean(dim=0)
     weights = torch.tensor([config.head_weight(head) for head in HEADS], dtype=entropy.dtype, device=entropy.device)
-    entropy_bonus = (entropy * weights).sum()
+    with torch.no_grad():
+        norm_sum, norm_count = normalized_entropy(network, actions, masks, entropies)
+        boost = entropy_boosts(norm_sum, norm_count, config)
+    entropy_bonus = (entropy * weights * boost).sum()
 
     loss = (
         policy_loss
@@ -93,6 +130,9 @@ def ppo_losses(network: PolicyNetwork, batch: SequenceBatch, config: PPOConfig) 
         value_loss=value_loss.detach(),
         q_value_loss=q_value_loss.detach(),
         entropy=entropy.detach(),
+        entropy_norm_sum=norm_sum,
+        entropy_norm_count=norm_count,
+        entropy_below_floor=(boost > 1.0).to(boost.dtype),
         approx_kl=approx_kl,
         clipfrac=clipfrac,
     )
@@ -127,7 +167,10 @@ def ppo_update(
         stepped_this_epoch = False
         for indices in torch.tensor_split(order, config.num_minibatches):
             terms = ppo_losses(network, batch.select(indices.to(batch.valid.device)), config)
-            for name in ("policy_loss", "value_loss", "q_value_loss", "entropy", "approx_kl", "clipfrac"):
+            for name in (
+                "policy_loss", "value_loss", "q_value_loss", "entropy", "approx_kl", "clipfrac",
+                "entropy_norm_sum", "entropy_norm_count", "entropy_below_floor",
+            ):
                 value = getattr(terms, name).detach()
                 sums[name] = sums[name] + value if name in sums else value
             evaluated += 1
@@ -145,12 +188,21 @@ def ppo_update(
         if stopped:
             break
     means = {name: total / evaluated for name, total in sums.items()}
+    norm_sum, norm_count = sums["entropy_norm_sum"].tolist(), sums["entropy_norm_count"].tolist()
+    below_floor = (sums["entropy_below_floor"] / evaluated).tolist()
     metrics = {
         "losses/policy_loss": float(means["policy_loss"]),
         "losses/value_loss": float(means["value_loss"]),
         "losses/q_value_loss": float(means["q_value_loss"]),
         "losses/entropy": float(means["entropy"].sum()),
         **{f"losses/entropy/{head}": float(means["entropy"][index]) for head, index in HEAD_INDEX.items()},
+        # mean over the steps where the head is relevant and has >= 2 choices (NaN: no such step)
+        **{
+            f"charts/entropy_norm/{head}": norm_sum[index] / norm_count[index] if norm_count[index] else float("nan")
+            for head, index in HEAD_INDEX.items()
+        },
+        # share of the minibatches evaluated in which the entropy floor boosted the head's bonus
+        **{f"charts/entropy_floor_boosted/{head}": below_floor[index] for head, index in HEAD_INDEX.items()},
         "losses/approx_kl": float(means["approx_kl"]),
         "losses/clipfrac": float(means["clipfrac"]),
         "losses/explained_variance": explained,

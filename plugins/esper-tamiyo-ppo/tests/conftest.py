@@ -64,8 +64,10 @@ def build_context(
 def build_controller(
     *, n_envs: int = 2, seed: int = 0, episode_length: int = EPISODE_LENGTH, **options: Any
 ) -> PPOController:
-    """A ppo controller on the 3-slot, 3-blueprint test context (2 minibatches unless told otherwise)."""
+    """A ppo controller on the 3-slot, 3-blueprint test context (2 minibatches and no minimum of
+    decisions per update unless told otherwise)."""
     options.setdefault("num_minibatches", 2)
+    options.setdefault("min_decisions_per_update", 0)  # the tests count rounds_per_update rounds exactly
     return PPOController(PPOConfig(**options), build_context(n_envs=n_envs, seed=seed, episode_length=episode_length))
 
 
@@ -150,7 +152,7 @@ TOY_RUN: dict[str, Any] = {
     "run": {"name": "ppo", "envs": 2, "episode_length": 8, "rounds": 1, "checkpoint_every": 2, "torch_threads": 1},
     "training": {"batch_size": 16, "eval_batch_size": 64},
     "task": {"name": "toy"},
-    "policy": {"name": "ppo", "num_minibatches": 2},
+    "policy": {"name": "ppo", "num_minibatches": 2, "min_decisions_per_update": 0},
     "sinks": {"memory": {}},
     "morphogenesis": {"min_training_epochs": 1, "embargo_epochs": 1},
 }
