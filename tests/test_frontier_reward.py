@@ -271,3 +271,15 @@ def test_a_bad_implant_is_a_config_error_naming_it(toy_manager, toy_config):
         prepare(config, toy_manager)
     text = "\n".join(caught.value.problems)
     assert "implants[0]: slot 'r9c9'" in text and "implants[1]" in text and "implants[2]: level 9" in text
+
+
+def test_reference_gain_moves_the_yardstick_to_the_best_static_network():
+    """With the best static network's advantage over the host charged, the margin is positive exactly
+    when the grown network beats that network at the price."""
+    for effect, beats in ((0.05, True), (0.03, False)):
+        config = attrs.evolve(CONFIG, reference_gain=0.02)  # the best static net leads the host by 0.02 at this price
+        _, margin = simulate(episode("fossilize"), effect=effect, size=SIZE, config=config)
+        assert margin == pytest.approx(10.0 * (effect - 0.02 - 0.02))
+        assert (margin > 0) == beats
+    never, _ = simulate(episode("never grow"), effect=0.05, size=SIZE, config=attrs.evolve(CONFIG, reference_gain=0.02))
+    assert never == pytest.approx(-0.2)

@@ -20,6 +20,13 @@ class FrontierRewardConfig:
     loss-based task, see ``TaskInfo.score``). 0.01 means "a network must gain one accuracy point (or
     about 1 % lower loss) per 1,000 parameters it adds". ``scale`` multiplies every term so that
     returns sit near 1 for typical gains (10: ten accuracy points = 1.0).
+
+    ``reference_gain`` moves the yardstick from the host to the best static network at your price:
+    ``max over static networks of (score - price x params) - (host's score - price x host params)``,
+    which the growth benchmark measures for a regime (0 when the host is that best network, which holds
+    when the price is at least the frontier's steepest slope from the host). It is charged once, on the
+    terminal step, so an episode's margin is positive exactly when the grown network beats every static
+    network of the measured frontier at your price.
     """
 
     price_per_kparam: float = attrs.field(default=0.01, validator=_non_negative)
@@ -30,6 +37,7 @@ class FrontierRewardConfig:
     churn_window: int = attrs.field(default=4, validator=attrs.validators.ge(0))
     reversal_cost: float = attrs.field(default=0.02, validator=_non_negative)
     reversal_window: int = attrs.field(default=3, validator=attrs.validators.ge(0))
+    reference_gain: float = attrs.field(default=0.0, validator=_non_negative)
 
 
 def uncommitted(slots: tuple[SeedStateReport, ...]) -> list[SeedStateReport]:
@@ -49,16 +57,17 @@ class FrontierReward:
     - ``rent``: ``-k * p * (P' - P)``, the price of parameters added (a refund when they leave);
     - ``commit`` (terminal step only): the episode's product is the host plus its **fossils**; each
       seed still live at the end is valued as if pruned: ``k * (-contribution + p * alpha * size)``,
-      its measured counterfactual contribution taken back and its rent refunded. FOSSILIZE is how a
-      seed that has earned its place is kept; holding one to the end earns nothing;
+      its measured counterfactual contribution taken back and its rent refunded, and ``reference_gain``
+      is charged. FOSSILIZE is how a seed that has earned its place is kept; holding one to the end
+      earns nothing;
     - ``action_cost``, ``churn``: small explicit charges (per non-WAIT op, per failed op, per seed
       removed within ``churn_window`` epochs of its germination, per level change reversed within
       ``reversal_window`` epochs).
 
     The growth and rent terms telescope: before the first decision the environment equals the control,
     so an episode's ``growth + rent + commit`` is ``k * [(s_T - c_T - live contributions) -
-    p * (fossil parameters)]``: positive exactly when the committed network beats the static host by
-    more than the price of what it added — it lies above the line of slope ``p`` through the host's
+    p * (fossil parameters) - reference_gain]``: with ``reference_gain`` 0, positive exactly when the
+    committed network beats the static host by more than the price of what it added — it lies above the line of slope ``p`` through the host's
     point, hence above the static frontier wherever that line is above the frontier (a concave frontier
     whose slope at the host is at most ``p``). A controller that never grows earns 0.
     """
@@ -90,6 +99,7 @@ class FrontierReward:
                         )
                     contribution = 0.0
                 commit += -contribution + price * report.effective_params
+            commit -= config.reference_gain
         action_cost = 0.0
         if signals.action.op is not LifecycleOp.WAIT:
             action_cost -= config.action_cost
