@@ -78,7 +78,8 @@ class RoundCompletedPayload:
     phases (``train``, ``validate`` — counterfactuals and governor included —, ``policy_act``,
     ``policy_update``); after a mid-round resume they cover the resumed part only. ``final_params`` counts
     parameters in use (the size rule in ``SeedStateReport``). ``control_metric`` is the final validation
-    metric of the round's paired static control environment (None when the reward uses none)."""
+    metric of the round's paired static control environment and ``control_val_loss`` its final validation
+    loss (None when the reward uses none)."""
 
     round: int
     final_metrics: tuple[float, ...]
@@ -86,6 +87,7 @@ class RoundCompletedPayload:
     mean_return: float | None = None
     seconds: dict[str, float] = attrs.Factory(dict)
     control_metric: float | None = None
+    control_val_loss: float | None = None
 
 
 @attrs.frozen

@@ -674,6 +674,7 @@ class Engine:
                     ),
                     seconds=dict(self.timing),
                     control_metric=None if self.control is None else self.control.metric_history[-1],
+                    control_val_loss=None if self.control is None else self.control.loss_history[-1],
                 ),
             )
         )
