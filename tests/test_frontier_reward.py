@@ -283,3 +283,16 @@ def test_reference_gain_moves_the_yardstick_to_the_best_static_network():
         assert (margin > 0) == beats
     never, _ = simulate(episode("never grow"), effect=0.05, size=SIZE, config=attrs.evolve(CONFIG, reference_gain=0.02))
     assert never == pytest.approx(-0.2)
+
+
+def test_the_control_of_an_implanted_run_is_the_bare_host(toy_manager, toy_config):
+    """Implants are built into the run's environments, never into the paired control."""
+    from esper_core.tolaria.engine import start_run
+
+    plain = _events(start_run(toy_config(reward={"name": "frontier"}), toy_manager))
+    implanted = _events(start_run(toy_config(
+        reward={"name": "frontier"},
+        morphogenesis={"implants": [{"slot": "r0c1", "blueprint": "toy_ladder", "level": 2}]}), toy_manager))
+    round_of = lambda records: next(r["data"] for r in records if r["event"] == "ROUND_COMPLETED")
+    assert round_of(implanted)["control_metric"] == round_of(plain)["control_metric"] == round_of(plain)["final_metrics"][0]
+    assert round_of(implanted)["final_params"][0] > round_of(plain)["final_params"][0]

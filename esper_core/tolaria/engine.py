@@ -266,7 +266,7 @@ class Engine:
     round then shares its host initial weights and data order, so an environment's lead over the control
     is what its actions did. The control trains, validates and passes its governor like the others but
     takes no decisions, is paid no reward and emits no EPOCH_COMPLETED; its final metric is in
-    ROUND_COMPLETED.
+    ROUND_COMPLETED. It is always the bare host: ``[morphogenesis] implants`` are not built into it.
     """
 
     def __init__(
@@ -343,8 +343,9 @@ class Engine:
                 clock=lambda: self.clock,
             )
             model_ref.append(model)
-            for implant in config.morphogenesis.implants:
-                model.implant(implant.slot, implant.blueprint, implant.level)
+            if env_id < config.run.envs:  # the control is always the bare host
+                for implant in config.morphogenesis.implants:
+                    model.implant(implant.slot, implant.blueprint, implant.level)
             envs.append(
                 Environment(
                     env_id=env_id,
