@@ -114,7 +114,7 @@ SHAPES_DEEP = Regime(
     },
     metric_name="val_accuracy",
     higher_is_better=True,
-    grown_like="n8-d3",
+    grown_like="n8-d2",
 )
 
 
@@ -123,12 +123,12 @@ SHAPES_DEEP = Regime(
 PYDOC = Regime(
     name="pydoc",
     description=(
-        "character-level LM on CPython's help text; a narrow 1-layer transformer (d_model 32, 2 heads) cut post-attention "
+        "character-level LM on CPython's help text; a narrow 1-layer transformer (d_model 24, 2 heads) cut post-attention "
         "and post-MLP (lattice layout: 2 slots). Residual MLP / attention / LoRA seeds at its slots add depth."
     ),
     base={
         "task": {"name": "pydoc", "context_length": 64, "max_train_windows": 8192, "max_val_windows": 256},
-        "training": {"batch_size": 64, "host_lr": 6e-3, "seed_lr": 3e-3, "optimizer": "adamw",
+        "training": {"batch_size": 64, "host_lr": 1.5e-2, "seed_lr": 6e-3, "optimizer": "adamw",
                      "lr_schedule": "cosine", "warmup_steps": 30},
         "run": {"episode_length": 12},
         "morphogenesis": {
@@ -138,17 +138,17 @@ PYDOC = Regime(
             "embargo_epochs": 2,
         },
     },
-    small_host=_transformer(32, 1),
+    small_host=_transformer(24, 1),
     frontier={
+        "d24-L1": _transformer(24, 1),
+        "d24-L2": _transformer(24, 2),
+        "d24-L3": _transformer(24, 3),
         "d32-L1": _transformer(32, 1),
         "d32-L2": _transformer(32, 2),
-        "d32-L3": _transformer(32, 3),
-        "d32-L4": _transformer(32, 4),
-        "d48-L2": _transformer(48, 2),
     },
     metric_name="val_loss",
     higher_is_better=False,
-    grown_like="d32-L3",
+    grown_like="d24-L3",
 )
 
 
