@@ -237,6 +237,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-dir", type=Path, default=c.REPO / "runs" / "growth",
                         help="where training and evaluation runs go (a finished training run is reused)")
     parser.add_argument("--train-only", action="store_true", help="train PPO for --seeds and stop (run seeds in parallel)")
+    parser.add_argument("--accept-stopped-training", action="store_true",
+                        help="evaluate a stopped (killed) training run from its last end-of-round checkpoint")
+    parser.add_argument("--export", action="store_true",
+                        help="ship the best seed's policy: examples/growth/<regime>-ppo.pt and -ppo.toml")
     parser.add_argument("--skip-alternatives", action="store_true", help="no implant / wider-host runs")
     parser.add_argument("--json", type=Path, default=None, help="default docs/data/growth/growth-<regime>.json")
     parser.add_argument("--plot", type=Path, default=None, help="default docs/img/growth-<regime>.png")
@@ -276,9 +280,13 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds:
         existing = sorted(work.glob(f"{task_name}__ppo-train-{seed}__{seed}__*"))
         done = [d for d in existing if finished_checkpoint(d)]
+        stopped = [d for d in existing if (d / "checkpoints" / "latest.pt").exists()]
         if done:
             run_dir = done[-1]
             print(f"   ppo seed {seed}: reusing {run_dir}")
+        elif args.accept_stopped_training and stopped:
+            run_dir = stopped[-1]
+            print(f"   ppo seed {seed}: using the last checkpoint of the stopped training run {run_dir}")
         else:
             t0 = time.perf_counter()
             data = regime.config(run={"seed": seed, "rounds": train_rounds, "envs": args.train_envs},
@@ -289,8 +297,12 @@ def main(argv: list[str] | None = None) -> int:
         curve = collections.defaultdict(list)
         for entry in episodes(regime, run_dir):
             curve[entry["round"]].append(entry["return"])
+        from esper_core.runs import load_checkpoint
+
+        rounds_trained = load_checkpoint(run_dir / "checkpoints" / "latest.pt")["round"]
         training[seed] = {"run_dir": str(run_dir.relative_to(c.REPO)) if run_dir.is_relative_to(c.REPO) else str(run_dir),
-                          "mean_return_per_round": [statistics.fmean(curve[r]) for r in sorted(curve)]}
+                          "rounds_trained": rounds_trained,
+                          "mean_return_per_round": [statistics.fmean(curve[r]) for r in sorted(curve)][:rounds_trained]}
 
     if args.train_only:
         return 0
@@ -425,12 +437,55 @@ def main(argv: list[str] | None = None) -> int:
         "command": command,
         "environment": c.environment(),
     }
+    best_seed = max(args.seeds, key=lambda seed: statistics.fmean(e["return"] for e in results["ppo"][seed]))
+    shipped = c.REPO / "examples" / "growth" / f"{regime.name}-ppo.pt"
+    if args.export:
+        size = export_policy(checkpoints[best_seed], shipped)
+        write_example(regime, reward, ppo_options, shipped, c.REPO / "examples" / "growth" / f"{regime.name}-ppo.toml", command)
+        print(f"   shipped policy: seed {best_seed} (best evaluation return) -> {shipped} ({size:,} bytes)")
+    payload["shipped_policy"] = {"seed": best_seed, "path": str(shipped.relative_to(c.REPO)), "exported": args.export}
     json_path = args.json or DATA_DIR / f"growth-{regime.name}.json"
     c.write_json(json_path, payload)
     plot(payload, args.plot or IMG_DIR / f"growth-{regime.name}.png")
     print(f"   wrote {json_path}\n")
     print(markdown_table(payload))
     return 0
+
+
+# -- the shipped policy ----------------------------------------------------------------------------
+
+POLICY_KEYS = ("format", "version", "architecture", "network", "normalizer")
+
+
+def export_policy(run_dir: Path, path: Path) -> int:
+    """Write the trained network and normaliser of ``run_dir`` (no optimiser, buffer or run state) as a
+    small Esper checkpoint that ``[policy] checkpoint`` loads; returns its size in bytes."""
+    from esper_core.runs import CHECKPOINT_DIR, LATEST_CHECKPOINT, load_checkpoint, save_checkpoint
+
+    state = load_checkpoint(run_dir / CHECKPOINT_DIR / LATEST_CHECKPOINT)["policy"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(path, {"policy": {key: state[key] for key in POLICY_KEYS}})
+    return path.stat().st_size
+
+
+def write_example(regime: Regime, reward: dict[str, Any], ppo_options: dict[str, Any], checkpoint: Path,
+                  path: Path, command: str) -> None:
+    """``examples/growth/<regime>-ppo.toml``: the shipped policy, frozen, growing the regime's small host."""
+    import tomli_w
+
+    data = regime.config(
+        run={"name": f"growth-{regime.name}-ppo", "seed": 7, "rounds": 1, "envs": 1, "checkpoint_every": 0},
+        policy={**ppo_options, "checkpoint": str(checkpoint.relative_to(c.REPO)), "learn": False, "deterministic": True},
+        reward=dict(reward),
+        sinks={"console": {"verbose": True}},
+    )
+    header = (
+        f"# The shipped learned policy of growth regime `{regime.name}` (docs/growth.md), frozen, growing the\n"
+        f"# regime's small host for one episode beside its paired static control (ROUND_COMPLETED.control_metric).\n"
+        f"# Run from the repository root: esper run {path.relative_to(c.REPO)}\n"
+        f"# Written by: {command}\n\n"
+    )
+    path.write_text(header + tomli_w.dumps(data), encoding="utf-8")
 
 
 # -- the tables docs/growth.md shows (tests/test_growth_docs.py re-derives them from the JSON) ---------
