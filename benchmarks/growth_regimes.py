@@ -95,7 +95,8 @@ SHAPES_DEEP = Regime(
     ),
     base={
         "task": {"name": "shapes", "train_size": 12288, "val_size": 1024},
-        "training": {"batch_size": 128, "host_lr": 0.1, "seed_lr": 0.05, "lr_schedule": "cosine"},
+        "training": {"batch_size": 64, "host_lr": 0.1, "seed_lr": 0.05, "lr_schedule": "cosine",
+                     "warmup_steps": 50},
         "run": {"episode_length": 6},
         "morphogenesis": {
             "blueprints": ["conv_small", "conv_light", "conv_heavy"],
@@ -107,9 +108,9 @@ SHAPES_DEEP = Regime(
     small_host=_cnn([8, 8, 12, 12, 16], _SCALE_POOL, 1),
     frontier={
         "n8-d1": _cnn([8, 8, 12, 12, 16], _SCALE_POOL, 1),
+        "n10-d1": _cnn([10, 10, 15, 15, 20], _SCALE_POOL, 1),
         "n12-d1": _cnn([12, 12, 18, 18, 24], _SCALE_POOL, 1),
         "n8-d2": _cnn([8, 8, 12, 12, 16], _SCALE_POOL, 2),
-        "n8-d3": _cnn([8, 8, 12, 12, 16], _SCALE_POOL, 3),
         "n16-d1": _cnn([16, 16, 24, 24, 32], _SCALE_POOL, 1),
     },
     metric_name="val_accuracy",
