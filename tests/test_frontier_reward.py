@@ -296,3 +296,23 @@ def test_the_control_of_an_implanted_run_is_the_bare_host(toy_manager, toy_confi
     round_of = lambda records: next(r["data"] for r in records if r["event"] == "ROUND_COMPLETED")
     assert round_of(implanted)["control_metric"] == round_of(plain)["control_metric"] == round_of(plain)["final_metrics"][0]
     assert round_of(implanted)["final_params"][0] > round_of(plain)["final_params"][0]
+
+
+def test_an_implanted_network_is_charged_its_parameters_and_paid_its_lead_from_the_first_step(toy_manager, toy_config):
+    """Implants differ from the control from birth: the first reward measures from the bare host, so the
+    episode's margin is still k x (final lead - price x size in use) (minus the reference gain)."""
+    from esper_core.tolaria.engine import start_run
+
+    price = 0.02
+    records = _events(start_run(toy_config(
+        reward={"name": "frontier", "price_per_kparam": price},
+        morphogenesis={"implants": [{"slot": "r0c1", "blueprint": "toy_ladder", "level": 2}]}), toy_manager))
+    finished = next(r["data"] for r in records if r["event"] == "ROUND_COMPLETED")
+    last = {r["data"]["env_id"]: r["data"] for r in records if r["event"] == "EPOCH_COMPLETED"}
+    for env_id in (0, 1):
+        margin = sum(sum(r["data"]["components"][t] for t in MARGIN_TERMS)
+                     for r in records if r["event"] == "REWARD_COMPUTED" and r["data"]["env_id"] == env_id)
+        expected = 10.0 * (last[env_id]["val_metric"] - finished["control_metric"]
+                           - price / 1000 * last[env_id]["fossilized_params"])
+        assert last[env_id]["fossilized_params"] > 0
+        assert margin == pytest.approx(expected, abs=1e-9)

@@ -64,8 +64,10 @@ class FrontierReward:
       removed within ``churn_window`` epochs of its germination, per level change reversed within
       ``reversal_window`` epochs).
 
-    The growth and rent terms telescope: before the first decision the environment equals the control,
-    so an episode's ``growth + rent + commit`` is ``k * [(s_T - c_T - live contributions) -
+    The growth and rent terms telescope from zero: the first reward of an episode (epoch 1) measures the
+    lead and the parameters from the bare host (a lead of 0, no seed parameters), so a network that
+    differs from the control from birth (``[morphogenesis] implants``) is paid and charged for it too.
+    An episode's ``growth + rent + commit`` is ``k * [(s_T - c_T - live contributions) -
     p * (fossil parameters) - reference_gain]``: with ``reference_gain`` 0, positive exactly when the
     committed network beats the static host by more than the price of what it added — it lies above the line of slope ``p`` through the host's
     point, hence above the static frontier wherever that line is above the frontier (a concave frontier
@@ -84,9 +86,12 @@ class FrontierReward:
             raise RuntimeError("the frontier reward needs the control environment's scores; the engine gave none")
         k = config.scale
         price = config.price_per_kparam / 1000.0
-        previous_params = sum(report.effective_params for report in signals.previous_slots)
         lead = signals.metric - signals.control_metric
-        previous_lead = signals.previous_metric - signals.control_previous_metric
+        if signals.epoch == 1:  # the episode's first reward: measure from the bare host at zero
+            previous_params, previous_lead = 0.0, 0.0
+        else:
+            previous_params = sum(report.effective_params for report in signals.previous_slots)
+            previous_lead = signals.previous_metric - signals.control_previous_metric
         commit = 0.0
         if signals.terminal:
             for report in uncommitted(signals.slots):
