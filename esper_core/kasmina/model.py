@@ -75,7 +75,7 @@ class MorphogeneticModel(nn.Module):
         return self.host.forward_from(previous, h)
 
     def ablatable_slots(self) -> list[str]:
-        """Slots whose seed is blended in (BLENDING or HOLDING), in slot order."""
+        """Slots whose seed is blended in (BLENDING, HOLDING) or fossilized, in slot order: each gets one ablation."""
         return [slot_id for slot_id in self.slot_ids if self.slots[slot_id].is_ablatable]
 
     def forward_with_ablations(self, x: torch.Tensor, ablate: Sequence[str]) -> torch.Tensor:
