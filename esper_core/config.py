@@ -128,6 +128,7 @@ class MorphogenesisSection:
     embargo_epochs: int = attrs.field(default=3, validator=_ge(0))
     min_training_epochs: int = attrs.field(default=2, validator=_ge(0))
     implants: tuple[Implant, ...] = ()
+    auto_advance: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
 
 
 @attrs.frozen

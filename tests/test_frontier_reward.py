@@ -316,3 +316,33 @@ def test_an_implanted_network_is_charged_its_parameters_and_paid_its_lead_from_t
                            - price / 1000 * last[env_id]["fossilized_params"])
         assert last[env_id]["fossilized_params"] > 0
         assert margin == pytest.approx(expected, abs=1e-9)
+
+
+# -- auto_advance: one decision fewer per seed -----------------------------------------------------
+
+
+def test_auto_advance_blends_a_training_seed_as_soon_as_gate_g1_passes():
+    import attrs as _attrs
+
+    from tests.conftest import make_slot
+    from tests.test_kasmina import germinate
+
+    for auto in (False, True):
+        slot = make_slot(min_training=1)
+        slot.settings = _attrs.evolve(slot.settings, auto_advance=auto)
+        assert germinate(slot, target=1.0, blend_epochs=2).success
+        slot.tick()  # GERMINATED -> TRAINING
+        assert slot.stage is SeedStage.TRAINING
+        slot.tick()  # gate G1 passes: auto_advance moves on by itself
+        assert slot.stage is (SeedStage.BLENDING if auto else SeedStage.TRAINING)
+
+
+def test_with_auto_advance_germinate_and_fossilize_are_enough(toy_manager, toy_config):
+    from esper_core.tolaria.engine import start_run
+
+    script = {"1": {"op": 1, "slot": 1, "tempo": 0, "alpha_target": 2}, "6": {"op": 5, "slot": 1}}  # no ADVANCE
+    records = _events(start_run(toy_config(policy={"name": "scripted", "script": script},
+                                           morphogenesis={"auto_advance": True}), toy_manager))
+    assert len([r for r in records if r["event"] == "SEED_FOSSILIZED"]) == 2  # one per environment
+    without = _events(start_run(toy_config(policy={"name": "scripted", "script": script}), toy_manager))
+    assert not [r for r in without if r["event"] == "SEED_FOSSILIZED"]

@@ -54,10 +54,13 @@ Clock = Callable[[], tuple[int, int]]
 
 @attrs.frozen
 class LifecycleSettings:
-    """Lifecycle rules shared by every slot of a run."""
+    """Lifecycle rules shared by every slot of a run. ``auto_advance``: a TRAINING seed moves to
+    BLENDING by itself at the first tick at which ADVANCE would pass gate G1 (the controller then decides
+    only GERMINATE, the blend's settings and FOSSILIZE/PRUNE; ADVANCE stays available)."""
 
     embargo_epochs: int = 3
     min_training_epochs: int = 2
+    auto_advance: bool = False
 
 
 @attrs.frozen
@@ -332,6 +335,8 @@ class SeedSlot(nn.Module):
                 self._transition(SeedStage.TRAINING)
             else:
                 self._prune_now("gate G0: seed parameters are not finite")
+        elif stage is SeedStage.TRAINING and self.settings.auto_advance:
+            self.advance()  # fails (and changes nothing) until gate G1 passes
         elif stage is SeedStage.BLENDING:
             self._set_alpha(self.schedule.tick())
             if self.schedule.done:

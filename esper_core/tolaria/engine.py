@@ -336,6 +336,7 @@ class Engine:
                 settings=LifecycleSettings(
                     embargo_epochs=config.morphogenesis.embargo_epochs,
                     min_training_epochs=config.morphogenesis.min_training_epochs,
+                    auto_advance=config.morphogenesis.auto_advance,
                 ),
                 max_seeds=self.setup.max_seeds,
                 env_id=env_id,
@@ -726,6 +727,7 @@ def build_policy_and_reward(setup: RunSetup, manager: PluginManager) -> tuple[Co
             lifecycle=LifecycleSettings(
                 embargo_epochs=config.morphogenesis.embargo_epochs,
                 min_training_epochs=config.morphogenesis.min_training_epochs,
+                auto_advance=config.morphogenesis.auto_advance,
             ),
             task_info=setup.task.info,
             device=setup.device,
