@@ -248,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-only", action="store_true", help="train PPO for --seeds and stop (run seeds in parallel)")
     parser.add_argument("--accept-stopped-training", action="store_true",
                         help="evaluate a stopped (killed) training run from its last end-of-round checkpoint")
+    parser.add_argument("--auto-advance", action="store_true",
+                        help="[morphogenesis] auto_advance = true in every run (one decision fewer per seed)")
     parser.add_argument("--export", action="store_true",
                         help="ship the best seed's policy: examples/growth/<regime>-ppo.pt and -ppo.toml")
     parser.add_argument("--skip-alternatives", action="store_true", help="no implant / wider-host runs")
@@ -276,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def run_dir_of(name: str, data: dict[str, Any]) -> Path:
         data["run"].update({"name": name, "output_dir": str(work), "checkpoint_every": 0, "torch_threads": 1})
+        if args.auto_advance:
+            data["morphogenesis"]["auto_advance"] = True
         data["sinks"] = {}
         return run(data)
 
@@ -441,6 +445,7 @@ def main(argv: list[str] | None = None) -> int:
         "train_envs": args.train_envs,
         "eval_rounds": args.eval_rounds,
         "ppo_options": ppo_options,
+        "auto_advance": args.auto_advance,
         "unseen_host": settings["unseen_host"],
         "frontier": [{"name": name, "params": size, "score": score, "stderr": se} for size, score, se, name in points],
         "frontier_host_params": host_params,
