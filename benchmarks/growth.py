@@ -365,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
                 alternatives[key][seed] = episodes(regime, run_dir_of(f"wider-{grown}-{seed}", data))
             print(f"   {key}: {host} ({params:,} params vs {mean_params:,})")
 
-    for label, implants in settings.get("seed_architectures", {}).items():
+    for label, implants in ({} if args.skip_alternatives else settings.get("seed_architectures", {})).items():
         key = f"from_scratch:{label}"
         alternatives[key] = {}
         for seed in args.seeds:

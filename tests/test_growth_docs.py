@@ -18,7 +18,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import growth  # noqa: E402  (benchmarks/ is not a package)
 
 FRONTIERS = sorted(DATA.glob("frontier-*.json"))
-RESULTS = sorted(DATA.glob("growth-*.json"))
+RESULTS = sorted(DATA.glob("growth-*.json")) + sorted(DATA.glob("autoadvance-*.json"))
 
 
 def test_there_is_evidence_to_check():
