@@ -40,8 +40,12 @@ def grow_to_holding(slot, *, target=1.0, blend_epochs=2):
     slot.tick()  # GERMINATED -> TRAINING
     slot.tick()  # one incubation epoch
     assert slot.advance().success
-    while slot.stage is SeedStage.BLENDING:
+    for _ in range(100):  # a blend lasts a few epochs; fail rather than loop forever
+        if not (slot.stage is SeedStage.BLENDING):
+            break
         slot.tick()
+    else:
+        raise AssertionError("the blend never ended")
     assert slot.stage is SeedStage.HOLDING
 
 

@@ -98,8 +98,12 @@ def test_fossilization_freezes_the_rank():
     slot.tick()  # GERMINATED -> TRAINING
     slot.tick()
     assert slot.advance().success
-    while slot.stage is SeedStage.BLENDING:
+    for _ in range(100):  # a blend lasts a few epochs; fail rather than loop forever
+        if not (slot.stage is SeedStage.BLENDING):
+            break
         slot.tick()
+    else:
+        raise AssertionError("the blend never ended")
     assert slot.fossilize().success
     x = torch.randn(2, 5, CHANNELS)
     before = slot(x)

@@ -138,8 +138,12 @@ def test_seed_in_a_lattice_slot_trains_in_incubation_and_after_blending(blueprin
     # Blend to alpha 1, then train the seed alone: the loss falls through the seed's own capacity.
     model.tick()
     assert model.apply(FactoredAction(op=LifecycleOp.ADVANCE, slot=2), metric_now=0.0).success
-    while slot.stage is SeedStage.BLENDING:
+    for _ in range(100):  # a blend lasts a few epochs; fail rather than loop forever
+        if not (slot.stage is SeedStage.BLENDING):
+            break
         model.tick()
+    else:
+        raise AssertionError("the blend never ended")
     assert slot.stage is SeedStage.HOLDING and slot.alpha == 1.0
     for parameter in model.host.parameters():
         parameter.requires_grad_(False)
@@ -158,8 +162,12 @@ def test_counterfactual_ablation_through_lattice_slots(manager: PluginManager) -
     model.tick()
     for index in (1, 2):
         assert model.apply(FactoredAction(op=LifecycleOp.ADVANCE, slot=index), metric_now=0.0).success
-    while any(model.slots[s].stage is SeedStage.BLENDING for s in ("r0c2", "r1c1")):
+    for _ in range(100):  # a blend lasts a few epochs; fail rather than loop forever
+        if not (any(model.slots[s].stage is SeedStage.BLENDING for s in ("r0c2", "r1c1"))):
+            break
         model.tick()
+    else:
+        raise AssertionError("the blend never ended")
     model.eval()
     x, _ = random_tokens(3)
     with torch.no_grad():
