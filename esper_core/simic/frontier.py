@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import attrs
 
-from esper_core.leyline import LIVE_STAGES, LifecycleOp, SeedStateReport
+from esper_core.leyline import LIVE_STAGES, SeedStateReport
 from esper_core.simic.rewards import RewardBreakdown, RewardContext, RewardSignals
-from esper_core.simic.shaped import internal_reversals, removed_seeds
+from esper_core.simic.shaped import action_charge, churn_charge
 
 _non_negative = attrs.validators.ge(0.0)
 
@@ -105,19 +105,9 @@ class FrontierReward:
                     contribution = 0.0
                 commit += -contribution + price * report.effective_params
             commit -= config.reference_gain
-        action_cost = 0.0
-        if signals.action.op is not LifecycleOp.WAIT:
-            action_cost -= config.action_cost
-            if not signals.action_success:
-                action_cost -= config.invalid_action_cost
-        churn = 0.0
-        if not signals.rolled_back:
-            for report in removed_seeds(signals.previous_slots, signals.slots):
-                if report.metrics.seed_age_epochs < config.churn_window:
-                    churn -= config.churn_cost
-            churn -= config.reversal_cost * internal_reversals(
-                signals.previous_slots, signals.slots, config.reversal_window
-            )
+        action_cost = action_charge(signals, config.action_cost, config.invalid_action_cost)
+        churn = churn_charge(signals, churn_cost=config.churn_cost, churn_window=config.churn_window,
+                             reversal_cost=config.reversal_cost, reversal_window=config.reversal_window)
         return RewardBreakdown.from_components(
             {
                 "growth": k * (lead - previous_lead),

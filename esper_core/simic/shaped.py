@@ -74,6 +74,25 @@ def internal_reversals(
     return count
 
 
+def action_charge(signals: RewardSignals, action_cost: float, invalid_action_cost: float) -> float:
+    """``-action_cost`` for any non-WAIT op, ``-invalid_action_cost`` more when it failed (<= 0)."""
+    if signals.action.op is LifecycleOp.WAIT:
+        return 0.0
+    return -action_cost - (0.0 if signals.action_success else invalid_action_cost)
+
+
+def churn_charge(signals: RewardSignals, *, churn_cost: float, churn_window: int, reversal_cost: float,
+                 reversal_window: int) -> float:
+    """The churn price (<= 0): ``churn_cost`` per seed removed within ``churn_window`` epochs of its
+    germination and ``reversal_cost`` per level change undoing the previous one within
+    ``reversal_window`` epochs; nothing for a governor rollback."""
+    if signals.rolled_back:
+        return 0.0
+    previous, current = signals.previous_slots, signals.slots
+    churn = -churn_cost * sum(1 for r in removed_seeds(previous, current) if r.metrics.seed_age_epochs < churn_window)
+    return churn - reversal_cost * internal_reversals(previous, current, reversal_window)
+
+
 def bounded_attribution(report: SeedStateReport) -> float:
     """A blended seed's counterfactual contribution, bounded by its measured progress.
 
@@ -138,17 +157,9 @@ class ShapedReward:
     def compute(self, signals: RewardSignals) -> RewardBreakdown:
         config = self.config
         previous, current = signals.previous_slots, signals.slots
-        action_cost = 0.0
-        if signals.action.op is not LifecycleOp.WAIT:
-            action_cost -= config.action_cost
-            if not signals.action_success:
-                action_cost -= config.invalid_action_cost
-        churn = 0.0
-        if not signals.rolled_back:
-            for report in removed_seeds(previous, current):
-                if report.metrics.seed_age_epochs < config.churn_window:
-                    churn -= config.churn_cost
-            churn -= config.reversal_cost * internal_reversals(previous, current, config.reversal_window)
+        action_cost = action_charge(signals, config.action_cost, config.invalid_action_cost)
+        churn = churn_charge(signals, churn_cost=config.churn_cost, churn_window=config.churn_window,
+                             reversal_cost=config.reversal_cost, reversal_window=config.reversal_window)
         return RewardBreakdown.from_components(
             {
                 "attribution": config.contribution_weight * sum(bounded_attribution(r) for r in current),
