@@ -58,3 +58,22 @@ class TrainingUnstable(EsperError):
     """An environment kept diverging after every governor rollback; the run stops with its data on disk."""
 
     exit_code = 1
+
+
+class SeedContractError(PluginError):
+    """A seed family built something that breaks the seed contract (names the family and its plugin).
+
+    Raised when a seed is germinated: ``build`` returned no module, or the seed's output on the probe
+    batch differs from its input in shape, dtype or device.
+    """
+
+    def __init__(self, message: str, *, family: str, plugin: str | None) -> None:
+        self.family = family
+        self.plugin = plugin
+        super().__init__(message)
+
+
+class RunLocked(EsperError):
+    """Another process holds the run directory's lock (names the holder's PID)."""
+
+    exit_code = 2
