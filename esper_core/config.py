@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-import re
+import math
 import sys
 import typing
 from collections.abc import Iterator
@@ -22,6 +22,17 @@ from cattrs.errors import AttributeValidationNote, IterableValidationNote
 
 from esper_core.errors import ConfigError
 from esper_core.plugins import PluginManager
+from esper_core.validators import (
+    InvalidValue,
+    in_range,
+    int_in_range,
+    non_negative,
+    non_negative_int,
+    one_of,
+    optional,
+    positive,
+    positive_int,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -59,47 +70,41 @@ def _absolute_paths(instance: Any) -> Any:
 # core sections
 
 
-def _ge(minimum: float):
-    return attrs.validators.ge(minimum)
-
-
 @attrs.frozen
 class RunSection:
     """``[run]``: what to run, how long, where the run directory goes."""
 
     name: str = "run"
-    seed: int = attrs.field(default=0, validator=_ge(0))
-    rounds: int = attrs.field(default=1, validator=_ge(1))
-    envs: int = attrs.field(default=1, validator=_ge(1))
-    episode_length: int = attrs.field(default=20, validator=_ge(1))
+    seed: int = attrs.field(default=0, validator=non_negative_int())
+    rounds: int = attrs.field(default=1, validator=positive_int())
+    envs: int = attrs.field(default=1, validator=positive_int())
+    episode_length: int = attrs.field(default=20, validator=positive_int())
     device: str = "cpu"
     output_dir: str = path_field(default="runs")
-    checkpoint_every: int = attrs.field(default=5, validator=_ge(0))
-    torch_threads: int | None = attrs.field(
-        default=None, validator=attrs.validators.optional(_ge(1))
-    )
+    checkpoint_every: int = attrs.field(default=5, validator=non_negative_int())
+    torch_threads: int | None = attrs.field(default=None, validator=optional(positive_int()))
 
 
 def _betas(_instance: Any, attribute: attrs.Attribute, value: tuple[float, float]) -> None:
-    if not all(0.0 <= beta < 1.0 for beta in value):
-        raise ValueError(f"'{attribute.name}' must be two numbers in [0, 1), got {list(value)}")
+    if not all(isinstance(beta, (int, float)) and math.isfinite(beta) and 0.0 <= beta < 1.0 for beta in value):
+        raise InvalidValue(attribute.name, f"must be two finite numbers in [0, 1), got {list(value)}", value)
 
 
 @attrs.frozen
 class TrainingSection:
     """``[training]``: host and seed optimisation (SGD with momentum, or AdamW) and batching."""
 
-    batch_size: int = attrs.field(default=128, validator=_ge(2))
-    eval_batch_size: int = attrs.field(default=256, validator=_ge(1))
-    host_lr: float = attrs.field(default=0.05, validator=attrs.validators.gt(0.0))
-    seed_lr: float = attrs.field(default=0.05, validator=attrs.validators.gt(0.0))
-    optimizer: str = attrs.field(default="sgd", validator=attrs.validators.in_(("sgd", "adamw")))
-    momentum: float = attrs.field(default=0.9, validator=[_ge(0.0), attrs.validators.lt(1.0)])
+    batch_size: int = attrs.field(default=128, validator=int_in_range(2))
+    eval_batch_size: int = attrs.field(default=256, validator=positive_int())
+    host_lr: float = attrs.field(default=0.05, validator=positive())
+    seed_lr: float = attrs.field(default=0.05, validator=positive())
+    optimizer: str = attrs.field(default="sgd", validator=one_of("sgd", "adamw"))
+    momentum: float = attrs.field(default=0.9, validator=in_range(0.0, 1.0, high_inclusive=False))
     betas: tuple[float, float] = attrs.field(default=(0.9, 0.999), validator=_betas)
-    weight_decay: float = attrs.field(default=5e-4, validator=_ge(0.0))
-    lr_schedule: str = attrs.field(default="cosine", validator=attrs.validators.in_(("constant", "cosine")))
-    warmup_steps: int = attrs.field(default=0, validator=_ge(0))
-    batches_per_epoch: int = attrs.field(default=0, validator=_ge(0))
+    weight_decay: float = attrs.field(default=5e-4, validator=non_negative())
+    lr_schedule: str = attrs.field(default="cosine", validator=one_of("constant", "cosine"))
+    warmup_steps: int = attrs.field(default=0, validator=non_negative_int())
+    batches_per_epoch: int = attrs.field(default=0, validator=non_negative_int())
 
 
 @attrs.frozen
@@ -108,7 +113,7 @@ class Implant:
 
     slot: str
     blueprint: str
-    level: int | None = attrs.field(default=None, validator=attrs.validators.optional(_ge(0)))
+    level: int | None = attrs.field(default=None, validator=optional(non_negative_int()))
 
 
 @attrs.frozen
@@ -124,9 +129,9 @@ class MorphogenesisSection:
 
     slots: tuple[str, ...] = ()
     blueprints: tuple[str, ...] = ()
-    max_seeds: int | None = attrs.field(default=None, validator=attrs.validators.optional(_ge(1)))
-    embargo_epochs: int = attrs.field(default=3, validator=_ge(0))
-    min_training_epochs: int = attrs.field(default=2, validator=_ge(0))
+    max_seeds: int | None = attrs.field(default=None, validator=optional(positive_int()))
+    embargo_epochs: int = attrs.field(default=3, validator=non_negative_int())
+    min_training_epochs: int = attrs.field(default=2, validator=non_negative_int())
     implants: tuple[Implant, ...] = ()
     auto_advance: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
 
@@ -136,20 +141,20 @@ class GovernorSection:
     """``[governor]``: roll back to the last healthy snapshot on non-finite or diverging loss."""
 
     enabled: bool = True
-    divergence_factor: float = attrs.field(default=3.0, validator=attrs.validators.gt(1.0))
-    patience: int = attrs.field(default=2, validator=_ge(1))
+    divergence_factor: float = attrs.field(default=3.0, validator=in_range(1.0, None, low_inclusive=False))
+    patience: int = attrs.field(default=2, validator=positive_int())
     #: an environment that rolls back this many epochs in a row stops the run with a clear error
     #: (training is unstable: a snapshot cannot help); 0 never stops
-    max_consecutive_rollbacks: int = attrs.field(default=5, validator=_ge(0))
+    max_consecutive_rollbacks: int = attrs.field(default=5, validator=non_negative_int())
 
 
 @attrs.frozen
 class FaultPoint:
     """A (round, epoch, env) at which a fault is injected."""
 
-    epoch: int = attrs.field(validator=_ge(0))
-    round: int = attrs.field(default=0, validator=_ge(0))
-    env: int = attrs.field(default=0, validator=_ge(0))
+    epoch: int = attrs.field(validator=non_negative_int())
+    round: int = attrs.field(default=0, validator=non_negative_int())
+    env: int = attrs.field(default=0, validator=non_negative_int())
 
 
 @attrs.frozen
@@ -295,23 +300,23 @@ def _walk_errors(exc: BaseException, section: str, path: list[str], cls: type | 
             yield from _walk_errors(sub, section, path, None)
         return
     message = str(exc) if str(exc) else type(exc).__name__
-    if isinstance(exc, KeyError):
+    if isinstance(exc, InvalidValue):
+        message = exc.reason
+    elif isinstance(exc, KeyError):
         message = f"missing required key {exc}"
     yield f"{_format_path(section, path)} {message}"
 
 
-_ATTRS_BOUND = re.compile(r"^'(?P<name>\w+)' (?P<rule>.*?): (?P<value>.*)$")
-_ATTRS_PREFIX = re.compile(r"^'(?P<name>\w+)' ")
-_NUMERIC_RULE = re.compile(r"^must be [<>]=? \S+$")
-
-
 def _validator_message(exc: Exception, name: str) -> str:
-    """Turn attrs' "'x' must be >= 1: 0" into "must be >= 1, got 0"."""
-    text = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
-    bound = _ATTRS_BOUND.match(text)
-    if bound and bound["name"] == name and _NUMERIC_RULE.match(bound["rule"]):
-        return f"{bound['rule']}, got {bound['value']}"
-    return _ATTRS_PREFIX.sub("", text)
+    """The reason a validator rejected field ``name``: the structured ``InvalidValue.reason`` of the
+    shared validators; for any other validator its own message, without a leading field name."""
+    if isinstance(exc, InvalidValue):
+        return exc.reason
+    text = str(exc) or type(exc).__name__
+    for prefix in (f"'{name}' ", f"{name} "):
+        if text.startswith(prefix):
+            return text[len(prefix):]
+    return text
 
 
 def _check_validators(instance: Any, section: str, path: list[str]) -> Iterator[str]:

@@ -29,8 +29,8 @@ def test_every_problem_is_reported_at_once_with_its_path(toy_manager, toy_run_da
     for expected in (
         "[run] seed: expected an integer, got 'x'",
         "[run] unknown key 'bogus'",
-        "[training] host_lr: must be > 0.0, got -1.0",
-        "[training] lr_schedule: must be in ('constant', 'cosine') (got 'zigzag')",
+        "[training] host_lr: must be a finite number > 0, got -1.0",
+        "[training] lr_schedule: must be one of constant, cosine, got 'zigzag'",
         "[reward] metric_weight: expected a number, got 'a'",
         "[reward] unknown key 'rent_wieght' (did you mean 'rent_weight'?)",
         "[policy] unknown key 'lr2'",

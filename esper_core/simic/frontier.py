@@ -7,8 +7,7 @@ import attrs
 from esper_core.leyline import LIVE_STAGES, SeedStateReport
 from esper_core.simic.rewards import RewardBreakdown, RewardContext, RewardSignals
 from esper_core.simic.shaped import action_charge, churn_charge
-
-_non_negative = attrs.validators.ge(0.0)
+from esper_core.validators import non_negative, non_negative_int, positive
 
 
 @attrs.frozen
@@ -29,15 +28,15 @@ class FrontierRewardConfig:
     network of the measured frontier at your price.
     """
 
-    price_per_kparam: float = attrs.field(default=0.01, validator=_non_negative)
-    scale: float = attrs.field(default=10.0, validator=attrs.validators.gt(0.0))
-    action_cost: float = attrs.field(default=0.005, validator=_non_negative)
-    invalid_action_cost: float = attrs.field(default=0.02, validator=_non_negative)
-    churn_cost: float = attrs.field(default=0.05, validator=_non_negative)
-    churn_window: int = attrs.field(default=4, validator=attrs.validators.ge(0))
-    reversal_cost: float = attrs.field(default=0.02, validator=_non_negative)
-    reversal_window: int = attrs.field(default=3, validator=attrs.validators.ge(0))
-    reference_gain: float = attrs.field(default=0.0, validator=_non_negative)
+    price_per_kparam: float = attrs.field(default=0.01, validator=non_negative())
+    scale: float = attrs.field(default=10.0, validator=positive())
+    action_cost: float = attrs.field(default=0.005, validator=non_negative())
+    invalid_action_cost: float = attrs.field(default=0.02, validator=non_negative())
+    churn_cost: float = attrs.field(default=0.05, validator=non_negative())
+    churn_window: int = attrs.field(default=4, validator=non_negative_int())
+    reversal_cost: float = attrs.field(default=0.02, validator=non_negative())
+    reversal_window: int = attrs.field(default=3, validator=non_negative_int())
+    reference_gain: float = attrs.field(default=0.0, validator=non_negative())
 
 
 def uncommitted(slots: tuple[SeedStateReport, ...]) -> list[SeedStateReport]:

@@ -8,6 +8,7 @@ from typing import Protocol, runtime_checkable
 import attrs
 
 from esper_core.leyline import FactoredAction, LifecycleOp, SeedStateReport
+from esper_core.validators import non_negative
 
 
 @attrs.frozen
@@ -77,11 +78,11 @@ def parameter_rent(effective_params: float, host_params: int, *, weight: float, 
 class BasicRewardConfig:
     """Options of the built-in ``basic`` reward."""
 
-    metric_weight: float = attrs.field(default=10.0, validator=attrs.validators.ge(0.0))
-    rent_weight: float = attrs.field(default=0.5, validator=attrs.validators.ge(0.0))
-    rent_cap: float = attrs.field(default=1.0, validator=attrs.validators.ge(0.0))
-    action_cost: float = attrs.field(default=0.01, validator=attrs.validators.ge(0.0))
-    invalid_action_cost: float = attrs.field(default=0.05, validator=attrs.validators.ge(0.0))
+    metric_weight: float = attrs.field(default=10.0, validator=non_negative())
+    rent_weight: float = attrs.field(default=0.5, validator=non_negative())
+    rent_cap: float = attrs.field(default=1.0, validator=non_negative())
+    action_cost: float = attrs.field(default=0.01, validator=non_negative())
+    invalid_action_cost: float = attrs.field(default=0.05, validator=non_negative())
 
 
 class BasicReward:

@@ -12,6 +12,7 @@ from esper_core.leyline import (
     SeedStateReport,
 )
 from esper_core.simic.rewards import RewardBreakdown, RewardContext, RewardSignals, parameter_rent
+from esper_core.validators import finite, non_negative, non_negative_int, probability
 
 #: Potential of a slot by stage for potential-based shaping: progress towards a useful fossil.
 STAGE_POTENTIAL: dict[SeedStage, float] = {
@@ -25,10 +26,6 @@ STAGE_POTENTIAL: dict[SeedStage, float] = {
     SeedStage.EMBARGOED: 0.0,
     SeedStage.RESETTING: 0.0,
 }
-
-_unit = attrs.validators.and_(attrs.validators.ge(0.0), attrs.validators.le(1.0))
-_non_negative = attrs.validators.ge(0.0)
-
 
 def stage_potential(slots: tuple[SeedStateReport, ...]) -> float:
     return sum(STAGE_POTENTIAL[report.stage] for report in slots)
@@ -113,20 +110,20 @@ def bounded_attribution(report: SeedStateReport) -> float:
 class ShapedRewardConfig:
     """Options of the ``shaped`` reward. ``gamma`` should equal the learner's discount."""
 
-    contribution_weight: float = attrs.field(default=5.0, validator=_non_negative)
-    metric_weight: float = attrs.field(default=2.0, validator=_non_negative)
-    stage_weight: float = attrs.field(default=0.1, validator=_non_negative)
-    gamma: float = attrs.field(default=0.99, validator=_unit)
-    rent_weight: float = attrs.field(default=0.5, validator=_non_negative)
-    rent_cap: float = attrs.field(default=1.0, validator=_non_negative)
-    shock_weight: float = attrs.field(default=1.0, validator=_non_negative)
-    action_cost: float = attrs.field(default=0.01, validator=_non_negative)
-    invalid_action_cost: float = attrs.field(default=0.05, validator=_non_negative)
-    churn_cost: float = attrs.field(default=0.2, validator=_non_negative)
-    churn_window: int = attrs.field(default=4, validator=attrs.validators.ge(0))
-    reversal_cost: float = attrs.field(default=0.05, validator=_non_negative)
-    reversal_window: int = attrs.field(default=3, validator=attrs.validators.ge(0))
-    terminal_weight: float = attrs.field(default=2.0, validator=_non_negative)
+    contribution_weight: float = attrs.field(default=5.0, validator=non_negative())
+    metric_weight: float = attrs.field(default=2.0, validator=non_negative())
+    stage_weight: float = attrs.field(default=0.1, validator=non_negative())
+    gamma: float = attrs.field(default=0.99, validator=probability())
+    rent_weight: float = attrs.field(default=0.5, validator=non_negative())
+    rent_cap: float = attrs.field(default=1.0, validator=non_negative())
+    shock_weight: float = attrs.field(default=1.0, validator=non_negative())
+    action_cost: float = attrs.field(default=0.01, validator=non_negative())
+    invalid_action_cost: float = attrs.field(default=0.05, validator=non_negative())
+    churn_cost: float = attrs.field(default=0.2, validator=non_negative())
+    churn_window: int = attrs.field(default=4, validator=non_negative_int())
+    reversal_cost: float = attrs.field(default=0.05, validator=non_negative())
+    reversal_window: int = attrs.field(default=3, validator=non_negative_int())
+    terminal_weight: float = attrs.field(default=2.0, validator=non_negative())
 
 
 class ShapedReward:
@@ -180,12 +177,12 @@ class ShapedReward:
 class SimplifiedRewardConfig:
     """Options of the ``simplified`` reward."""
 
-    stage_weight: float = attrs.field(default=0.1, validator=_non_negative)
-    gamma: float = attrs.field(default=0.99, validator=_unit)
-    action_cost: float = attrs.field(default=0.01, validator=_non_negative)
-    terminal_weight: float = attrs.field(default=2.0, validator=_non_negative)
-    fossil_bonus: float = attrs.field(default=0.5, validator=_non_negative)
-    fossil_min_contribution: float = 0.0
+    stage_weight: float = attrs.field(default=0.1, validator=non_negative())
+    gamma: float = attrs.field(default=0.99, validator=probability())
+    action_cost: float = attrs.field(default=0.01, validator=non_negative())
+    terminal_weight: float = attrs.field(default=2.0, validator=non_negative())
+    fossil_bonus: float = attrs.field(default=0.5, validator=non_negative())
+    fossil_min_contribution: float = attrs.field(default=0.0, validator=finite())
 
 
 class SimplifiedReward:
