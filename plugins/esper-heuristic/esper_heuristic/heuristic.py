@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import difflib
 import enum
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -27,44 +26,26 @@ from esper_core.leyline import (
     Tempo,
 )
 from esper_core.tamiyo import ActionMasks, EnvObservation, PolicyContext
+from esper_core.validators import (
+    InvalidValue,
+    Validator,
+    finite,
+    in_range,
+    non_negative,
+    non_negative_int,
+    one_of,
+    optional,
+    positive_int,
+)
 
 from esper_heuristic.actions import check_batch, pinned_action
 
 # -- config validation -----------------------------------------------------------------------------
 
-Validator = Callable[[Any, "attrs.Attribute[Any]", Any], None]
-
-
-def _int_at_least(minimum: int) -> Validator:
-    def check(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"'{attribute.name}' must be an integer, got {value!r}")
-        if value < minimum:
-            raise ValueError(f"'{attribute.name}' must be >= {minimum}, got {value}")
-
-    return check
-
-
-def _finite_number(minimum: float | None = None) -> Validator:
-    def check(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"'{attribute.name}' must be a number, got {value!r}")
-        if not math.isfinite(value):
-            raise ValueError(f"'{attribute.name}' must be finite, got {value}")
-        if minimum is not None and value < minimum:
-            raise ValueError(f"'{attribute.name}' must be >= {minimum}, got {value}")
-
-    return check
-
 
 def _enum_choice(enum_class: type[enum.Enum]) -> Validator:
-    names = tuple(member.name.lower() for member in enum_class)
-
-    def check(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if value not in names:
-            raise ValueError(f"'{attribute.name}' must be one of {', '.join(names)}, got {value!r}")
-
-    return check
+    """One of the lower-case member names of ``enum_class``."""
+    return one_of(*(member.name.lower() for member in enum_class))
 
 
 def _name_tuple(value: Any) -> tuple[str, ...]:
@@ -79,14 +60,16 @@ def _distinct_names(_instance: Any, attribute: attrs.Attribute[Any], value: tupl
         raise TypeError(f"'{attribute.name}' must hold blueprint names (strings), got {not_strings!r}")
     repeated = sorted({name for name in value if value.count(name) > 1})
     if repeated:
-        raise ValueError(f"'{attribute.name}' lists {', '.join(repeated)} more than once")
+        raise InvalidValue(attribute.name, f"lists {', '.join(repeated)} more than once", value)
 
 
 def _not_below_minus_prune_threshold(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
     if value < -instance.prune_threshold:
-        raise ValueError(
-            f"'{attribute.name}' must be at least -prune_threshold ({-instance.prune_threshold}), got {value} "
-            "(a seed cannot both earn fossilization and be pruned for damage)"
+        raise InvalidValue(
+            attribute.name,
+            f"must be at least -prune_threshold ({-instance.prune_threshold}), got {value} "
+            "(a seed cannot both earn fossilization and be pruned for damage)",
+            value,
         )
 
 
@@ -96,7 +79,7 @@ class HeuristicConfig:
     the lower-case member names (``style = "gate"``, ``tempo = "slow"``)."""
 
     #: Rule 1: prune a BLENDING/HOLDING seed whose measured contribution is below -prune_threshold.
-    prune_threshold: float = attrs.field(default=0.01, validator=_finite_number(minimum=0.0))
+    prune_threshold: float = attrs.field(default=0.01, validator=non_negative())
     #: Rules 1 and 3: how fast a prune blends the seed out (``instant`` removes it at once); an AlphaSpeed name.
     prune_alpha_speed: str = attrs.field(default="instant", validator=_enum_choice(AlphaSpeed))
     #: Rules 1 and 3: the alpha curve of a scheduled blend-out (unused by ``instant``); an AlphaCurve name.
@@ -105,35 +88,35 @@ class HeuristicConfig:
     #: contribution exceeds ``price_per_kparam * seed_params / 1000`` (0.01 = one accuracy point per
     #: 1,000 parameters). Rule 2 fossilizes only seeds that pay; the ladder grows only seeds that pay;
     #: rule 5 escalates or falls back on whether ended seeds paid.
-    price_per_kparam: float = attrs.field(default=0.01, validator=_finite_number(minimum=0.0))
+    price_per_kparam: float = attrs.field(default=0.01, validator=non_negative())
     #: Rule 5: an ended seed whose contribution exceeded this multiple of its price paid *a lot*: the
     #: next germination in its slot uses the next larger blueprint.
-    escalate_margin: float = attrs.field(default=2.0, validator=_finite_number(minimum=1.0))
+    escalate_margin: float = attrs.field(default=2.0, validator=in_range(1.0, None))
     #: Rule 2: fossilize a HOLDING seed whose measured contribution is at least this (and pays its price).
     fossilize_threshold: float = attrs.field(
-        default=0.005, validator=[_finite_number(), _not_below_minus_prune_threshold]
+        default=0.005, validator=[finite(), _not_below_minus_prune_threshold]
     )
     #: Rule 3: prune a HOLDING seed after this many decisions without reaching fossilize_threshold.
-    holding_patience: int = attrs.field(default=5, validator=_int_at_least(1))
+    holding_patience: int = attrs.field(default=5, validator=positive_int())
     #: Rule 4: advance a TRAINING seed once this many epochs have passed since its germination; unset
     #: follows the run's ``[morphogenesis] min_training_epochs`` (gate G1), so ADVANCE is never refused.
-    min_training_epochs: int | None = attrs.field(default=None, validator=attrs.validators.optional(_int_at_least(0)))
+    min_training_epochs: int | None = attrs.field(default=None, validator=optional(non_negative_int()))
     #: Ladder rules: grow a blended ladder seed whose contribution rose by at least this since the last
     #: measurement; a growth that has not raised the contribution by this much after
     #: ``ladder_patience`` epochs is undone (and the seed is not grown past that level again).
-    ladder_min_gain: float = attrs.field(default=0.005, validator=_finite_number(minimum=0.0))
+    ladder_min_gain: float = attrs.field(default=0.005, validator=non_negative())
     #: Ladder rules: epochs a growth gets to pay before it is judged.
-    ladder_patience: int = attrs.field(default=2, validator=_int_at_least(1))
+    ladder_patience: int = attrs.field(default=2, validator=positive_int())
     #: Rule 5: no germination before this many epochs of the episode are complete.
-    warmup_epochs: int = attrs.field(default=5, validator=_int_at_least(0))
+    warmup_epochs: int = attrs.field(default=5, validator=non_negative_int())
     #: Rule 5: the plateau is judged over this many most recent epochs.
-    plateau_window: int = attrs.field(default=3, validator=_int_at_least(1))
+    plateau_window: int = attrs.field(default=3, validator=positive_int())
     #: Rule 5: a plateau is an improvement smaller than this over the window.
-    plateau_delta: float = attrs.field(default=0.005, validator=_finite_number(minimum=0.0))
+    plateau_delta: float = attrs.field(default=0.005, validator=non_negative())
     #: Rule 5: blueprints to germinate, in preference order; empty means all, in the run's order.
     blueprints: tuple[str, ...] = attrs.field(default=(), converter=_name_tuple, validator=_distinct_names)
     #: Rule 5: a blueprint pruned in an environment is not germinated there again for this many epochs.
-    blueprint_cooldown_epochs: int = attrs.field(default=10, validator=_int_at_least(0))
+    blueprint_cooldown_epochs: int = attrs.field(default=10, validator=non_negative_int())
     #: Rule 5: blend style of new seeds; a BlendStyle name.
     style: str = attrs.field(default="add", validator=_enum_choice(BlendStyle))
     #: Rule 5: blend-in tempo of new seeds; a Tempo name.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,20 +10,12 @@ import torch
 
 from esper_core.leyline import ENUM_HEAD_SIZES, FactoredAction, LifecycleOp, is_relevant
 from esper_core.tamiyo import ActionMasks, EnvObservation, PolicyContext
+from esper_core.validators import optional, probability
 
 from esper_heuristic.actions import check_batch, pinned_action
 
 #: Enum-valued heads drawn uniformly when relevant to the chosen op, in draw order.
 ENUM_HEADS: tuple[str, ...] = ("style", "tempo", "alpha_target", "alpha_speed", "alpha_curve")
-
-
-def _optional_probability(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"'{attribute.name}' must be a number in [0, 1] or unset, got {value!r}")
-    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-        raise ValueError(f"'{attribute.name}' must be in [0, 1], got {value}")
 
 
 @attrs.frozen(kw_only=True)
@@ -36,7 +27,7 @@ class RandomPolicyConfig:
     uniformly over the allowed ops other than WAIT (WAIT when there are none).
     """
 
-    wait_probability: float | None = attrs.field(default=None, validator=_optional_probability)
+    wait_probability: float | None = attrs.field(default=None, validator=optional(probability()))
 
 
 class RandomController:

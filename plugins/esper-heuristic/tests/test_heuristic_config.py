@@ -18,21 +18,24 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"prune_threshold": -0.1}, "'prune_threshold' must be >= 0.0, got -0.1"),
-        ({"plateau_delta": float("nan")}, "'plateau_delta' must be finite"),
-        ({"holding_patience": 0}, "'holding_patience' must be >= 1, got 0"),
-        ({"plateau_window": 0}, "'plateau_window' must be >= 1"),
-        ({"warmup_epochs": -1}, "'warmup_epochs' must be >= 0"),
-        ({"min_training_epochs": 1.5}, "'min_training_epochs' must be an integer"),
-        ({"blueprint_cooldown_epochs": True}, "'blueprint_cooldown_epochs' must be an integer"),
-        ({"tempo": "STANDARD"}, "'tempo' must be one of fast, standard, slow"),
-        ({"style": "concat"}, "'style' must be one of add, multiply, gate"),
-        ({"prune_alpha_speed": "warp"}, "'prune_alpha_speed' must be one of instant, fast, medium, slow"),
+        ({"prune_threshold": -0.1}, "prune_threshold must be a finite number >= 0, got -0.1"),
+        ({"plateau_delta": float("nan")}, "plateau_delta must be a finite number >= 0, got nan"),
+        ({"holding_patience": 0}, "holding_patience must be >= 1, got 0"),
+        ({"plateau_window": 0}, "plateau_window must be >= 1"),
+        ({"warmup_epochs": -1}, "warmup_epochs must be >= 0"),
+        ({"min_training_epochs": 1.5}, "min_training_epochs must be an integer"),
+        ({"blueprint_cooldown_epochs": True}, "blueprint_cooldown_epochs must be an integer"),
+        ({"tempo": "STANDARD"}, "tempo must be one of fast, standard, slow"),
+        ({"style": "concat"}, "style must be one of add, multiply, gate"),
+        ({"prune_alpha_speed": "warp"}, "prune_alpha_speed must be one of instant, fast, medium, slow"),
         ({"blueprints": "conv_light"}, "'blueprints' must be a list"),
-        ({"blueprints": ("a", "b", "a")}, "'blueprints' lists a more than once"),
+        ({"blueprints": ("a", "b", "a")}, "blueprints lists a more than once"),
         ({"prune_threshold": 0.01, "fossilize_threshold": -0.02}, "must be at least -prune_threshold (-0.01)"),
-        ({"price_per_kparam": -0.01}, "'price_per_kparam' must be >= 0.0, got -0.01"),
-        ({"escalate_margin": 0.5}, "'escalate_margin' must be >= 1.0, got 0.5"),
+        ({"price_per_kparam": -0.01}, "price_per_kparam must be a finite number >= 0, got -0.01"),
+        ({"escalate_margin": 0.5}, "escalate_margin must be a finite number >= 1, got 0.5"),
+        ({"prune_threshold": float("inf")}, "prune_threshold must be a finite number >= 0, got inf"),
+        ({"fossilize_threshold": float("-inf")}, "fossilize_threshold must be a finite number, got -inf"),
+        ({"ladder_min_gain": True}, "ladder_min_gain must be a finite number >= 0, got True"),
     ],
 )
 def test_heuristic_config_rejects_out_of_range_values(options, message):
@@ -80,7 +83,7 @@ def test_run_config_loader_reports_every_problem_with_its_path():
         "[policy] tempo: must be one of fast, standard, slow, got 'STANDARD'",
     ]
     _config, problems = structure_section({"wait_probability": 2}, RandomPolicyConfig, "policy")
-    assert problems == ["[policy] wait_probability: must be in [0, 1], got 2.0"]
+    assert problems == ["[policy] wait_probability: must be a finite number in [0, 1], got 2.0"]
 
 
 def test_heuristic_config_defaults():

@@ -6,7 +6,10 @@ from typing import Any
 
 import attrs
 
+from esper_core.validators import in_range, int_in_range, non_negative_int, optional, positive_int
+
 DEFAULT_CONTEXT_LENGTH = 64
+MAX_CONTEXT_LENGTH = 8192
 DEFAULT_VAL_FRACTION = 0.1
 #: 32 batches of 128 per epoch; the windows kept are spread evenly over the training text.
 DEFAULT_MAX_TRAIN_WINDOWS = 4096
@@ -14,16 +17,16 @@ DEFAULT_MAX_VAL_WINDOWS = 512
 
 
 def context_length_field() -> Any:
-    return attrs.field(default=DEFAULT_CONTEXT_LENGTH, validator=[attrs.validators.ge(1), attrs.validators.le(8192)])
+    return attrs.field(default=DEFAULT_CONTEXT_LENGTH, validator=int_in_range(1, MAX_CONTEXT_LENGTH))
 
 
 def val_fraction_field() -> Any:
-    return attrs.field(default=DEFAULT_VAL_FRACTION, validator=[attrs.validators.ge(0.01), attrs.validators.le(0.5)])
+    return attrs.field(default=DEFAULT_VAL_FRACTION, validator=in_range(0.01, 0.5))
 
 
 def stride_field() -> Any:
-    return attrs.field(default=None, validator=attrs.validators.optional(attrs.validators.ge(1)))
+    return attrs.field(default=None, validator=optional(positive_int()))
 
 
 def max_windows_field(default: int) -> Any:
-    return attrs.field(default=default, validator=attrs.validators.ge(0))
+    return attrs.field(default=default, validator=non_negative_int())

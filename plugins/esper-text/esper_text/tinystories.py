@@ -13,6 +13,7 @@ import torch
 from esper_core.config import path_field
 from esper_core.errors import DataError
 from esper_core.tasks import TaskContext
+from esper_core.validators import non_negative_int
 from esper_text.options import (
     DEFAULT_MAX_TRAIN_WINDOWS,
     DEFAULT_MAX_VAL_WINDOWS,
@@ -51,7 +52,7 @@ class TinyStoriesConfig:
     """
 
     path: str = path_field(default="data/tinystories.txt")
-    max_stories: int = attrs.field(default=0, validator=attrs.validators.ge(0))
+    max_stories: int = attrs.field(default=0, validator=non_negative_int())
     context_length: int = context_length_field()
     val_fraction: float = val_fraction_field()
     stride: int | None = stride_field()
@@ -92,6 +93,13 @@ def _split_txt(text: str) -> list[str]:
     return _BLANK_LINES.split(text)
 
 
+def _too_deep(path: Path, where: str = "") -> str:
+    return (
+        f"TinyStories file '{path}'{where}: JSON nested too deeply to read; "
+        f'a story is an object with a "story" or "text" string field'
+    )
+
+
 def _parse_json(text: str, path: Path) -> list[str]:
     try:
         content = json.loads(text)
@@ -99,6 +107,8 @@ def _parse_json(text: str, path: Path) -> list[str]:
         raise DataError(
             f"TinyStories file '{path}' line {exc.lineno} column {exc.colno}: malformed JSON ({exc.msg})"
         ) from None
+    except RecursionError:
+        raise DataError(_too_deep(path)) from None
     if not isinstance(content, list):
         raise DataError(f"TinyStories file '{path}': expected a JSON list of objects, got {type(content).__name__}")
     return [_story_of(item, path, f"item {index}") for index, item in enumerate(content)]
@@ -117,6 +127,8 @@ def _parse_jsonl(text: str, path: Path, max_stories: int) -> list[str]:
             raise DataError(
                 f"TinyStories file '{path}' line {number} column {exc.colno}: malformed JSON ({exc.msg})"
             ) from None
+        except RecursionError:
+            raise DataError(_too_deep(path, f" line {number}")) from None
         story = _story_of(item, path, f"line {number}").strip()
         if story:
             stories.append(story)

@@ -55,7 +55,8 @@ def test_toml_options_structure_into_configs(tmp_path: Path) -> None:
     ("options", "config_class", "expected"),
     [
         ({"context_length": 0}, PydocConfig, "[task] context_length: must be >= 1"),
-        ({"val_fraction": 0.9}, PydocConfig, "[task] val_fraction: must be <= 0.5"),
+        ({"val_fraction": 0.9}, PydocConfig, "[task] val_fraction: must be a finite number in [0.01, 0.5], got 0.9"),
+        ({"val_fraction": float("nan")}, PydocConfig, "[task] val_fraction: must be a finite number in [0.01, 0.5], got nan"),
         ({"stride": 0}, PydocConfig, "[task] stride:"),
         ({"max_val_windows": -1}, PydocConfig, "[task] max_val_windows: must be >= 0"),
         ({"max_stories": -5}, TinyStoriesConfig, "[task] max_stories: must be >= 0"),

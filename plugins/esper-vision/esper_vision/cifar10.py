@@ -14,6 +14,7 @@ import torch
 from esper_core.config import path_field
 from esper_core.errors import DataError
 from esper_core.tasks import TaskContext, TensorClassificationTask
+from esper_core.validators import int_in_range, optional
 from esper_vision.augment import RandomCropFlip
 from esper_vision.image_task import build_image_task
 
@@ -40,7 +41,7 @@ _EXPECTED_LAYOUT = (
 
 
 def _optional_limit(maximum: int) -> Any:
-    return attrs.validators.optional([attrs.validators.ge(1), attrs.validators.le(maximum)])
+    return optional(int_in_range(1, maximum))
 
 
 @attrs.frozen
@@ -104,32 +105,39 @@ def locate_folder(root: str) -> Path:
     return folder
 
 
-def _unpickle(path: Path) -> dict[bytes, Any]:
+def _key_text(key: Any) -> Any:
+    """A pickle key as text: Python 2 wrote CIFAR-10's keys as byte strings, Python 3 writes ``str``."""
+    return key.decode("latin-1") if isinstance(key, bytes) else key
+
+
+def _unpickle(path: Path) -> dict[str, Any]:
+    """A CIFAR-10 pickle's dict through the allow-list unpickler, with ``bytes`` or ``str`` keys read as ``str``."""
     try:
         with open(path, "rb") as handle:
             content = _NumpyOnlyUnpickler(handle).load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError, OverflowError) as exc:
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError, OverflowError,
+            RecursionError, MemoryError) as exc:
         raise DataError(f"CIFAR-10 file '{path}' is corrupt or not a CIFAR-10 pickle: {exc}") from None
     except OSError as exc:
         raise DataError(f"CIFAR-10 file '{path}' cannot be read: {exc.strerror or exc}") from None
     if not isinstance(content, dict):
         raise DataError(f"CIFAR-10 file '{path}' holds a {type(content).__name__}, expected a dict")
-    return content
+    return {_key_text(key): value for key, value in content.items()}
 
 
 def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """(uint8 images (N, 3, 32, 32), int64 labels (N,)) from one batch file; ``DataError`` names a bad file."""
     content = _unpickle(path)
-    if b"data" not in content or b"labels" not in content:
-        raise DataError(f"CIFAR-10 file '{path}' lacks b'data' or b'labels' (keys: {list(content)})")
-    data = content[b"data"]
+    if "data" not in content or "labels" not in content:
+        raise DataError(f"CIFAR-10 file '{path}' lacks 'data' or 'labels' (keys: {sorted(map(str, content))})")
+    data = content["data"]
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != PIXELS_PER_IMAGE:
         described = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
-        raise DataError(f"CIFAR-10 file '{path}': b'data' is {described}, expected uint8 (N, {PIXELS_PER_IMAGE})")
+        raise DataError(f"CIFAR-10 file '{path}': 'data' is {described}, expected uint8 (N, {PIXELS_PER_IMAGE})")
     try:
-        labels = np.asarray(content[b"labels"], dtype=np.int64)
-    except (TypeError, ValueError) as exc:
-        raise DataError(f"CIFAR-10 file '{path}': b'labels' is not a list of integers ({exc})") from None
+        labels = np.asarray(content["labels"], dtype=np.int64)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise DataError(f"CIFAR-10 file '{path}': 'labels' is not a list of integers ({exc})") from None
     if labels.shape != (data.shape[0],):
         raise DataError(f"CIFAR-10 file '{path}': {labels.shape} labels for {data.shape[0]} images")
     if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
@@ -138,13 +146,13 @@ def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def read_label_names(path: Path) -> list[str]:
-    """The ten class names from ``batches.meta``; ``DataError`` names the file when they are not there."""
-    content = _unpickle(path)
-    names = content.get(b"label_names")
-    if not isinstance(names, list) or len(names) != NUM_CLASSES or not all(isinstance(n, bytes) for n in names):
-        raise DataError(f"CIFAR-10 file '{path}': b'label_names' is not a list of {NUM_CLASSES} names")
+    """The ten class names from ``batches.meta`` (byte strings or ``str``); ``DataError`` names the file
+    when they are not there."""
+    names = _unpickle(path).get("label_names")
+    if not isinstance(names, list) or len(names) != NUM_CLASSES or not all(isinstance(n, (bytes, str)) for n in names):
+        raise DataError(f"CIFAR-10 file '{path}': 'label_names' is not a list of {NUM_CLASSES} names")
     try:
-        return [name.decode("utf-8") for name in names]
+        return [name.decode("utf-8") if isinstance(name, bytes) else name for name in names]
     except UnicodeDecodeError as exc:
         raise DataError(f"CIFAR-10 file '{path}': a label name is not UTF-8 ({exc})") from None
 

@@ -26,8 +26,15 @@ def _write_pickle(path: Path, content: object, protocol: int = 2) -> None:
         pickle.dump(content, handle, protocol=protocol)
 
 
-def write_cifar_folder(root: Path, images_per_batch: int = IMAGES_PER_BATCH, protocol: int = 2) -> Path:
-    """A tiny CIFAR-10 copy under ``root/cifar-10-batches-py``; image i of batch b has pixels b*20 + i."""
+def write_cifar_folder(
+    root: Path, images_per_batch: int = IMAGES_PER_BATCH, protocol: int = 2, keys: str = "bytes"
+) -> Path:
+    """A tiny CIFAR-10 copy under ``root/cifar-10-batches-py``; image i of batch b has pixels b*20 + i.
+
+    ``keys="bytes"`` writes byte-string keys and names (the files as Python 2 wrote them);
+    ``keys="str"`` writes ``str`` keys and names, as Python 3 writes them and torchvision reads them.
+    """
+    text = (lambda value: value.encode()) if keys == "bytes" else (lambda value: value)
     folder = root / FOLDER_NAME
     folder.mkdir(parents=True)
     names = [f"data_batch_{index}" for index in range(1, 6)] + ["test_batch"]
@@ -36,12 +43,12 @@ def write_cifar_folder(root: Path, images_per_batch: int = IMAGES_PER_BATCH, pro
         data = np.repeat(values.astype(np.uint8)[:, None], 3072, axis=1)
         data[:, :1024] //= 2  # make the channels differ
         labels = [int(value % 10) for value in values]
-        content = {b"batch_label": name.encode(), b"labels": labels, b"data": data,
-                   b"filenames": [f"{value}.png".encode() for value in values]}
+        content = {text("batch_label"): text(name), text("labels"): labels, text("data"): data,
+                   text("filenames"): [text(f"{value}.png") for value in values]}
         _write_pickle(folder / name, content, protocol)
-    meta = {b"num_cases_per_batch": images_per_batch, b"num_vis": 3072,
-            b"label_names": [name.encode() for name in ("airplane", "automobile", "bird", "cat", "deer",
-                                                          "dog", "frog", "horse", "ship", "truck")]}
+    meta = {text("num_cases_per_batch"): images_per_batch, text("num_vis"): 3072,
+            text("label_names"): [text(name) for name in ("airplane", "automobile", "bird", "cat", "deer",
+                                                           "dog", "frog", "horse", "ship", "truck")]}
     _write_pickle(folder / "batches.meta", meta, protocol)
     return folder
 
@@ -50,9 +57,10 @@ def _kind() -> TaskKind:
     return TaskKind(name="cifar10", build=build_cifar10, default_host=DEFAULT_HOST, config_class=Cifar10Config)
 
 
+@pytest.mark.parametrize("keys", ["bytes", "str"])
 @pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
-def test_cifar10_passes_conformance_on_a_generated_folder(tmp_path: Path, protocol: int) -> None:
-    write_cifar_folder(tmp_path, protocol=protocol)
+def test_cifar10_passes_conformance_on_a_generated_folder(tmp_path: Path, protocol: int, keys: str) -> None:
+    write_cifar_folder(tmp_path, protocol=protocol, keys=keys)
     task = check_task_kind(_kind(), config=Cifar10Config(root=str(tmp_path)))
     assert task.info.input_shape == (3, 32, 32)
     assert task.info.num_classes == 10
@@ -160,4 +168,32 @@ def test_meta_without_ten_label_names_is_named(tmp_path: Path) -> None:
     folder = write_cifar_folder(tmp_path)
     _write_pickle(folder / "batches.meta", {b"label_names": [b"cat", b"dog"]})
     with pytest.raises(DataError, match="batches.meta"):
+        build_cifar10(Cifar10Config(root=str(tmp_path)), TaskContext(device=CPU, seed=0))
+
+
+def test_str_keyed_and_bytes_keyed_folders_give_the_same_task(tmp_path: Path) -> None:
+    from esper_vision.cifar10 import META_FILE, locate_folder, read_label_names
+
+    write_cifar_folder(tmp_path / "py2", keys="bytes")
+    write_cifar_folder(tmp_path / "py3", keys="str")
+    context = TaskContext(device=CPU, seed=0)
+    from_bytes = build_cifar10(Cifar10Config(root=str(tmp_path / "py2")), context)
+    from_str = build_cifar10(Cifar10Config(root=str(tmp_path / "py3")), context)
+    assert torch.equal(from_bytes.train_inputs, from_str.train_inputs)
+    assert torch.equal(from_bytes.val_targets, from_str.val_targets)
+    names = read_label_names(locate_folder(str(tmp_path / "py3")) / META_FILE)
+    assert names[0] == "airplane" and names[-1] == "truck"
+
+
+def test_str_keyed_pickle_that_would_call_code_is_still_refused(tmp_path: Path) -> None:
+    folder = write_cifar_folder(tmp_path, keys="str")
+    _write_pickle(folder / "data_batch_1", {"data": _RunsCode(), "labels": []})
+    with pytest.raises(DataError, match="data_batch_1.*getpid"):
+        build_cifar10(Cifar10Config(root=str(tmp_path)), TaskContext(device=CPU, seed=0))
+
+
+def test_str_keyed_meta_without_ten_label_names_is_named(tmp_path: Path) -> None:
+    folder = write_cifar_folder(tmp_path, keys="str")
+    _write_pickle(folder / "batches.meta", {"label_names": ["cat", "dog"]})
+    with pytest.raises(DataError, match="batches.meta': 'label_names' is not a list of 10 names"):
         build_cifar10(Cifar10Config(root=str(tmp_path)), TaskContext(device=CPU, seed=0))
