@@ -198,3 +198,18 @@ def test_empty_stories_are_dropped_before_max_stories_counts(tmp_path: Path) -> 
     path.write_text("\n".join(json.dumps(line) for line in lines) + "\n", encoding="utf-8")
     assert read_stories(str(path), max_stories=3) == ["One.", "Two.", "Three."]
     assert read_stories(str(path)) == ["One.", "Two.", "Three.", "Four."]
+
+
+@pytest.mark.parametrize("suffix", [".json", ".jsonl"])
+def test_deeply_nested_json_is_one_line_naming_the_file(tmp_path: Path, suffix: str) -> None:
+    depth = 200_000  # far beyond the interpreter's recursion limit
+    nested = "[" * depth + "]" * depth
+    path = tmp_path / f"stories{suffix}"
+    path.write_text(nested if suffix == ".json" else '{"story": "a"}\n' + nested + "\n", encoding="utf-8")
+    with pytest.raises(DataError) as raised:
+        read_stories(str(path))
+    message = str(raised.value)
+    assert str(path) in message and "nested too deeply" in message
+    assert "\n" not in message
+    if suffix == ".jsonl":
+        assert "line 2" in message
