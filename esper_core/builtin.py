@@ -1,10 +1,16 @@
-"""The core's own plugin: the segment-boundary surface and the built-in rewards, registered like any other."""
+"""The core's own plugin: the built-in topologies, ladder kinds, segment-boundary surface and rewards, registered like any other."""
 
 from __future__ import annotations
 
-from esper_core.hookspecs import Register, hookimpl
+from esper_core.hookspecs import (
+    LadderKindRegistrar,
+    RewardRegistrar,
+    SurfaceRegistrar,
+    TopologyRegistrar,
+    hookimpl,
+)
 from esper_core.leyline import SEGMENT_BOUNDARY
-from esper_core.registry import RewardKind, SurfaceKind
+from esper_core.registry import LadderKind, RewardKind, SurfaceKind, TopologyKind
 from esper_core.simic import (
     BasicReward,
     BasicRewardConfig,
@@ -17,8 +23,49 @@ from esper_core.simic import (
 )
 
 
+def image_example_shape(batch: int, channels: int) -> tuple[int, ...]:
+    """An ``image`` activation: (batch, channels, height, width)."""
+    return (batch, channels, 6, 6)
+
+
+def sequence_example_shape(batch: int, channels: int) -> tuple[int, ...]:
+    """A ``sequence`` activation: (batch, time, channels)."""
+    return (batch, 5, channels)
+
+
 @hookimpl
-def esper_register_surfaces(register: Register) -> None:
+def esper_register_topologies(register: TopologyRegistrar) -> None:
+    register(
+        TopologyKind(
+            name="image",
+            code=0,
+            channel_dim=1,
+            gate_pool_dims=(2, 3),
+            example_shape=image_example_shape,
+            description="(batch, channels, height, width) feature maps; a blend gate pools over height and width",
+        )
+    )
+    register(
+        TopologyKind(
+            name="sequence",
+            code=1,
+            channel_dim=2,
+            gate_pool_dims=(),
+            example_shape=sequence_example_shape,
+            description="(batch, time, channels) token activations; a blend gate acts per position",
+        )
+    )
+
+
+@hookimpl
+def esper_register_ladder_kinds(register: LadderKindRegistrar) -> None:
+    register(LadderKind(name="conv_stages", code=1, description="the number of conv stages in use"))
+    register(LadderKind(name="lora_rank", code=2, description="the rank of a low-rank adapter"))
+    register(LadderKind(name="channel_groups", code=3, description="the number of channel groups in use"))
+
+
+@hookimpl
+def esper_register_surfaces(register: SurfaceRegistrar) -> None:
     register(
         SurfaceKind(
             name=SEGMENT_BOUNDARY,
@@ -29,7 +76,7 @@ def esper_register_surfaces(register: Register) -> None:
 
 
 @hookimpl
-def esper_register_rewards(register: Register) -> None:
+def esper_register_rewards(register: RewardRegistrar) -> None:
     register(
         RewardKind(
             name="basic",
