@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from esper_core.hookspecs import hookimpl
+from esper_core.hookspecs import SeedFamilyRegistrar, hookimpl
 from esper_core.registry import NoOptions, SeedFamily
 
 #: The activation layout this family accepts: ``(batch, time, channels)``. An image family uses
@@ -47,5 +47,5 @@ SEED_FAMILY = SeedFamily(
 
 
 @hookimpl
-def esper_register_seed_families(register) -> None:
+def esper_register_seed_families(register: SeedFamilyRegistrar) -> None:
     register(SEED_FAMILY)

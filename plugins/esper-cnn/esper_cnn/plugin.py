@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from esper_core.hookspecs import Register, hookimpl
+from esper_core.hookspecs import HostRegistrar, SeedFamilyRegistrar, hookimpl
 from esper_core.registry import HostFamily, SeedFamily
 
 from esper_cnn import seeds
@@ -11,7 +11,7 @@ from esper_cnn.host import TOPOLOGY, CNNHostConfig, build_cnn_host
 
 
 @hookimpl
-def esper_register_hosts(register: Register) -> None:
+def esper_register_hosts(register: HostRegistrar) -> None:
     register(
         HostFamily(
             name="cnn",
@@ -24,7 +24,7 @@ def esper_register_hosts(register: Register) -> None:
 
 
 @hookimpl
-def esper_register_seed_families(register: Register) -> None:
+def esper_register_seed_families(register: SeedFamilyRegistrar) -> None:
     image = (seeds.TOPOLOGY,)
     register(
         SeedFamily(

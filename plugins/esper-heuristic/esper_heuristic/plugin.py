@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from esper_core.hookspecs import Register, hookimpl
+from esper_core.hookspecs import PolicyRegistrar, hookimpl
 from esper_core.registry import PolicyKind
 
 from esper_heuristic.heuristic import HeuristicConfig, HeuristicController
@@ -11,7 +11,7 @@ from esper_heuristic.static_policy import StaticController, StaticPolicyConfig
 
 
 @hookimpl
-def esper_register_policies(register: Register) -> None:
+def esper_register_policies(register: PolicyRegistrar) -> None:
     register(
         PolicyKind(
             name="heuristic",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from esper_core.hookspecs import Register, hookimpl
+from esper_core.hookspecs import SinkRegistrar, hookimpl
 from esper_core.registry import SinkKind
 from esper_sinks.console import ConsoleSink, ConsoleSinkConfig
 from esper_sinks.jsonl import JsonlSink, JsonlSinkConfig
@@ -10,7 +10,7 @@ from esper_sinks.tensorboard import TensorBoardSink, TensorBoardSinkConfig
 
 
 @hookimpl
-def esper_register_telemetry_sinks(register: Register) -> None:
+def esper_register_telemetry_sinks(register: SinkRegistrar) -> None:
     register(
         SinkKind(
             name="console",

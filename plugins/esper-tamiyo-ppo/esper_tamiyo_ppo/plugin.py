@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from esper_core.hookspecs import Register, hookimpl
+from esper_core.hookspecs import PolicyRegistrar, hookimpl
 from esper_core.registry import PolicyKind
 
 from esper_tamiyo_ppo.config import PPOConfig
@@ -10,7 +10,7 @@ from esper_tamiyo_ppo.controller import PPOController
 
 
 @hookimpl
-def esper_register_policies(register: Register) -> None:
+def esper_register_policies(register: PolicyRegistrar) -> None:
     register(
         PolicyKind(
             name="ppo",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from esper_core.hookspecs import Register, hookimpl
+from esper_core.hookspecs import TaskRegistrar, hookimpl
 from esper_core.registry import TaskKind
 from esper_text.pydoc_task import PydocConfig, build_pydoc
 from esper_text.tinystories import TinyStoriesConfig, build_tinystories
@@ -11,7 +11,7 @@ DEFAULT_HOST = "transformer"
 
 
 @hookimpl
-def esper_register_tasks(register: Register) -> None:
+def esper_register_tasks(register: TaskRegistrar) -> None:
     register(
         TaskKind(
             name="pydoc",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from esper_core.hookspecs import Register, hookimpl
+from esper_core.hookspecs import HostRegistrar, SeedFamilyRegistrar, SurfaceRegistrar, hookimpl
 from esper_core.registry import HostFamily, SeedFamily, SurfaceKind
 
 from esper_transformer import seeds
@@ -13,7 +13,7 @@ HOST_FAMILY = "transformer"
 
 
 @hookimpl
-def esper_register_hosts(register: Register) -> None:
+def esper_register_hosts(register: HostRegistrar) -> None:
     register(
         HostFamily(
             name=HOST_FAMILY,
@@ -27,7 +27,7 @@ def esper_register_hosts(register: Register) -> None:
 
 
 @hookimpl
-def esper_register_surfaces(register: Register) -> None:
+def esper_register_surfaces(register: SurfaceRegistrar) -> None:
     register(
         SurfaceKind(
             name=POST_ATTN,
@@ -47,7 +47,7 @@ def esper_register_surfaces(register: Register) -> None:
 
 
 @hookimpl
-def esper_register_seed_families(register: Register) -> None:
+def esper_register_seed_families(register: SeedFamilyRegistrar) -> None:
     sequence = (seeds.TOPOLOGY,)
     register(
         SeedFamily(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from esper_core.hookspecs import Register, hookimpl
+from esper_core.hookspecs import TaskRegistrar, hookimpl
 from esper_core.registry import TaskKind
 from esper_vision.cifar10 import Cifar10Config, build_cifar10
 from esper_vision.digits import DigitsConfig, build_digits
@@ -12,7 +12,7 @@ DEFAULT_HOST = "cnn"
 
 
 @hookimpl
-def esper_register_tasks(register: Register) -> None:
+def esper_register_tasks(register: TaskRegistrar) -> None:
     register(
         TaskKind(
             name="digits",
