@@ -20,7 +20,7 @@ from cattrs.errors import (
 )
 from cattrs.errors import AttributeValidationNote, IterableValidationNote
 
-from esper_core.errors import ConfigError
+from esper_core.errors import ConfigError, EsperError
 from esper_core.plugins import PluginManager
 from esper_core.validators import (
     InvalidValue,
@@ -70,16 +70,37 @@ def _absolute_paths(instance: Any) -> Any:
 # core sections
 
 
+#: Device types a run may use; availability (a CUDA device present, its index) is checked when the run starts.
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+#: The largest run seed: every seed the engine derives from it fits a signed 64-bit integer.
+MAX_SEED = 2**63 - 1
+
+
+def _device(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    """A device string torch parses, of a type a run can train on (``meta`` holds no data)."""
+    import torch  # here, not at module level: reading a config must not cost torch's import
+
+    rule = f"must be a device of type {', '.join(DEVICE_TYPES)} (e.g. 'cpu', 'cuda', 'cuda:1')"
+    if not isinstance(value, str):
+        raise InvalidValue(attribute.name, f"{rule}, got {value!r}", value)
+    try:
+        device = torch.device(value)
+    except (RuntimeError, ValueError):
+        raise InvalidValue(attribute.name, f"{rule}, got {value!r}", value) from None
+    if device.type not in DEVICE_TYPES:
+        raise InvalidValue(attribute.name, f"{rule}, got {value!r}", value)
+
+
 @attrs.frozen
 class RunSection:
     """``[run]``: what to run, how long, where the run directory goes."""
 
     name: str = "run"
-    seed: int = attrs.field(default=0, validator=non_negative_int())
+    seed: int = attrs.field(default=0, validator=int_in_range(0, MAX_SEED))
     rounds: int = attrs.field(default=1, validator=positive_int())
     envs: int = attrs.field(default=1, validator=positive_int())
     episode_length: int = attrs.field(default=20, validator=positive_int())
-    device: str = "cpu"
+    device: str = attrs.field(default="cpu", validator=_device)
     output_dir: str = path_field(default="runs")
     checkpoint_every: int = attrs.field(default=5, validator=non_negative_int())
     torch_threads: int | None = attrs.field(default=None, validator=optional(positive_int()))
@@ -205,7 +226,28 @@ CORE_SECTIONS: dict[str, type] = {
 PLUGIN_SECTIONS: dict[str, str] = {"task": "tasks", "host": "hosts", "policy": "policies", "reward": "rewards"}
 TABLE_SECTIONS: dict[str, str] = {"blueprints": "seed_families", "sinks": "telemetry_sinks"}
 DEFAULT_REWARD = "basic"
-DEFAULT_SINKS: dict[str, dict[str, Any]] = {"console": {}}
+#: The sink a config without a ``[sinks]`` section gets, when a plugin registers it; without it, a run
+#: has no sinks (``events.jsonl`` is written by the core whatever the sinks).
+DEFAULT_SINK = "console"
+
+
+def default_sinks(manager: PluginManager) -> dict[str, dict[str, Any]]:
+    """``{"console": {}}`` when a sink called ``console`` is registered (unambiguously), else no sinks."""
+    try:
+        manager.registry.get("telemetry_sinks", DEFAULT_SINK)
+    except (KeyError, EsperError):
+        return {}
+    return {DEFAULT_SINK: {}}
+
+
+def _registered(manager: PluginManager, kind: str, name: str) -> tuple[Any | None, str | None]:
+    """(the entry called ``name``, plain or ``plugin:name``, None) or (None, why it cannot be used)."""
+    try:
+        return manager.registry.get(kind, name), None
+    except KeyError:
+        return None, manager.registry.unknown_message(kind, name) + manager.failure_note()
+    except EsperError as exc:  # a plain name two plugins registered: names both, and the spellings
+        return None, str(exc)
 
 # --------------------------------------------------------------------------------------------------
 # strict structuring
@@ -386,13 +428,30 @@ def _validate_the_rest(data: dict[str, Any], cls: type, section: str, exc: BaseE
 
 
 def read_toml(path: Path) -> dict[str, Any]:
+    """The TOML document at ``path``; ``ConfigError`` naming the file for anything that is not a readable
+    UTF-8 TOML file (missing, a directory, unreadable, binary, malformed, nested beyond reason)."""
     try:
         with open(path, "rb") as handle:
-            return tomllib.load(handle)
+            raw = handle.read()
     except FileNotFoundError:
         raise ConfigError([f"config file '{path}' does not exist"]) from None
+    except IsADirectoryError:
+        raise ConfigError(["is a directory, not a TOML config file"], source=str(path)) from None
+    except OSError as exc:
+        raise ConfigError([f"cannot be read: {exc.strerror or exc}"], source=str(path)) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            [f"not a TOML file: line {line} is not UTF-8 text (byte {exc.start}: {exc.reason})"], source=str(path)
+        ) from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"malformed TOML: {exc}"], source=str(path)) from None
+    except RecursionError:
+        raise ConfigError(["malformed TOML: arrays or tables nested too deeply"], source=str(path)) from None
 
 
 def load_config(path: str | Path, manager: PluginManager) -> RunConfig:
@@ -430,10 +489,11 @@ def parse_config(data: dict[str, Any], manager: PluginManager, source: str | Non
         if name is None:
             if section == "host":
                 task_name = (data.get("task") or {}).get("name") if isinstance(data.get("task"), dict) else None
-                if task_name not in manager.registry.entries["tasks"]:
+                task_kind = _registered(manager, "tasks", task_name)[0] if isinstance(task_name, str) else None
+                if task_kind is None:
                     chosen[section] = None  # the [task] problem is already reported
                     continue
-                name = manager.registry.get("tasks", task_name).default_host
+                name = task_kind.default_host
             elif section == "reward":
                 name = DEFAULT_REWARD
             else:
@@ -444,30 +504,30 @@ def parse_config(data: dict[str, Any], manager: PluginManager, source: str | Non
             problems.append(f"[{section}] name: expected a string, got {name!r}")
             chosen[section] = None
             continue
-        if name not in manager.registry.entries[kind]:
-            problems.append(f"[{section}] {manager.registry.unknown_message(kind, name)}{manager.failure_note()}")
+        entry, problem = _registered(manager, kind, name)
+        if entry is None:
+            problems.append(f"[{section}] {problem}")
             chosen[section] = None
             continue
-        entry = manager.registry.get(kind, name)
         options, option_problems = structure_section(table, entry.config_class, section)
         problems.extend(option_problems)
         chosen[section] = PluginChoice(name=name, options=options) if options is not None else None
 
     tables: dict[str, dict[str, Any]] = {}
     for section, kind in TABLE_SECTIONS.items():
-        raw = data.get(section, DEFAULT_SINKS if section == "sinks" else {})
+        raw = data.get(section, default_sinks(manager) if section == "sinks" else {})
         if not isinstance(raw, dict):
             problems.append(f"[{section}] must be a table, got {type(raw).__name__}")
             continue
         resolved: dict[str, Any] = {}
         for name, options in raw.items():
             label = f"{section}.{name}"
-            if name not in manager.registry.entries[kind]:
-                problems.append(f"[{label}] {manager.registry.unknown_message(kind, name)}{manager.failure_note()}")
+            entry, problem = _registered(manager, kind, name)
+            if entry is None:
+                problems.append(f"[{label}] {problem}")
                 continue
             if options is True:
                 options = {}
-            entry = manager.registry.get(kind, name)
             instance, option_problems = structure_section(options, entry.config_class, label)
             problems.extend(option_problems)
             if instance is not None:
@@ -477,11 +537,9 @@ def parse_config(data: dict[str, Any], manager: PluginManager, source: str | Non
     morphogenesis = core.get("morphogenesis")
     if morphogenesis is not None:
         for blueprint in morphogenesis.blueprints:
-            if blueprint not in manager.registry.entries["seed_families"]:
-                problems.append(
-                    f"[morphogenesis] blueprints: "
-                    f"{manager.registry.unknown_message('seed_families', blueprint)}{manager.failure_note()}"
-                )
+            _family, problem = _registered(manager, "seed_families", blueprint)
+            if problem is not None:
+                problems.append(f"[morphogenesis] blueprints: {problem}")
         if len(set(morphogenesis.blueprints)) != len(morphogenesis.blueprints):
             problems.append("[morphogenesis] blueprints: names must be unique")
         if len(set(morphogenesis.slots)) != len(morphogenesis.slots):

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-import math
-
 import abc
+import math
+import os
 from collections.abc import Callable
 
 import attrs
 import torch
 import torch.nn.functional as F
+
+from esper_core.errors import ConfigError
+from esper_core.validators import one_of
 
 #: A batched augmentation: (inputs on device, generator) -> augmented inputs of the same shape.
 Augmentation = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -36,13 +39,49 @@ class TaskInfo:
     metric_name: str
     train_size: int
     val_size: int
-    score_basis: str = attrs.field(default="metric", validator=attrs.validators.in_(("metric", "loss")))
+    score_basis: str = attrs.field(default="metric", validator=one_of("metric", "loss"))
 
     def score(self, metric: float, loss: float) -> float:
         """The higher-is-better number contributions and rewards use: the metric, or -ln(loss)."""
         if self.score_basis == "metric":
             return metric
         return -math.log(loss) if loss > 0.0 else math.inf  # a zero loss is a perfect score
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free for new tensors on ``device`` (CPU: the kernel's MemAvailable); None when unknown."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def require_memory(needed_bytes: int, device: torch.device, *, what: str) -> None:
+    """Raise ``ConfigError`` before allocating when ``needed_bytes`` exceed what ``device`` has free.
+
+    ``what`` names the options responsible, as a config error line starts (``"[task] train_size = ..."``);
+    a task calls this with its own estimate before it builds large tensors, so a size typed with a few
+    zeros too many is one line naming the key, not an allocation failure deep inside torch.
+    """
+    free = available_memory(device)
+    if free is not None and needed_bytes > free:
+        gib = 1024**3
+        raise ConfigError(
+            [f"{what} needs about {needed_bytes / gib:.1f} GiB of memory on {device}, more than the "
+             f"{free / gib:.1f} GiB available; lower it"]
+        )
 
 
 @attrs.frozen

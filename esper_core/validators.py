@@ -86,7 +86,8 @@ def in_range(
     rule = f"must be a finite number{_range_text(low, high, low_inclusive, high_inclusive)}"
 
     def check(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if not (_is_number(value) and math.isfinite(value) and _within(value, low, high, low_inclusive, high_inclusive)):
+        finite_number = _is_number(value) and math.isfinite(value)
+        if not finite_number or not _within(value, low, high, low_inclusive, high_inclusive):
             raise InvalidValue(attribute.name, f"{rule}, got {value!r}", value)
 
     return check

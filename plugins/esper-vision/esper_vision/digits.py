@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from esper_core.tasks import TaskContext, TensorClassificationTask
+from esper_core.validators import in_range, int_in_range
 from esper_vision.augment import RandomTranslate
 from esper_vision.image_task import build_image_task
 
@@ -26,10 +27,9 @@ class DigitsConfig:
     drawn from ``split_seed`` and never from the run seed, so every run sees the same split.
     """
 
-    val_fraction: float = attrs.field(
-        default=0.2, validator=[attrs.validators.ge(0.01), attrs.validators.le(0.5)]
-    )
-    split_seed: int = attrs.field(default=0, validator=attrs.validators.ge(0))
+    val_fraction: float = attrs.field(default=0.2, validator=in_range(0.01, 0.5))
+    #: scikit-learn takes seeds below 2**32
+    split_seed: int = attrs.field(default=0, validator=int_in_range(0, 2**32 - 1))
 
 
 def split_digits(config: DigitsConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -8,7 +8,8 @@ import attrs
 import numpy as np
 import torch
 
-from esper_core.tasks import TaskContext, TensorClassificationTask
+from esper_core.tasks import TaskContext, TensorClassificationTask, require_memory
+from esper_core.validators import int_in_range, non_negative_int, optional, probability
 from esper_vision.augment import RandomCropFlip
 from esper_vision.image_task import build_image_task
 
@@ -38,6 +39,13 @@ STRIPE_CONTRAST = 0.35
 LINE_LENGTH = (8.0, 28.0)
 LINE_WIDTH = (0.8, 1.6)
 
+#: The most images either split may hold (about 120 GiB of float32 images): a bound on the number, so
+#: that sizes overflow nothing; whether the machine has the memory is checked when the task is built.
+MAX_IMAGES = 10_000_000
+#: Peak bytes per image while generating (the final float32 image is 12 KiB; masks, index maps and
+#: intermediates of the batched drawing take the rest, measured ~68 KiB with 8 distractors and 8 lines).
+GENERATION_BYTES_PER_IMAGE = 96 * 1024
+
 # Seeds of the independent random streams derived from one task seed.
 _TRAIN_STREAM = 0
 _VAL_STREAM = 1
@@ -54,12 +62,12 @@ class ShapesConfig:
     seed does.
     """
 
-    train_size: int = attrs.field(default=4096, validator=attrs.validators.ge(NUM_CLASSES))
-    val_size: int = attrs.field(default=1024, validator=attrs.validators.ge(NUM_CLASSES))
-    noise: float = attrs.field(default=0.08, validator=[attrs.validators.ge(0.0), attrs.validators.le(1.0)])
-    distractors: int = attrs.field(default=2, validator=[attrs.validators.ge(0), attrs.validators.le(8)])
-    clutter_lines: int = attrs.field(default=1, validator=[attrs.validators.ge(0), attrs.validators.le(8)])
-    seed: int | None = attrs.field(default=None, validator=attrs.validators.optional(attrs.validators.ge(0)))
+    train_size: int = attrs.field(default=4096, validator=int_in_range(NUM_CLASSES, MAX_IMAGES))
+    val_size: int = attrs.field(default=1024, validator=int_in_range(NUM_CLASSES, MAX_IMAGES))
+    noise: float = attrs.field(default=0.08, validator=probability())
+    distractors: int = attrs.field(default=2, validator=int_in_range(0, 8))
+    clutter_lines: int = attrs.field(default=1, validator=int_in_range(0, 8))
+    seed: int | None = attrs.field(default=None, validator=optional(non_negative_int()))
 
 
 def stream_generator(seed: int, stream: int) -> torch.Generator:
@@ -284,6 +292,11 @@ def generate_shapes(
 
 def build_shapes(config: ShapesConfig, context: TaskContext) -> TensorClassificationTask:
     """The ``shapes`` task on ``context.device``, generated on the CPU from ``config.seed`` or the run seed."""
+    total = config.train_size + config.val_size
+    sizes = f"[task] train_size = {config.train_size}, val_size = {config.val_size} ({total} images)"
+    require_memory(total * GENERATION_BYTES_PER_IMAGE, torch.device("cpu"), what=sizes)
+    if context.device.type != "cpu":
+        require_memory(total * CHANNELS * IMAGE_SIDE * IMAGE_SIDE * 4, context.device, what=sizes)
     seed = context.seed if config.seed is None else config.seed
     options = {"noise": config.noise, "distractors": config.distractors, "clutter_lines": config.clutter_lines}
     train_images, train_labels = generate_shapes(config.train_size, stream_generator(seed, _TRAIN_STREAM), **options)

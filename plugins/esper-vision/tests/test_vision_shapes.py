@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from esper_core.registry import TaskKind
@@ -116,3 +117,31 @@ def test_training_batches_are_augmented_deterministically() -> None:
     assert torch.equal(first, again)
     assert torch.equal(targets, task.train_targets[:64])
     assert not torch.equal(first, task.train_inputs[:64])
+
+
+def test_sizes_beyond_free_memory_are_one_config_line_before_anything_is_allocated(monkeypatch) -> None:
+    import esper_core.tasks
+    from esper_core.errors import ConfigError
+    from esper_vision import shapes
+
+    monkeypatch.setattr(esper_core.tasks, "available_memory", lambda device: 2**30)  # 1 GiB free
+    generated = []
+    monkeypatch.setattr(shapes, "generate_shapes", lambda *args, **kwargs: generated.append(args))
+    with pytest.raises(ConfigError) as raised:
+        build_shapes(ShapesConfig(train_size=20_000, val_size=1_000), TaskContext(device=CPU, seed=0))
+    message = str(raised.value)
+    assert message.startswith("[task] train_size = 20000, val_size = 1000 (21000 images) needs about")
+    assert "more than the 1.0 GiB available" in message and "\n" not in message
+    assert generated == []  # refused before generating
+
+
+def test_the_largest_allowed_sizes_are_refused_on_an_ordinary_machine() -> None:
+    from esper_core.errors import ConfigError
+    from esper_core.tasks import available_memory
+    from esper_vision.shapes import GENERATION_BYTES_PER_IMAGE, MAX_IMAGES
+
+    free = available_memory(CPU)
+    if free is None or free >= 2 * MAX_IMAGES * GENERATION_BYTES_PER_IMAGE:
+        pytest.skip("this machine could hold the largest allowed dataset")
+    with pytest.raises(ConfigError, match=r"^\[task\] train_size = 10000000, val_size = 10000000"):
+        build_shapes(ShapesConfig(train_size=MAX_IMAGES, val_size=MAX_IMAGES), TaskContext(device=CPU, seed=0))
