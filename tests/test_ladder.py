@@ -13,7 +13,6 @@ from esper_core.leyline import (
     AlphaTarget,
     BlendStyle,
     FactoredAction,
-    InternalKind,
     LifecycleOp,
     SeedStage,
     TelemetryEventType,
@@ -56,7 +55,7 @@ def test_conformance_catches_active_inactive_capacity():
 
 
 def test_conformance_catches_a_wrong_declaration_and_the_engine_too():
-    wrong = ladder_family(ladder=LadderSpec(kind=InternalKind.LORA_RANK, max_level=3, initial_level=1))
+    wrong = ladder_family(ladder=LadderSpec(kind="lora_rank", max_level=3, initial_level=1))
     with pytest.raises(ConformanceError, match="differs from the declared"):
         check_ladder_family(wrong, channels=6)
     with pytest.raises(PluginError, match="declares ladder"):
@@ -64,8 +63,8 @@ def test_conformance_catches_a_wrong_declaration_and_the_engine_too():
     undeclared = SeedFamily(name="sneaky", build=toy_plugin.build_toy_ladder, topologies=("image",))
     with pytest.raises(PluginError, match="declares no ladder"):
         check_ladder(undeclared, toy_plugin.ToyLadder(6))
-    with pytest.raises(ValueError, match="NONE"):
-        LadderSpec(kind=InternalKind.NONE, max_level=2)
+    with pytest.raises(ValueError, match="'none' means no ladder"):
+        LadderSpec(kind="none", max_level=2)
 
 
 def germinate_ladder(model, slot=0):
@@ -79,7 +78,7 @@ def test_grow_and_shrink_move_the_level_and_emit_one_event_each():
     model = make_model(events=events)
     slot = germinate_ladder(model)
     report = slot.report()
-    assert (report.internal_kind, report.internal_level, report.internal_max_level) == (InternalKind.CONV_STAGES, 1, 3)
+    assert (report.internal_kind, report.internal_level, report.internal_max_level) == ("conv_stages", 1, 3)
     assert report.internal_effective_params == slot.ladder.internal_effective_params(1) < report.built_params
     assert model.apply(FactoredAction(op=GROW, slot=0), metric_now=0.1).success
     assert model.apply(FactoredAction(op=GROW, slot=0), metric_now=0.1).success

@@ -7,7 +7,7 @@ import math
 import attrs
 import pytest
 
-from esper_core.leyline import FactoredAction, InternalKind, LifecycleOp, SeedMetrics, SeedStage, SeedStateReport
+from esper_core.leyline import FactoredAction, LifecycleOp, SeedMetrics, SeedStage, SeedStateReport
 from esper_core.simic import (
     BasicReward,
     BasicRewardConfig,
@@ -34,7 +34,7 @@ def slot(stage=SeedStage.DORMANT, *, seed_id=None, alpha=0.0, params=0, contribu
         env_id=0, slot_id=slot_id, stage=stage, seed_id=seed_id, blueprint_id="b" if seed_id else None,
         alpha=alpha, seed_params=params, effective_params=alpha * params,
         internal_effective_params=params if in_use is None else in_use, internal_level=level,
-        internal_kind=InternalKind.CONV_STAGES if level or last_direction else InternalKind.NONE, internal_max_level=4,
+        internal_kind="conv_stages" if level or last_direction else None, internal_max_level=4,
         internal_last_direction=last_direction, epochs_since_internal_change=since_change,
         metrics=SeedMetrics(counterfactual_contribution=contribution, metric_delta_since_germination=progress,
                             seed_age_epochs=age),

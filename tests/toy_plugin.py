@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from esper_core import hookimpl
-from esper_core.leyline import SEGMENT_BOUNDARY, FactoredAction, InjectionSpec, InternalKind, LifecycleOp
+from esper_core.leyline import SEGMENT_BOUNDARY, FactoredAction, InjectionSpec, LifecycleOp
 from esper_core.registry import HostFamily, LadderSpec, PolicyKind, SeedFamily, SinkKind, SurfaceKind, TaskKind
 from esper_core.tamiyo.features import build_features
 from esper_core.tasks import TaskContext, TaskInfo, TensorClassificationTask
@@ -89,7 +89,7 @@ def build_toy_seed(channels: int, topology: str, config: ToySeedConfig) -> nn.Mo
     return ToySeed(channels, config)
 
 
-TOY_LADDER = LadderSpec(kind=InternalKind.CONV_STAGES, max_level=3, initial_level=1)
+TOY_LADDER = LadderSpec(kind="conv_stages", max_level=3, initial_level=1)
 
 
 class ToyLadder(nn.Module):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import math
+from typing import Any, Protocol
 
 import attrs
 import torch
@@ -57,23 +59,64 @@ class AlphaSchedule:
         return self.value()
 
 
-class BlendGate(nn.Module):
-    """A learned gate g(h) in (0, 1): per sample for images (B, C, H, W), per token for sequences."""
+class ActivationLayout(Protocol):
+    """How a topology lays out its activations (``esper_core.registry.TopologyKind`` has these fields)."""
 
-    def __init__(self, channels: int, topology: str) -> None:
+    name: str
+    channel_dim: int
+    gate_pool_dims: tuple[int, ...]
+
+    def example_shape(self, batch: int, channels: int) -> tuple[int, ...]: ...
+
+
+@functools.cache
+def _builtin_topologies() -> dict[str, Any]:
+    from esper_core.plugins import PluginManager
+
+    registry = PluginManager(autoload=False).registry
+    return {name: registry.topology(name) for name in registry.names("topologies")}
+
+
+def resolve_topology(topology: str | ActivationLayout) -> ActivationLayout:
+    """A topology record as is; a bare name only for a topology the core registers itself
+    (``image``, ``sequence``). Builders of slots should pass the registered ``TopologyKind``
+    (``registry.topology(name)``), which is what makes a plugin's topology work."""
+    if not isinstance(topology, str):
+        return topology
+    builtin = _builtin_topologies()
+    if topology not in builtin:
+        raise ValueError(
+            f"topology '{topology}' is not one the core registers ({', '.join(sorted(builtin))}); "
+            "pass its registered TopologyKind (registry.topology(name)) instead of its name"
+        )
+    return builtin[topology]
+
+
+class BlendGate(nn.Module):
+    """A learned gate g(h) in (0, 1), for any registered topology.
+
+    The activation is averaged over the topology's ``gate_pool_dims``, a linear map of its channels
+    (on ``channel_dim``) gives one logit per remaining position, and the gate broadcasts back over
+    the pooled axes: per sample for images (B, C, H, W) pooled over (2, 3), per token for sequences
+    (B, T, D) pooled over nothing. Zero-initialised, so g = 0.5 at birth.
+    """
+
+    def __init__(self, channels: int, topology: ActivationLayout) -> None:
         super().__init__()
-        if topology not in ("image", "sequence"):
-            raise ValueError(f"BlendGate supports 'image' and 'sequence' topologies, not {topology!r}")
-        self.topology = topology
+        self.topology_name = topology.name
+        self.channel_dim = topology.channel_dim
+        self.pool_dims = tuple(topology.gate_pool_dims)
         self.proj = nn.Linear(channels, 1)
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        if self.topology == "image":
-            pooled = h.mean(dim=(2, 3))
-            return torch.sigmoid(self.proj(pooled)).view(-1, 1, 1, 1)
-        return torch.sigmoid(self.proj(h))
+        pooled = h.mean(dim=self.pool_dims, keepdim=True) if self.pool_dims else h
+        logits = self.proj(pooled.movedim(self.channel_dim, -1)).movedim(-1, self.channel_dim)
+        return torch.sigmoid(logits)
+
+    def extra_repr(self) -> str:
+        return f"topology={self.topology_name}, channel_dim={self.channel_dim}, pool_dims={self.pool_dims}"
 
 
 def blend(

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from esper_core.leyline import InternalKind
-
 
 @runtime_checkable
 class LadderModule(Protocol):
     """What a seed family with a ladder builds (an ``nn.Module`` with these members).
+
+    ``internal_kind`` names the registered ``LadderKind`` (e.g. ``"conv_stages"``), the same as the
+    family's ``LadderSpec.kind``.
 
     Levels run ``0..internal_max_level``; level 0 is the identity (no capacity in use). The module is
     built at its family's ``initial_level``. Rules the conformance kit checks:
@@ -22,7 +23,7 @@ class LadderModule(Protocol):
       in ``level`` and 0 at level 0.
     """
 
-    internal_kind: InternalKind
+    internal_kind: str
     internal_max_level: int
 
     @property

@@ -5,13 +5,24 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import attrs
 import torch
 from torch import nn
 
-from esper_core.kasmina.slot import Clock, EventSink, LifecycleSettings, OpResult, SeedBuilder, SeedSlot
+from esper_core.kasmina.blending import ActivationLayout, resolve_topology
+from esper_core.kasmina.slot import (
+    Clock,
+    EventSink,
+    LifecycleSettings,
+    OpResult,
+    SeedBuilder,
+    SeedPluginLookup,
+    SeedSlot,
+    SlotLifecycleState,
+    _converter,
+)
 from esper_core.leyline import (
     AlphaTarget,
-    BlendStyle,
     FactoredAction,
     LifecycleOp,
     OCCUPIED_STAGES,
@@ -21,10 +32,31 @@ from esper_core.leyline import (
 )
 
 
+@attrs.frozen
+class ModelLifecycleState:
+    """A model's lifecycle without its weights: each slot's ``SlotLifecycleState`` by slot id, the
+    germination count (it seeds the next seed) and the order seeds were fossilized in."""
+
+    slots: dict[str, SlotLifecycleState]
+    germination_count: int
+    fossilization_order: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return _converter().unstructure(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelLifecycleState:
+        return _converter().structure(data, cls)
+
+
 class MorphogeneticModel(nn.Module):
     """Wraps any registered host: ``forward`` routes through every enabled slot in ``SlotConfig`` order.
 
     With every slot dormant the host's own ``forward`` runs (no routing work at all).
+
+    ``topology`` is the host's registered ``TopologyKind`` (a bare name only for the core's own
+    ``image`` / ``sequence``); slots use its layout for learned blend gates and the seed-contract probe.
+    ``seed_plugin`` names the plugin that registered a blueprint, for seed-contract errors.
     """
 
     def __init__(
@@ -32,7 +64,7 @@ class MorphogeneticModel(nn.Module):
         host: nn.Module,
         slot_config: SlotConfig,
         *,
-        topology: str,
+        topology: ActivationLayout | str,
         blueprints: Sequence[str],
         build_seed: SeedBuilder,
         settings: LifecycleSettings,
@@ -40,6 +72,7 @@ class MorphogeneticModel(nn.Module):
         env_id: int = 0,
         emit: EventSink | None = None,
         clock: Clock | None = None,
+        seed_plugin: SeedPluginLookup | None = None,
     ) -> None:
         super().__init__()
         self.host = host
@@ -48,11 +81,12 @@ class MorphogeneticModel(nn.Module):
         self.max_seeds = max_seeds
         self.env_id = env_id
         self._clock = clock or (lambda: (0, 0))
+        topology = resolve_topology(topology)
         self.slots = nn.ModuleDict(
             {
                 spec.slot_id: SeedSlot(
                     spec, topology=topology, settings=settings, build_seed=build_seed,
-                    env_id=env_id, emit=emit, clock=self._clock,
+                    env_id=env_id, emit=emit, clock=self._clock, seed_plugin=seed_plugin,
                 )
                 for spec in slot_config.specs
             }
@@ -171,23 +205,7 @@ class MorphogeneticModel(nn.Module):
         identity at birth (their output layer starts at zero), so the implanted network starts as the
         host does and learns to use the extra capacity, as a zero-initialised residual branch would.
         """
-        slot = self.slots[slot_id]
-        if slot.stage is not SeedStage.DORMANT:
-            raise ValueError(f"cannot implant {blueprint} in {slot_id}: the slot is {slot.stage.name}")
-        slot.seed = slot._build_seed(blueprint, slot.spec.channels).to(slot.alpha_tensor.device)
-        slot.gate = None
-        slot.seed_id = f"implant-{slot_id}"
-        slot.blueprint_id = blueprint
-        slot.style = BlendStyle.ADD
-        ladder = slot.ladder
-        if level is not None:
-            if ladder is None:
-                raise ValueError(f"cannot implant {blueprint} at level {level}: it has no ladder")
-            if not 0 <= level <= ladder.internal_max_level:
-                raise ValueError(f"level {level} of {blueprint} is outside its ladder 0..{ladder.internal_max_level}")
-            ladder.set_internal_level(level)
-        slot.stage = SeedStage.FOSSILIZED
-        slot._set_alpha(1.0)
+        self.slots[slot_id].implant(blueprint, level)
         self.fossilization_order.append(slot_id)
         self.germination_count += 1
 
@@ -206,9 +224,6 @@ class MorphogeneticModel(nn.Module):
         return counts
 
     # -- parameters --------------------------------------------------------------------------------
-
-    def host_parameter_count(self) -> int:
-        return sum(p.numel() for p in self.host.parameters())
 
     def live_seed_slots(self) -> list[SeedSlot]:
         """Slots whose seed trains with its own optimizer (live, not fossilized)."""
@@ -229,19 +244,27 @@ class MorphogeneticModel(nn.Module):
 
     # -- checkpointing -----------------------------------------------------------------------------
 
-    def lifecycle_state(self) -> dict[str, Any]:
-        return {
-            "slots": {slot_id: self.slots[slot_id].lifecycle_state() for slot_id in self.slot_ids},
-            "germination_count": self.germination_count,
-            "fossilization_order": list(self.fossilization_order),
-        }
+    def lifecycle_record(self) -> ModelLifecycleState:
+        """Every slot's lifecycle and the model's own counters (the weights live in the state dict)."""
+        return ModelLifecycleState(
+            slots={slot_id: self.slots[slot_id].lifecycle_record() for slot_id in self.slot_ids},
+            germination_count=self.germination_count,
+            fossilization_order=tuple(self.fossilization_order),
+        )
 
-    def load_lifecycle_state(self, state: dict[str, Any]) -> None:
-        if set(state["slots"]) != set(self.slot_ids):
+    def load_lifecycle_record(self, state: ModelLifecycleState) -> None:
+        if set(state.slots) != set(self.slot_ids):
             raise ValueError(
-                f"checkpoint slots {sorted(state['slots'])} do not match this model's {list(self.slot_ids)}"
+                f"checkpoint slots {sorted(state.slots)} do not match this model's {list(self.slot_ids)}"
             )
         for slot_id in self.slot_ids:
-            self.slots[slot_id].load_lifecycle_state(state["slots"][slot_id])
-        self.germination_count = state["germination_count"]
-        self.fossilization_order = list(state["fossilization_order"])
+            self.slots[slot_id].load_lifecycle_record(state.slots[slot_id])
+        self.germination_count = state.germination_count
+        self.fossilization_order = list(state.fossilization_order)
+
+    def lifecycle_state(self) -> dict[str, Any]:
+        """``lifecycle_record()`` as plain values (enums by name), e.g. for checkpoints."""
+        return self.lifecycle_record().to_dict()
+
+    def load_lifecycle_state(self, state: dict[str, Any]) -> None:
+        self.load_lifecycle_record(ModelLifecycleState.from_dict(state))

@@ -10,6 +10,7 @@ and a fossilized seed is part of the host and trains with the host optimizer.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from typing import Any
@@ -18,8 +19,8 @@ import attrs
 import torch
 from torch import nn
 
-from esper_core.errors import LifecycleError
-from esper_core.kasmina.blending import AlphaSchedule, BlendGate, blend
+from esper_core.errors import EsperError, LifecycleError, SeedContractError
+from esper_core.kasmina.blending import ActivationLayout, AlphaSchedule, BlendGate, blend, resolve_topology
 from esper_core.kasmina.ladder import LadderModule
 from esper_core.leyline import (
     BLENDED_STAGES,
@@ -28,7 +29,6 @@ from esper_core.leyline import (
     AlphaCurve,
     BlendStyle,
     InjectionSpec,
-    InternalKind,
     SeedMetrics,
     SeedStage,
     SeedStateReport,
@@ -50,6 +50,8 @@ SeedBuilder = Callable[[str, int], nn.Module]
 EventSink = Callable[[TelemetryEvent], None]
 #: Returns the current (round, epoch) for event payloads.
 Clock = Callable[[], tuple[int, int]]
+#: Names the plugin that registered a seed family (for error messages); None when unknown.
+SeedPluginLookup = Callable[[str], "str | None"]
 
 
 @attrs.frozen
@@ -74,6 +76,65 @@ class OpResult:
 OK = OpResult(True)
 
 
+@attrs.frozen
+class SlotLifecycleState:
+    """Everything about a slot but its weights: the one list of a slot's lifecycle fields.
+
+    ``SeedSlot`` keeps each field (but ``internal_level``) as an attribute of the same name, and
+    resetting, checkpointing and restoring a slot all iterate this record's fields, so a field added
+    here is reset, saved and restored everywhere at once (a test checks that a slot has no lifecycle
+    attribute outside it). The defaults are a DORMANT slot's. ``internal_level`` is read from and
+    applied to the seed's ladder (None without one). Checkpoints hold it unstructured by the telemetry
+    converter (``SlotLifecycleState.to_dict`` / ``from_dict``): plain values, enums by name.
+    """
+
+    stage: SeedStage = SeedStage.DORMANT
+    seed_id: str | None = None
+    blueprint_id: str | None = None
+    style: BlendStyle | None = None
+    blend_epochs: int = 0
+    planned_alpha_target: float = 1.0
+    planned_curve: AlphaCurve = AlphaCurve.LINEAR
+    alpha: float = 0.0
+    schedule: AlphaSchedule | None = None
+    blend_out: bool = False
+    prune_reason: str = ""
+    embargo_left: int = 0
+    epochs_in_stage: int = 0
+    seed_age: int = 0
+    contribution: float | None = None
+    contribution_velocity: float | None = None
+    epochs_since_measured: int | None = None
+    metric_at_germination: float | None = None
+    last_metric: float | None = None
+    seed_grad_norm: float | None = None
+    host_grad_norm: float | None = None
+    grad_finite: bool = True
+    internal_last_direction: int = 0
+    epochs_since_internal_change: int | None = None
+    internal_level: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return _converter().unstructure(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SlotLifecycleState:
+        return _converter().structure(data, cls)
+
+
+#: The record's fields a slot keeps as attributes of the same name (``internal_level`` lives in the ladder).
+_SLOT_ATTRIBUTES: tuple[attrs.Attribute, ...] = tuple(
+    field for field in attrs.fields(SlotLifecycleState) if field.name != "internal_level"
+)
+
+
+def _converter():
+    """The project's cattrs converter (the one telemetry payloads go through)."""
+    from esper_core.leyline.telemetry import _json_converter
+
+    return _json_converter
+
+
 def count_parameters(module: nn.Module | None) -> int:
     if module is None:
         return 0
@@ -81,61 +142,72 @@ def count_parameters(module: nn.Module | None) -> int:
 
 
 class SeedSlot(nn.Module):
-    """One slot on the host's activation stream, identity while dormant."""
+    """One slot on the host's activation stream, identity while dormant.
+
+    ``topology`` is the host's registered ``TopologyKind`` (a bare name only for the core's own
+    ``image`` / ``sequence``): a learned blend gate uses its layout, and a germinated seed is probed
+    once on its ``example_shape`` (the seed contract). ``seed_plugin`` names the plugin that
+    registered a blueprint, for the errors that contract raises.
+    """
 
     def __init__(
         self,
         spec: InjectionSpec,
         *,
-        topology: str,
+        topology: ActivationLayout | str,
         settings: LifecycleSettings,
         build_seed: SeedBuilder,
         env_id: int = 0,
         emit: EventSink | None = None,
         clock: Clock | None = None,
+        seed_plugin: SeedPluginLookup | None = None,
     ) -> None:
         super().__init__()
         self.spec = spec
         self.slot_id = spec.slot_id
-        self.topology = topology
+        self.topology = resolve_topology(topology)
         self.settings = settings
         self._build_seed = build_seed
         self.env_id = env_id
         self._emit = emit
         self._clock = clock or (lambda: (0, 0))
+        self._seed_plugin = seed_plugin
         self.seed: nn.Module | None = None
         self.gate: BlendGate | None = None
         self.register_buffer("alpha_tensor", torch.zeros(()), persistent=False)
         self._reset_state()
 
+    # The lifecycle attributes (one per SlotLifecycleState field but internal_level), set by _reset_state.
+    stage: SeedStage
+    seed_id: str | None
+    blueprint_id: str | None
+    style: BlendStyle | None
+    blend_epochs: int
+    planned_alpha_target: float
+    planned_curve: AlphaCurve
+    alpha: float
+    schedule: AlphaSchedule | None
+    blend_out: bool
+    prune_reason: str
+    embargo_left: int
+    epochs_in_stage: int
+    seed_age: int
+    contribution: float | None
+    contribution_velocity: float | None
+    epochs_since_measured: int | None
+    metric_at_germination: float | None
+    last_metric: float | None
+    seed_grad_norm: float | None
+    host_grad_norm: float | None
+    grad_finite: bool
+    internal_last_direction: int
+    epochs_since_internal_change: int | None
+
     def _reset_state(self) -> None:
-        self.stage = SeedStage.DORMANT
+        """Back to a DORMANT slot: no seed, every lifecycle field at its SlotLifecycleState default."""
         self.seed = None
         self.gate = None
-        self.seed_id: str | None = None
-        self.blueprint_id: str | None = None
-        self.style: BlendStyle | None = None
-        self.blend_epochs = 0
-        self.planned_alpha_target = 1.0
-        self.planned_curve = AlphaCurve.LINEAR
-        self.alpha = 0.0
-        self.schedule: AlphaSchedule | None = None
-        self.blend_out = False
-        self._prune_reason = ""
-        self.embargo_left = 0
-        self.epochs_in_stage = 0
-        self.seed_age = 0
-        self.contribution: float | None = None
-        self.contribution_velocity: float | None = None
-        self.epochs_since_measured: int | None = None
-        self.metric_at_germination: float | None = None
-        self.last_metric: float | None = None
-        self.seed_grad_norm: float | None = None
-        self.host_grad_norm: float | None = None
-        self.grad_finite = True
-        self.internal_last_direction = 0
-        self.epochs_since_internal_change: int | None = None
-        self._set_alpha(0.0)
+        self._apply_fields(SlotLifecycleState())
 
     # -- forward -----------------------------------------------------------------------------------
 
@@ -176,10 +248,8 @@ class SeedSlot(nn.Module):
             return OpResult(False, f"slot {self.slot_id} is {self.stage.name}, not DORMANT")
         if not 0.0 < alpha_target <= 1.0:
             raise LifecycleError(f"slot {self.slot_id}: alpha target {alpha_target} not in (0, 1]")
-        seed = self._build_seed(blueprint, self.spec.channels)
-        device = self.alpha_tensor.device
-        self.seed = seed.to(device)
-        self.gate = self._build_gate().to(device) if style is BlendStyle.GATE else None
+        self.seed = self._new_seed(blueprint)  # raises SeedContractError before anything changes
+        self.gate = self._build_gate() if style is BlendStyle.GATE else None
         self.seed_id = seed_id
         self.blueprint_id = blueprint
         self.style = style
@@ -250,7 +320,7 @@ class SeedSlot(nn.Module):
             return OK
         self.schedule = AlphaSchedule(start=self.alpha, target=0.0, total_epochs=epochs, curve=curve)
         self.blend_out = True
-        self._prune_reason = reason
+        self.prune_reason = reason
         self._set_alpha(self.schedule.value())
         if self.stage is SeedStage.HOLDING:
             self._transition(SeedStage.BLENDING)
@@ -341,7 +411,7 @@ class SeedSlot(nn.Module):
             self._set_alpha(self.schedule.tick())
             if self.schedule.done:
                 if self.blend_out:
-                    self._prune_now(self._prune_reason)
+                    self._prune_now(self.prune_reason)
                 else:
                     self._transition(SeedStage.HOLDING)
         if self.stage is SeedStage.PRUNED:
@@ -436,7 +506,7 @@ class SeedSlot(nn.Module):
             built_params=self.built_params if has_seed else 0,
             effective_params=self.effective_params,
             embargo_epochs_left=self.embargo_left,
-            internal_kind=self.ladder.internal_kind if self.ladder is not None else InternalKind.NONE,
+            internal_kind=self.ladder.internal_kind if self.ladder is not None else None,
             internal_level=self.ladder.internal_level if self.ladder is not None else 0,
             internal_max_level=self.ladder.internal_max_level if self.ladder is not None else 0,
             internal_effective_params=self.internal_effective_params if has_seed else 0,
@@ -458,83 +528,113 @@ class SeedSlot(nn.Module):
 
     # -- checkpointing -----------------------------------------------------------------------------
 
-    def lifecycle_state(self) -> dict[str, Any]:
-        """Everything but the weights, as plain values (the weights live in the module state dict)."""
-        schedule = attrs.asdict(self.schedule) if self.schedule is not None else None
-        if schedule is not None:
-            schedule["curve"] = int(schedule["curve"])
-        return {
-            "stage": int(self.stage),
-            "seed_id": self.seed_id,
-            "blueprint_id": self.blueprint_id,
-            "style": None if self.style is None else int(self.style),
-            "blend_epochs": self.blend_epochs,
-            "planned_alpha_target": self.planned_alpha_target,
-            "planned_curve": int(self.planned_curve),
-            "alpha": self.alpha,
-            "schedule": schedule,
-            "blend_out": self.blend_out,
-            "prune_reason": self._prune_reason,
-            "embargo_left": self.embargo_left,
-            "epochs_in_stage": self.epochs_in_stage,
-            "seed_age": self.seed_age,
-            "contribution": self.contribution,
-            "contribution_velocity": self.contribution_velocity,
-            "epochs_since_measured": self.epochs_since_measured,
-            "metric_at_germination": self.metric_at_germination,
-            "last_metric": self.last_metric,
-            "seed_grad_norm": self.seed_grad_norm,
-            "host_grad_norm": self.host_grad_norm,
-            "grad_finite": self.grad_finite,
-            "internal_level": self.ladder.internal_level if self.ladder is not None else None,
-            "internal_last_direction": self.internal_last_direction,
-            "epochs_since_internal_change": self.epochs_since_internal_change,
-        }
+    def lifecycle_record(self) -> SlotLifecycleState:
+        """Everything but the weights (the weights live in the module state dict)."""
+        values = {field.name: getattr(self, field.name) for field in _SLOT_ATTRIBUTES}
+        values["schedule"] = copy.copy(self.schedule)  # the record must not follow later ticks
+        ladder = self.ladder
+        return SlotLifecycleState(**values, internal_level=ladder.internal_level if ladder is not None else None)
 
-    def load_lifecycle_state(self, state: dict[str, Any]) -> None:
+    def load_lifecycle_record(self, state: SlotLifecycleState) -> None:
         """Rebuild the seed module (if any) and restore the lifecycle; load weights afterwards."""
         self._reset_state()
-        self.stage = SeedStage(state["stage"])
-        if self.stage in LIVE_STAGES or self.stage is SeedStage.FOSSILIZED:  # pruned seeds keep only their ids
-            device = self.alpha_tensor.device
-            self.seed = self._build_seed(state["blueprint_id"], self.spec.channels).to(device)
-            style = BlendStyle(state["style"])
-            if style is BlendStyle.GATE:
-                self.gate = self._build_gate().to(device)
-        self.seed_id = state["seed_id"]
-        self.blueprint_id = state["blueprint_id"]
-        self.style = None if state["style"] is None else BlendStyle(state["style"])
-        self.blend_epochs = state["blend_epochs"]
-        self.planned_alpha_target = state["planned_alpha_target"]
-        self.planned_curve = AlphaCurve(state["planned_curve"])
-        if state["schedule"] is not None:
-            schedule = dict(state["schedule"])
-            schedule["curve"] = AlphaCurve(schedule["curve"])
-            self.schedule = AlphaSchedule(**schedule)
-        self.blend_out = state["blend_out"]
-        self._prune_reason = state["prune_reason"]
-        self.embargo_left = state["embargo_left"]
-        self.epochs_in_stage = state["epochs_in_stage"]
-        self.seed_age = state["seed_age"]
-        self.contribution = state["contribution"]
-        self.contribution_velocity = state["contribution_velocity"]
-        self.epochs_since_measured = state["epochs_since_measured"]
-        self.metric_at_germination = state["metric_at_germination"]
-        self.last_metric = state["last_metric"]
-        self.seed_grad_norm = state["seed_grad_norm"]
-        self.host_grad_norm = state["host_grad_norm"]
-        self.grad_finite = state["grad_finite"]
-        if state["internal_level"] is not None:
-            self.ladder.set_internal_level(state["internal_level"])
-        self.internal_last_direction = state["internal_last_direction"]
-        self.epochs_since_internal_change = state["epochs_since_internal_change"]
-        self._set_alpha(state["alpha"])
+        if state.stage in LIVE_STAGES or state.stage is SeedStage.FOSSILIZED:  # pruned seeds keep only their ids
+            self.seed = self._build_seed(state.blueprint_id, self.spec.channels).to(**self._placement())
+            if state.style is BlendStyle.GATE:
+                self.gate = self._build_gate()
+        self._apply_fields(state)
+        if state.internal_level is not None:
+            self.ladder.set_internal_level(state.internal_level)
+
+    def lifecycle_state(self) -> dict[str, Any]:
+        """``lifecycle_record()`` as plain values (enums by name), e.g. for checkpoints."""
+        return self.lifecycle_record().to_dict()
+
+    def load_lifecycle_state(self, state: dict[str, Any]) -> None:
+        self.load_lifecycle_record(SlotLifecycleState.from_dict(state))
+
+    def implant(self, blueprint: str, level: int | None = None) -> None:
+        """Make a seed of ``blueprint`` part of the host from birth: FOSSILIZED at alpha 1 with an ADD
+        blend (a ladder at ``level``), no lifecycle, no events (see ``MorphogeneticModel.implant``)."""
+        if self.stage is not SeedStage.DORMANT:
+            raise ValueError(f"cannot implant {blueprint} in {self.slot_id}: the slot is {self.stage.name}")
+        seed = self._new_seed(blueprint)
+        ladder = seed if isinstance(seed, LadderModule) else None
+        if level is not None:
+            if ladder is None:
+                raise ValueError(f"cannot implant {blueprint} at level {level}: it has no ladder")
+            if not 0 <= level <= ladder.internal_max_level:
+                raise ValueError(f"level {level} of {blueprint} is outside its ladder 0..{ladder.internal_max_level}")
+            ladder.set_internal_level(level)
+        self.seed = seed
+        self.gate = None
+        self.seed_id = f"implant-{self.slot_id}"
+        self.blueprint_id = blueprint
+        self.style = BlendStyle.ADD
+        self.stage = SeedStage.FOSSILIZED
+        self._set_alpha(1.0)
 
     # -- internals ---------------------------------------------------------------------------------
 
+    def _apply_fields(self, state: SlotLifecycleState) -> None:
+        for field in _SLOT_ATTRIBUTES:
+            setattr(self, field.name, getattr(state, field.name))
+        self.schedule = copy.copy(state.schedule)  # the slot ticks its own copy
+        self._set_alpha(state.alpha)
+
+    def _placement(self) -> dict[str, Any]:
+        """Where the slot's tensors live (its device and floating dtype), for new seed modules."""
+        return {"device": self.alpha_tensor.device, "dtype": self.alpha_tensor.dtype}
+
+    def _new_seed(self, blueprint: str) -> nn.Module:
+        """Build a seed of ``blueprint`` on the slot's device and check the seed contract once.
+
+        One forward on a probe batch (the topology's example shape at this slot's channels, in eval
+        mode, without gradient, the global RNG untouched) checks that ``build`` returned an
+        ``nn.Module`` whose output has the input's shape, dtype and device. Any failure raises
+        ``SeedContractError`` naming the family and its plugin; the slot has not changed then.
+        """
+        plugin = self._seed_plugin(blueprint) if self._seed_plugin is not None else None
+        who = f"seed family '{blueprint}'" + (f" (plugin '{plugin}')" if plugin else "")
+        where = f"in slot {self.slot_id}"
+
+        def broken(problem: str) -> SeedContractError:
+            return SeedContractError(f"{who} {problem} {where}", family=blueprint, plugin=plugin)
+
+        try:
+            seed = self._build_seed(blueprint, self.spec.channels)
+        except EsperError:
+            raise
+        except Exception as exc:
+            raise broken(f"failed to build a seed ({type(exc).__name__}: {exc})") from exc
+        if not isinstance(seed, nn.Module):
+            raise broken(f"built a {type(seed).__name__}, not a torch.nn.Module,")
+        placement = self._placement()
+        seed = seed.to(**placement)
+        shape = tuple(self.topology.example_shape(2, self.spec.channels))
+        probe = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(**placement)
+        was_training = seed.training
+        seed.eval()
+        try:
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                out = seed(probe)
+        except Exception as exc:
+            raise broken(f"failed on a probe batch of shape {shape} ({type(exc).__name__}: {exc})") from exc
+        finally:
+            seed.train(was_training)
+        if not isinstance(out, torch.Tensor):
+            raise broken(f"returned a {type(out).__name__}, not a tensor, for a probe batch of shape {shape}")
+        if tuple(out.shape) != shape:
+            raise broken(f"is not shape-preserving: {shape} -> {tuple(out.shape)}")
+        if out.dtype != probe.dtype:
+            raise broken(f"changes the dtype: {probe.dtype} -> {out.dtype}")
+        if out.device != probe.device:
+            raise broken(f"moves the activation from {probe.device} to {out.device}")
+        return seed
+
     def _build_gate(self) -> BlendGate:
         with torch.random.fork_rng(devices=[]):  # leave the global RNG stream untouched
-            return BlendGate(self.spec.channels, self.topology)
+            return BlendGate(self.spec.channels, self.topology).to(**self._placement())
 
     def _set_alpha(self, value: float) -> None:
         self.alpha = float(value)

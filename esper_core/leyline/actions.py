@@ -20,15 +20,6 @@ class LifecycleOp(enum.IntEnum):
     SHRINK_INTERNAL = 7
 
 
-class InternalKind(enum.IntEnum):
-    """The kind of internal capacity ladder a seed family has (0: none). Values are stable."""
-
-    NONE = 0
-    CONV_STAGES = 1
-    LORA_RANK = 2
-    CHANNEL_GROUPS = 3
-
-
 class BlendStyle(enum.IntEnum):
     """How a blended seed's output ``s`` is combined with the host activation ``h`` (the style head).
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import attrs
 
-from esper_core.leyline.actions import AlphaCurve, BlendStyle, InternalKind
+from esper_core.leyline.actions import AlphaCurve, BlendStyle
 from esper_core.leyline.stages import OCCUPIED_STAGES, SeedStage
 
 
@@ -44,8 +44,10 @@ class SeedStateReport:
     are that count; ``built_params`` is what the seed allocates (memory, never size). A model's size is
     the host's parameters plus the sizes of its live and fossilized seeds. ``effective_params`` is what
     rent is charged on (alpha x the size while live, the size once fossilized). For a seed with a
-    ladder, ``internal_level`` of ``internal_max_level`` is the capacity in use; ``internal_last_direction`` (+1 grow, -1
-    shrink, 0 never) and ``epochs_since_internal_change`` describe the last level change.
+    ladder, ``internal_kind`` names its registered ladder kind (a ``LadderKind``; None without a
+    ladder), ``internal_level`` of ``internal_max_level`` is the capacity in use;
+    ``internal_last_direction`` (+1 grow, -1 shrink, 0 never) and ``epochs_since_internal_change``
+    describe the last level change.
 
     **The levers** (what the action heads set, so a policy can see what it pulled): ``style`` is the
     blend style chosen at germination (the style head); ``blend_epochs`` the blend-in length in epochs
@@ -74,7 +76,7 @@ class SeedStateReport:
     built_params: int = 0
     effective_params: float = 0.0
     embargo_epochs_left: int = 0
-    internal_kind: InternalKind = InternalKind.NONE
+    internal_kind: str | None = None
     internal_level: int = 0
     internal_max_level: int = 0
     internal_effective_params: int = 0

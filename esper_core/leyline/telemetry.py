@@ -10,7 +10,9 @@ from typing import Any
 import attrs
 import cattrs
 
-from esper_core.leyline.actions import BlendStyle, InternalKind
+from esper_core.errors import DataError
+
+from esper_core.leyline.actions import BlendStyle
 from esper_core.leyline.reports import SeedStateReport
 from esper_core.leyline.stages import SeedStage
 
@@ -266,8 +268,6 @@ class TelemetryEvent:
 _json_converter = cattrs.Converter()
 _json_converter.register_unstructure_hook(SeedStage, lambda stage: stage.name)
 _json_converter.register_structure_hook(SeedStage, lambda value, _: SeedStage[value])
-_json_converter.register_unstructure_hook(InternalKind, lambda kind: kind.name)
-_json_converter.register_structure_hook(InternalKind, lambda value, _: InternalKind[value])
 _json_converter.register_unstructure_hook(BlendStyle, lambda style: style.name)
 _json_converter.register_structure_hook(BlendStyle, lambda value, _: BlendStyle[value])
 

@@ -14,17 +14,18 @@ from collections.abc import Callable, Sequence
 import attrs
 import torch
 
+from esper_core.errors import PluginError
 from esper_core.leyline import (
     MAX_SURFACE_CODE,
     AlphaCurve,
     AlphaSpeed,
     BlendStyle,
-    InternalKind,
     LifecycleOp,
     SeedStage,
     SeedStateReport,
     Tempo,
 )
+from esper_core.registry import MAX_LADDER_CODE
 from esper_core.tamiyo.observation import EnvObservation
 
 #: The value written for anything not measured (always accompanied by a ``*_measured`` flag of 0).
@@ -74,7 +75,7 @@ BASE_FEATURES: tuple[Feature, ...] = (
 
 SLOT_FEATURES: tuple[Feature, ...] = (
     Feature("slot_order_norm", 1, "(the slot's InjectionSpec.order - the host's lowest) / the host's order span, over all the host's slots, enabled or not; 0 with one slot"),
-    Feature("slot_surface_norm", 1, "the slot's surface code / MAX_SURFACE_CODE (7): segment boundary 0, post_attn 1/7, post_mlp 2/7"),
+    Feature("slot_surface_norm", 1, f"the registered code of the slot's surface (SurfaceKind.code) / MAX_SURFACE_CODE ({MAX_SURFACE_CODE}); the core's segment_boundary is 0"),
     Feature("stage", len(SeedStage), "one-hot of the slot's SeedStage, in enum order"),
     Feature("alpha", 1, "current blend weight"),
     Feature("alpha_target", 1, "where the current (or planned) alpha schedule goes; 0 with no seed"),
@@ -100,6 +101,7 @@ SLOT_FEATURES: tuple[Feature, ...] = (
     Feature("seed_params_norm", 1, "log1p(seed params / host params); seed params are the parameters in use (the size rule)"),
     Feature("embargo_left_norm", 1, "embargo epochs left / episode_length"),
     Feature("has_ladder", 1, "1 if the seed has an internal capacity ladder (GROW/SHRINK_INTERNAL apply)"),
+    Feature("ladder_kind_norm", 1, f"the registered code of the seed's ladder kind (LadderKind.code) / MAX_LADDER_CODE ({MAX_LADDER_CODE}); 0 without a ladder"),
     Feature("internal_level_norm", 1, "internal_level / max(internal_max_level, 1); 0 without a ladder"),
     Feature("contribution_per_param", 1, "signed log1p(contribution / (seed params / host params)): contribution per unit of relative size in use, what rent is weighed against; UNMEASURED with contribution or with no seed"),
     Feature("epochs_since_internal_change_norm", 1, "epochs since the last level change / episode_length, UNMEASURED if none"),
@@ -180,7 +182,13 @@ def base_features(observation: EnvObservation) -> list[float]:
 
 
 def slot_features(
-    report: SeedStateReport, *, episode_length: int, host_params: int, order_norm: float, surface_norm: float
+    report: SeedStateReport,
+    *,
+    episode_length: int,
+    host_params: int,
+    order_norm: float,
+    surface_norm: float,
+    ladder_kind_norm: float,
 ) -> list[float]:
     metrics = report.metrics
     has_seed = report.seed_id is not None and report.seed_params > 0
@@ -236,7 +244,8 @@ def slot_features(
         metrics.seed_age_epochs / episode_length,
         math.log1p(report.seed_params / host_params),
         report.embargo_epochs_left / episode_length,
-        0.0 if report.internal_kind is InternalKind.NONE else 1.0,
+        0.0 if report.internal_kind is None else 1.0,
+        ladder_kind_norm,
         report.internal_level / max(report.internal_max_level, 1),
         per_param,
         _measured(report.epochs_since_internal_change, lambda epochs: epochs / episode_length)[0],
@@ -262,6 +271,16 @@ class FeatureBatch:
         return torch.cat([self.base, self.slots.flatten(start_dim=1)], dim=1)
 
 
+def _code(codes: dict[str, int], name: str, label: str) -> int:
+    try:
+        return codes[name]
+    except KeyError:
+        raise PluginError(
+            f"Obs V3: {label} '{name}' has no registered code in this observation "
+            f"(known: {', '.join(sorted(codes)) or 'none'}); register it with its code"
+        ) from None
+
+
 def build_features(observations: Sequence[EnvObservation], device: torch.device | None = None) -> FeatureBatch:
     """Obs V3 features for every environment (one host-to-device copy per tensor)."""
     base, slots, ids = [], [], []
@@ -274,7 +293,10 @@ def build_features(observations: Sequence[EnvObservation], device: torch.device 
                 slot_features(
                     report, episode_length=observation.episode_length, host_params=observation.host_params,
                     order_norm=slot_config.order_norm(spec.slot_id),
-                    surface_norm=observation.surface_codes[spec.surface] / MAX_SURFACE_CODE,
+                    surface_norm=_code(observation.surface_codes, spec.surface, "surface") / MAX_SURFACE_CODE,
+                    ladder_kind_norm=0.0
+                    if report.internal_kind is None
+                    else _code(observation.ladder_kind_codes, report.internal_kind, "ladder kind") / MAX_LADDER_CODE,
                 )
                 for report, spec in zip(observation.slots, slot_config.specs)
             ]
@@ -285,6 +307,28 @@ def build_features(observations: Sequence[EnvObservation], device: torch.device 
         slots=torch.tensor(slots, dtype=torch.float32, device=device),
         blueprint_ids=torch.tensor(ids, dtype=torch.long, device=device),
     )
+
+
+#: What the core reads from a host and from plugins to build these features (docs/observation.md).
+READS_CONTRACT: tuple[str, ...] = (
+    "## What the core reads from hosts and plugins",
+    "",
+    "The features depend on no particular host, surface, topology or seed family: the core reads only",
+    "these contracted values, so any host or plugin that meets them is observed the same way.",
+    "",
+    "- **Slot placement**: each slot's `InjectionSpec.order` (normalised over the host's whole span of",
+    "  orders, enabled slots or not); slot ids are opaque and never parsed.",
+    "- **Surface**: the registered code of the slot's `InjectionSpec.surface` (`SurfaceKind.code`, 0..`MAX_SURFACE_CODE`,",
+    f"  here {MAX_SURFACE_CODE}), from `EnvObservation.surface_codes`; the value is `code / MAX_SURFACE_CODE`, the same",
+    "  whatever other plugins are installed. A plugin that adds a surface registers it with a free code.",
+    "- **Ladder kind**: the registered code of the seed's ladder kind (`LadderKind.code`, 1..`MAX_LADDER_CODE`,",
+    f"  here {MAX_LADDER_CODE}; 0 without a ladder), from `EnvObservation.ladder_kind_codes` and the",
+    "  `LadderSpec.kind` / `LadderModule.internal_kind` name the seed reports.",
+    "- **Seed state**: the slot's `SeedStateReport` (stage, levers, sizes by the size rule, measurements).",
+    "- **Sizes**: the host's parameter count and each seed's parameters in use.",
+    "",
+    "A surface or ladder kind name without a code in the observation is an error naming it, never a silent 0.",
+)
 
 
 def layout_markdown() -> str:
@@ -298,6 +342,8 @@ def layout_markdown() -> str:
         f"Unmeasured values are written as `{UNMEASURED}` and paired with a `*_measured` flag (never a silent 0).",
         "Blueprint identity is not a feature: `blueprint_ids` (0 = no seed, k + 1 = the run's blueprint k) feeds",
         "a learned embedding.",
+        "",
+        *READS_CONTRACT,
         "",
     ]
     for title, features in (("Per-environment features", BASE_FEATURES), ("Per-slot features (slot order)", SLOT_FEATURES)):

@@ -16,7 +16,6 @@ from esper_core.leyline import (
     ENUM_HEAD_SIZES,
     LIVE_STAGES,
     FactoredAction,
-    InternalKind,
     LifecycleOp,
     SeedStage,
     SeedStateReport,
@@ -73,7 +72,7 @@ def slot_valid_for(op: LifecycleOp, report: SeedStateReport, *, seeds_available:
     if op is LifecycleOp.FOSSILIZE:
         return stage is SeedStage.HOLDING
     if op in (LifecycleOp.GROW_INTERNAL, LifecycleOp.SHRINK_INTERNAL):
-        if stage not in LIVE_STAGES or report.blend_out or report.internal_kind is InternalKind.NONE:
+        if stage not in LIVE_STAGES or report.blend_out or report.internal_kind is None:
             return False
         if op is LifecycleOp.GROW_INTERNAL:
             return report.internal_level < report.internal_max_level

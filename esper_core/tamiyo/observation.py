@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+import functools
+
 import attrs
 
 from esper_core.leyline import FactoredAction, SeedStateReport, SlotConfig
+
+
+@functools.cache
+def _builtin_ladder_kind_codes() -> tuple[tuple[str, int], ...]:
+    from esper_core.plugins import PluginManager
+
+    registry = PluginManager(autoload=False).registry
+    return tuple((name, registry.ladder_kind(name).code) for name in registry.names("ladder_kinds"))
+
+
+def builtin_ladder_kind_codes() -> dict[str, int]:
+    """The codes of the ladder kinds the core registers itself (the default of ``ladder_kind_codes``)."""
+    return dict(_builtin_ladder_kind_codes())
 
 
 @attrs.frozen
@@ -15,7 +30,11 @@ class EnvObservation:
     ``last_action_reason`` says why the last action failed ('' when it succeeded or there was none).
     ``metric_history`` and ``loss_history`` hold every validation of this episode so far, oldest
     first (the last entry is this epoch's). ``slots`` follows the order of ``slot_config`` (the run's
-    slots and their injection specs); ``surface_codes`` maps every registered surface to its stable code.
+    slots and their injection specs); ``surface_codes`` maps every registered surface to its stable code
+    (``SurfaceKind.code``) and ``ladder_kind_codes`` every registered ladder kind to its stable code
+    (``LadderKind.code``, 1..``MAX_LADDER_CODE``): Obs V3 reads a slot's surface and its seed's ladder
+    kind only through these codes (see docs/observation.md, "What the core reads"). The engine passes
+    every registered ladder kind; the default holds only the core's own.
     """
 
     env_id: int
@@ -37,6 +56,7 @@ class EnvObservation:
     last_action_success: bool
     last_action_reason: str
     rolled_back: bool
+    ladder_kind_codes: dict[str, int] = attrs.Factory(builtin_ladder_kind_codes)
 
     @property
     def epochs_left(self) -> int:

@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from esper_core.hookspecs import hookimpl
-from esper_core.leyline import InternalKind
 from esper_core.registry import LadderSpec, NoOptions, SeedFamily
 
 #: The activation layout this family accepts: ``(batch, time, channels)``.
@@ -19,7 +18,7 @@ RANKS = (0, 4, 8, 16, 32)
 #: The output scale, the same at every level (see LoraLadderSeed).
 SCALE = 1.0
 #: Seeds start at level 1, rank 4 (see LoraLadderSeed).
-LADDER = LadderSpec(kind=InternalKind.LORA_RANK, max_level=len(RANKS) - 1, initial_level=1)
+LADDER = LadderSpec(kind="lora_rank", max_level=len(RANKS) - 1, initial_level=1)
 
 
 class LoraLadderSeed(nn.Module):

@@ -12,7 +12,6 @@ from esper_core.leyline import (
     AlphaCurve,
     BlendStyle,
     InjectionSpec,
-    InternalKind,
     SeedStage,
     TelemetryEventType,
 )
@@ -28,7 +27,7 @@ def test_the_installed_plugin_registers_the_family_with_its_ladder(esper_plugins
         pytest.skip("esper-lora-ladder is not installed (pip install ./contrib/esper-lora-ladder)")
     assert esper_registry.owner("seed_families", "lora_ladder") == "lora_ladder"
     family = esper_registry.get("seed_families", "lora_ladder")
-    assert family.ladder == LADDER == LadderSpec(kind=InternalKind.LORA_RANK, max_level=4, initial_level=1)
+    assert family.ladder == LADDER == LadderSpec(kind="lora_rank", max_level=4, initial_level=1)
     assert family.topologies == ("sequence",)
     assert not [failure for failure in esper_plugins.failures if failure.name == "lora_ladder"]
 
@@ -83,7 +82,7 @@ def test_a_slot_grows_and_shrinks_the_rank_and_charges_rent_on_the_rank_in_use()
     events: list = []
     slot = slot_with_a_lora_ladder(events)
     report = slot.report()
-    assert (report.internal_kind, report.internal_level, report.internal_max_level) == (InternalKind.LORA_RANK, 1, 4)
+    assert (report.internal_kind, report.internal_level, report.internal_max_level) == ("lora_rank", 1, 4)
     assert slot.internal_effective_params == 2 * CHANNELS * 4 == slot.seed_params < slot.built_params == 2 * CHANNELS * 32
     assert slot.grow_internal().success and slot.grow_internal().success and slot.shrink_internal().success
     changes = [e.payload for e in events if e.event_type is TelemetryEventType.SEED_INTERNAL_LEVEL_CHANGED]

@@ -5,12 +5,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from esper_core.leyline import InternalKind
 from esper_core.registry import LadderSpec, NoOptions
 from esper_cnn.seeds import _check_request, conv_bn_relu, zero_projection
 
 #: Levels 0..4: level k runs k conv stages (level 1 ~ conv_light, level 2 ~ conv_heavy).
-CONV_LADDER = LadderSpec(kind=InternalKind.CONV_STAGES, max_level=4, initial_level=1)
+CONV_LADDER = LadderSpec(kind="conv_stages", max_level=4, initial_level=1)
 
 
 def _count(module: nn.Module) -> int:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import attrs
 
-from esper_core.leyline import InternalKind, LifecycleOp, SeedMetrics, SeedStage
+from esper_core.leyline import LifecycleOp, SeedMetrics, SeedStage
 from esper_heuristic import Rule
 
 
 def ladder_slot(kit, slot, *, level, contribution, velocity, seed_id="ladder-seed"):
     report = kit.slot(slot, SeedStage.HOLDING, contribution=contribution, seed_id=seed_id)
     return attrs.evolve(
-        report, internal_kind=InternalKind.CONV_STAGES, internal_level=level, internal_max_level=4,
+        report, internal_kind="conv_stages", internal_level=level, internal_max_level=4,
         metrics=SeedMetrics(counterfactual_contribution=contribution, contribution_velocity=velocity),
     )
 

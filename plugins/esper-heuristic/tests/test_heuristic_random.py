@@ -8,7 +8,7 @@ import attrs
 import pytest
 import torch
 
-from esper_core.leyline import CAUSAL_RELEVANCE, InternalKind, LifecycleOp, SeedStage
+from esper_core.leyline import CAUSAL_RELEVANCE, LifecycleOp, SeedStage
 from esper_heuristic import RandomController, RandomPolicyConfig
 
 
@@ -16,7 +16,7 @@ def _every_op_state(kit):
     """One environment where every op is allowed: a DORMANT slot, a TRAINING ladder seed at level 1 of 3
     (it can grow and shrink) and a HOLDING seed."""
     ladder = attrs.evolve(
-        kit.slot(1, SeedStage.TRAINING), internal_kind=InternalKind.CONV_STAGES, internal_level=1, internal_max_level=3
+        kit.slot(1, SeedStage.TRAINING), internal_kind="conv_stages", internal_level=1, internal_max_level=3
     )
     slots = {1: ladder, 2: kit.slot(2, SeedStage.HOLDING, contribution=0.0)}
     observation = kit.observation(epoch=5, slots=slots)
