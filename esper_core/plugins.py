@@ -20,6 +20,23 @@ from esper_core import hookspecs
 from esper_core.errors import PluginError
 from esper_core.registry import KINDS, Clash, ItemWithdrawn, Registry
 
+__all__ = [
+    "BUILTIN_PLUGIN",
+    "CORE_DISTRIBUTION",
+    "DISABLE_AUTOLOAD_ENV",
+    "ENTRY_POINT_GROUP",
+    "HOOK_NAMES",
+    "ONLY_PLUGINS_ENV",
+    "PLUGIN_MODULES_ENV",
+    "UNSUPPORTED_HOOK_OPTIONS",
+    "Clash",
+    "PluginFailure",
+    "PluginInfo",
+    "PluginManager",
+    "core_requirement_problem",
+    "distribution_versions",
+]
+
 ENTRY_POINT_GROUP = "esper"
 #: The distribution of the core; plugins declare the range they support as a dependency on it.
 CORE_DISTRIBUTION = "esper-core"
@@ -311,19 +328,19 @@ class PluginManager:
             label = KINDS[kind][2]
             self.failures.append(PluginFailure(plugin, dists.get(plugin), "check", problem, item=f"{label} '{name}'"))
 
-        def unknown(kind: str, what: str, table: Any) -> str:
+        def unknown(kind: str, what: str) -> str:
             known = ", ".join(self.registry.names(kind)) or "none registered"
             return f"{KINDS[kind][2]} '{what}' is not registered (known: {known})"
 
         for plugin, name, host in self.registry.items("hosts"):
             if host.topology not in topologies:
-                withdraw("hosts", plugin, name, unknown("topologies", host.topology, topologies))
+                withdraw("hosts", plugin, name, unknown("topologies", host.topology))
         for plugin, name, family in self.registry.items("seed_families"):
             missing = [topology for topology in family.topologies if topology not in topologies]
             if missing:
-                withdraw("seed_families", plugin, name, unknown("topologies", missing[0], topologies))
+                withdraw("seed_families", plugin, name, unknown("topologies", missing[0]))
             elif family.ladder is not None and family.ladder.kind not in ladder_kinds:
-                withdraw("seed_families", plugin, name, unknown("ladder_kinds", family.ladder.kind, ladder_kinds))
+                withdraw("seed_families", plugin, name, unknown("ladder_kinds", family.ladder.kind))
 
     # -- queries ---------------------------------------------------------------------------------
 
