@@ -13,15 +13,23 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import cattrs
 import tomli_w
 
 from esper_core.config import RunConfig, parse_config, read_toml, structure_section
-from esper_core.errors import ConfigError, TrainingUnstable
+from esper_core.errors import ConfigError, DataError, TrainingUnstable
+from esper_core.leyline import TelemetryEventType
 from esper_core.plugins import PluginManager
-from esper_core.runs import SUMMARY_FILE, create_run_dir, write_json
-from esper_core.telemetry.report import read_events, summarize_events
+from esper_core.runs import EVENTS_FILE, _slug, create_run_dir, write_json
+from esper_core.tamiyo.controller import ENTROPY_METRIC_PREFIX
+from esper_core.telemetry.report import load_events, summarize_events
 
+#: The experiment's config as given (base sections plus ``[experiment]``), written when it starts.
 EXPERIMENT_FILE = "experiment.toml"
+#: The experiment's own record: which run directory holds each arm (``ExperimentRecord``).
+MANIFEST_FILE = "experiment.json"
+MANIFEST_FORMAT = "esper-experiment"
+MANIFEST_VERSION = 1
 COMPARISON_FILE = "comparison.json"
 
 
@@ -68,9 +76,7 @@ def parse_experiment(data: dict[str, Any], manager: PluginManager, source: str |
     if section is None:
         raise ConfigError(problems, source=source)
     base = {key: value for key, value in data.items() if key != "experiment"}
-    names = [arm.name for arm in section.arms]
-    if len(set(names)) != len(names):
-        problems.append(f"[experiment] arm names must be unique, got {names}")
+    problems.extend(_arm_name_problems([arm.name for arm in section.arms]))
     arms: dict[str, RunConfig] = {}
     for arm in section.arms:
         arm_data = copy.deepcopy(base)
@@ -88,6 +94,28 @@ def parse_experiment(data: dict[str, Any], manager: PluginManager, source: str |
     if problems:
         raise ConfigError(problems, source=source)
     return Experiment(name=section.name, arms=arms, base=base)
+
+
+def _arm_name_problems(names: list[str]) -> list[str]:
+    """Arm names must stay distinct in their run directories' names (``{task}__{arm}__{seed}__{time}``):
+    no two may give the same directory-name part (compared ignoring case, for case-insensitive file
+    systems), and none may contain the ``__`` that separates the parts."""
+    problems = []
+    by_slug: dict[str, list[str]] = defaultdict(list)
+    for name in names:
+        by_slug[_slug(name).casefold()].append(name)
+        if "__" in _slug(name):
+            problems.append(f"[experiment] arm name {name!r} contains '__', which separates the parts of run directory names")
+    for slug, clashing in by_slug.items():
+        if len(clashing) > 1:
+            listed = ", ".join(repr(name) for name in clashing)
+            problems.append(
+                f"[experiment] arm names {listed} cannot be told apart in run directory names (all become {slug!r}); "
+                "rename them"
+                if len(set(clashing)) > 1
+                else f"[experiment] arm name {clashing[0]!r} is given {len(clashing)} times; arm names must be unique"
+            )
+    return problems
 
 
 def experiment_dir(experiment: Experiment) -> Path:
@@ -111,19 +139,19 @@ def arm_metrics(run_dir: Path, heavy_blueprints: tuple[str, ...] = ()) -> dict[s
     better: the loss-based ROI for language tasks). ``surface_usage`` counts germinations per injection
     surface.
     """
-    records = read_events(run_dir / "events.jsonl")
-    summary = summarize_events(records)
-    host_params = summary["run"]["host_params"] or 0
-    final = summary["final"] or {}
-    mean_metric = final.get("mean_metric")
-    added = (final.get("mean_params") or host_params) - host_params
+    events = load_events(run_dir / EVENTS_FILE)
+    summary = summarize_events(events)
+    host_params = summary["run"]["host_params"]
+    final = summary["final"]
+    mean_metric = None if final is None else final["mean_metric"]
+    added = 0.0 if final is None else final["mean_params"] - host_params
     rent = math.log1p(added / host_params) if host_params else 0.0
     entropies: dict[str, list[float]] = defaultdict(list)
-    for record in records:
-        if record["event"] == "POLICY_UPDATED":
-            for key, value in record["data"]["metrics"].items():
-                if key.startswith("losses/entropy/"):
-                    entropies[key.removeprefix("losses/entropy/")].append(value)
+    for event in events:
+        if event.event_type is TelemetryEventType.POLICY_UPDATED:
+            for key, value in event.payload.metrics.items():
+                if key.startswith(ENTROPY_METRIC_PREFIX):
+                    entropies[key.removeprefix(ENTROPY_METRIC_PREFIX)].append(value)
     actions = summary["actions"]
     decisions = sum(actions["by_op"].values())
     lifecycle = summary["lifecycle"]
@@ -131,8 +159,8 @@ def arm_metrics(run_dir: Path, heavy_blueprints: tuple[str, ...] = ()) -> dict[s
     usage = {name: counts["germinated"] for name, counts in summary["blueprints"].items()}
     surfaces: dict[str, int] = defaultdict(int)
     for slot in summary["slots"].values():
-        surfaces[slot["surface"] or "unknown"] += slot["germinated"]
-    val_loss = final.get("mean_val_loss")
+        surfaces[slot["surface"]] += slot["germinated"]
+    val_loss = None if final is None else final["mean_val_loss"]
     return {
         "run_dir": str(run_dir),
         "status": summary["run"]["status"],
@@ -161,7 +189,7 @@ def arm_metrics(run_dir: Path, heavy_blueprints: tuple[str, ...] = ()) -> dict[s
         "prune_fossil_ratio": lifecycle["pruned"] / lifecycle["fossilized"] if lifecycle["fossilized"] else None,
         "final_head_entropy": {head: values[-1] for head, values in sorted(entropies.items())},
         "mean_head_entropy": {head: sum(values) / len(values) for head, values in sorted(entropies.items())},
-        "mean_return": _mean([r.get("mean_return") for r in summary["rounds"].values()]),  # per episode
+        "mean_return": _mean([r["mean_return"] for r in summary["rounds"].values()]),  # per episode
     }
 
 
@@ -171,13 +199,11 @@ def _mean(values: list[float | None]) -> float | None:
 
 
 def compare(exp_dir: Path) -> dict[str, Any]:
-    """Side-by-side metrics of every arm; written to ``comparison.json``."""
-    declared = read_toml(exp_dir / EXPERIMENT_FILE)["experiment"]
-    heavy = tuple(declared.get("heavy_blueprints", ()))
-    order = [arm["name"] for arm in declared.get("arms", ())]
+    """Side-by-side metrics of every arm that has a run, in the order the experiment declares them;
+    written to ``comparison.json``."""
+    record = read_manifest(exp_dir)
     runs = arm_run_dirs(exp_dir)
-    ranked = sorted(runs, key=lambda name: (order.index(name) if name in order else len(order), name))
-    arms = {name: arm_metrics(runs[name], heavy) for name in ranked}  # in the order the experiment declares
+    arms = {name: arm_metrics(run_dir, record.heavy_blueprints) for name, run_dir in runs.items()}
     comparison = {"experiment": exp_dir.name, "arms": arms}
     write_json(exp_dir / COMPARISON_FILE, comparison)
     plot_comparison(exp_dir, comparison)
@@ -186,16 +212,15 @@ def compare(exp_dir: Path) -> dict[str, Any]:
 
 def level_trajectories(run_dir: Path) -> dict[str, list[tuple[int, int]]]:
     """Per seed with a ladder: (global epoch, level) at germination and at every level change."""
-    records = read_events(run_dir / "events.jsonl")
-    started = next(r["data"] for r in records if r["event"] == "RUN_STARTED")
-    length = started["episode_length"]
+    events = load_events(run_dir / EVENTS_FILE)
+    length = events[0].payload.episode_length  # load_events: the record starts with RUN_STARTED
     paths: dict[str, list[tuple[int, int]]] = defaultdict(list)
-    for record in records:
-        data = record["data"]
-        if record["event"] == "SEED_GERMINATED" and data["internal_level"]:
-            paths[data["seed_id"]].append((data["round"] * length + data["epoch"], data["internal_level"]))
-        elif record["event"] == "SEED_INTERNAL_LEVEL_CHANGED":
-            paths[data["seed_id"]].append((data["round"] * length + data["epoch"], data["to_level"]))
+    for event in events:
+        data = event.payload
+        if event.event_type is TelemetryEventType.SEED_GERMINATED and data.internal_level:
+            paths[data.seed_id].append((data.round * length + data.epoch, data.internal_level))
+        elif event.event_type is TelemetryEventType.SEED_INTERNAL_LEVEL_CHANGED:
+            paths[data.seed_id].append((data.round * length + data.epoch, data.to_level))
     return dict(paths)
 
 
@@ -296,18 +321,89 @@ def _zoom_to_values(axis: Any, values: list[float | None]) -> None:
     axis.set_ylim(max(0.0, low - margin), high + margin)
 
 
+# -- the experiment's record ------------------------------------------------------------------------
+
+
+@attrs.frozen
+class ArmRecord:
+    """One arm in ``experiment.json``: its name as declared and the run directory (a name inside the
+    experiment directory) that holds its run, None until the run is created. ``previous_run_dirs`` are
+    runs of this arm that a resume replaced because they stopped before their first checkpoint (kept,
+    never deleted)."""
+
+    name: str
+    run_dir: str | None = None
+    previous_run_dirs: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class ExperimentRecord:
+    """``experiment.json``: the experiment's own record of its arms, in declared order. Arms are found
+    through it, never by parsing run directory names."""
+
+    format: str
+    version: int
+    name: str
+    heavy_blueprints: tuple[str, ...]
+    arms: tuple[ArmRecord, ...]
+
+    def arm(self, name: str) -> ArmRecord:
+        for arm in self.arms:
+            if arm.name == name:
+                return arm
+        raise KeyError(name)
+
+    def with_arm(self, updated: ArmRecord) -> ExperimentRecord:
+        return attrs.evolve(self, arms=tuple(updated if arm.name == updated.name else arm for arm in self.arms))
+
+
+_manifest_converter = cattrs.Converter(forbid_extra_keys=True)
+
+
+def new_manifest(experiment: Experiment, heavy_blueprints: tuple[str, ...]) -> ExperimentRecord:
+    return ExperimentRecord(
+        format=MANIFEST_FORMAT, version=MANIFEST_VERSION, name=experiment.name,
+        heavy_blueprints=tuple(heavy_blueprints), arms=tuple(ArmRecord(name) for name in experiment.arms),
+    )
+
+
+def write_manifest(exp_dir: Path, record: ExperimentRecord) -> None:
+    write_json(exp_dir / MANIFEST_FILE, _manifest_converter.unstructure(record))
+
+
+def read_manifest(exp_dir: Path) -> ExperimentRecord:
+    """The experiment's record; ``DataError`` naming the file if it is missing or not one."""
+    path = Path(exp_dir) / MANIFEST_FILE
+    if not path.exists():
+        raise DataError(
+            f"'{exp_dir}' has no {MANIFEST_FILE}, so its arms cannot be identified "
+            "(experiments written by Esper 0.2.0 and earlier named their arms only in directory names; "
+            "run it again)"
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        record = _manifest_converter.structure(data, ExperimentRecord)
+    except (ValueError, TypeError, cattrs.BaseValidationError) as exc:  # parse boundary
+        problem = "; ".join(cattrs.transform_error(exc)) if isinstance(exc, cattrs.BaseValidationError) else str(exc)
+        raise DataError(f"'{path}' is not an Esper experiment record: {problem}") from None
+    if record.format != MANIFEST_FORMAT or record.version != MANIFEST_VERSION:
+        raise DataError(
+            f"'{path}' has format {record.format!r} version {record.version}; "
+            f"this Esper reads {MANIFEST_FORMAT!r} version {MANIFEST_VERSION}"
+        )
+    return record
+
+
 def arm_run_dirs(exp_dir: Path) -> dict[str, Path]:
-    """Each arm's newest run directory (names sort by creation time)."""
-    found: dict[str, Path] = {}
-    for child in sorted(exp_dir.iterdir()):
-        if child.is_dir() and "__" in child.name:
-            found[child.name.split("__")[1]] = child
-    return found
+    """Each arm's run directory, from the experiment's record, in declared order (arms not started yet
+    are left out)."""
+    return {arm.name: Path(exp_dir) / arm.run_dir for arm in read_manifest(exp_dir).arms if arm.run_dir is not None}
 
 
 def arm_completed(run_dir: Path) -> bool:
-    path = run_dir / SUMMARY_FILE
-    return path.exists() and json.loads(path.read_text())["run"]["status"] == "completed"
+    """Whether the run's last RUN_FINISHED says it completed."""
+    finished = [e.payload for e in load_events(run_dir / EVENTS_FILE) if e.event_type is TelemetryEventType.RUN_FINISHED]
+    return bool(finished) and finished[-1].status == "completed"
 
 
 # -- running ---------------------------------------------------------------------------------------
@@ -317,22 +413,41 @@ def _in_dir(config: RunConfig, exp_dir: Path) -> RunConfig:
     return attrs.evolve(config, run=attrs.evolve(config.run, output_dir=str(exp_dir)))
 
 
+def _heavy_blueprints(data: dict[str, Any]) -> tuple[str, ...]:
+    section, problems = structure_section(data["experiment"], ExperimentSection, "experiment")
+    if section is None:
+        raise ConfigError(problems)
+    return section.heavy_blueprints
+
+
+def _start_arm(exp_dir: Path, name: str, config: RunConfig, manager: PluginManager) -> None:
+    """Start one arm's run, recording its run directory in the experiment's record as soon as it exists."""
+    from esper_core.tolaria.engine import start_run
+
+    def record_run_dir(run_dir: Path) -> None:
+        record = read_manifest(exp_dir)
+        arm = record.arm(name)
+        previous = arm.previous_run_dirs + ((arm.run_dir,) if arm.run_dir is not None else ())
+        write_manifest(exp_dir, record.with_arm(ArmRecord(name, run_dir.name, previous)))
+
+    start_run(_in_dir(config, exp_dir), manager, on_run_dir=record_run_dir)
+
+
 def run_experiment(
     data: dict[str, Any], manager: PluginManager, *, source: str | None = None,
     on_dir: Callable[[Path], None] | None = None,
 ) -> Path:
     """Run every arm in order, each in its own run directory inside one experiment directory."""
-    from esper_core.tolaria.engine import start_run
-
     experiment = parse_experiment(data, manager, source=source)
     exp_dir = experiment_dir(experiment)
     if on_dir is not None:
         on_dir(exp_dir)
     (exp_dir / EXPERIMENT_FILE).write_text(tomli_w.dumps(data), encoding="utf-8")
-    unstable = []
+    write_manifest(exp_dir, new_manifest(experiment, _heavy_blueprints(data)))
+    unstable: list[str] = []
     for name, config in experiment.arms.items():
         with _arm_outcome(name, unstable):
-            start_run(_in_dir(config, exp_dir), manager)
+            _start_arm(exp_dir, name, config, manager)
     _finish(exp_dir, unstable)
     return exp_dir
 
@@ -356,12 +471,24 @@ def _finish(exp_dir: Path, unstable: list[str]) -> None:
 
 
 def resume_experiment(exp_dir: Path, manager: PluginManager) -> Path:
-    """Skip completed arms, resume an interrupted one from its checkpoint, start the rest."""
-    from esper_core.runs import CHECKPOINT_DIR, LATEST_CHECKPOINT
-    from esper_core.tolaria.engine import resume_run, start_run
+    """Skip completed arms, resume an interrupted one from its checkpoint, start the ones without a run.
 
+    Arms are found through the experiment's record (``experiment.json``). Resuming an experiment whose
+    arms all completed starts nothing: it compares the existing runs again. An arm whose run stopped
+    before its first checkpoint is started afresh in a new run directory; the old one is kept and listed
+    in the record's ``previous_run_dirs``."""
+    from esper_core.runs import CHECKPOINT_DIR, LATEST_CHECKPOINT
+    from esper_core.tolaria.engine import resume_run
+
+    exp_dir = Path(exp_dir)
     data = read_toml(exp_dir / EXPERIMENT_FILE)
     experiment = parse_experiment(data, manager, source=str(exp_dir / EXPERIMENT_FILE))
+    record = read_manifest(exp_dir)
+    if [arm.name for arm in record.arms] != list(experiment.arms):
+        raise DataError(
+            f"'{exp_dir / MANIFEST_FILE}' lists arms {[arm.name for arm in record.arms]} but "
+            f"'{exp_dir / EXPERIMENT_FILE}' declares {list(experiment.arms)}"
+        )
     existing = arm_run_dirs(exp_dir)
     unstable: list[str] = []
     for name, config in experiment.arms.items():
@@ -372,7 +499,7 @@ def resume_experiment(exp_dir: Path, manager: PluginManager) -> Path:
             if run_dir is not None and (run_dir / CHECKPOINT_DIR / LATEST_CHECKPOINT).exists():
                 resume_run(run_dir, manager)
             else:
-                start_run(_in_dir(config, exp_dir), manager)
+                _start_arm(exp_dir, name, config, manager)
     _finish(exp_dir, unstable)
     return exp_dir
 

@@ -52,28 +52,25 @@ def test_arms_are_paired_and_compared(toy_manager, toy_run_data):
     assert "attribution" in rewards["shaped"][0] and "attribution" not in rewards["basic"][0]
     comparison = json.loads((exp_dir / COMPARISON_FILE).read_text())
     assert list(comparison["arms"]) == ["shaped", "basic"]  # the declared order, not the alphabetical one
-    for arm in comparison["arms"].values():
+    for name, arm in comparison["arms"].items():
+        assert arm["run_dir"] == str(runs[name])
         assert arm["status"] == "completed"
         assert arm["germinated"] == 2 and arm["final_metric"] is not None
         assert arm["accuracy_per_rent"] <= arm["final_metric"]
         assert arm["heavy_share"] == 1.0 and arm["internal_op_rate"] == 0.0
         assert arm["surface_usage"] == {"segment_boundary": 2} and arm["slot_usage"] == {"r0c0": 2}
         final_losses = [
-            r["data"]["val_loss"] for r in read_events(runs[name_of(arm)] / "events.jsonl")
+            r["data"]["val_loss"] for r in read_events(runs[name] / "events.jsonl")
             if r["event"] == "EPOCH_COMPLETED" and r["data"]["epoch"] == 7
         ]
         assert arm["final_val_loss"] == pytest.approx(sum(final_losses) / len(final_losses))
         assert arm["val_loss_times_rent"] >= arm["final_val_loss"]
         episode_returns = [
-            r["data"]["mean_return"] for r in read_events(runs[name_of(arm)] / "events.jsonl")
+            r["data"]["mean_return"] for r in read_events(runs[name] / "events.jsonl")
             if r["event"] == "ROUND_COMPLETED"
         ]  # per environment's episode, like every other return Esper reports
         assert arm["mean_return"] == pytest.approx(sum(episode_returns) / len(episode_returns))
     assert (exp_dir / "experiment.toml").exists()
-
-
-def name_of(arm: dict) -> str:
-    return arm["run_dir"].rsplit("/", 1)[-1].split("__")[1]
 
 
 def test_arm_settings_are_validated_with_the_arm_named(toy_manager, toy_run_data):

@@ -32,7 +32,6 @@ from esper_core.leyline.telemetry import (
     event_from_dict,
     event_to_dict,
     event_to_json,
-    global_epoch,
 )
 
 __all__ = [
@@ -66,6 +65,5 @@ __all__ = [
     "event_from_dict",
     "event_to_dict",
     "event_to_json",
-    "global_epoch",
     "is_relevant",
 ]

@@ -5,10 +5,12 @@ from __future__ import annotations
 import enum
 import json
 import time
+import typing
 from typing import Any
 
 import attrs
 import cattrs
+from cattrs.v import format_exception
 
 from esper_core.errors import DataError
 
@@ -32,6 +34,18 @@ class TelemetryEventType(enum.Enum):
     SEED_INTERNAL_LEVEL_CHANGED = "SEED_INTERNAL_LEVEL_CHANGED"
     GOVERNOR_ROLLBACK = "GOVERNOR_ROLLBACK"
     POLICY_UPDATED = "POLICY_UPDATED"
+    GRADIENT_ANOMALY = "GRADIENT_ANOMALY"
+    POLICY_ANOMALY = "POLICY_ANOMALY"
+
+
+def _one_of(*allowed: str) -> Any:
+    """An attrs validator: the value is one of ``allowed`` (a one-line message naming the field)."""
+
+    def check(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if value not in allowed:
+            raise ValueError(f"{attribute.name} must be one of {', '.join(allowed)}, got {value!r}")
+
+    return check
 
 
 @attrs.frozen
@@ -54,6 +68,9 @@ class RunStartedPayload:
     slot_surfaces: tuple[str, ...]
     #: what contributions and rewards are measured on: "metric", or "loss" (language tasks)
     score_basis: str
+    #: torch's intra-op thread count for the run (``torch.get_num_threads()``); None: not recorded
+    #: (records written before this field existed)
+    torch_threads: int | None = None
 
 
 @attrs.frozen
@@ -187,6 +204,9 @@ class SeedFossilizedPayload:
 
 @attrs.frozen
 class SeedPrunedPayload:
+    """A seed left its slot without being fossilized. ``reason`` says why: ``policy`` (the controller's
+    PRUNE), ``rollback`` (a governor rollback removed it), or another word its emitter documents."""
+
     env_id: int
     round: int
     epoch: int
@@ -226,8 +246,54 @@ class GovernorRollbackPayload:
 
 @attrs.frozen
 class PolicyUpdatedPayload:
+    """A controller's ``end_episode`` metrics (the keys the core reads are in ``Controller.end_episode``)."""
+
     round: int
     metrics: dict[str, float]
+
+
+#: What a gradient anomaly is about: a seed (``name`` is its slot id) or a part of the host (``name``
+#: is the host segment's name, ``"host"`` for the whole host).
+GRADIENT_SITES = ("seed", "host_segment")
+#: ``non_finite``: a NaN or infinite gradient norm; ``exploding``: norm above the threshold;
+#: ``vanishing``: a TRAINING seed's norm below the threshold; ``dead_seed``: a TRAINING seed got no gradient.
+GRADIENT_ANOMALY_KINDS = ("non_finite", "exploding", "vanishing", "dead_seed")
+#: ``entropy_collapse``: an action head's entropy below the threshold; ``value_loss_blowup``: the value
+#: loss above a multiple of its running median (or not finite); ``kl_spike``: approx KL above the threshold.
+POLICY_ANOMALY_KINDS = ("entropy_collapse", "value_loss_blowup", "kl_spike")
+
+
+@attrs.frozen
+class GradientAnomalyPayload:
+    """A gradient pathology measured after one environment's epoch of training (see
+    ``esper_core.telemetry.anomalies``). ``value`` is the gradient norm, ``threshold`` the bound it
+    crossed, in the same unit (None for ``non_finite``, which has no bound)."""
+
+    env_id: int
+    round: int
+    epoch: int
+    where: str = attrs.field(validator=_one_of(*GRADIENT_SITES))
+    #: the slot id (``where == "seed"``) or the host segment's name
+    name: str
+    kind: str = attrs.field(validator=_one_of(*GRADIENT_ANOMALY_KINDS))
+    value: float
+    threshold: float | None
+    seed_id: str | None = None
+
+
+@attrs.frozen
+class PolicyAnomalyPayload:
+    """A learning pathology of the controller, read from its ``end_episode`` metrics (see
+    ``esper_core.telemetry.anomalies``). ``value`` and ``threshold`` share a unit: nats for
+    ``entropy_collapse`` (of ``head``), the value loss for ``value_loss_blowup``, approx KL for ``kl_spike``.
+    ``threshold`` is None when the value was not finite and no bound applied (a NaN value loss in the
+    first rounds, before there is a median to compare with)."""
+
+    round: int
+    kind: str = attrs.field(validator=_one_of(*POLICY_ANOMALY_KINDS))
+    value: float
+    threshold: float | None
+    head: str | None = None
 
 
 EVENT_PAYLOADS: dict[TelemetryEventType, type] = {
@@ -245,6 +311,8 @@ EVENT_PAYLOADS: dict[TelemetryEventType, type] = {
     TelemetryEventType.SEED_INTERNAL_LEVEL_CHANGED: SeedInternalLevelChangedPayload,
     TelemetryEventType.GOVERNOR_ROLLBACK: GovernorRollbackPayload,
     TelemetryEventType.POLICY_UPDATED: PolicyUpdatedPayload,
+    TelemetryEventType.GRADIENT_ANOMALY: GradientAnomalyPayload,
+    TelemetryEventType.POLICY_ANOMALY: PolicyAnomalyPayload,
 }
 
 
@@ -265,7 +333,55 @@ class TelemetryEvent:
             )
 
 
-_json_converter = cattrs.Converter()
+def _strict_int(value: Any, type_: Any) -> int:
+    if type_ is not int:  # a subclass (an IntEnum without its own hook) reached through int: by value
+        return type_(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected an integer, got {value!r}")
+    return value
+
+
+def _strict_float(value: Any, type_: Any) -> float:
+    if type_ is not float:
+        return type_(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"expected a number, got {value!r}")
+    return float(value)
+
+
+def _strict_str(value: Any, type_: Any) -> str:
+    if type_ is not str:  # e.g. a StrEnum: by value
+        return type_(value)
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {value!r}")
+    return value
+
+
+def _strict_bool(value: Any, _type: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"expected true or false, got {value!r}")
+    return value
+
+
+def _is_variadic_tuple(type_: Any) -> bool:
+    return typing.get_origin(type_) is tuple and typing.get_args(type_)[-1:] == (Ellipsis,)
+
+
+def _structure_variadic_tuple(value: Any, type_: Any) -> tuple[Any, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(f"expected a list, got {value!r}")
+    item_type = typing.get_args(type_)[0]
+    return tuple(_json_converter.structure(item, item_type) for item in value)
+
+
+#: Structures and unstructures events (and seed reports): enums by name; on reading, every field must
+#: be present with its declared JSON type (no coercion of strings to numbers), and unknown keys are errors.
+_json_converter = cattrs.Converter(forbid_extra_keys=True)
+_json_converter.register_structure_hook(int, _strict_int)
+_json_converter.register_structure_hook(float, _strict_float)
+_json_converter.register_structure_hook(str, _strict_str)
+_json_converter.register_structure_hook(bool, _strict_bool)
+_json_converter.register_structure_hook_func(_is_variadic_tuple, _structure_variadic_tuple)
 _json_converter.register_unstructure_hook(SeedStage, lambda stage: stage.name)
 _json_converter.register_structure_hook(SeedStage, lambda value, _: SeedStage[value])
 _json_converter.register_unstructure_hook(BlendStyle, lambda style: style.name)
@@ -281,11 +397,6 @@ def report_from_dict(data: dict[str, Any]) -> SeedStateReport:
     return _json_converter.structure(data, SeedStateReport)
 
 
-def global_epoch(round_index: int, epoch: int, episode_length: int) -> int:
-    """The run-wide epoch index (the x axis every sink shares): ``round * episode_length + epoch``."""
-    return round_index * episode_length + epoch
-
-
 def event_to_dict(event: TelemetryEvent) -> dict[str, Any]:
     """The JSON-ready form: ``{"event": TYPE, "time": float, "data": {...}}``."""
     return {
@@ -299,11 +410,40 @@ def event_to_json(event: TelemetryEvent) -> str:
     return json.dumps(event_to_dict(event), sort_keys=False, allow_nan=True)
 
 
-def event_from_dict(record: dict[str, Any]) -> TelemetryEvent:
-    """Rebuild a typed event from its JSON form (raises ``ValueError`` on a foreign record)."""
+def _schema_problems(exc: Exception) -> str:
+    """cattrs' structuring errors as ``"problem @ $.field"`` phrases joined by ``; ``."""
+
+    def describe(error: BaseException, type_: Any) -> str:
+        if isinstance(error, (KeyError, ValueError, TypeError)) and error.args:
+            if isinstance(error, KeyError):
+                if type_ is not None and isinstance(type_, type) and issubclass(type_, enum.Enum):
+                    return f"{error.args[0]!r} is not a {type_.__name__} name"
+                return "required field missing"
+            return str(error.args[0])
+        return format_exception(error, type_)
+
+    return "; ".join(cattrs.transform_error(exc, format_exception=describe))
+
+
+def event_from_dict(record: Any) -> TelemetryEvent:
+    """Rebuild a typed event from its JSON form. A record that is not an Esper event, or whose payload
+    does not match its event type's schema (a missing, unknown or mistyped field), raises ``DataError``
+    with one line naming the event type and the fields."""
+    if not isinstance(record, dict) or set(record) != {"event", "time", "data"}:
+        keys = sorted(record) if isinstance(record, dict) else type(record).__name__
+        raise DataError(f"not an Esper event record (needs exactly the keys data, event, time; got {keys})")
     try:
         event_type = TelemetryEventType(record["event"])
-    except (KeyError, ValueError) as exc:
-        raise ValueError(f"not an Esper telemetry record: {record!r:.120}") from exc
-    payload = _json_converter.structure(record["data"], EVENT_PAYLOADS[event_type])
-    return TelemetryEvent(event_type=event_type, payload=payload, timestamp=record["time"])
+    except ValueError:
+        raise DataError(f"unknown event type {record['event']!r}") from None
+    timestamp = record["time"]
+    if isinstance(timestamp, bool) or not isinstance(timestamp, (int, float)):
+        raise DataError(f"{event_type.value} event has a non-numeric time {timestamp!r}")
+    payload_type = EVENT_PAYLOADS[event_type]
+    if not isinstance(record["data"], dict):
+        raise DataError(f"{event_type.value} event data is not an object")
+    try:
+        payload = _json_converter.structure(record["data"], payload_type)
+    except Exception as exc:  # parse boundary: cattrs raises a group of arbitrary per-field errors
+        raise DataError(f"{event_type.value} event does not match its schema: {_schema_problems(exc)}") from None
+    return TelemetryEvent(event_type=event_type, payload=payload, timestamp=float(timestamp))

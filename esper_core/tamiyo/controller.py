@@ -14,6 +14,16 @@ from esper_core.tamiyo.masks import ActionMasks
 from esper_core.tamiyo.observation import EnvObservation
 from esper_core.tasks import TaskInfo
 
+#: ``end_episode`` metric keys the core reads (the controller metrics contract, docs/design.md):
+#: ``entropy/<head>`` per action head in nats, e.g. ``entropy/op``.
+ENTROPY_METRIC_PREFIX = "entropy/"
+#: The entropy of the whole factored action (the sum over heads), in nats.
+ENTROPY_METRIC = "entropy"
+VALUE_LOSS_METRIC = "value_loss"
+POLICY_LOSS_METRIC = "policy_loss"
+APPROX_KL_METRIC = "approx_kl"
+CLIP_FRACTION_METRIC = "clip_fraction"
+
 
 @attrs.frozen
 class PolicyContext:
@@ -50,7 +60,25 @@ class Controller(Protocol):
 
     def record(self, rewards: Sequence[float], terminal: bool) -> None: ...
 
-    def end_episode(self, round_index: int) -> dict[str, float]: ...
+    def end_episode(self, round_index: int) -> dict[str, float]:
+        """Close round ``round_index``; a learner updates here. Returns the update's metrics, which the
+        engine records as ``POLICY_UPDATED`` (every key, as given; sinks show them under their names).
+
+        The core reads these keys, each optional (a controller that does not learn returns ``{}``):
+
+        - ``entropy/<head>``: the policy's entropy for action head ``<head>`` (a name in
+          ``leyline.HEADS``), in nats: the experiment comparison's head entropies, and entropy-collapse
+          anomalies;
+        - ``entropy``: the entropy of the whole factored action, the sum of the heads' entropies, in nats;
+        - ``value_loss``: the critic's loss (value-loss blow-up anomalies);
+        - ``policy_loss``: the policy-gradient loss;
+        - ``approx_kl``: the approximate KL divergence between the policy before and after the update
+          (KL-spike anomalies);
+        - ``clip_fraction``: the fraction of samples whose probability ratio was clipped.
+
+        Any other key is the controller's own (e.g. ``ppo/explained_variance``); the core never reads it.
+        """
+        ...
 
     def state_dict(self) -> dict[str, Any]: ...
 

@@ -1,21 +1,31 @@
-"""Run reports: read a run's event record and summarise lifecycle outcomes, blueprints and curves."""
+"""Run reports: read a run's event record (typed) and summarise lifecycle outcomes, blueprints, stage
+durations, anomalies and curves."""
 
 from __future__ import annotations
 
 import json
+import statistics
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
+
 from esper_core.errors import DataError
+from esper_core.leyline import LIVE_STAGES, SeedStage, TelemetryEvent, TelemetryEventType, event_from_dict
+from esper_core.leyline import telemetry as payloads
 from esper_core.runs import EVENTS_FILE
 
 REPORT_PLOT = "report.png"
 
+Events = Sequence[TelemetryEvent]
+
 
 def read_events(path: Path) -> list[dict[str, Any]]:
-    """Every event record in ``path``. A torn final line (a run killed mid-write) is skipped;
-    a malformed line elsewhere raises ``DataError`` naming the line."""
+    """Every event record in ``path`` as raw JSON objects (for scripts and tests that look at the file
+    itself; readers use ``load_events``). A torn final line (a run killed mid-write) is skipped; a
+    malformed line elsewhere raises ``DataError`` naming the line."""
     if not path.exists():
         raise DataError(f"no event record at '{path}' (is this an Esper run directory?)")
     lines = path.read_text(encoding="utf-8").splitlines()
@@ -35,10 +45,163 @@ def read_events(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def summarize_events(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Lifecycle outcomes, blueprint usage, per-round results and run status from event records."""
-    started = next((r["data"] for r in records if r["event"] == "RUN_STARTED"), None)
-    finished = [r["data"] for r in records if r["event"] == "RUN_FINISHED"]
+def load_events(path: Path) -> list[TelemetryEvent]:
+    """Every event in ``path`` as typed events. Each line must match its event type's schema (the
+    payload classes in ``esper_core.leyline.telemetry``), and the record must start with RUN_STARTED;
+    otherwise ``DataError`` names the file, the line and the fields. A torn final line (a run killed
+    mid-write) is skipped. Records written by an Esper whose event schema differed (a field added,
+    removed or retyped since) are refused the same way: the message names the field."""
+    if not path.exists():
+        raise DataError(f"no event record at '{path}' (is this an Esper run directory?)")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise DataError(f"'{path}' is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    events: list[TelemetryEvent] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if number == len(lines):
+                break
+            raise DataError(f"'{path}' line {number} is not valid JSON: {exc.msg}") from None
+        try:
+            event = event_from_dict(record)
+        except DataError as exc:
+            raise DataError(f"'{path}' line {number}: {exc}") from None
+        if not events and event.event_type is not TelemetryEventType.RUN_STARTED:
+            raise DataError(f"'{path}' line {number}: the record must start with RUN_STARTED, found {event.event_type.value}")
+        events.append(event)
+    return events
+
+
+def _run_started(events: Events) -> payloads.RunStartedPayload | None:
+    """The run header, or None for an empty record (``load_events`` guarantees it comes first)."""
+    return events[0].payload if events else None
+
+
+def _of_type(events: Events, event_type: TelemetryEventType) -> list[Any]:
+    return [event.payload for event in events if event.event_type is event_type]
+
+
+# -- stage durations -------------------------------------------------------------------------------
+
+
+@attrs.define
+class _SeedStays:
+    """One seed's lifecycle as read from the record: epochs per stage, and the stay in progress."""
+
+    epochs: Counter[SeedStage] = attrs.Factory(Counter)
+    stage: SeedStage | None = None
+    since_epoch: int = 0
+    #: stages the seed was still in when its round (or the record) ended
+    unfinished: set[SeedStage] = attrs.Factory(set)
+
+    def enter(self, stage: SeedStage, epoch: int) -> None:
+        self.leave(epoch)
+        self.stage = stage
+        self.since_epoch = epoch
+        self.epochs[stage] += 0  # a stay of zero epochs still counts as having been in the stage
+
+    def leave(self, epoch: int) -> None:
+        if self.stage is not None:
+            self.epochs[self.stage] += epoch - self.since_epoch
+            self.stage = None
+
+
+def stage_durations(events: Events) -> dict[str, dict[str, Any]]:
+    """How many epochs (lifecycle clock ticks) seeds spent in each live stage (GERMINATED, TRAINING,
+    BLENDING, HOLDING), read from SEED_GERMINATED / SEED_STAGE_CHANGED / SEED_FOSSILIZED / SEED_PRUNED.
+
+    Per stage: ``seeds`` that entered it; ``mean_epochs`` and ``median_epochs`` over the seeds that
+    left it (a seed's stays in one stage are added up, e.g. BLENDING before and after a HOLDING);
+    ``unfinished``: seeds still in it when their round or the record ended (not in the mean). A stage
+    change is measured from the seed's stage as last recorded, so a governor rollback that restores an
+    earlier stage still ends the recorded stay at the rollback's epoch."""
+    seeds: dict[tuple[int, int, str], _SeedStays] = {}
+    for event in events:
+        payload = event.payload
+        if event.event_type is TelemetryEventType.SEED_GERMINATED:
+            seeds.setdefault((payload.env_id, payload.round, payload.seed_id), _SeedStays()).enter(
+                SeedStage.GERMINATED, payload.epoch
+            )
+        elif event.event_type is TelemetryEventType.SEED_STAGE_CHANGED:
+            stays = seeds.setdefault((payload.env_id, payload.round, payload.seed_id), _SeedStays())
+            if payload.to_stage in LIVE_STAGES:
+                stays.enter(payload.to_stage, payload.epoch)
+            else:
+                stays.leave(payload.epoch)
+        elif event.event_type in (TelemetryEventType.SEED_FOSSILIZED, TelemetryEventType.SEED_PRUNED):
+            key = (payload.env_id, payload.round, payload.seed_id)
+            if key in seeds:  # a prune recorded without its stage change still ends the stay
+                seeds[key].leave(payload.epoch)
+        elif event.event_type is TelemetryEventType.ROUND_COMPLETED:
+            for (_, round_index, _), stays in seeds.items():
+                if round_index == payload.round and stays.stage is not None:
+                    stays.unfinished.add(stays.stage)
+                    stays.stage = None
+    for stays in seeds.values():  # the record ended mid-round (a killed or failed run)
+        if stays.stage is not None:
+            stays.unfinished.add(stays.stage)
+    result: dict[str, dict[str, Any]] = {}
+    for stage in sorted(LIVE_STAGES):
+        entered = [stays for stays in seeds.values() if stage in stays.epochs]
+        finished = [stays.epochs[stage] for stays in entered if stage not in stays.unfinished]
+        result[stage.name] = {
+            "seeds": len(entered),
+            "mean_epochs": statistics.fmean(finished) if finished else None,
+            "median_epochs": statistics.median(finished) if finished else None,
+            "unfinished": len(entered) - len(finished),
+        }
+    return result
+
+
+# -- anomalies --------------------------------------------------------------------------------------
+
+
+def anomaly_counts(events: Events) -> dict[str, dict[str, int]]:
+    """GRADIENT_ANOMALY and POLICY_ANOMALY events counted by kind (every kind listed, zeros included)."""
+    gradient = Counter(p.kind for p in _of_type(events, TelemetryEventType.GRADIENT_ANOMALY))
+    policy = Counter(p.kind for p in _of_type(events, TelemetryEventType.POLICY_ANOMALY))
+    return {
+        "gradient": {kind: gradient[kind] for kind in payloads.GRADIENT_ANOMALY_KINDS},
+        "policy": {kind: policy[kind] for kind in payloads.POLICY_ANOMALY_KINDS},
+    }
+
+
+def describe_anomalies(summary: dict[str, Any]) -> str:
+    """One line for ``esper report``: ``anomalies: exploding 3, entropy_collapse 1`` or ``anomalies: none``."""
+    counts = {**summary["anomalies"]["gradient"], **summary["anomalies"]["policy"]}
+    present = [f"{kind} {count}" for kind, count in counts.items() if count]
+    return "anomalies: " + (", ".join(present) if present else "none")
+
+
+def stage_duration_table(summary: dict[str, Any]) -> Any:
+    """A rich table of ``summary["stage_durations"]`` for ``esper report``."""
+    from rich.table import Table
+
+    table = Table(title="Epochs per seed in each stage")
+    for column in ("stage", "seeds", "mean", "median", "still in stage"):
+        table.add_column(column, justify="left" if column == "stage" else "right")
+    for stage, row in summary["stage_durations"].items():
+        table.add_row(
+            stage, str(row["seeds"]),
+            "-" if row["mean_epochs"] is None else f"{row['mean_epochs']:.1f}",
+            "-" if row["median_epochs"] is None else f"{row['median_epochs']:g}",
+            str(row["unfinished"]),
+        )
+    return table
+
+
+# -- the summary ------------------------------------------------------------------------------------
+
+
+def summarize_events(events: Events) -> dict[str, Any]:
+    """Lifecycle outcomes, blueprint usage, stage durations, anomalies, per-round results and run status."""
+    started = _run_started(events)
+    finished: list[payloads.RunFinishedPayload] = _of_type(events, TelemetryEventType.RUN_FINISHED)
     lifecycle: Counter[str] = Counter()
     prune_reasons: Counter[str] = Counter()
     blueprints: dict[str, Counter[str]] = defaultdict(Counter)
@@ -52,48 +215,53 @@ def summarize_events(records: list[dict[str, Any]]) -> dict[str, Any]:
     fossil_levels: list[int] = []
     last_losses: dict[tuple[int, int], float] = {}
     slot_germinations: Counter[str] = Counter()
-    surface_of = dict(zip(started["slots"], started.get("slot_surfaces") or ())) if started else {}
-    for record in records:
-        event, data = record["event"], record["data"]
-        if event == "SEED_GERMINATED":
+    surface_of = dict(zip(started.slots, started.slot_surfaces, strict=True)) if started else {}
+    for event in events:
+        kind, data = event.event_type, event.payload
+        if kind is TelemetryEventType.SEED_GERMINATED:
             lifecycle["germinated"] += 1
-            blueprints[data["blueprint_id"]]["germinated"] += 1
-            slot_germinations[data["slot_id"]] += 1
-        elif event == "SEED_INTERNAL_LEVEL_CHANGED":
-            internal["grow" if data["to_level"] > data["from_level"] else "shrink"] += 1
-        elif event == "SEED_FOSSILIZED":
+            blueprints[data.blueprint_id]["germinated"] += 1
+            slot_germinations[data.slot_id] += 1
+        elif kind is TelemetryEventType.SEED_INTERNAL_LEVEL_CHANGED:
+            internal["grow" if data.to_level > data.from_level else "shrink"] += 1
+        elif kind is TelemetryEventType.SEED_FOSSILIZED:
             lifecycle["fossilized"] += 1
-            if data["internal_level"]:
-                fossil_levels.append(data["internal_level"])
-            blueprints[data["blueprint_id"]]["fossilized"] += 1
-            if data["contribution"] is not None:
-                fossil_contributions[data["blueprint_id"]].append(data["contribution"])
-        elif event == "SEED_PRUNED":
+            if data.internal_level:
+                fossil_levels.append(data.internal_level)
+            blueprints[data.blueprint_id]["fossilized"] += 1
+            if data.contribution is not None:
+                fossil_contributions[data.blueprint_id].append(data.contribution)
+        elif kind is TelemetryEventType.SEED_PRUNED:
             lifecycle["pruned"] += 1
-            prune_reasons[data["reason"]] += 1
-            blueprints[data["blueprint_id"]]["pruned"] += 1
-        elif event == "SEED_STAGE_CHANGED" and data["to_stage"] == "BLENDING" and data["from_stage"] == "TRAINING":
+            prune_reasons[data.reason] += 1
+            blueprints[data.blueprint_id]["pruned"] += 1
+        elif (
+            kind is TelemetryEventType.SEED_STAGE_CHANGED
+            and data.from_stage is SeedStage.TRAINING and data.to_stage is SeedStage.BLENDING
+        ):
             lifecycle["blended"] += 1
-            blueprints[data["blueprint_id"]]["blended"] += 1
-        elif event == "GOVERNOR_ROLLBACK":
+            blueprints[data.blueprint_id]["blended"] += 1
+        elif kind is TelemetryEventType.GOVERNOR_ROLLBACK:
             rollbacks += 1
-        elif event == "ACTION_TAKEN":
-            actions[data["action"]["op"]] += 1
-            failed_actions += 0 if data["success"] else 1
-        elif event == "REWARD_COMPUTED":
-            rewards[data["round"]] += data["reward"]
-        elif event == "EPOCH_COMPLETED":
-            last_losses[(data["round"], data["env_id"])] = data["val_loss"]
-        elif event == "ROUND_COMPLETED":
-            metrics = data["final_metrics"]
-            params = data["final_params"]
-            losses = [loss for (round_index, _), loss in sorted(last_losses.items()) if round_index == data["round"]]
-            rounds[data["round"]] = {
-                "final_metrics": metrics,
-                "final_params": params,
+        elif kind is TelemetryEventType.ACTION_TAKEN:
+            actions[data.action["op"]] += 1
+            failed_actions += 0 if data.success else 1
+        elif kind is TelemetryEventType.REWARD_COMPUTED:
+            rewards[data.round] += data.reward
+        elif kind is TelemetryEventType.EPOCH_COMPLETED:
+            last_losses[(data.round, data.env_id)] = data.val_loss
+        elif kind is TelemetryEventType.ROUND_COMPLETED:
+            metrics = data.final_metrics
+            params = data.final_params
+            losses = [loss for (round_index, _), loss in sorted(last_losses.items()) if round_index == data.round]
+            rounds[data.round] = {
+                "final_metrics": list(metrics),
+                "final_params": list(params),
                 "mean_metric": sum(metrics) / len(metrics),
                 "mean_params": sum(params) / len(params),
                 "mean_val_loss": sum(losses) / len(losses) if losses else None,
+                "total_reward": None,
+                "mean_return": None,
             }
     for round_index, total in rewards.items():
         if round_index in rounds:
@@ -102,17 +270,18 @@ def summarize_events(records: list[dict[str, Any]]) -> dict[str, Any]:
     last = rounds[max(rounds)] if rounds else None
     return {
         "run": {
-            "name": started["run_name"] if started else None,
-            "task": started["task"] if started else None,
-            "host": started["host"] if started else None,
-            "policy": started["policy"] if started else None,
-            "seed": started["seed"] if started else None,
-            "envs": started["envs"] if started else None,
-            "host_params": started["host_params"] if started else None,
-            "score_basis": started.get("score_basis", "metric") if started else "metric",
-            "status": finished[-1]["status"] if finished else "running or killed",
-            "error": finished[-1]["error"] if finished else None,
-            "wall_seconds": sum(f["wall_seconds"] for f in finished),
+            "name": started.run_name if started else None,
+            "task": started.task if started else None,
+            "host": started.host if started else None,
+            "policy": started.policy if started else None,
+            "seed": started.seed if started else None,
+            "envs": started.envs if started else None,
+            "host_params": started.host_params if started else None,
+            "score_basis": started.score_basis if started else None,
+            "torch_threads": started.torch_threads if started else None,
+            "status": finished[-1].status if finished else "running or killed",
+            "error": finished[-1].error if finished else None,
+            "wall_seconds": sum(f.wall_seconds for f in finished),
             "rounds_completed": len(rounds),
         },
         "lifecycle": {
@@ -123,6 +292,8 @@ def summarize_events(records: list[dict[str, Any]]) -> dict[str, Any]:
             "prune_reasons": dict(prune_reasons),
             "governor_rollbacks": rollbacks,
         },
+        "stage_durations": stage_durations(events),
+        "anomalies": anomaly_counts(events),
         "blueprints": {
             name: {
                 "germinated": counts["germinated"],
@@ -145,7 +316,7 @@ def summarize_events(records: list[dict[str, Any]]) -> dict[str, Any]:
         },
         "rounds": {str(k): v for k, v in sorted(rounds.items())},
         "slots": {
-            slot: {"surface": surface_of.get(slot), "germinated": count} for slot, count in sorted(slot_germinations.items())
+            slot: {"surface": surface_of[slot], "germinated": count} for slot, count in sorted(slot_germinations.items())
         },
         "final": None
         if last is None
@@ -154,47 +325,52 @@ def summarize_events(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def summarize_run(run_dir: Path) -> dict[str, Any]:
-    return summarize_events(read_events(Path(run_dir) / EVENTS_FILE))
+    """``summarize_events`` of a run directory's record (what ``summary.json`` holds)."""
+    return summarize_events(load_events(Path(run_dir) / EVENTS_FILE))
 
 
-def epoch_curves(records: list[dict[str, Any]]) -> dict[int, dict[str, list[float]]]:
+def _global_epoch(started: payloads.RunStartedPayload, round_index: int, epoch: int) -> int:
+    """The run-wide epoch index shared by every plot: ``round * episode_length + epoch``."""
+    return round_index * started.episode_length + epoch
+
+
+def epoch_curves(events: Events) -> dict[int, dict[str, list[float]]]:
     """Per environment: global epoch index, validation metric and total parameters, in order."""
-    started = next((r["data"] for r in records if r["event"] == "RUN_STARTED"), None)
-    length = started["episode_length"] if started else 1
+    started = _run_started(events)
     curves: dict[int, dict[str, list[float]]] = defaultdict(lambda: {"step": [], "metric": [], "params": []})
-    for record in records:
-        if record["event"] != "EPOCH_COMPLETED":
-            continue
-        data = record["data"]
-        curve = curves[data["env_id"]]
-        curve["step"].append(data["round"] * length + data["epoch"])
-        curve["metric"].append(data["val_metric"])
-        curve["params"].append(data["host_params"] + data["seed_params"] + data["fossilized_params"])
+    for data in _of_type(events, TelemetryEventType.EPOCH_COMPLETED):
+        curve = curves[data.env_id]
+        curve["step"].append(_global_epoch(started, data.round, data.epoch))
+        curve["metric"].append(data.val_metric)
+        curve["params"].append(data.host_params + data.seed_params + data.fossilized_params)
     return dict(curves)
 
 
-def lifecycle_markers(records: list[dict[str, Any]]) -> dict[str, list[tuple[int, int]]]:
+def lifecycle_markers(events: Events) -> dict[str, list[tuple[int, int]]]:
     """(env, global epoch) of every germination, fossilization and prune, for plot markers."""
-    started = next((r["data"] for r in records if r["event"] == "RUN_STARTED"), None)
-    length = started["episode_length"] if started else 1
+    started = _run_started(events)
     markers: dict[str, list[tuple[int, int]]] = {"germinated": [], "fossilized": [], "pruned": []}
-    names = {"SEED_GERMINATED": "germinated", "SEED_FOSSILIZED": "fossilized", "SEED_PRUNED": "pruned"}
-    for record in records:
-        if record["event"] in names:
-            data = record["data"]
-            markers[names[record["event"]]].append((data["env_id"], data["round"] * length + data["epoch"]))
+    names = {
+        TelemetryEventType.SEED_GERMINATED: "germinated",
+        TelemetryEventType.SEED_FOSSILIZED: "fossilized",
+        TelemetryEventType.SEED_PRUNED: "pruned",
+    }
+    for event in events:
+        if event.event_type in names:
+            data = event.payload
+            markers[names[event.event_type]].append((data.env_id, _global_epoch(started, data.round, data.epoch)))
     return markers
 
 
-def plot_report(run_dir: Path, records: list[dict[str, Any]]) -> Path:
+def plot_report(run_dir: Path, events: Events) -> Path:
     """Write ``report.png``: validation metric and parameter count per environment over epochs."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    curves = epoch_curves(records)
-    markers = lifecycle_markers(records)
+    curves = epoch_curves(events)
+    markers = lifecycle_markers(events)
     figure, (metric_axis, params_axis) = plt.subplots(2, 1, figsize=(9, 6.5), sharex=True)
     styles = {"germinated": ("^", "tab:green"), "fossilized": ("*", "tab:blue"), "pruned": ("x", "tab:red")}
     for env_id, curve in sorted(curves.items()):
@@ -213,7 +389,7 @@ def plot_report(run_dir: Path, records: list[dict[str, Any]]) -> Path:
     params_axis.set_ylabel("parameters (host + seeds)")
     params_axis.set_xlabel("epoch (all rounds)")
     params_axis.grid(alpha=0.3)
-    summary = summarize_events(records)
+    summary = summarize_events(events)
     figure.suptitle(f"{summary['run']['name']} — {summary['run']['task']} / {summary['run']['policy']}")
     figure.tight_layout()
     path = Path(run_dir) / REPORT_PLOT

@@ -40,7 +40,8 @@ class ConsoleSinkConfig:
     """Options of the ``console`` sink.
 
     ``verbose``: print a line for every seed germinated, fossilized or pruned, and for every finished round
-    (governor rollbacks are always printed). ``refresh_per_second``: how often the live bar redraws.
+    (governor rollbacks and GRADIENT_ANOMALY / POLICY_ANOMALY lines are always printed). ``refresh_per_second``:
+    how often the live bar redraws.
     """
 
     verbose: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
@@ -131,6 +132,8 @@ class ConsoleSink:
             TelemetryEventType.SEED_PRUNED: self._on_seed_pruned,
             TelemetryEventType.SEED_INTERNAL_LEVEL_CHANGED: self._on_internal_level_changed,
             TelemetryEventType.GOVERNOR_ROLLBACK: self._on_governor_rollback,
+            TelemetryEventType.GRADIENT_ANOMALY: self._on_gradient_anomaly,
+            TelemetryEventType.POLICY_ANOMALY: self._on_policy_anomaly,
         }
         if self.console.is_interactive:
             self._progress = Progress(
@@ -215,7 +218,8 @@ class ConsoleSink:
                 f": task {payload.task}, host {payload.host}, policy {payload.policy}, reward {payload.reward}; "
                 f"{_count(payload.envs, 'env')} x {_count(payload.episode_length, 'epoch')} x "
                 f"{_count(payload.rounds, 'round')}; {_count(len(payload.slots), 'slot')}; "
-                f"host {payload.host_params:,} params; seed {payload.seed}; device {payload.device}; run dir {payload.run_dir}",
+                f"host {payload.host_params:,} params; seed {payload.seed}; device {payload.device}"
+                f"{_threads(payload.torch_threads)}; run dir {payload.run_dir}",
             )
         )
 
@@ -339,6 +343,23 @@ class ConsoleSink:
         )
         self._print_line(line)
 
+    def _on_gradient_anomaly(self, payload: payloads.GradientAnomalyPayload) -> None:
+        where = f"seed {payload.seed_id} in {payload.name}" if payload.where == "seed" else f"host segment {payload.name}"
+        line = Text("ANOMALY ", style="bold yellow")
+        line.append(f"[{self._position_label(payload.round, payload.epoch)}] env {payload.env_id}: ", style="yellow")
+        line.append(
+            f"{payload.kind.replace('_', ' ')} gradient, {where}: norm {payload.value:.3g}{_bound(payload)}",
+            style="yellow",
+        )
+        self._print_line(line)
+
+    def _on_policy_anomaly(self, payload: payloads.PolicyAnomalyPayload) -> None:
+        subject = f" of head {payload.head}" if payload.head is not None else ""
+        line = Text("ANOMALY ", style="bold yellow")
+        line.append(f"[{self._round_label(payload.round)}] controller: ", style="yellow")
+        line.append(f"{payload.kind.replace('_', ' ')}{subject}: {payload.value:.4g}{_bound(payload)}", style="yellow")
+        self._print_line(line)
+
     def _on_run_finished(self, payload: payloads.RunFinishedPayload) -> None:
         self._stop_progress()
         if self._round_summaries:
@@ -389,3 +410,16 @@ def _size(payload: payloads.SeedGerminatedPayload) -> str:
         return (f"{payload.seed_params:,} params in use at level {payload.internal_level} "
                 f"({payload.built_params:,} built)")
     return f"{payload.seed_params:,} params"
+
+
+def _threads(torch_threads: int | None) -> str:
+    """``"; 2 torch threads"``, or nothing for a record that does not say."""
+    return "" if torch_threads is None else f"; {_count(torch_threads, 'torch thread')}"
+
+
+def _bound(payload: payloads.GradientAnomalyPayload | payloads.PolicyAnomalyPayload) -> str:
+    """The crossed threshold: ``" (above 1e+03)"``, ``" (below 0.104)"``, or nothing when none applies."""
+    if payload.threshold is None:
+        return ""
+    above = payload.kind in ("exploding", "value_loss_blowup", "kl_spike")
+    return f" ({'above' if above else 'below'} {payload.threshold:.3g})"

@@ -28,14 +28,21 @@ LIFECYCLE_COUNT_TAGS: dict[TelemetryEventType, str] = {
 #: Internal level changes counted per round, by direction.
 INTERNAL_GROW_TAG = "lifecycle/internal_grow"
 INTERNAL_SHRINK_TAG = "lifecycle/internal_shrink"
+#: Gradient and policy anomalies counted per round, by kind: ``anomalies/<kind>``.
+ANOMALY_COUNT_TAGS = tuple(
+    f"anomalies/{kind}" for kind in (*payloads.GRADIENT_ANOMALY_KINDS, *payloads.POLICY_ANOMALY_KINDS)
+)
 #: Every per-round count, written (zeros included) at ROUND_COMPLETED.
-ROUND_COUNT_TAGS = (*LIFECYCLE_COUNT_TAGS.values(), INTERNAL_GROW_TAG, INTERNAL_SHRINK_TAG)
+ROUND_COUNT_TAGS = (*LIFECYCLE_COUNT_TAGS.values(), INTERNAL_GROW_TAG, INTERNAL_SHRINK_TAG, *ANOMALY_COUNT_TAGS)
+_ANOMALY_EVENTS = (TelemetryEventType.GRADIENT_ANOMALY, TelemetryEventType.POLICY_ANOMALY)
 
 
 def round_count_tag(event: TelemetryEvent) -> str | None:
     """The per-round count an event adds to, if any."""
     if event.event_type is TelemetryEventType.SEED_INTERNAL_LEVEL_CHANGED:
         return INTERNAL_GROW_TAG if event.payload.to_level > event.payload.from_level else INTERNAL_SHRINK_TAG
+    if event.event_type in _ANOMALY_EVENTS:
+        return f"anomalies/{event.payload.kind}"
     return LIFECYCLE_COUNT_TAGS.get(event.event_type)
 
 
@@ -72,11 +79,13 @@ class TensorBoardSink:
       + live seed parameters, the model's size), ``env{i}/effective_seed_params`` and
       ``env{i}/alpha_delta_sq_sum`` (the rent and alpha-shock bases) per ``EPOCH_COMPLETED``;
     - ``env{i}/reward`` and ``env{i}/reward/{component}`` per ``REWARD_COMPUTED``;
-    - each ``POLICY_UPDATED`` metric under its own name (e.g. ``losses/policy_loss``);
+    - each ``POLICY_UPDATED`` metric under its own name (e.g. ``policy_loss``, ``entropy/op``);
     - ``round/final_metric_mean`` and ``round/mean_return`` per ``ROUND_COMPLETED``, together with how
       many seeds were germinated, fossilized and pruned and how many governor rollbacks happened in
       that round over all environments, and how many internal levels grew and shrank
-      (``lifecycle/*``, ``lifecycle/internal_grow``, ``lifecycle/internal_shrink``, ``governor/rollbacks``).
+      (``lifecycle/*``, ``lifecycle/internal_grow``, ``lifecycle/internal_shrink``, ``governor/rollbacks``),
+      and how many ``GRADIENT_ANOMALY`` / ``POLICY_ANOMALY`` events of each kind it had
+      (``anomalies/<kind>``, e.g. ``anomalies/exploding``, ``anomalies/entropy_collapse``).
 
     On ``RUN_RESUMED`` the writer is reopened with ``purge_step`` at the resume step, so TensorBoard
     hides what the interrupted attempt logged from there on.

@@ -280,3 +280,43 @@ def test_a_ladder_seed_germination_shows_the_parameters_in_use(tmp_path: Path) -
                                        internal_level=1, internal_effective_params=512),
     ))
     assert "germinated lora_ladder in r1c1 (512 params in use at level 1 (4,096 built), ADD" in output_of(console)
+
+
+def run_started(torch_threads: int | None) -> TelemetryEvent:
+    return event(
+        TelemetryEventType.RUN_STARTED,
+        payloads.RunStartedPayload(
+            run_name="demo", run_dir="/runs/demo", task="shapes", host="cnn", policy="heuristic", reward="basic",
+            seed=7, rounds=2, envs=2, episode_length=3, slots=("r0c1",), blueprints=("conv_small",), host_params=1000,
+            device="cpu", slot_surfaces=("segment_boundary",), score_basis="metric", torch_threads=torch_threads,
+        ),
+    )
+
+
+def test_the_header_line_shows_the_torch_thread_count(tmp_path: Path) -> None:
+    console = plain_console()
+    sink = ConsoleSink(ConsoleSinkConfig(), make_context(tmp_path), console=console)
+    sink.handle(run_started(torch_threads=2))
+    assert "seed 7; device cpu; 2 torch threads; run dir /runs/demo" in output_of(console)
+    older = plain_console()
+    ConsoleSink(ConsoleSinkConfig(), make_context(tmp_path), console=older).handle(run_started(torch_threads=None))
+    assert "device cpu; run dir /runs/demo" in output_of(older), "a record without the count says nothing about it"
+
+
+def test_anomalies_are_printed_even_when_quiet(tmp_path: Path) -> None:
+    console = plain_console()
+    sink = ConsoleSink(ConsoleSinkConfig(verbose=False), make_context(tmp_path), console=console)
+    sink.handle(event(TelemetryEventType.GRADIENT_ANOMALY, payloads.GradientAnomalyPayload(
+        env_id=1, round=0, epoch=2, where="seed", name="r0c1", kind="exploding", value=2500.0, threshold=1000.0,
+        seed_id="r0e1-r0c1-0")))
+    sink.handle(event(TelemetryEventType.GRADIENT_ANOMALY, payloads.GradientAnomalyPayload(
+        env_id=0, round=1, epoch=0, where="host_segment", name="host", kind="non_finite", value=float("nan"),
+        threshold=None)))
+    sink.handle(event(TelemetryEventType.POLICY_ANOMALY, payloads.PolicyAnomalyPayload(
+        round=1, kind="entropy_collapse", value=0.0031, threshold=0.104, head="op")))
+    lines = output_of(console).splitlines()
+    assert lines == [
+        "ANOMALY [round 1/2 epoch 3/3] env 1: exploding gradient, seed r0e1-r0c1-0 in r0c1: norm 2.5e+03 (above 1e+03)",
+        "ANOMALY [round 2/2 epoch 1/3] env 0: non finite gradient, host segment host: norm nan",
+        "ANOMALY [round 2/2] controller: entropy collapse of head op: 0.0031 (below 0.104)",
+    ]

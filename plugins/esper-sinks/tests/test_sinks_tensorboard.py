@@ -68,7 +68,12 @@ def test_scalars_can_be_read_back(tmp_path: Path) -> None:
         sink.handle(event(TelemetryEventType.SEED_INTERNAL_LEVEL_CHANGED, payloads.SeedInternalLevelChangedPayload(
             env_id=0, round=1, epoch=1, from_level=from_level, to_level=to_level, internal_effective_params=64, **SEED)))
     sink.handle(event(TelemetryEventType.POLICY_UPDATED,
-                      payloads.PolicyUpdatedPayload(round=1, metrics={"losses/policy_loss": 0.125})))
+                      payloads.PolicyUpdatedPayload(round=1, metrics={"policy_loss": 0.125})))
+    for kind in ("exploding", "exploding", "dead_seed"):
+        sink.handle(event(TelemetryEventType.GRADIENT_ANOMALY, payloads.GradientAnomalyPayload(
+            env_id=0, round=1, epoch=1, where="seed", name="r0c0", kind=kind, value=2e3, threshold=1e3, seed_id="s0")))
+    sink.handle(event(TelemetryEventType.POLICY_ANOMALY, payloads.PolicyAnomalyPayload(
+        round=1, kind="kl_spike", value=0.4, threshold=0.1)))
     sink.handle(event(TelemetryEventType.ROUND_COMPLETED, payloads.RoundCompletedPayload(
         round=1, final_metrics=(0.75, 0.5), final_params=(1024, 1024), mean_return=1.5)))
     sink.flush()
@@ -86,7 +91,7 @@ def test_scalars_can_be_read_back(tmp_path: Path) -> None:
     assert steps_and_values(scalars, "env1/reward") == [(5, 0.5)]
     assert steps_and_values(scalars, "env1/reward/metric_gain") == [(5, 0.75)]
     assert steps_and_values(scalars, "env1/reward/param_rent") == [(5, -0.25)]
-    assert steps_and_values(scalars, "losses/policy_loss") == [(5, 0.125)]
+    assert steps_and_values(scalars, "policy_loss") == [(5, 0.125)]
     assert steps_and_values(scalars, "round/mean_return") == [(5, 1.5)]
     assert steps_and_values(scalars, "round/final_metric_mean") == [(5, 0.625)]
     assert steps_and_values(scalars, "lifecycle/germinated") == [(5, 2)]
@@ -95,6 +100,10 @@ def test_scalars_can_be_read_back(tmp_path: Path) -> None:
     assert steps_and_values(scalars, "governor/rollbacks") == [(5, 0)]
     assert steps_and_values(scalars, "lifecycle/internal_grow") == [(5, 2)]
     assert steps_and_values(scalars, "lifecycle/internal_shrink") == [(5, 1)]
+    assert steps_and_values(scalars, "anomalies/exploding") == [(5, 2)]
+    assert steps_and_values(scalars, "anomalies/dead_seed") == [(5, 1)]
+    assert steps_and_values(scalars, "anomalies/kl_spike") == [(5, 1)]
+    assert steps_and_values(scalars, "anomalies/entropy_collapse") == [(5, 0)], "every kind is written, zeros too"
 
 
 def test_custom_subdir(tmp_path: Path) -> None:
