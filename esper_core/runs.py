@@ -3,22 +3,31 @@
 from __future__ import annotations
 
 import datetime as _dt
+import errno
+import fcntl
+import hashlib
+import io
 import json
 import os
 import platform
 import random
 import re
 import sys
+import unicodedata
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
 
-from esper_core.errors import CheckpointError
+from esper_core.errors import CheckpointError, ConfigError, RunLocked
 
 CHECKPOINT_FORMAT = "esper-checkpoint"
-CHECKPOINT_VERSION = 3
+#: 4: the file is a header line carrying the sha256 of the torch-serialized payload that follows it
+CHECKPOINT_VERSION = 4
+#: version 3 files (a bare torch file, no content hash) are still read, e.g. shipped policy files
+LEGACY_CHECKPOINT_VERSION = 3
+_HEADER_PREFIX = b"esper-checkpoint "
 
 CONFIG_FILE = "config.toml"
 ENVIRONMENT_FILE = "environment.json"
@@ -27,12 +36,17 @@ DISCARDED_EVENTS_FILE = "events.discarded.jsonl"
 SUMMARY_FILE = "summary.json"
 CHECKPOINT_DIR = "checkpoints"
 LATEST_CHECKPOINT = "latest.pt"
+LOCK_FILE = "run.lock"
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+#: anything but letters and digits (any script), ``_``, ``.`` and ``-`` becomes ``-`` in a directory name
+_UNSAFE = re.compile(r"[^\w.-]+")
+_SLUG_LENGTH = 64
 
 
 def _slug(text: str) -> str:
-    return _UNSAFE.sub("-", text).strip("-") or "run"
+    """A file-name-safe form of ``text``: unicode letters and digits kept (NFC), no separators, no dot-only names."""
+    slug = _UNSAFE.sub("-", unicodedata.normalize("NFC", text)).strip("-.")[:_SLUG_LENGTH].strip("-.")
+    return slug or "run"
 
 
 def create_run_dir(
@@ -41,19 +55,99 @@ def create_run_dir(
     """Make ``{output_dir}/{task}__{name}__{seed}__{time}``; a clash gets a ``-2``, ``-3`` suffix."""
     now = now or _dt.datetime.now()
     stem = f"{_slug(task)}__{_slug(name)}__{seed}__{now.strftime('%Y%m%d-%H%M%S')}"
-    output_dir.mkdir(parents=True, exist_ok=True)
-    candidate = output_dir / stem
-    suffix = 2
-    while True:
-        try:
-            candidate.mkdir()
-            break
-        except FileExistsError:
-            candidate = output_dir / f"{stem}-{suffix}"
-            suffix += 1
-    if checkpoints:
-        (candidate / CHECKPOINT_DIR).mkdir()
+    check_output_dir(output_dir)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        candidate = output_dir / stem
+        suffix = 2
+        while True:
+            try:
+                candidate.mkdir()
+                break
+            except FileExistsError:
+                candidate = output_dir / f"{stem}-{suffix}"
+                suffix += 1
+        if checkpoints:
+            (candidate / CHECKPOINT_DIR).mkdir()
+    except OSError as exc:
+        raise ConfigError([f"[run] output_dir: cannot create a run directory in '{output_dir}': {_os_reason(exc)}"]) from None
     return candidate
+
+
+def _os_reason(exc: OSError) -> str:
+    return exc.strerror or type(exc).__name__
+
+
+def check_output_dir(output_dir: Path) -> None:
+    """Raise ConfigError (one line) unless run directories can be created under ``output_dir``: it, or the
+    nearest folder above it that exists, must be a writable directory. Nothing is created."""
+    output_dir = Path(output_dir)
+    where = f"[run] output_dir: '{output_dir}'"
+    existing = output_dir
+    while not existing.exists():
+        if existing.is_symlink():
+            raise ConfigError([f"{where}: '{existing}' is a broken symbolic link"])
+        parent = existing.parent
+        if parent == existing:
+            break
+        existing = parent
+    if not existing.is_dir():
+        if existing == output_dir:
+            raise ConfigError([f"{where} is a file, not a directory"])
+        raise ConfigError([f"{where} cannot be created: '{existing}' is a file, not a directory"])
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "is not writable" if existing == output_dir else f"cannot be created: '{existing}' is not writable"
+        raise ConfigError([f"{where} {what}"])
+
+
+class RunLock:
+    """An exclusive lock on a run directory for the lifetime of a run or a resume.
+
+    ``fcntl.flock`` on ``run.lock`` inside the directory, which holds the owner's PID. The kernel
+    drops the lock when the process dies however it dies (SIGKILL included), so a stale lock file never
+    blocks a resume. The file is never deleted (deleting it would let two processes lock two files).
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / LOCK_FILE
+        self._handle: IO[str] | None = None
+
+    def acquire(self) -> RunLock:
+        try:
+            handle = open(self.path, "a+", encoding="utf-8")
+        except OSError as exc:
+            raise CheckpointError(f"cannot lock run directory '{self.path.parent}': {_os_reason(exc)}") from None
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                handle.close()
+                raise CheckpointError(f"cannot lock run directory '{self.path.parent}': {_os_reason(exc)}") from None
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise RunLocked(
+                f"run directory '{self.path.parent}' is in use by process {holder} (another `esper run` or "
+                "`--resume`); wait for it to end, or stop that process first"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._handle = handle
+        return self
+
+    def release(self) -> None:
+        if self._handle is not None:
+            fcntl.flock(self._handle.fileno(), fcntl.LOCK_UN)
+            self._handle.close()
+            self._handle = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire() if self._handle is None else self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
 
 
 def environment_record(seed: int, versions: dict[str, str | None], device: str) -> dict[str, Any]:
@@ -115,26 +209,75 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write atomically (temp file + rename) so a kill mid-write never corrupts the last checkpoint."""
+    """Write atomically (temp file, fsync, rename) so a kill mid-write never corrupts the last checkpoint.
+
+    The file is one header line, ``esper-checkpoint 4 sha256:<hex>``, then the torch-serialized payload
+    whose sha256 the header carries; ``load_checkpoint`` verifies it before unpickling anything."""
     payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    body = buffer.getvalue()
+    header = _HEADER_PREFIX + f"{CHECKPOINT_VERSION} sha256:{hashlib.sha256(body).hexdigest()}\n".encode("ascii")
     tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(payload, tmp)
+    with open(tmp, "wb") as handle:
+        handle.write(header)
+        handle.write(body)
+        handle.flush()
+        os.fsync(handle.fileno())
     os.replace(tmp, path)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load with ``weights_only=True``; a missing, corrupt or foreign file raises ``CheckpointError``."""
-    if not path.exists():
-        raise CheckpointError(f"checkpoint '{path}' does not exist")
+    """Verify the content hash, then load with ``weights_only=True`` (tensors and plain values only).
+
+    A missing, damaged, corrupt, unsafe or foreign file raises ``CheckpointError`` (one line). Version 3
+    files (no header, no hash) are read as they are."""
+    path = Path(path)
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint '{path}' does not exist") from None
+    except OSError as exc:
+        raise CheckpointError(f"checkpoint '{path}' cannot be read: {_os_reason(exc)}") from None
+    expected_version = LEGACY_CHECKPOINT_VERSION
+    if data.startswith(_HEADER_PREFIX):
+        header, _, body = data.partition(b"\n")
+        match = re.fullmatch(rb"esper-checkpoint (\d+) sha256:([0-9a-f]{64})", header)
+        if match is None:
+            raise CheckpointError(f"checkpoint '{path}' is damaged: its header line is not readable")
+        expected_version = int(match.group(1))
+        if expected_version != CHECKPOINT_VERSION:
+            raise CheckpointError(
+                f"checkpoint '{path}' has format version {expected_version}, this Esper reads "
+                f"{CHECKPOINT_VERSION} (and {LEGACY_CHECKPOINT_VERSION})"
+            )
+        if hashlib.sha256(body).hexdigest() != match.group(2).decode("ascii"):
+            raise CheckpointError(
+                f"checkpoint '{path}' is damaged: its content does not match the sha256 recorded when it was "
+                "written (changed or truncated since)"
+            )
+        data = body
+    try:
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # parse boundary: garbage bytes raise arbitrary errors inside the unpickler
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"checkpoint '{path}' is corrupt or unsafe to load: {first_line}") from None
+        raise CheckpointError(f"checkpoint '{path}' is corrupt or unsafe to load: {_unpickling_reason(exc)}") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"checkpoint '{path}' was not written by Esper (no '{CHECKPOINT_FORMAT}' marker)")
-    if payload.get("version") != CHECKPOINT_VERSION:
+    if payload.get("version") != expected_version:
         raise CheckpointError(
             f"checkpoint '{path}' has format version {payload.get('version')}, this Esper reads {CHECKPOINT_VERSION}"
         )
     return payload
+
+
+def _unpickling_reason(exc: Exception) -> str:
+    """What torch's loader objected to, without its advice to load unsafely (Esper never does)."""
+    text = str(exc)
+    match = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\. Please use|\n\n|$)", text, re.DOTALL)
+    if match is not None:
+        reason = " ".join(match.group(1).split())
+        return f"it holds something other than tensors and plain values ({reason})"
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    if not first or "weights_only" in first:
+        return type(exc).__name__
+    return first

@@ -2,22 +2,37 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import os
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import attrs
 import torch
 
-from esper_core.config import RunConfig, write_config
-from esper_core.errors import CheckpointError, ConfigError, PluginError, RunAborted, TrainingUnstable
+from esper_core.config import RunConfig, parse_config, write_config
+from esper_core.errors import (
+    CheckpointError,
+    ConfigError,
+    PluginError,
+    RunAborted,
+    SeedContractError,
+    TrainingUnstable,
+)
 from esper_core.kasmina import LadderModule, LifecycleSettings, MorphogeneticModel, check_host
+from esper_core.kasmina.slot import OpResult
 from esper_core.leyline import (
+    LIVE_STAGES,
     FactoredAction,
     LifecycleOp,
+    SeedStage,
     SlotConfig,
     TelemetryEvent,
     TelemetryEventType,
@@ -33,6 +48,8 @@ from esper_core.runs import (
     EVENTS_FILE,
     LATEST_CHECKPOINT,
     SUMMARY_FILE,
+    RunLock,
+    check_output_dir,
     create_run_dir,
     derive_seed,
     environment_record,
@@ -48,7 +65,22 @@ from esper_core.tamiyo import Controller, EnvObservation, PolicyContext, compute
 from esper_core.tasks import Task, TaskContext
 from esper_core.telemetry import SinkContext, TelemetryHub
 from esper_core.telemetry.report import summarize_run
-from esper_core.tolaria.environment import Environment, PendingDecision
+from esper_core.tolaria.environment import Environment, EnvironmentState, PendingDecision
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+from esper_core.tolaria.state import (
+    EngineCheckpoint,
+    EventRecordMark,
+    RngState,
+    checkpoint_from_dict,
+    checkpoint_to_dict,
+)
+
+#: devices a run can train on (``meta`` tensors hold no data; other backends are untested)
+SUPPORTED_DEVICES = ("cpu", "cuda", "mps")
 
 
 @attrs.frozen
@@ -90,10 +122,33 @@ def check_ladder(family: SeedFamily, seed: torch.nn.Module) -> None:
         )
 
 
-def seed_size_at_birth(family: SeedFamily, channels: int, topology: str, config: Any) -> int:
-    """A blueprint's size at birth in a slot of ``channels``: its parameters in use (the size rule)."""
-    with torch.random.fork_rng(devices=[]):
-        seed = family.build(channels, topology, config)
+def family_plugin(manager: PluginManager, name: str) -> str | None:
+    """The plugin that registered seed family ``name`` (plain or ``plugin:name``), None if none did."""
+    for plugin, item, _entry in manager.registry.items("seed_families"):
+        if name in (item, f"{plugin}:{item}"):
+            return plugin
+    return None
+
+
+def seed_size_at_birth(
+    family: SeedFamily, channels: int, topology: str, config: Any, plugin: str | None = None
+) -> int:
+    """A blueprint's size at birth in a slot of ``channels``: its parameters in use (the size rule).
+    A ``build`` that raises or returns no module is a ``SeedContractError`` naming family and plugin."""
+    who = f"seed family '{family.name}'" + (f" (plugin '{plugin}')" if plugin else "")
+    try:
+        with torch.random.fork_rng(devices=[]):
+            seed = family.build(channels, topology, config)
+    except Exception as exc:  # the plugin's callable: report it by family and plugin
+        raise SeedContractError(
+            f"{who} failed to build a seed for {channels} channels ({type(exc).__name__}: {exc})",
+            family=family.name, plugin=plugin,
+        ) from None
+    if not isinstance(seed, torch.nn.Module):
+        raise SeedContractError(
+            f"{who} built a {type(seed).__name__}, not a torch.nn.Module, for {channels} channels",
+            family=family.name, plugin=plugin,
+        )
     check_ladder(family, seed)
     if family.ladder is not None:
         return seed.internal_effective_params(family.ladder.initial_level)
@@ -109,6 +164,9 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError([f"[run] device: '{name}' requested but no CUDA device is available"])
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError([f"[run] device: '{name}' requested but MPS is not available"])
+    if device.type not in SUPPORTED_DEVICES:
+        what = "holds no data (shape-only tensors)" if device.type == "meta" else "is not supported"
+        raise ConfigError([f"[run] device: '{name}' {what}; use one of {', '.join(SUPPORTED_DEVICES)}"])
     return device
 
 
@@ -223,7 +281,7 @@ def prepare(config: RunConfig, manager: PluginManager) -> RunSetup:
         family = manager.registry.get("seed_families", name)
         options = config.blueprint_options.get(name, family.config_class())
         for width in sorted(set(channels.values())):
-            sizes[name, width] = seed_size_at_birth(family, width, topology, options)
+            sizes[name, width] = seed_size_at_birth(family, width, topology, options, family_plugin(manager, name))
     blueprint_params = tuple(
         tuple(sizes[name, channels[slot_id]] for name in blueprints) for slot_id in slot_config.slot_ids
     )
@@ -249,7 +307,7 @@ def prepare(config: RunConfig, manager: PluginManager) -> RunSetup:
 class ResumePoint:
     round: int
     epoch: int
-    env_states: list[dict[str, Any]] | None
+    env_states: list[EnvironmentState] | None
 
 
 class Engine:
@@ -291,6 +349,12 @@ class Engine:
         self.started = time.perf_counter()
         self.rounds_completed = 0
         self.timing: dict[str, float] = {}
+        #: the environments a mid-round resume restored before training (``restore``), used by ``run``
+        self.restored: list[Environment] | None = None
+        #: the running sha256 of events.jsonl up to ``events_hashed`` bytes (extended at each checkpoint)
+        self.events_hash = hashlib.sha256()
+        self.events_hashed = 0
+        self.events_lines = 0
 
     # -- construction ------------------------------------------------------------------------------
 
@@ -333,6 +397,7 @@ class Engine:
                 topology=self.setup.host_family.topology,
                 blueprints=self.setup.blueprints,
                 build_seed=self._seed_builder(env_seed, model_ref),
+                seed_plugin=lambda name: family_plugin(self.manager, name),
                 settings=LifecycleSettings(
                     embargo_epochs=config.morphogenesis.embargo_epochs,
                     min_training_epochs=config.morphogenesis.min_training_epochs,
@@ -340,7 +405,7 @@ class Engine:
                 ),
                 max_seeds=self.setup.max_seeds,
                 env_id=env_id,
-                emit=self.hub.emit,
+                emit=lambda event: self.hub.emit(event),  # the hub is replaced after a resume's checks
                 clock=lambda: self.clock,
             )
             model_ref.append(model)
@@ -369,24 +434,11 @@ class Engine:
         for round_index in range(start.round, config.run.rounds):
             resuming_mid_round = round_index == start.round and start.env_states is not None
             self.timing = {"train": 0.0, "validate": 0.0, "policy_act": 0.0, "policy_update": 0.0}
-            made = self.make_envs(round_index)
+            made = self.restore(start) if resuming_mid_round else self.make_envs(round_index)
             self.envs = made[: config.run.envs]
             self.control = made[config.run.envs] if self.setup.uses_control else None
             first_epoch = 0
             if resuming_mid_round:
-                if len(start.env_states) != len(self.all_envs):
-                    raise CheckpointError(
-                        f"the checkpoint in '{self.run_dir}' holds {len(start.env_states)} environment(s); "
-                        f"this run has {len(self.all_envs)}"
-                    )
-                for env, state in zip(self.all_envs, start.env_states):
-                    try:
-                        env.load_state_dict(state)
-                    except (KeyError, ValueError, RuntimeError) as exc:
-                        raise CheckpointError(
-                            f"the checkpoint in '{self.run_dir}' does not match this run's environments "
-                            f"({type(exc).__name__}: {exc})"
-                        ) from None
                 first_epoch = start.epoch
             else:
                 self.policy.begin_episode(round_index, len(self.envs))
@@ -396,7 +448,7 @@ class Engine:
                 last_epoch = epoch == config.run.episode_length - 1
                 abort = self._abort_due(round_index, epoch)
                 if (due or abort) and not last_epoch:
-                    self.checkpoint(ResumePoint(round_index, epoch + 1, [env.state_dict() for env in self.all_envs]))
+                    self.checkpoint(ResumePoint(round_index, epoch + 1, [env.state() for env in self.all_envs]))
                 if abort and not last_epoch:
                     raise RunAborted(
                         f"aborted by [faults] abort at round {round_index} epoch {epoch}; "
@@ -410,6 +462,30 @@ class Engine:
                     f"aborted by [faults] abort at the end of round {round_index}; "
                     f"resume with: esper run --resume {self.run_dir}"
                 )
+
+    def restore(self, start: ResumePoint) -> list[Environment]:
+        """The environments of a mid-round checkpoint, rebuilt and loaded (``CheckpointError`` if they do
+        not fit this run). Called once before a resume changes anything on disk; ``run`` then uses them."""
+        if self.restored is not None:
+            made, self.restored = self.restored, None
+            return made
+        made = self.make_envs(start.round)
+        if len(start.env_states) != len(made):
+            raise CheckpointError(
+                f"the checkpoint in '{self.run_dir}' holds {len(start.env_states)} environment(s); "
+                f"this run has {len(made)}"
+            )
+        for env, state in zip(made, start.env_states):
+            try:
+                env.load_state(state)
+            except (KeyError, ValueError, RuntimeError, TypeError) as exc:
+                message = " ".join(str(exc).split())
+                raise CheckpointError(
+                    f"the checkpoint in '{self.run_dir}' does not match this run's environments "
+                    f"({type(exc).__name__}: {message})"
+                ) from None
+        self.restored = made
+        return made
 
     def _abort_due(self, round_index: int, epoch: int) -> bool:
         abort = self.config.faults.abort
@@ -507,11 +583,38 @@ class Engine:
             )
 
     def rollback(self, env: Environment, round_index: int, epoch: int, reason: str, train_loss: float, val_loss: float):
-        restored_epoch = env.governor.restore(env.model)
+        """Restore the governor's snapshot and bring each slot's lifecycle in line with what the event
+        record already says: every seed live before the rollback is pruned (``governor_rollback``, then
+        the embargo), including one germinated after the snapshot, which the restored weights do not
+        hold; a fossil stays a fossil (with the snapshot's weights if it was live then, else freshly
+        built, i.e. the identity); a slot with no seed keeps its embargo. Seed ids are never reused."""
+        model = env.model
+        before = {slot_id: model.slots[slot_id].lifecycle_record() for slot_id in model.slot_ids}
+        fossil_order = list(model.fossilization_order)
+        germinations = model.germination_count
+        restored_epoch = env.governor.restore(model)
+        model.germination_count = max(germinations, model.germination_count)
         pruned = []
-        for slot in env.model.live_seed_slots():
-            slot.prune(epochs=0, curve=slot.planned_curve, reason="governor_rollback")
-            pruned.append(slot.slot_id)
+        for slot_id in model.slot_ids:
+            slot, was = model.slots[slot_id], before[slot_id]
+            same_seed = slot.seed_id == was.seed_id and slot.seed is not None
+            if was.stage is SeedStage.FOSSILIZED:
+                if slot.stage is not SeedStage.FOSSILIZED or not same_seed:
+                    weights = slot.state_dict() if same_seed else None
+                    slot.load_lifecycle_record(was)
+                    if weights is not None:
+                        slot.load_state_dict(weights)
+            elif was.stage in LIVE_STAGES:
+                if slot.stage not in LIVE_STAGES or not same_seed:
+                    slot.load_lifecycle_record(was)  # a seed the snapshot does not hold: it must be pruned too
+                if slot.blend_out:
+                    slot._prune_now("governor_rollback")
+                else:
+                    slot.prune(epochs=0, curve=slot.planned_curve, reason="governor_rollback")
+                pruned.append(slot_id)
+            elif slot.stage is not was.stage or slot.seed_id != was.seed_id:
+                slot.load_lifecycle_record(was)  # no seed before the rollback: an embargo goes on
+        model.fossilization_order = [slot_id for slot_id in fossil_order if model.slots[slot_id].stage is SeedStage.FOSSILIZED]
         env.build_optimizers()
         env.set_epoch(epoch)
         env.rolled_back = True
@@ -576,7 +679,10 @@ class Engine:
             if not isinstance(action, FactoredAction):
                 raise RuntimeError(f"policy '{self.config.policy.name}' returned {action!r}, not a FactoredAction")
             if masks.allows(env.env_id, action):
-                result = env.model.apply(action, metric_now=env.score_history[-1])
+                try:
+                    result = env.model.apply(action, metric_now=env.score_history[-1])
+                except SeedContractError as exc:  # the seed family broke its contract: the action fails
+                    result = OpResult(False, f"seed contract: {exc}")
             else:
                 result = None
             success = result is not None and result.success
@@ -685,19 +791,30 @@ class Engine:
 
     def checkpoint(self, point: ResumePoint) -> None:
         self.hub.flush()
-        state = {
-            "round": point.round,
-            "epoch": point.epoch,
-            "env_states": point.env_states,
-            "events_bytes": self.hub.record_bytes(),
-            "events_count": self.hub.count,
-            "policy": self.policy.state_dict(),
-            "rng": rng_state(),
-        }
+        rng = rng_state()
+        checkpoint = EngineCheckpoint(
+            round=point.round,
+            epoch=point.epoch,
+            env_states=point.env_states,
+            events=self.mark_events(self.hub.record_bytes()),
+            policy=self.policy.state_dict(),
+            rng=RngState(python=rng["python"], numpy=rng["numpy"], torch=rng["torch"]),
+        )
+        state = checkpoint_to_dict(checkpoint)
         directory = self.run_dir / CHECKPOINT_DIR
         save_checkpoint(directory / LATEST_CHECKPOINT, state)
         if point.env_states is None:
             save_checkpoint(directory / f"round_{point.round:04d}.pt", state)
+
+    def mark_events(self, size: int) -> EventRecordMark:
+        """Extend the running hash of events.jsonl to its first ``size`` bytes (reading only what is new)."""
+        with open(self.run_dir / EVENTS_FILE, "rb") as handle:
+            handle.seek(self.events_hashed)
+            new = handle.read(size - self.events_hashed)
+        self.events_hash.update(new)
+        self.events_hashed += len(new)
+        self.events_lines += new.count(b"\n")
+        return EventRecordMark(bytes=self.events_hashed, lines=self.events_lines, sha256=self.events_hash.hexdigest())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -747,56 +864,102 @@ def build_policy_and_reward(setup: RunSetup, manager: PluginManager) -> tuple[Co
     return policy, reward
 
 
-def _execute(engine: Engine, start: ResumePoint, hub: TelemetryHub, run_dir: Path) -> Path:
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what Slurm, Kubernetes and ``kill`` send), raised where the run is: it ends as Ctrl-C does."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """While inside, SIGTERM raises ``Terminated`` (a KeyboardInterrupt), so a run ends as on Ctrl-C:
+    RUN_FINISHED (aborted), summary.json, resumable. A second SIGTERM during that cleanup is ignored.
+    Does nothing outside the main thread (signal handlers live there)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(_signum: int, _frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated("SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+#: ``[run] torch_threads`` when the config leaves it out: one thread per process (docs/benchmarks.md,
+#: "Threads": on a loaded machine more threads collapse throughput, and results never depend on it)
+DEFAULT_TORCH_THREADS = 1
+
+
+def apply_torch_threads(configured: int | None) -> int:
+    """Set torch's intra-op thread count (the config's, else ``DEFAULT_TORCH_THREADS``); returns it."""
+    threads = DEFAULT_TORCH_THREADS if configured is None else configured
+    torch.set_num_threads(threads)
+    return threads
+
+
+def _execute(engine: Engine, start: ResumePoint, hub: TelemetryHub, run_dir: Path, lock: RunLock) -> Path:
     status, error = "completed", None
     try:
         engine.run(start)
     except RunAborted as exc:
         status, error = "aborted", str(exc)
         raise
-    except KeyboardInterrupt:
-        status, error = "aborted", f"interrupted; resume with: esper run --resume {run_dir}"
+    except KeyboardInterrupt as exc:
+        how = " by SIGTERM" if isinstance(exc, Terminated) else ""
+        status, error = "aborted", f"interrupted{how}; resume with: esper run --resume {run_dir}"
         raise
     except BaseException as exc:
         status, error = "failed", f"{type(exc).__name__}: {exc}"
         raise
     finally:
-        hub.emit(
-            TelemetryEvent(
-                TelemetryEventType.RUN_FINISHED,
-                payloads.RunFinishedPayload(
-                    status=status,
-                    rounds_completed=engine.rounds_completed,
-                    wall_seconds=time.perf_counter() - engine.started,
-                    error=error,
-                ),
+        try:
+            hub.emit(
+                TelemetryEvent(
+                    TelemetryEventType.RUN_FINISHED,
+                    payloads.RunFinishedPayload(
+                        status=status,
+                        rounds_completed=engine.rounds_completed,
+                        wall_seconds=time.perf_counter() - engine.started,
+                        error=error,
+                    ),
+                )
             )
-        )
-        hub.close()
-        write_json(run_dir / SUMMARY_FILE, summarize_run(run_dir))
+            hub.close()
+            write_json(run_dir / SUMMARY_FILE, summarize_run(run_dir))
+        finally:
+            lock.release()
     return run_dir
 
 
 def start_run(config: RunConfig, manager: PluginManager, *, on_run_dir: Callable[[Path], None] | None = None) -> Path:
-    """Build everything from ``config``, create a fresh run directory, and run to the end."""
-    if config.run.torch_threads is not None:
-        torch.set_num_threads(config.run.torch_threads)
+    """Build everything from ``config``, create a fresh run directory (locked while the run lives), and run
+    to the end."""
+    apply_torch_threads(config.run.torch_threads)
+    check_output_dir(Path(config.run.output_dir))
     seed_everything(config.run.seed)
     setup = prepare(config, manager)
     policy, reward = build_policy_and_reward(setup, manager)  # before the run directory: bad options fail clean
     run_dir = create_run_dir(Path(config.run.output_dir), config.task.name, config.run.name, config.run.seed)
-    if on_run_dir is not None:
-        on_run_dir(run_dir)
-    write_config(config, run_dir / CONFIG_FILE)
-    write_json(
-        run_dir / ENVIRONMENT_FILE,
-        environment_record(config.run.seed, distribution_versions(manager), str(setup.device)),
-    )
-    context = SinkContext(
-        run_dir=run_dir, run_name=config.run.name, rounds=config.run.rounds,
-        envs=config.run.envs, episode_length=config.run.episode_length,
-    )
-    hub = TelemetryHub(run_dir / EVENTS_FILE, _build_sinks(config, manager, context))
+    lock = RunLock(run_dir).acquire()
+    try:
+        if on_run_dir is not None:
+            on_run_dir(run_dir)
+        write_config(config, run_dir / CONFIG_FILE)
+        write_json(
+            run_dir / ENVIRONMENT_FILE,
+            environment_record(config.run.seed, distribution_versions(manager), str(setup.device)),
+        )
+        context = SinkContext(
+            run_dir=run_dir, run_name=config.run.name, rounds=config.run.rounds,
+            envs=config.run.envs, episode_length=config.run.episode_length,
+        )
+        hub = TelemetryHub(run_dir / EVENTS_FILE, _build_sinks(config, manager, context))
+    except BaseException:
+        lock.release()
+        raise
     engine = Engine(setup, manager, run_dir, hub, policy, reward)
     hub.emit(
         TelemetryEvent(
@@ -812,60 +975,136 @@ def start_run(config: RunConfig, manager: PluginManager, *, on_run_dir: Callable
             ),
         )
     )
-    return _execute(engine, ResumePoint(0, 0, None), hub, run_dir)
+    return _execute(engine, ResumePoint(0, 0, None), hub, run_dir, lock)
 
 
 def resume_run(run_dir: Path, manager: PluginManager) -> Path:
-    """Continue a killed or aborted run from its latest checkpoint; the result equals an uninterrupted run."""
-    from esper_core.config import load_config
+    """Continue a killed or aborted run from its latest checkpoint; the result equals an uninterrupted run.
 
+    The run directory is locked first (a second resume exits naming this one's PID); then everything is
+    checked — the saved config, environment.json, the checkpoint's hash and schema, events.jsonl against
+    the checkpoint's record of it, the controller's and every environment's state — before anything on
+    disk changes."""
     run_dir = Path(run_dir)
-    if not (run_dir / CONFIG_FILE).exists():
+    if not (run_dir / CONFIG_FILE).is_file():
         raise CheckpointError(f"'{run_dir}' is not an Esper run directory (no {CONFIG_FILE})")
-    config = load_config(run_dir / CONFIG_FILE, manager)
+    lock = RunLock(run_dir).acquire()
+    try:
+        engine, start, hub = _prepare_resume(run_dir, manager)
+    except BaseException:
+        lock.release()
+        raise
+    return _execute(engine, start, hub, run_dir, lock)
+
+
+def _prepare_resume(run_dir: Path, manager: PluginManager) -> tuple[Engine, ResumePoint, TelemetryHub]:
+    for name in (ENVIRONMENT_FILE, EVENTS_FILE):
+        if not (run_dir / name).is_file():
+            raise CheckpointError(f"run '{run_dir}' cannot be resumed: its {name} is missing; nothing was changed")
+    config = _load_saved_config(run_dir / CONFIG_FILE, manager)
     latest = run_dir / CHECKPOINT_DIR / LATEST_CHECKPOINT
     if not latest.exists():
         raise CheckpointError(
             f"run '{run_dir}' stopped before its first checkpoint, so there is nothing to resume; "
             f"start it again with: esper run {run_dir / CONFIG_FILE}"
         )
-    checkpoint = load_checkpoint(latest)
-    if checkpoint["round"] >= config.run.rounds:
+    checkpoint = checkpoint_from_dict(load_checkpoint(latest), latest)
+    if checkpoint.round >= config.run.rounds:
         raise CheckpointError(f"run '{run_dir}' already finished all {config.run.rounds} rounds; nothing to resume")
-    if config.run.torch_threads is not None:
-        torch.set_num_threads(config.run.torch_threads)
+    recorded_versions = _recorded_versions(run_dir / ENVIRONMENT_FILE)
+    events_hash = _verify_events(run_dir / EVENTS_FILE, checkpoint.events)
+    apply_torch_threads(config.run.torch_threads)
     seed_everything(config.run.seed)
     setup = prepare(config, manager)
-    discarded = _truncate_events(run_dir, checkpoint["events_bytes"])
     policy, reward = build_policy_and_reward(setup, manager)
     try:
-        policy.load_state_dict(checkpoint["policy"])
-    except (KeyError, ValueError, RuntimeError) as exc:
+        policy.load_state_dict(checkpoint.policy)
+    except (KeyError, ValueError, RuntimeError, TypeError) as exc:
+        message = " ".join(str(exc).split())
         raise CheckpointError(
-            f"the checkpoint in '{run_dir}' does not match policy '{config.policy.name}' ({type(exc).__name__}: {exc})"
+            f"the checkpoint in '{run_dir}' does not match policy '{config.policy.name}' ({type(exc).__name__}: {message})"
         ) from None
-    _warn_version_changes(run_dir, manager)
+    engine = Engine(setup, manager, run_dir, TelemetryHub(None), policy, reward)
+    start = ResumePoint(checkpoint.round, checkpoint.epoch, checkpoint.env_states)
+    if start.env_states is not None:
+        engine.restore(start)
+    # every check passed: from here on the run directory changes
+    _warn_version_changes(recorded_versions, manager)
+    discarded = _truncate_events(run_dir, checkpoint.events.bytes)
     context = SinkContext(
         run_dir=run_dir, run_name=config.run.name, rounds=config.run.rounds,
-        envs=config.run.envs, episode_length=config.run.episode_length, start_round=checkpoint["round"],
+        envs=config.run.envs, episode_length=config.run.episode_length, start_round=checkpoint.round,
     )
     hub = TelemetryHub(run_dir / EVENTS_FILE, _build_sinks(config, manager, context))
-    hub.count = checkpoint["events_count"]
-    engine = Engine(setup, manager, run_dir, hub, policy, reward)
+    hub.count = checkpoint.events.lines
+    engine.hub = hub
+    engine.events_hash = events_hash
+    engine.events_hashed = checkpoint.events.bytes
+    engine.events_lines = checkpoint.events.lines
     hub.emit(
         TelemetryEvent(
             TelemetryEventType.RUN_RESUMED,
-            payloads.RunResumedPayload(round=checkpoint["round"], epoch=checkpoint["epoch"], discarded_events=discarded),
+            payloads.RunResumedPayload(round=checkpoint.round, epoch=checkpoint.epoch, discarded_events=discarded),
         )
     )
-    set_rng_state(checkpoint["rng"])
-    start = ResumePoint(checkpoint["round"], checkpoint["epoch"], checkpoint["env_states"])
-    return _execute(engine, start, hub, run_dir)
+    set_rng_state(attrs.asdict(checkpoint.rng, recurse=False))
+    return engine, start, hub
 
 
-def _warn_version_changes(run_dir: Path, manager: PluginManager) -> None:
+def _load_saved_config(path: Path, manager: PluginManager) -> RunConfig:
+    """The run's saved config; a damaged file (unreadable, not UTF-8, not TOML) is one CheckpointError line."""
+    try:
+        data = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise CheckpointError(f"the run's saved config '{path}' cannot be read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise CheckpointError(
+            f"the run's saved config '{path}' is damaged: byte {exc.object[exc.start]:#04x} at offset {exc.start} "
+            "is not UTF-8"
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise CheckpointError(f"the run's saved config '{path}' is damaged: {exc}") from None
+    return parse_config(data, manager, source=str(path))
+
+
+def _recorded_versions(path: Path) -> dict[str, Any]:
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        versions = record["versions"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"'{path}' is damaged ({type(exc).__name__}); nothing was changed") from None
+    if not isinstance(versions, dict):
+        raise CheckpointError(f"'{path}' is damaged (versions is not a table); nothing was changed")
+    return versions
+
+
+def _verify_events(path: Path, mark: EventRecordMark) -> Any:
+    """Check that ``events.jsonl`` starts with exactly the record the checkpoint covers; return the sha256
+    object at that point (the engine goes on hashing from it). Lines past the mark, a torn one included,
+    are cut later; a shorter or different record is refused."""
+    size = path.stat().st_size
+    if size < mark.bytes:
+        raise CheckpointError(
+            f"'{path}' is shorter ({size} bytes) than the {mark.bytes} bytes its checkpoint covers: the event "
+            "record was cut or replaced, so this run cannot be resumed; nothing was changed"
+        )
+    digest, lines, remaining = hashlib.sha256(), 0, mark.bytes
+    with open(path, "rb") as handle:
+        while remaining:
+            chunk = handle.read(min(1 << 20, remaining))
+            digest.update(chunk)
+            lines += chunk.count(b"\n")
+            remaining -= len(chunk)
+    if lines != mark.lines or digest.hexdigest() != mark.sha256:
+        raise CheckpointError(
+            f"'{path}' differs from the event record its checkpoint covers (the first {mark.bytes} bytes, "
+            f"{mark.lines} events): it was edited or replaced, so this run cannot be resumed; nothing was changed"
+        )
+    return digest
+
+
+def _warn_version_changes(recorded: dict[str, Any], manager: PluginManager) -> None:
     """Say on stderr which distributions changed version since the run started (results may differ)."""
-    recorded = json.loads((run_dir / ENVIRONMENT_FILE).read_text())["versions"]
     current = distribution_versions(manager)
     changed = [f"{name} {recorded.get(name)} -> {version}" for name, version in current.items() if recorded.get(name) != version]
     if changed:
@@ -874,14 +1113,17 @@ def _warn_version_changes(run_dir: Path, manager: PluginManager) -> None:
 
 
 def _truncate_events(run_dir: Path, offset: int) -> int:
-    """Cut ``events.jsonl`` back to the checkpoint; the cut lines are kept in ``events.discarded.jsonl``."""
+    """Cut ``events.jsonl`` back to the checkpoint; the cut lines (a torn last line from a kill included,
+    completed with a newline) are kept in ``events.discarded.jsonl``."""
     path = run_dir / EVENTS_FILE
     with open(path, "rb") as handle:
-        data = handle.read()
-    tail = data[offset:]
+        handle.seek(offset)
+        tail = handle.read()
     if tail:
         with open(run_dir / DISCARDED_EVENTS_FILE, "ab") as handle:
             handle.write(tail if tail.endswith(b"\n") else tail + b"\n")
+            handle.flush()
+            os.fsync(handle.fileno())
         with open(path, "r+b") as handle:
             handle.truncate(offset)
     return tail.count(b"\n") + (0 if not tail or tail.endswith(b"\n") else 1)

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any
+from typing import Any, NewType
 
 import attrs
 import torch
 
 from esper_core.config import GovernorSection, TrainingSection
 from esper_core.kasmina import MorphogeneticModel
+from esper_core.kasmina.model import ModelLifecycleState
 from esper_core.leyline import FactoredAction, SeedStateReport
-from esper_core.leyline.telemetry import report_from_dict, report_to_dict
 from esper_core.tasks import Task
-from esper_core.tolaria.governor import Governor
+from esper_core.tolaria.governor import Governor, GovernorState
 
 
 @attrs.frozen
@@ -37,6 +37,41 @@ class PendingDecision:
     success: bool
     metric_at_decision: float
     slots_at_decision: tuple[SeedStateReport, ...]
+
+
+#: A state dict as torch (or a plugin) made it, kept exactly as it is in checkpoints (tuples stay tuples):
+#: its schema belongs to its owner (``torch.optim``, the controller), which checks it when loading it.
+OpaqueState = NewType("OpaqueState", dict)
+
+
+@attrs.frozen
+class EnvironmentState:
+    """An environment's checkpoint state: the one list of what an exact resume needs
+    (``Environment.state`` / ``load_state``; checkpoints hold it unstructured by the state converter).
+    Optimizer states are torch's own state dicts; ``generator`` is the data-order generator's state."""
+
+    env_id: int
+    env_seed: int
+    model_lifecycle: ModelLifecycleState
+    model_weights: dict[str, torch.Tensor]
+    host_optimizer: OpaqueState
+    host_groups: list[str]
+    seed_optimizers: dict[str, OpaqueState]
+    lr_factor: float
+    episode_steps: int
+    epoch_alphas: dict[str, float]
+    generator: torch.Tensor
+    governor: GovernorState
+    metric_history: list[float]
+    score_history: list[float]
+    loss_history: list[float]
+    train_loss_history: list[float | None]
+    last_action: FactoredAction | None
+    last_action_success: bool
+    last_action_reason: str
+    pending: PendingDecision | None
+    rolled_back: bool
+    episode_return: float
 
 
 class StepClock:
@@ -303,81 +338,64 @@ class Environment:
 
     # -- checkpointing -----------------------------------------------------------------------------
 
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "env_id": self.env_id,
-            "env_seed": self.env_seed,
-            "model_lifecycle": self.model.lifecycle_state(),
-            "model_weights": self.model.state_dict(),
-            "host_optimizer": self.host_optimizer.state_dict(),
-            "host_groups": list(self.host_groups),
-            "seed_optimizers": {seed_id: opt.state_dict() for seed_id, opt in self.seed_optimizers.items()},
-            "lr_factor": self._lr_factor,
-            "episode_steps": self.episode_steps,
-            "epoch_alphas": dict(self.epoch_alphas),
-            "generator": self.generator.get_state(),
-            "governor": self.governor.state_dict(),
-            "metric_history": list(self.metric_history),
-            "score_history": list(self.score_history),
-            "loss_history": list(self.loss_history),
-            "train_loss_history": list(self.train_loss_history),
-            "last_action": None if self.last_action is None else self.last_action.head_values(),
-            "last_action_success": self.last_action_success,
-            "last_action_reason": self.last_action_reason,
-            "pending": None
-            if self.pending is None
-            else {
-                "action": self.pending.action.head_values(),
-                "success": self.pending.success,
-                "metric_at_decision": self.pending.metric_at_decision,
-                "slots_at_decision": [report_to_dict(report) for report in self.pending.slots_at_decision],
-            },
-            "rolled_back": self.rolled_back,
-            "episode_return": self.episode_return,
-        }
+    def state(self) -> EnvironmentState:
+        return EnvironmentState(
+            env_id=self.env_id,
+            env_seed=self.env_seed,
+            model_lifecycle=self.model.lifecycle_record(),
+            model_weights=self.model.state_dict(),
+            host_optimizer=self.host_optimizer.state_dict(),
+            host_groups=list(self.host_groups),
+            seed_optimizers={seed_id: opt.state_dict() for seed_id, opt in self.seed_optimizers.items()},
+            lr_factor=self._lr_factor,
+            episode_steps=self.episode_steps,
+            epoch_alphas=dict(self.epoch_alphas),
+            generator=self.generator.get_state(),
+            governor=self.governor.state(),
+            metric_history=list(self.metric_history),
+            score_history=list(self.score_history),
+            loss_history=list(self.loss_history),
+            train_loss_history=list(self.train_loss_history),
+            last_action=self.last_action,
+            last_action_success=self.last_action_success,
+            last_action_reason=self.last_action_reason,
+            pending=self.pending,
+            rolled_back=self.rolled_back,
+            episode_return=self.episode_return,
+        )
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state["env_id"] != self.env_id or state["env_seed"] != self.env_seed:
-            raise ValueError(f"checkpoint is for env {state['env_id']} seed {state['env_seed']}")
-        self.model.load_lifecycle_state(state["model_lifecycle"])
+    def load_state(self, state: EnvironmentState) -> None:
+        if state.env_id != self.env_id or state.env_seed != self.env_seed:
+            raise ValueError(f"checkpoint is for env {state.env_id} seed {state.env_seed}")
+        self.model.load_lifecycle_record(state.model_lifecycle)
         self.model.to(self.device)
-        self.model.load_state_dict(state["model_weights"])
-        self._lr_factor = state["lr_factor"]
-        self.episode_steps = state["episode_steps"]
-        self.epoch_alphas = dict(state["epoch_alphas"])
+        self.model.load_state_dict(state.model_weights)
+        self._lr_factor = state.lr_factor
+        self.episode_steps = state.episode_steps
+        self.epoch_alphas = dict(state.epoch_alphas)
         self.host_optimizer = self._optimizer(list(self.model.host.parameters()), self.training.host_lr * self._lr_factor)
         self.host_groups = []
         self.seed_optimizers = {}
         self.sync_optimizers()
-        if self.host_groups != state["host_groups"]:
-            raise ValueError(f"fossilized seeds {self.host_groups} differ from checkpoint {state['host_groups']}")
-        self.host_optimizer.load_state_dict(state["host_optimizer"])
-        if set(self.seed_optimizers) != set(state["seed_optimizers"]):
+        if self.host_groups != state.host_groups:
+            raise ValueError(f"fossilized seeds {self.host_groups} differ from checkpoint {state.host_groups}")
+        self.host_optimizer.load_state_dict(state.host_optimizer)
+        if set(self.seed_optimizers) != set(state.seed_optimizers):
             raise ValueError("live seeds differ from the checkpoint's seed optimizers")
-        for seed_id, optimizer_state in state["seed_optimizers"].items():
+        for seed_id, optimizer_state in state.seed_optimizers.items():
             self.seed_optimizers[seed_id].load_state_dict(optimizer_state)
-        self.generator.set_state(state["generator"])
-        self.governor.load_state_dict(state["governor"])
-        self.metric_history = list(state["metric_history"])
-        self.score_history = list(state["score_history"])
-        self.loss_history = list(state["loss_history"])
-        self.train_loss_history = list(state["train_loss_history"])
-        self.last_action = None if state["last_action"] is None else FactoredAction(**state["last_action"])
-        self.last_action_success = state["last_action_success"]
-        self.last_action_reason = state["last_action_reason"]
-        pending = state["pending"]
-        self.pending = (
-            None
-            if pending is None
-            else PendingDecision(
-                action=FactoredAction(**pending["action"]),
-                success=pending["success"],
-                metric_at_decision=pending["metric_at_decision"],
-                slots_at_decision=tuple(report_from_dict(report) for report in pending["slots_at_decision"]),
-            )
-        )
-        self.rolled_back = state["rolled_back"]
-        self.episode_return = state["episode_return"]
+        self.generator.set_state(state.generator)
+        self.governor.load_state(state.governor)
+        self.metric_history = list(state.metric_history)
+        self.score_history = list(state.score_history)
+        self.loss_history = list(state.loss_history)
+        self.train_loss_history = list(state.train_loss_history)
+        self.last_action = state.last_action
+        self.last_action_success = state.last_action_success
+        self.last_action_reason = state.last_action_reason
+        self.pending = state.pending
+        self.rolled_back = state.rolled_back
+        self.episode_return = state.episode_return
 
 
 def _grad_norm(parameters: Any, device: torch.device) -> torch.Tensor:

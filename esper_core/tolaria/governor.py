@@ -4,14 +4,29 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from typing import Any
 
+import attrs
 import torch
 
 from esper_core.config import GovernorSection
 from esper_core.kasmina import MorphogeneticModel
+from esper_core.kasmina.model import ModelLifecycleState
 
 _HISTORY = 5
+
+
+@attrs.frozen
+class GovernorState:
+    """A governor's checkpoint state: the one list of its fields (``Governor.state`` / ``load_state``)."""
+
+    healthy_losses: list[float]
+    divergent_streak: int
+    snapshot_weights: dict[str, torch.Tensor] | None
+    snapshot_lifecycle: ModelLifecycleState | None
+    snapshot_epoch: int
+    snapshot_train_loss: float | None
+    rollbacks: int
+    consecutive_rollbacks: int
 
 
 class Governor:
@@ -24,7 +39,7 @@ class Governor:
         self.healthy_losses: deque[float] = deque(maxlen=_HISTORY)
         self.divergent_streak = 0
         self.snapshot_weights: dict[str, torch.Tensor] | None = None
-        self.snapshot_lifecycle: dict[str, Any] | None = None
+        self.snapshot_lifecycle: ModelLifecycleState | None = None
         self.snapshot_epoch = -1
         self.snapshot_train_loss: float | None = None
         self.rollbacks = 0
@@ -68,38 +83,25 @@ class Governor:
         """Remember the model as it is after ``epoch`` (-1: before training), and that epoch's train loss."""
         self.snapshot_train_loss = train_loss
         self.snapshot_weights = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
-        self.snapshot_lifecycle = model.lifecycle_state()
+        self.snapshot_lifecycle = model.lifecycle_record()
         self.snapshot_epoch = epoch
 
     def restore(self, model: MorphogeneticModel) -> int:
         """Put ``model`` back to the snapshot (weights and lifecycle); returns the snapshot's epoch."""
         if self.snapshot_weights is None or self.snapshot_lifecycle is None:
             raise RuntimeError("governor has no snapshot to roll back to (one is taken before training starts)")
-        model.load_lifecycle_state(self.snapshot_lifecycle)
+        model.load_lifecycle_record(self.snapshot_lifecycle)
         model.load_state_dict(self.snapshot_weights)
         self.rollbacks += 1
         self.consecutive_rollbacks += 1
         self.divergent_streak = 0
         return self.snapshot_epoch
 
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "healthy_losses": list(self.healthy_losses),
-            "divergent_streak": self.divergent_streak,
-            "snapshot_weights": self.snapshot_weights,
-            "snapshot_lifecycle": self.snapshot_lifecycle,
-            "snapshot_epoch": self.snapshot_epoch,
-            "snapshot_train_loss": self.snapshot_train_loss,
-            "rollbacks": self.rollbacks,
-            "consecutive_rollbacks": self.consecutive_rollbacks,
-        }
+    def state(self) -> GovernorState:
+        values = {field.name: getattr(self, field.name) for field in attrs.fields(GovernorState)}
+        return GovernorState(**{**values, "healthy_losses": list(self.healthy_losses)})
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.healthy_losses = deque(state["healthy_losses"], maxlen=_HISTORY)
-        self.divergent_streak = state["divergent_streak"]
-        self.snapshot_weights = state["snapshot_weights"]
-        self.snapshot_lifecycle = state["snapshot_lifecycle"]
-        self.snapshot_epoch = state["snapshot_epoch"]
-        self.snapshot_train_loss = state["snapshot_train_loss"]
-        self.rollbacks = state["rollbacks"]
-        self.consecutive_rollbacks = state["consecutive_rollbacks"]
+    def load_state(self, state: GovernorState) -> None:
+        for field in attrs.fields(GovernorState):
+            setattr(self, field.name, getattr(state, field.name))
+        self.healthy_losses = deque(state.healthy_losses, maxlen=_HISTORY)

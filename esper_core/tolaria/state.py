@@ -1,0 +1,99 @@
+"""Typed checkpoint state: the engine's checkpoint record, and the converter that round-trips every state record."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import attrs
+import cattrs
+import torch
+
+from esper_core.errors import CheckpointError
+from esper_core.tolaria.environment import EnvironmentState, OpaqueState
+
+
+@attrs.frozen
+class EventRecordMark:
+    """How much of ``events.jsonl`` a checkpoint covers: its first ``bytes`` bytes, holding ``lines``
+    complete lines (one event each) whose sha256 is ``sha256``. A resume verifies it before changing
+    anything and cuts the record back to it."""
+
+    bytes: int
+    lines: int
+    sha256: str
+
+
+@attrs.frozen
+class RngState:
+    """The global random number generators' states (``runs.rng_state``): python, numpy and torch."""
+
+    python: list[Any]
+    numpy: list[Any]
+    torch: torch.Tensor
+
+
+@attrs.frozen
+class EngineCheckpoint:
+    """What a run checkpoint holds: the next ``round`` and ``epoch`` to run, each environment's state
+    when the checkpoint is mid-round (None at a round boundary), the event record mark, the
+    controller's own state (its ``state_dict``, opaque to the core) and the RNG states."""
+
+    round: int
+    epoch: int
+    env_states: list[EnvironmentState] | None
+    events: EventRecordMark
+    policy: OpaqueState
+    rng: RngState
+
+
+def _structure_opaque(value: Any, _type: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise TypeError(f"expected a state dict, got {type(value).__name__}")
+    return value
+
+
+def _structure_tensor(value: Any, _type: Any) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"expected a tensor, got {type(value).__name__}")
+    return value
+
+
+@functools.cache
+def state_converter() -> cattrs.Converter:
+    """The telemetry converter (strict types, enums by name, unknown keys refused), plus tensors kept as
+    they are: checkpoints are read with ``weights_only=True``, which handles tensors itself."""
+    from esper_core.kasmina.blending import AlphaSchedule
+    from esper_core.kasmina.model import ModelLifecycleState
+    from esper_core.kasmina.slot import SlotLifecycleState
+    from esper_core.leyline import FactoredAction, SeedStateReport
+    from esper_core.leyline.telemetry import _json_converter
+    from esper_core.tolaria.environment import PendingDecision
+    from esper_core.tolaria.governor import GovernorState
+
+    # string annotations (``from __future__ import annotations``) resolved, so enums structure as enums
+    for record in (AlphaSchedule, SlotLifecycleState, ModelLifecycleState, FactoredAction, SeedStateReport,
+                   PendingDecision, GovernorState, EnvironmentState, EventRecordMark, RngState, EngineCheckpoint):
+        attrs.resolve_types(record)
+    converter = _json_converter.copy()
+    converter.register_structure_hook(torch.Tensor, _structure_tensor)
+    converter.register_unstructure_hook(torch.Tensor, lambda tensor: tensor)
+    converter.register_structure_hook(OpaqueState, _structure_opaque)
+    converter.register_unstructure_hook(OpaqueState, lambda state: state)
+    return converter
+
+
+def checkpoint_to_dict(checkpoint: EngineCheckpoint) -> dict[str, Any]:
+    return state_converter().unstructure(checkpoint)
+
+
+def checkpoint_from_dict(payload: dict[str, Any], path: Path) -> EngineCheckpoint:
+    """The typed checkpoint, or ``CheckpointError`` (one line) naming the file and the first problems."""
+    data = {key: value for key, value in payload.items() if key not in ("format", "version")}
+    try:
+        return state_converter().structure(data, EngineCheckpoint)
+    except Exception as exc:  # parse boundary: cattrs raises a group of arbitrary per-field errors
+        problems = cattrs.transform_error(exc) if isinstance(exc, cattrs.BaseValidationError) else [str(exc)]
+        shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+        raise CheckpointError(f"checkpoint '{path}' is not a complete Esper run checkpoint: {shown}") from None
