@@ -22,6 +22,7 @@ from cattrs.errors import AttributeValidationNote, IterableValidationNote
 
 from esper_core.errors import ConfigError, EsperError
 from esper_core.plugins import PluginManager
+from esper_core.registry import KINDS
 from esper_core.validators import (
     InvalidValue,
     in_range,
@@ -520,12 +521,17 @@ def parse_config(data: dict[str, Any], manager: PluginManager, source: str | Non
             problems.append(f"[{section}] must be a table, got {type(raw).__name__}")
             continue
         resolved: dict[str, Any] = {}
+        spelled: dict[int, str] = {}  # id(entry) -> the first name it was given under
         for name, options in raw.items():
             label = f"{section}.{name}"
             entry, problem = _registered(manager, kind, name)
             if entry is None:
                 problems.append(f"[{label}] {problem}")
                 continue
+            if id(entry) in spelled:
+                problems.append(f"[{label}] names the same {KINDS[kind][2]} as [{section}.{spelled[id(entry)]}]")
+                continue
+            spelled[id(entry)] = name
             if options is True:
                 options = {}
             instance, option_problems = structure_section(options, entry.config_class, label)
@@ -536,12 +542,15 @@ def parse_config(data: dict[str, Any], manager: PluginManager, source: str | Non
 
     morphogenesis = core.get("morphogenesis")
     if morphogenesis is not None:
+        families = []
         for blueprint in morphogenesis.blueprints:
-            _family, problem = _registered(manager, "seed_families", blueprint)
+            family, problem = _registered(manager, "seed_families", blueprint)
             if problem is not None:
                 problems.append(f"[morphogenesis] blueprints: {problem}")
-        if len(set(morphogenesis.blueprints)) != len(morphogenesis.blueprints):
-            problems.append("[morphogenesis] blueprints: names must be unique")
+            else:
+                families.append(id(family))
+        if len(set(morphogenesis.blueprints)) != len(morphogenesis.blueprints) or len(set(families)) != len(families):
+            problems.append("[morphogenesis] blueprints: names must be unique (a plugin:name spelling counts as its name)")
         if len(set(morphogenesis.slots)) != len(morphogenesis.slots):
             problems.append("[morphogenesis] slots: slot ids must be unique")
 

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
+import attrs
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 
 from esper_core.cli import _apply_overrides
 from esper_core.config import config_to_dict, load_config, parse_config, write_config
@@ -141,3 +146,244 @@ def test_relative_paths_are_made_absolute_so_saved_configs_work_anywhere(toy_man
     monkeypatch.chdir(tmp_path)
     config = parse_config(toy_run_data(run={"output_dir": "out/runs"}), toy_manager)
     assert config.run.output_dir == str(tmp_path / "out" / "runs")
+
+
+# -- non-finite numbers, devices, unreadable files, qualified names, default sinks -----------------
+
+
+def test_non_finite_numbers_are_rejected_with_the_key(toy_manager, toy_run_data):
+    data = _apply_overrides(toy_run_data(), ["training.host_lr=inf", "reward.metric_weight=inf", "training.seed_lr=nan"])
+    problems = problems_of(data, toy_manager)
+    assert "[training] host_lr: must be a finite number > 0, got inf" in problems
+    assert "[training] seed_lr: must be a finite number > 0, got nan" in problems
+    assert "[reward] metric_weight: must be a finite number >= 0, got inf" in problems
+    problems = problems_of(toy_run_data(training={"betas": [0.9, float("nan")]}), toy_manager)
+    assert problems == ["[training] betas: must be two finite numbers in [0, 1), got [0.9, nan]"]
+    problems = problems_of(toy_run_data(governor={"divergence_factor": float("inf")}), toy_manager)
+    assert problems == ["[governor] divergence_factor: must be a finite number > 1, got inf"]
+
+
+def test_a_validator_error_outside_the_shared_set_is_shown_as_written():
+    import attrs
+
+    from esper_core.config import structure_section
+
+    def odd(_instance, attribute, value):
+        if value == 3:
+            raise ValueError(f"'{attribute.name}' may not be three")
+
+    @attrs.frozen
+    class Options:
+        count: int = attrs.field(default=1, validator=odd)
+
+    assert structure_section({"count": 3}, Options, "policy") == (None, ["[policy] count: may not be three"])
+
+
+@pytest.mark.parametrize("device", ["meta", "foo", "cpu:-1", "xla", ""])
+def test_a_device_torch_cannot_train_on_is_rejected_at_validation(toy_manager, toy_run_data, device):
+    problems = problems_of(toy_run_data(run={"device": device}), toy_manager)
+    assert problems == [f"[run] device: must be a device of type cpu, cuda, mps (e.g. 'cpu', 'cuda', 'cuda:1'), "
+                        f"got {device!r}"]
+
+
+def test_run_seed_must_fit_the_seed_range(toy_manager, toy_run_data):
+    problems = problems_of(toy_run_data(run={"seed": 2**63}), toy_manager)
+    assert problems == [f"[run] seed: must be <= {2**63 - 1}, got {2**63}"]
+
+
+def _one_line(excinfo, path) -> str:
+    message = str(excinfo.value)
+    assert "\n" not in message and str(path) in message
+    return message
+
+
+def test_a_directory_as_config_is_one_line(tmp_path, toy_manager):
+    folder = tmp_path / "config.toml"
+    folder.mkdir()
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(folder, toy_manager)
+    assert _one_line(excinfo, folder) == f"{folder}: is a directory, not a TOML config file"
+
+
+@pytest.mark.parametrize("content", [b"\x00\x01\xff\xfe\x89PNG binary", b'[run]\nname = "caf\xe9"\n'])
+def test_binary_or_non_utf8_config_is_one_line(tmp_path, toy_manager, content):
+    path = tmp_path / "bad.toml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(path, toy_manager)
+    assert "is not UTF-8 text" in _one_line(excinfo, path)
+
+
+def test_unreadable_config_is_one_line(tmp_path, toy_manager, monkeypatch):
+    import esper_core.config
+
+    path = tmp_path / "secret.toml"
+    path.write_text("[run]\n")
+
+    def refuse(*_args, **_kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(esper_core.config, "open", refuse, raising=False)
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(path, toy_manager)
+    assert _one_line(excinfo, path) == f"{path}: cannot be read: Permission denied"
+
+
+def test_deeply_nested_toml_is_one_line(tmp_path, toy_manager):
+    path = tmp_path / "deep.toml"
+    path.write_text("x = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(path, toy_manager)
+    assert "malformed TOML" in _one_line(excinfo, path)
+
+
+class _ClashingRewards:
+    """A plugin registering a reward called ``basic``, as the core does."""
+
+    __name__ = "clasher"
+
+    @attrs.frozen
+    class Options:
+        weight: float = 1.0
+
+    from esper_core import hookimpl
+
+    @hookimpl
+    def esper_register_rewards(self, register) -> None:
+        from esper_core.registry import RewardKind
+        from esper_core.simic import BasicReward
+
+        register(RewardKind(name="basic", build=BasicReward, config_class=self.Options))
+
+
+def test_qualified_names_pick_between_plugins_that_register_the_same_name(toy_run_data):
+    from esper_core.plugins import PluginManager
+    from tests import toy_plugin
+
+    manager = PluginManager(autoload=False, extra=[toy_plugin, _ClashingRewards()])
+    problems = problems_of(toy_run_data(reward={"name": "basic"}), manager)
+    assert len(problems) == 1 and "'esper_core:basic'" in problems[0] and "'clasher:basic'" in problems[0]
+    core = parse_config(toy_run_data(reward={"name": "esper_core:basic", "rent_weight": 0.25}), manager)
+    assert core.reward.name == "esper_core:basic" and core.reward.options.rent_weight == 0.25
+    theirs = parse_config(toy_run_data(reward={"name": "clasher:basic", "weight": 2.0}), manager)
+    assert theirs.reward.options == _ClashingRewards.Options(weight=2.0)
+    # a name only one plugin registers works plain and qualified, in every place config names one
+    data = toy_run_data(task={"name": "tests.toy_plugin:toy"}, reward={"name": "esper_core:basic"})
+    data["sinks"] = {"tests.toy_plugin:memory": {}}
+    data["morphogenesis"]["blueprints"] = ["tests.toy_plugin:toy_conv"]
+    config = parse_config(data, manager)
+    assert config.task.name == "tests.toy_plugin:toy" and config.host.name == "toy"
+    assert list(config.sinks) == ["tests.toy_plugin:memory"]
+    # one item under two spellings is one item named twice
+    data["sinks"] = {"memory": {}, "tests.toy_plugin:memory": {}}
+    data["morphogenesis"]["blueprints"] = ["toy_conv", "tests.toy_plugin:toy_conv"]
+    problems = problems_of(data, manager)
+    assert "[sinks.tests.toy_plugin:memory] names the same telemetry sink as [sinks.memory]" in problems
+    assert any(p.startswith("[morphogenesis] blueprints: names must be unique") for p in problems)
+
+
+def test_without_a_console_sink_a_config_without_sinks_has_none(toy_manager, toy_run_data):
+    data = toy_run_data()
+    del data["sinks"]
+    assert "console" not in toy_manager.registry.entries["telemetry_sinks"]
+    assert parse_config(data, toy_manager).sinks == {}
+
+
+def test_a_run_without_any_sink_plugin_writes_its_events(toy_manager, toy_run_data):
+    import json
+
+    from esper_core.tolaria.engine import start_run
+
+    data = toy_run_data(run={"episode_length": 3, "envs": 1})
+    del data["sinks"]
+    run_dir = start_run(parse_config(data, toy_manager), toy_manager)
+    lines = (run_dir / "events.jsonl").read_text(encoding="utf-8").splitlines()
+    assert json.loads(lines[-1])["event"] == "RUN_FINISHED"
+    assert json.loads((run_dir / "summary.json").read_text())["run"]["status"] == "completed"
+
+
+@pytest.mark.parametrize(("plugins", "default"), [("vision,cnn,heuristic", set()), ("vision,cnn,heuristic,sinks", {"console"})])
+def test_the_console_default_follows_the_installed_sink_plugins(monkeypatch, plugins, default):
+    from esper_core.plugins import ONLY_PLUGINS_ENV, PluginManager
+
+    monkeypatch.setenv(ONLY_PLUGINS_ENV, plugins)
+    manager = PluginManager(autoload=True)
+    config = parse_config({"task": {"name": "shapes"}, "policy": {"name": "heuristic"}}, manager)
+    assert set(config.sinks) == default
+
+
+# -- property: every float option of every registered config class refuses NaN and infinities -------
+
+_KIND_SECTIONS = {"tasks": "task", "hosts": "host", "policies": "policy", "rewards": "reward",
+                  "seed_families": "blueprints.{name}", "telemetry_sinks": "sinks.{name}"}
+
+
+def _float_shaped(annotation) -> str | None:
+    """'scalar' for float and float | None, 'tuple' for tuples of floats, else None."""
+    import types
+    import typing
+
+    if annotation is float:
+        return "scalar"
+    origin, arguments = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType) and float in arguments and set(arguments) <= {float, type(None)}:
+        return "scalar"
+    if origin is tuple and arguments and all(argument in (float, Ellipsis) for argument in arguments):
+        return "tuple"
+    return None
+
+
+def _float_fields() -> list[tuple[str, type, str, str]]:
+    """(section label, config class, field name, shape) for every float field the installed plugins expose."""
+    from esper_core.config import CORE_SECTIONS
+    from esper_core.plugins import PluginManager
+
+    classes: dict[tuple[str, type], None] = {(section, cls): None for section, cls in CORE_SECTIONS.items()}
+    manager = PluginManager()
+    for kind, label in _KIND_SECTIONS.items():
+        for _plugin, name, entry in manager.registry.items(kind):
+            classes[(label.format(name=name), entry.config_class)] = None
+    found = []
+    for section, cls in classes:
+        for field in attrs.fields(attrs.resolve_types(cls)):
+            shape = _float_shaped(field.type)
+            if shape is not None:
+                found.append((section, cls, field.name, shape))
+    return found
+
+
+FLOAT_FIELDS = _float_fields()
+#: Fields of plugins this change did not move to esper_core.validators yet (their owners: see the issue).
+NOT_YET_SHARED = {"host.dropout", "blueprints.lora.alpha", "blueprints.lora_large.alpha"}
+
+
+def _float_field_params() -> list:
+    params = []
+    for section, cls, name, shape in FLOAT_FIELDS:
+        key = f"{section}.{name}"
+        marks = [pytest.mark.xfail(reason=f"{cls.__module__}.{cls.__name__} does not use the shared validators")
+                 ] if key in NOT_YET_SHARED else []
+        params.append(pytest.param(section, cls, name, shape, id=key, marks=marks))
+    return params
+
+
+def test_the_property_below_covers_core_plugin_and_reward_floats():
+    covered = {(section, name) for section, _cls, name, _shape in FLOAT_FIELDS}
+    for expected in (("training", "host_lr"), ("reward", "metric_weight"), ("policy", "prune_threshold"),
+                     ("task", "noise"), ("training", "betas")):
+        assert expected in covered, expected
+
+
+@pytest.mark.parametrize(("section", "cls", "name", "shape"), _float_field_params())
+@hypothesis.settings(max_examples=12, deadline=None)
+@hypothesis.given(value=st.sampled_from([math.nan, math.inf, -math.inf]), finite=st.floats(0.0, 0.5))
+def test_every_float_option_refuses_nan_and_infinities_in_one_line_naming_its_key(
+    section, cls, name, shape, value, finite
+):
+    from esper_core.config import structure_section
+
+    given = value if shape == "scalar" else [finite, value]
+    _instance, problems = structure_section({name: given}, cls, section)
+    mine = [problem for problem in problems if problem.startswith(f"[{section}] {name}:")]
+    assert len(mine) == 1, problems
+    assert "\n" not in mine[0] and "finite" in mine[0], mine[0]
