@@ -13,7 +13,6 @@ import cattrs
 from cattrs.v import format_exception
 
 from esper_core.errors import DataError
-
 from esper_core.leyline.actions import BlendStyle
 from esper_core.leyline.reports import SeedStateReport
 from esper_core.leyline.stages import SeedStage
@@ -367,11 +366,16 @@ def _is_variadic_tuple(type_: Any) -> bool:
     return typing.get_origin(type_) is tuple and typing.get_args(type_)[-1:] == (Ellipsis,)
 
 
-def _structure_variadic_tuple(value: Any, type_: Any) -> tuple[Any, ...]:
-    if not isinstance(value, (list, tuple)):
-        raise TypeError(f"expected a list, got {value!r}")
+def _variadic_tuple_hook(type_: Any, converter: cattrs.Converter) -> Any:
+    """``tuple[X, ...]`` from a JSON list only (cattrs would split a string into characters)."""
     item_type = typing.get_args(type_)[0]
-    return tuple(_json_converter.structure(item, item_type) for item in value)
+
+    def structure(value: Any, _type: Any) -> tuple[Any, ...]:
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"expected a list, got {value!r}")
+        return tuple(converter.structure(item, item_type) for item in value)
+
+    return structure
 
 
 #: Structures and unstructures events (and seed reports): enums by name; on reading, every field must
@@ -381,7 +385,7 @@ _json_converter.register_structure_hook(int, _strict_int)
 _json_converter.register_structure_hook(float, _strict_float)
 _json_converter.register_structure_hook(str, _strict_str)
 _json_converter.register_structure_hook(bool, _strict_bool)
-_json_converter.register_structure_hook_func(_is_variadic_tuple, _structure_variadic_tuple)
+_json_converter.register_structure_hook_factory(_is_variadic_tuple, _variadic_tuple_hook)
 _json_converter.register_unstructure_hook(SeedStage, lambda stage: stage.name)
 _json_converter.register_structure_hook(SeedStage, lambda value, _: SeedStage[value])
 _json_converter.register_unstructure_hook(BlendStyle, lambda style: style.name)
