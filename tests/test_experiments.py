@@ -6,9 +6,10 @@ import json
 
 import pytest
 
-from esper_core.errors import ConfigError, RunAborted, TrainingUnstable
+from esper_core.errors import ConfigError, DataError, RunAborted, TrainingUnstable
 from esper_core.experiments import (
     COMPARISON_FILE,
+    MANIFEST_FILE,
     arm_run_dirs,
     parse_experiment,
     resume_experiment,
@@ -118,3 +119,51 @@ def test_an_unstable_arm_is_reported_and_the_other_arms_still_run(toy_manager, t
     comparison = json.loads((created[0] / COMPARISON_FILE).read_text())
     assert comparison["arms"]["unstable"]["status"] == "failed"
     assert comparison["arms"]["stable"]["status"] == "completed"
+
+
+@pytest.mark.parametrize(
+    ("names", "expected"),
+    [
+        (["a b", "a-b"], "arm names 'a b', 'a-b' cannot be told apart in run directory names (all become 'a-b')"),
+        (["Fast", "fast"], "arm names 'Fast', 'fast' cannot be told apart"),
+        (["!!", "??"], "(all become 'run')"),
+        (["x__y", "x"], "arm name 'x__y' contains '__', which separates the parts of run directory names"),
+        (["same", "same"], "arm name 'same' is given 2 times; arm names must be unique"),
+    ],
+)
+def test_arm_names_that_run_directories_cannot_tell_apart_are_rejected(toy_manager, toy_run_data, names, expected):
+    data = toy_run_data(policy={"name": "scripted", "script": SCRIPT})
+    data["experiment"] = {"name": "pair", "arms": [{"name": name, "set": {}} for name in names]}
+    with pytest.raises(ConfigError) as excinfo:
+        parse_experiment(data, toy_manager)
+    assert any(expected in problem for problem in excinfo.value.problems), excinfo.value.problems
+
+
+def test_arms_are_found_through_the_experiment_record_and_a_finished_experiment_resumes_to_nothing(
+    toy_manager, toy_run_data
+):
+    data = experiment_data(toy_run_data, **{"basic arm": {"reward.name": "basic"}, "shaped": {"reward.name": "shaped"}})
+    exp_dir = run_experiment(data, toy_manager)
+    record = json.loads((exp_dir / MANIFEST_FILE).read_text())
+    assert [arm["name"] for arm in record["arms"]] == ["basic arm", "shaped"]
+    runs = arm_run_dirs(exp_dir)
+    assert list(runs) == ["basic arm", "shaped"]
+    assert runs["basic arm"].name.split("__")[1] == "basic-arm", "the directory name is a slug; the record keeps the name"
+    comparison = json.loads((exp_dir / COMPARISON_FILE).read_text())
+    assert list(comparison["arms"]) == ["basic arm", "shaped"]
+    before = {path: path.stat().st_mtime_ns for path in exp_dir.rglob("events.jsonl")}
+    resume_experiment(exp_dir, toy_manager)
+    after = {path: path.stat().st_mtime_ns for path in exp_dir.rglob("events.jsonl")}
+    assert after == before, "resuming a completed experiment starts no run and touches no run's record"
+    assert sorted(p.name for p in exp_dir.iterdir() if p.is_dir()) == sorted(run.name for run in runs.values())
+    assert list(json.loads((exp_dir / COMPARISON_FILE).read_text())["arms"]) == ["basic arm", "shaped"]
+
+
+def test_an_experiment_without_its_record_is_refused_with_one_line(toy_manager, toy_run_data):
+    exp_dir = run_experiment(experiment_data(toy_run_data, one={}, two={"reward.name": "shaped"}), toy_manager)
+    (exp_dir / MANIFEST_FILE).unlink()
+    with pytest.raises(DataError, match="has no experiment.json, so its arms cannot be identified"):
+        resume_experiment(exp_dir, toy_manager)
+    (exp_dir / MANIFEST_FILE).write_text('{"format": "esper-experiment", "version": 1, "name": "pair"}')
+    with pytest.raises(DataError, match="is not an Esper experiment record: required field missing @ \\$.heavy_blueprints"):
+        arm_run_dirs(exp_dir)
