@@ -68,7 +68,7 @@ def available_memory(device: torch.device) -> int | None:
         return None
 
 
-def require_memory(needed_bytes: int, device: torch.device, *, what: str) -> None:
+def require_memory(needed_bytes: int, device: torch.device, *, what: str, advice: str = "lower it") -> None:
     """Raise ``ConfigError`` before allocating when ``needed_bytes`` exceed what ``device`` has free.
 
     ``what`` names the options responsible, as a config error line starts (``"[task] train_size = ..."``);
@@ -80,7 +80,7 @@ def require_memory(needed_bytes: int, device: torch.device, *, what: str) -> Non
         gib = 1024**3
         raise ConfigError(
             [f"{what} needs about {needed_bytes / gib:.1f} GiB of memory on {device}, more than the "
-             f"{free / gib:.1f} GiB available; lower it"]
+             f"{free / gib:.1f} GiB available; {advice}"]
         )
 
 

@@ -12,7 +12,7 @@ import torch
 
 from esper_core.config import path_field
 from esper_core.errors import DataError
-from esper_core.tasks import TaskContext
+from esper_core.tasks import TaskContext, require_memory
 from esper_core.validators import non_negative_int
 from esper_text.options import (
     DEFAULT_MAX_TRAIN_WINDOWS,
@@ -135,6 +135,21 @@ def _parse_jsonl(text: str, path: Path, max_stories: int) -> list[str]:
     return stories
 
 
+#: Peak bytes per character of the file while the task is built from all its stories (text, story list,
+#: token ids and windows); with ``max_stories`` only the raw bytes and the decoded text are whole-file.
+BUILD_BYTES_PER_CHARACTER = 20
+READ_BYTES_PER_CHARACTER = 3
+
+
+def _require_memory_for(path: Path, size: int, max_stories: int) -> None:
+    """A ``ConfigError`` naming the file before reading it when building the task would not fit in memory."""
+    per_character = READ_BYTES_PER_CHARACTER if max_stories else BUILD_BYTES_PER_CHARACTER
+    stories = f"the first {max_stories} stories" if max_stories else "all its stories"
+    what = f"[task] path = '{path}' ({size / 1024**3:.1f} GiB file, {stories})"
+    advice = "use a shorter file" if max_stories else "set [task] max_stories or use a shorter file"
+    require_memory(size * per_character, torch.device("cpu"), what=what, advice=advice)
+
+
 def read_stories(path_name: str, max_stories: int = 0) -> list[str]:
     """The stories of a .txt, .json or .jsonl file in file order, each stripped of surrounding whitespace,
     empty ones dropped, the first ``max_stories`` kept (0: all); ``DataError`` naming the file otherwise."""
@@ -145,6 +160,7 @@ def read_stories(path_name: str, max_stories: int = 0) -> list[str]:
     if suffix not in (".txt", ".json", ".jsonl"):
         raise DataError(f"TinyStories file '{path}' has suffix '{path.suffix}'; {_ACCEPTED_FORMATS}")
     try:
+        _require_memory_for(path, path.stat().st_size, max_stories)
         raw = path.read_bytes()
     except OSError as exc:
         raise DataError(f"TinyStories file '{path}' cannot be read: {exc.strerror or exc}") from None

@@ -213,3 +213,19 @@ def test_deeply_nested_json_is_one_line_naming_the_file(tmp_path: Path, suffix: 
     assert "\n" not in message
     if suffix == ".jsonl":
         assert "line 2" in message
+
+
+@pytest.mark.parametrize(("max_stories", "advice"), [(0, "set [task] max_stories"), (5, "use a shorter file")])
+def test_a_file_too_large_for_memory_is_one_config_line_before_reading(tmp_path: Path, monkeypatch, max_stories,
+                                                                       advice) -> None:
+    import esper_core.tasks
+    from esper_core.errors import ConfigError
+
+    monkeypatch.setattr(esper_core.tasks, "available_memory", lambda device: 1000)  # bytes free
+    path = tmp_path / "stories.txt"
+    path.write_text("A story about a cat.\n\n" * 100, encoding="utf-8")  # 2,200 characters
+    monkeypatch.setattr(Path, "read_bytes", lambda self: pytest.fail("read the file"))
+    with pytest.raises(ConfigError) as raised:
+        read_stories(str(path), max_stories)
+    message = str(raised.value)
+    assert message.startswith(f"[task] path = '{path}'") and advice in message and "\n" not in message
