@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import enum
 import re
 from collections.abc import Callable
 from typing import Any
@@ -107,20 +106,12 @@ def _ladder_spec(_instance: Any, _attribute: attrs.Attribute, value: Any) -> Non
         raise TypeError(f"ladder must be an esper_core.registry.LadderSpec or None, got {value!r}")
 
 
-def _ladder_kind_name(value: Any) -> Any:
-    # Transitional (0.2.0 development): a member of the former InternalKind enum becomes its name.
-    # Remove once no caller passes an enum member.
-    if isinstance(value, enum.Enum):
-        return value.name.lower()
-    return value
-
-
 @attrs.frozen
 class LadderSpec:
     """A seed family's internal capacity ladder: its kind (the name of a registered ``LadderKind``,
     e.g. ``"conv_stages"``), its top level and the level seeds start at."""
 
-    kind: str = attrs.field(converter=_ladder_kind_name, validator=_valid_name)
+    kind: str = attrs.field(validator=_valid_name)
     max_level: int
     initial_level: int = 1
 

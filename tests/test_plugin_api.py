@@ -7,6 +7,7 @@ import re
 import sys
 import textwrap
 import tomllib
+import types
 import typing
 from pathlib import Path
 
@@ -313,3 +314,26 @@ def test_every_hook_says_when_it_was_added(kind):
     assert re.search(r"added in \d+\.\d+\.\d+", getattr(hookspecs, hook_name).__doc__)
     section = (REPO / "docs" / "hooks.md").read_text().split(f"## {hook_name}\n", 1)[1].split("\n## ", 1)[0]
     assert re.search(r"[Aa]dded in \d+\.\d+\.\d+", section), f"docs/hooks.md: {hook_name} has no 'added in' note"
+
+
+def _guide_block(first_line: str) -> str:
+    text = (REPO / "docs" / "plugin-author-guide.md").read_text()
+    blocks = [block for block in re.findall(r"^```python\n(.*?)^```$", text, flags=re.MULTILINE | re.DOTALL)
+              if block.startswith(first_line + "\n")]
+    assert len(blocks) == 1, f"the plugin author guide should have one python block starting with {first_line!r}"
+    return blocks[0]
+
+
+def test_the_guide_s_topology_plugin_registers_and_its_seed_passes_the_conformance_kit(monkeypatch):
+    from esper_core.testing import check_seed_family
+
+    module = types.ModuleType("my_audio")
+    monkeypatch.setitem(sys.modules, "my_audio", module)
+    exec(compile(_guide_block("# my_audio.py"), "<plugin-author-guide.md: my_audio.py>", "exec"), module.__dict__)
+    manager = PluginManager(autoload=False, extra=[module])
+    assert not manager.failures, [failure.describe() for failure in manager.failures]
+    assert manager.registry.topology("audio") is module.AUDIO
+    assert manager.registry.ladder_kind("filter_banks") is module.FILTER_BANKS
+    assert manager.registry.owner("seed_families", "temporal_conv") == "my_audio"
+    for channels in (1, 8):
+        check_seed_family(module.TEMPORAL_CONV, channels=channels, registry=manager.registry)

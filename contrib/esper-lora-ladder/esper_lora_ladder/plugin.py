@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from esper_core.hookspecs import hookimpl
+from esper_core.hookspecs import SeedFamilyRegistrar, hookimpl
 from esper_core.registry import LadderSpec, NoOptions, SeedFamily
 
 #: The activation layout this family accepts: ``(batch, time, channels)``.
@@ -111,5 +111,5 @@ SEED_FAMILY = SeedFamily(
 
 
 @hookimpl
-def esper_register_seed_families(register) -> None:
+def esper_register_seed_families(register: SeedFamilyRegistrar) -> None:
     register(SEED_FAMILY)
