@@ -387,3 +387,63 @@ def test_every_float_option_refuses_nan_and_infinities_in_one_line_naming_its_ke
     mine = [problem for problem in problems if problem.startswith(f"[{section}] {name}:")]
     assert len(mine) == 1, problems
     assert "\n" not in mine[0] and "finite" in mine[0], mine[0]
+
+
+# -- esper_core.validators -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("validator", "value", "reason"),
+    [
+        ("finite", math.inf, "must be a finite number, got inf"),
+        ("finite", "1", "must be a finite number, got '1'"),
+        ("positive", 0, "must be a finite number > 0, got 0"),
+        ("positive", True, "must be a finite number > 0, got True"),
+        ("non_negative", -1e-9, "must be a finite number >= 0, got -1e-09"),
+        ("probability", 1.5, "must be a finite number in [0, 1], got 1.5"),
+        ("open_unit", 1.0, "must be a finite number in (0, 1), got 1.0"),
+        ("open_unit", 0.0, "must be a finite number in (0, 1), got 0.0"),
+        ("at_most_half", 0.75, "must be a finite number <= 0.5, got 0.75"),
+        ("positive_int", 0, "must be >= 1, got 0"),
+        ("positive_int", True, "must be an integer, got True"),
+        ("non_negative_int", 2.0, "must be an integer, got 2.0"),
+        ("one_of", "SGD", "must be one of sgd, adamw, got 'SGD'"),
+        ("optional_positive", -1.0, "must be a finite number > 0, got -1.0"),
+    ],
+)
+def test_each_shared_validator_names_its_rule_and_the_value(validator, value, reason):
+    from esper_core import validators
+
+    made = {
+        "finite": validators.finite(),
+        "positive": validators.positive(),
+        "non_negative": validators.non_negative(),
+        "probability": validators.probability(),
+        "open_unit": validators.in_range(0, 1, low_inclusive=False, high_inclusive=False),
+        "at_most_half": validators.in_range(None, 0.5),
+        "positive_int": validators.positive_int(),
+        "non_negative_int": validators.non_negative_int(),
+        "one_of": validators.one_of("sgd", "adamw"),
+        "optional_positive": validators.optional(validators.positive()),
+    }[validator]
+
+    @attrs.frozen
+    class Options:
+        option: object = attrs.field(default=None, validator=made)
+
+    with pytest.raises(validators.InvalidValue) as raised:
+        Options(option=value)
+    assert (raised.value.field, raised.value.reason, raised.value.value) == ("option", reason, value)
+
+
+def test_shared_validators_accept_their_range_and_optional_accepts_none():
+    from esper_core import validators
+
+    @attrs.frozen
+    class Options:
+        rate: float = attrs.field(default=0.5, validator=validators.in_range(0, 1, low_inclusive=False))
+        count: int | None = attrs.field(default=None, validator=validators.optional(validators.positive_int()))
+        kind: str = attrs.field(default="a", validator=validators.one_of("a", "b"))
+
+    assert Options(rate=1.0, count=3, kind="b") == Options(1.0, 3, "b")
+    assert Options(rate=1, count=None).rate == 1  # an int is a number

@@ -11,6 +11,7 @@ from esper_core.leyline import FactoredAction, LifecycleOp, SeedMetrics, SeedSta
 from esper_core.simic import (
     BasicReward,
     BasicRewardConfig,
+    FrontierRewardConfig,
     RewardContext,
     RewardSignals,
     ShapedReward,
@@ -175,3 +176,22 @@ def test_rent_and_shock_use_the_capacity_in_use():
     after = (slot(SeedStage.HOLDING, seed_id="s", alpha=1.0, params=8000, in_use=1000, level=1),)
     shock = shaped(shock_weight=1.0).compute(signals(slots=after, previous=before)).components["alpha_shock"]
     assert shock == pytest.approx(-(0.8**2) * 1000 / HOST)
+
+
+@pytest.mark.parametrize(
+    ("config_class", "field", "value", "reason"),
+    [
+        (BasicRewardConfig, "metric_weight", math.inf, "must be a finite number >= 0, got inf"),
+        (ShapedRewardConfig, "gamma", math.nan, "must be a finite number in [0, 1], got nan"),
+        (ShapedRewardConfig, "churn_window", True, "must be an integer, got True"),
+        (SimplifiedRewardConfig, "fossil_min_contribution", -math.inf, "must be a finite number, got -inf"),
+        (FrontierRewardConfig, "scale", 0.0, "must be a finite number > 0, got 0.0"),
+    ],
+)
+def test_reward_options_are_checked_by_the_shared_validators(config_class, field, value, reason):
+    from esper_core.validators import InvalidValue
+
+    with pytest.raises(InvalidValue) as raised:
+        config_class(**{field: value})
+    assert (raised.value.field, raised.value.reason) == (field, reason)
+    assert str(raised.value) == f"{field} {reason}"
