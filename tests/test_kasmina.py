@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import copy
 
+import attrs
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from esper_core.errors import LifecycleError
-from esper_core.kasmina import AlphaSchedule, curve_value
+from esper_core.errors import LifecycleError, SeedContractError
+from esper_core.kasmina import (
+    AlphaSchedule,
+    LifecycleSettings,
+    ModelLifecycleState,
+    SeedSlot,
+    SlotLifecycleState,
+    count_parameters,
+    curve_value,
+)
 from esper_core.leyline import (
+    SEGMENT_BOUNDARY,
+    InjectionSpec,
     TRANSITIONS,
     AlphaCurve,
     AlphaSpeed,
@@ -25,7 +36,7 @@ from esper_core.leyline import (
     check_transition,
 )
 from esper_core.tamiyo import compute_masks
-from tests.conftest import make_model, make_slot
+from tests.conftest import make_model, make_slot, toy_seed_builder
 
 
 def germinate(slot, *, style=BlendStyle.ADD, target=1.0, blend_epochs=2, curve=AlphaCurve.LINEAR):
@@ -188,13 +199,42 @@ def test_partial_alpha_target_reaches_holding_and_can_be_raised():
     slot = make_slot()
     grow_to_holding(slot, target=0.5)
     assert slot.alpha == pytest.approx(0.5)
-    assert slot.fossilize is not None
     assert slot.set_alpha_target(1.0, epochs=2, curve=AlphaCurve.LINEAR).success
     assert slot.stage is SeedStage.BLENDING
     slot.tick()
     slot.tick()
     assert slot.stage is SeedStage.HOLDING and slot.alpha == pytest.approx(1.0)
     assert slot.fossilize().success
+
+
+def test_fossilizing_at_a_partial_alpha_keeps_that_alpha():
+    """FOSSILIZE needs HOLDING, not alpha 1: a seed held at a partial target (0.5) fossilizes at 0.5 by
+    design, keeps blending at that alpha, is charged its full size, and its contribution is still measured."""
+    events = []
+    model = make_model(seed=11, events=events)
+    slot = model.slots["r0c1"]
+    grow_to_holding(slot, target=0.5)
+    with torch.no_grad():  # a seed that does something, so the blend weight shows in the output
+        for p in slot.seed.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    model.eval()
+    x = torch.randn(4, 1, 6, 6, generator=torch.Generator().manual_seed(12))
+    with torch.no_grad():
+        before = model(x)
+    assert model.apply(FactoredAction(op=LifecycleOp.FOSSILIZE, slot=1), metric_now=0.5).success
+    assert slot.stage is SeedStage.FOSSILIZED and slot.alpha == pytest.approx(0.5)
+    (fossilized,) = [e.payload for e in events if e.event_type is TelemetryEventType.SEED_FOSSILIZED]
+    assert fossilized.alpha == pytest.approx(0.5)
+    assert slot.effective_params == slot.seed_params > 0  # rent on the whole seed once it is part of the host
+    assert model.fossilization_order == ["r0c1"] and model.ablatable_slots() == ["r0c1"]
+    with torch.no_grad():
+        after = model(x)
+        h = model.host.forward_to("r0c1", x)
+        expected = model.host.forward_from("r0c1", h + 0.5 * (slot.seed(h) - h))
+    assert torch.equal(after, before)  # fossilizing changes no output
+    assert torch.allclose(after, expected, atol=1e-6)
+    slot.tick()
+    assert slot.stage is SeedStage.FOSSILIZED and slot.alpha == pytest.approx(0.5)  # nothing moves it after
 
 
 def test_instant_alpha_change_returns_to_holding_at_the_next_tick():
@@ -329,7 +369,9 @@ def test_germinate_action_carries_its_heads_into_the_slot():
     slot = model.slots["r0c2"]
     assert (slot.style, slot.blend_epochs, slot.planned_alpha_target, slot.planned_curve) == (
         BlendStyle.GATE, 8, 0.5, AlphaCurve.SIGMOID)
-    assert slot.gate is not None and slot.seed_params > model.slots["r0c2"].seed_params - 1
+    gate_params = count_parameters(slot.gate)
+    assert gate_params > 0
+    assert slot.seed_params == count_parameters(slot.seed) + gate_params  # the gate is part of the seed's size
 
 
 def test_lifecycle_state_round_trip_restores_reports_and_outputs():
@@ -346,3 +388,146 @@ def test_lifecycle_state_round_trip_restores_reports_and_outputs():
     model.eval(); clone.eval()
     x = torch.randn(3, 1, 6, 6)
     assert torch.equal(model(x), clone(x))
+
+
+# -- the seed contract at germination -------------------------------------------------------------
+
+
+def contract_slot(build, events=None, plugin="toyplug"):
+    spec = InjectionSpec(slot_id="r0c0", channels=6, surface=SEGMENT_BOUNDARY, order=0, host_block=0)
+    return SeedSlot(spec, topology="image", settings=LifecycleSettings(min_training_epochs=1),
+                    build_seed=build, emit=None if events is None else events.append,
+                    seed_plugin=lambda blueprint: plugin)
+
+
+class Counting(torch.nn.Module):
+    """Wraps a seed and counts its forward passes."""
+
+    def __init__(self, inner, transform=lambda out: out):
+        super().__init__()
+        self.inner = inner
+        self.transform = transform
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.transform(self.inner(x))
+
+
+@pytest.mark.parametrize(
+    ("transform", "problem"),
+    [
+        (lambda out: out[:, :1], r"is not shape-preserving: \(2, 6, 6, 6\) -> \(2, 1, 6, 6\)"),
+        (lambda out: out.double(), "changes the dtype: torch.float32 -> torch.float64"),
+        (lambda out: (out, out), r"returned a tuple, not a tensor, for a probe batch of shape \(2, 6, 6, 6\)"),
+    ],
+)
+def test_a_seed_breaking_the_contract_fails_germination_and_leaves_the_slot_empty(transform, problem):
+    events = []
+    slot = contract_slot(lambda blueprint, channels: Counting(toy_seed_builder("toy_conv", channels), transform), events)
+    with pytest.raises(SeedContractError, match=rf"seed family 'toy_conv' \(plugin 'toyplug'\) {problem} in slot r0c0") as caught:
+        germinate(slot)
+    assert (caught.value.family, caught.value.plugin) == ("toy_conv", "toyplug")
+    assert slot.stage is SeedStage.DORMANT and slot.seed is None and slot.gate is None and slot.seed_id is None
+    assert slot.report() == make_slot().report() and events == []
+    slot._build_seed = toy_seed_builder  # a conforming family germinates in the same slot afterwards
+    assert germinate(slot).success
+
+
+def test_a_build_returning_none_or_raising_is_a_contract_error_naming_family_and_plugin():
+    slot = contract_slot(lambda blueprint, channels: None)
+    with pytest.raises(SeedContractError, match="seed family 'toy_conv' \\(plugin 'toyplug'\\) built a NoneType, not a torch.nn.Module"):
+        germinate(slot)
+
+    def fails(blueprint, channels):
+        raise IndexError("width table")
+
+    slot = contract_slot(fails)
+    with pytest.raises(SeedContractError, match="failed to build a seed \\(IndexError: width table\\) in slot r0c0"):
+        germinate(slot)
+    assert slot.stage is SeedStage.DORMANT
+
+
+def test_the_contract_is_probed_once_at_germination_without_side_effects():
+    """One eval-mode forward on the topology's example shape: not per step, the global RNG and the
+    seed's batch-norm statistics untouched."""
+    class Normed(torch.nn.Module):
+        def __init__(self, channels):
+            super().__init__()
+            self.norm = torch.nn.BatchNorm2d(channels)
+            self.out = torch.nn.Conv2d(channels, channels, 1)
+            torch.nn.init.zeros_(self.out.weight)
+            torch.nn.init.zeros_(self.out.bias)
+
+        def forward(self, x):
+            return x + self.out(self.norm(x))
+
+    built = []
+
+    def build(blueprint, channels):
+        with torch.random.fork_rng(devices=[]):  # as the engine builds seeds
+            built.append(Counting(Normed(channels)))
+        return built[-1]
+
+    slot = contract_slot(build)
+    rng = torch.random.get_rng_state()
+    assert germinate(slot).success
+    assert torch.equal(torch.random.get_rng_state(), rng)
+    seed = built[0]
+    assert seed.calls == 1 and seed.training  # the probe ran in eval mode and gave the mode back
+    assert torch.equal(seed.inner.norm.running_mean, torch.zeros(6)) and int(seed.inner.norm.num_batches_tracked) == 0
+    slot.tick()
+    for _ in range(3):
+        slot(torch.randn(2, 6, 6, 6))
+    assert seed.calls == 4
+
+
+def test_the_model_names_the_plugin_of_a_broken_family():
+    model = make_model()
+    model.slots["r0c0"]._build_seed = lambda blueprint, channels: toy_seed_builder(blueprint, channels + 1)
+    model.slots["r0c0"]._seed_plugin = {"toy_conv": "toy_plugin"}.get
+    with pytest.raises(SeedContractError, match="seed family 'toy_conv' \\(plugin 'toy_plugin'\\)"):
+        model.apply(FactoredAction(op=LifecycleOp.GERMINATE, slot=0, blueprint=0), metric_now=0.1)
+    assert model.germination_count == 0 and model.slots["r0c0"].stage is SeedStage.DORMANT
+
+
+# -- typed lifecycle state --------------------------------------------------------------------------
+
+
+def test_a_slot_keeps_no_lifecycle_attribute_outside_its_record():
+    """Every attribute a slot sets is a construction attribute or a SlotLifecycleState field, so reset,
+    checkpoint and restore (which iterate the record) cannot forget one."""
+    construction = {"spec", "slot_id", "topology", "settings", "_build_seed", "env_id", "_emit", "_clock",
+                    "_seed_plugin", "seed", "gate"}
+    record = {field.name for field in attrs.fields(SlotLifecycleState)}
+    module_internals = set(vars(torch.nn.Module()))
+    model = make_model()
+    slot = model.slots["r0c0"]
+    model.apply(FactoredAction(op=LifecycleOp.GERMINATE, slot=0, blueprint=1, style=BlendStyle.GATE), metric_now=0.2)
+    model.apply(FactoredAction(op=LifecycleOp.GROW_INTERNAL, slot=0), metric_now=0.2)
+    slot.tick(); slot.tick()
+    slot.record_gradients(0.1, 0.2)
+    slot.record_validation(0.3, None)
+    assert slot.advance().success
+    assert slot.prune(epochs=2, curve=AlphaCurve.COSINE, reason="test").success
+    stray = set(vars(slot)) - module_internals - construction - record
+    assert stray == set(), f"lifecycle attributes outside SlotLifecycleState: {sorted(stray)}"
+
+
+def test_lifecycle_records_round_trip_through_the_converter_as_plain_values():
+    model = make_model(seed=8)
+    grow_to_holding(model.slots["r0c1"], target=0.75)
+    assert model.slots["r0c1"].set_alpha_target(1.0, epochs=4, curve=AlphaCurve.SIGMOID).success
+    model.slots["r0c1"].tick()
+    model.apply(FactoredAction(op=LifecycleOp.GERMINATE, slot=0, blueprint=1, style=BlendStyle.GATE), metric_now=0.2)
+    model.apply(FactoredAction(op=LifecycleOp.GROW_INTERNAL, slot=0), metric_now=0.2)
+    record = model.lifecycle_record()
+    state = model.lifecycle_state()
+    assert ModelLifecycleState.from_dict(state) == record
+    blending = state["slots"]["r0c1"]
+    assert blending["stage"] == "BLENDING" and blending["style"] == "ADD" and blending["internal_level"] is None
+    assert blending["schedule"] == {"start": 0.75, "target": 1.0, "total_epochs": 4, "curve": int(AlphaCurve.SIGMOID),
+                                    "elapsed": 1}
+    assert state["slots"]["r0c0"]["internal_level"] == 2 and state["slots"]["r0c0"]["style"] == "GATE"
+    model.tick()  # the record is a snapshot: later ticks do not move it
+    assert ModelLifecycleState.from_dict(state) == record and model.lifecycle_record() != record

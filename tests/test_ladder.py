@@ -101,8 +101,12 @@ def test_internal_ops_fail_on_dormant_plain_and_fossilized_seeds():
     slot = germinate_ladder(model, slot=2)
     slot.tick(); slot.tick()
     assert slot.advance().success
-    while slot.stage is not SeedStage.HOLDING:
+    for _ in range(100):  # a blend lasts a few epochs; fail rather than loop forever
+        if slot.stage is SeedStage.HOLDING:
+            break
         slot.tick()
+    else:
+        raise AssertionError("the blend never reached HOLDING")
     assert slot.fossilize().success
     frozen = model.apply(FactoredAction(op=SHRINK, slot=2), metric_now=0.1)
     assert not frozen.success and slot.ladder.internal_level == 1

@@ -66,8 +66,12 @@ def holding(**levers):
     slot.tick()
     slot.tick()
     assert slot.advance().success
-    while slot.stage is SeedStage.BLENDING:
+    for _ in range(100):  # a blend lasts a few epochs; fail rather than loop forever
+        if slot.stage is not SeedStage.BLENDING:
+            break
         slot.tick()
+    else:
+        raise AssertionError("the blend never ended")
     assert slot.stage is SeedStage.HOLDING
     return slot
 

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import random
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import attrs
 import torch
 
+from esper_core.errors import PluginError
 from esper_core.kasmina.host import check_host
 from esper_core.leyline import (
     EVENT_PAYLOADS,
@@ -16,22 +21,154 @@ from esper_core.leyline import (
     TelemetryEventType,
 )
 from esper_core.leyline import telemetry as payloads
-from esper_core.registry import HostFamily, SeedFamily, SinkKind, TaskKind
+from esper_core.registry import HostFamily, Registry, SeedFamily, SinkKind, TaskKind, TopologyKind
 from esper_core.tasks import Task, TaskContext, TaskInfo
 from esper_core.telemetry import SinkContext
+
+
+try:  # NumPy is optional; a family drawing from it is caught only when it is installed
+    import numpy
+except ImportError:  # pragma: no cover - numpy ships with the test environment
+    numpy = None
 
 
 class ConformanceError(AssertionError):
     """A component breaks a core contract."""
 
 
-def _sample_input(topology: str, channels: int, batch: int = 4) -> torch.Tensor:
+@functools.cache
+def _builtin_registry() -> Registry:
+    from esper_core.plugins import PluginManager
+
+    return PluginManager(autoload=False).registry
+
+
+def _topology(name: str, registry: Registry | None, what: str) -> TopologyKind:
+    """The registered topology ``name``: from ``registry`` when given, else among the core's own."""
+    source = registry if registry is not None else _builtin_registry()
+    try:
+        return source.topology(name)
+    except (KeyError, PluginError) as exc:
+        hint = "" if registry is not None else (
+            "; for a topology a plugin registers, pass registry= (e.g. the esper_registry fixture)"
+        )
+        raise ConformanceError(f"{what}: topology '{name}' is not registered ({exc.args[0]}){hint}") from None
+
+
+def _sample_input(topology: TopologyKind, channels: int, batch: int = 4) -> torch.Tensor:
+    """A random activation of the topology's example shape (a fixed generator, the global RNG untouched)."""
     generator = torch.Generator().manual_seed(1234)
-    if topology == "image":
-        return torch.randn(batch, channels, 8, 8, generator=generator)
-    if topology == "sequence":
-        return torch.randn(batch, 6, channels, generator=generator)
-    raise ConformanceError(f"no sample input for topology {topology!r}")
+    return torch.randn(topology.example_shape(batch, channels), generator=generator)
+
+
+@contextlib.contextmanager
+def _isolated_rng() -> Iterator[None]:
+    """Run a block with its own torch, Python ``random`` and NumPy streams; restore the caller's after."""
+    python_state = random.getstate()
+    numpy_state = numpy.random.get_state() if numpy is not None else None
+    try:
+        with torch.random.fork_rng(devices=[]):
+            yield
+    finally:
+        random.setstate(python_state)
+        if numpy is not None:
+            numpy.random.set_state(numpy_state)
+
+
+def _build_seed(family: SeedFamily, channels: int, topology: str, config: Any, *, other_streams: int = 0) -> torch.nn.Module:
+    """``family.build`` under torch seed 0, with Python's and NumPy's streams seeded by ``other_streams``
+    (a conforming family draws only from torch, so that seed must not matter)."""
+    with _isolated_rng():
+        torch.manual_seed(0)
+        random.seed(other_streams)
+        if numpy is not None:
+            numpy.random.seed(other_streams)
+        try:
+            seed = family.build(channels, topology, config)
+        except Exception as exc:
+            raise ConformanceError(
+                f"seed family '{family.name}' ({topology}) failed to build a seed for {channels} channels: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+    if not isinstance(seed, torch.nn.Module):
+        raise ConformanceError(f"seed family '{family.name}' built {type(seed).__name__}, not an nn.Module")
+    return seed
+
+
+def _run(family: SeedFamily, seed: torch.nn.Module, x: torch.Tensor, where: str) -> torch.Tensor:
+    """``seed(x)``, checked to be a tensor of ``x``'s shape and dtype; a failure names where it happened."""
+    try:
+        out = seed(x)
+    except Exception as exc:
+        raise ConformanceError(
+            f"seed family '{family.name}' ({where}) raised {type(exc).__name__} on an input of shape "
+            f"{tuple(x.shape)}: {exc}"
+        ) from exc
+    if not isinstance(out, torch.Tensor):
+        raise ConformanceError(f"seed family '{family.name}' ({where}) returned {type(out).__name__}, not a tensor")
+    if out.shape != x.shape:
+        raise ConformanceError(
+            f"seed family '{family.name}' ({where}) is not shape-preserving: {tuple(x.shape)} -> {tuple(out.shape)}"
+        )
+    if out.dtype != x.dtype:
+        raise ConformanceError(f"seed family '{family.name}' ({where}) changes the dtype: {x.dtype} -> {out.dtype}")
+    return out
+
+
+def _tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {**dict(module.named_parameters()), **dict(module.named_buffers())}
+
+
+def _check_same_build(family: SeedFamily, topology: str, first: torch.nn.Module, second: torch.nn.Module) -> None:
+    """Two builds under one torch seed have the same parameters and buffers: names, shapes and values."""
+    prefix = (
+        f"seed family '{family.name}' ({topology}) is not deterministic: two builds under the same torch seed "
+        "(Python's and NumPy's streams seeded differently)"
+    )
+    hint = "; build must draw its randomness from torch's global generator only (no clock-seeded generator, Python random or NumPy)"
+    tensors_a, tensors_b = _tensors(first), _tensors(second)
+    if list(tensors_a) != list(tensors_b):
+        only_a = sorted(set(tensors_a) - set(tensors_b))
+        only_b = sorted(set(tensors_b) - set(tensors_a))
+        raise ConformanceError(f"{prefix} have different tensors (only in one: {only_a}, only in the other: {only_b}){hint}")
+    for name, tensor_a in tensors_a.items():
+        tensor_b = tensors_b[name]
+        if tensor_a.shape != tensor_b.shape:
+            raise ConformanceError(
+                f"{prefix} give '{name}' the shapes {tuple(tensor_a.shape)} and {tuple(tensor_b.shape)}{hint}"
+            )
+        if not torch.equal(tensor_a, tensor_b):
+            raise ConformanceError(f"{prefix} give '{name}' different values{hint}")
+
+
+def _check_determinism(family: SeedFamily, channels: int, topology: str, config: Any, x: torch.Tensor) -> None:
+    """Builds under one torch seed are equal, and stay equal in output once their parameters move.
+
+    At birth every conforming seed outputs ``x``, which would hide any difference, so the outputs are
+    compared after the same perturbation of both builds' parameters.
+    """
+    # Streams 0, 1 and 5 draw pairwise different values from Python's and NumPy's choice / randint over
+    # small ranges (e.g. a kernel size from (1, 3, 5)), so a family using them differs between builds.
+    reference = _build_seed(family, channels, topology, config, other_streams=0)
+    twins = [_build_seed(family, channels, topology, config, other_streams=stream) for stream in (1, 5)]
+    for twin in twins:
+        _check_same_build(family, topology, reference, twin)
+    twin = twins[0]
+    _perturbed(reference)
+    _perturbed(twin)
+    for mode in ("train", "eval"):
+        outputs = []
+        for module in (reference, twin):
+            module.train(mode == "train")
+            with _isolated_rng(), torch.no_grad():
+                torch.manual_seed(1)
+                outputs.append(_run(family, module, x, f"{topology}, {mode}, perturbed"))
+        if not torch.equal(outputs[0], outputs[1]):
+            gap = (outputs[0] - outputs[1]).abs().max().item()
+            raise ConformanceError(
+                f"seed family '{family.name}' ({topology}, {mode}) is not deterministic: two equal builds, equally "
+                f"perturbed, give different outputs under the same torch seed (max difference {gap:.3g})"
+            )
 
 
 def check_seed_family(
@@ -40,58 +177,49 @@ def check_seed_family(
     channels: int = 16,
     config: Any = None,
     atol: float = 1e-6,
+    registry: Registry | None = None,
 ) -> None:
     """A seed family is shape-preserving, the identity at birth, deterministic, and trainable.
 
-    Runs for every topology the family declares; a family with a ladder also runs
-    ``check_ladder_family``.
+    Runs for every topology the family declares, on an input of the topology's ``example_shape``;
+    topologies are looked up in ``registry`` (e.g. the ``esper_registry`` fixture), or among the
+    core's own (``image``, ``sequence``) when it is None. Deterministic means: two builds under the
+    same torch seed have the same parameters and buffers (names, shapes, values) whatever Python's
+    and NumPy's streams hold, and give the same outputs after the same perturbation of their
+    parameters. A family with a ladder then also runs ``check_ladder_family``.
     """
-    if family.ladder is not None:
-        check_ladder_family(family, channels=channels, config=config, atol=atol)
     config = family.config_class() if config is None else config
-    for topology in family.topologies:
+    for topology_name in family.topologies:
+        topology = _topology(topology_name, registry, f"seed family '{family.name}'")
         x = _sample_input(topology, channels)
-        torch.manual_seed(0)
-        seed_a = family.build(channels, topology, config)
-        torch.manual_seed(0)
-        seed_b = family.build(channels, topology, config)
-        if not isinstance(seed_a, torch.nn.Module):
-            raise ConformanceError(f"seed family '{family.name}' built {type(seed_a).__name__}, not an nn.Module")
+        seed = _build_seed(family, channels, topology_name, config)
         for mode in ("train", "eval"):
-            seed_a.train(mode == "train")
-            seed_b.train(mode == "train")
-            out_a = seed_a(x)
-            out_b = seed_b(x)
-            if out_a.shape != x.shape:
+            seed.train(mode == "train")
+            out = _run(family, seed, x, f"{topology_name}, {mode}")
+            if not torch.allclose(out, x, atol=atol):
+                gap = (out - x).abs().max().item()
                 raise ConformanceError(
-                    f"seed family '{family.name}' ({topology}, {mode}) is not shape-preserving: "
-                    f"{tuple(x.shape)} -> {tuple(out_a.shape)}"
-                )
-            if not torch.allclose(out_a, x, atol=atol):
-                gap = (out_a - x).abs().max().item()
-                raise ConformanceError(
-                    f"seed family '{family.name}' ({topology}, {mode}) is not the identity at birth "
+                    f"seed family '{family.name}' ({topology_name}, {mode}) is not the identity at birth "
                     f"(max |seed(x) - x| = {gap:.3g})"
                 )
-            if not torch.equal(out_a, out_b):
-                raise ConformanceError(
-                    f"seed family '{family.name}' ({topology}, {mode}) is not deterministic under a fixed torch seed"
-                )
-        seed_a.eval()
+        seed.eval()
         single = x[:1]
-        if not torch.allclose(seed_a(single), single, atol=atol):
+        if not torch.allclose(_run(family, seed, single, f"{topology_name}, eval, batch of one"), single, atol=atol):
             raise ConformanceError(
-                f"seed family '{family.name}' ({topology}, eval) is not the identity at birth for a batch of one"
+                f"seed family '{family.name}' ({topology_name}, eval) is not the identity at birth for a batch of one"
             )
-        params = [p for p in seed_a.parameters() if p.requires_grad]
+        params = [p for p in seed.parameters() if p.requires_grad]
         if not params:
             raise ConformanceError(f"seed family '{family.name}' has no trainable parameters")
-        seed_a.train()
-        seed_a.zero_grad()
-        target = torch.randn_like(x)
-        ((seed_a(x) - target) ** 2).mean().backward()
+        seed.train()
+        seed.zero_grad()
+        target = torch.randn(x.shape, generator=torch.Generator().manual_seed(5))
+        ((_run(family, seed, x, f"{topology_name}, train") - target) ** 2).mean().backward()
         if not any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in params):
-            raise ConformanceError(f"seed family '{family.name}' ({topology}) receives no gradient at birth")
+            raise ConformanceError(f"seed family '{family.name}' ({topology_name}) receives no gradient at birth")
+        _check_determinism(family, channels, topology_name, config, x)
+    if family.ladder is not None:
+        check_ladder_family(family, channels=channels, config=config, atol=atol, registry=registry)
 
 
 def _perturbed(module: torch.nn.Module, seed: int = 99, scale: float = 0.3) -> torch.nn.Module:
@@ -99,25 +227,38 @@ def _perturbed(module: torch.nn.Module, seed: int = 99, scale: float = 0.3) -> t
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for parameter in module.parameters():
-            parameter.add_(torch.randn(parameter.shape, generator=generator) * scale)
+            noise = torch.randn(parameter.shape, generator=generator) * scale
+            parameter.add_(noise.to(device=parameter.device, dtype=parameter.dtype))
     return module
 
 
-def check_ladder_family(family: SeedFamily, *, channels: int = 16, config: Any = None, atol: float = 1e-6) -> None:
+def check_ladder_family(
+    family: SeedFamily,
+    *,
+    channels: int = 16,
+    config: Any = None,
+    atol: float = 1e-6,
+    registry: Registry | None = None,
+) -> None:
     """A ladder seed family keeps the LadderModule contract (see esper_core.kasmina.LadderModule):
-    the declared kind and levels; level 0 is the identity; parameters in use are 0 at level 0 and
-    non-decreasing in level; level changes allocate nothing and are deterministic; capacity above the
-    current level never influences the output; growing a level does not change the output."""
+    the declared kind and levels; every level is shape-preserving; level 0 is the identity; parameters
+    in use are 0 at level 0 and non-decreasing in level; level changes allocate nothing and are
+    deterministic; capacity above the current level never influences the output; growing a level does
+    not change the output. Topologies are looked up as in ``check_seed_family``."""
     from esper_core.kasmina import LadderModule
 
     spec = family.ladder
     if spec is None:
         raise ConformanceError(f"seed family '{family.name}' declares no ladder")
     config = family.config_class() if config is None else config
-    for topology in family.topologies:
+    for topology_name in family.topologies:
+        topology = _topology(topology_name, registry, f"seed family '{family.name}'")
         x = _sample_input(topology, channels)
-        torch.manual_seed(0)
-        seed = family.build(channels, topology, config)
+
+        def run(module: torch.nn.Module, level: int) -> torch.Tensor:
+            return _run(family, module, x, f"{topology_name}, level {level}")
+
+        seed = _build_seed(family, channels, topology_name, config)
         if not isinstance(seed, LadderModule):
             raise ConformanceError(f"seed family '{family.name}' declares a ladder but builds no LadderModule")
         if (seed.internal_kind, seed.internal_max_level, seed.internal_level) != (spec.kind, spec.max_level, spec.initial_level):
@@ -125,6 +266,8 @@ def check_ladder_family(family: SeedFamily, *, channels: int = 16, config: Any =
                 f"seed family '{family.name}': module ladder {seed.internal_kind!r}, max {seed.internal_max_level}, "
                 f"level {seed.internal_level} differs from the declared {spec}"
             )
+        if registry is not None and spec.kind not in registry.entries["ladder_kinds"]:
+            raise ConformanceError(f"seed family '{family.name}': ladder kind '{spec.kind}' is not registered")
         counts = [seed.internal_effective_params(level) for level in range(spec.max_level + 1)]
         if counts[0] != 0 or any(b < a for a, b in zip(counts, counts[1:])):
             raise ConformanceError(f"seed family '{family.name}': effective params per level {counts} must start at 0 and never fall")
@@ -134,19 +277,19 @@ def check_ladder_family(family: SeedFamily, *, channels: int = 16, config: Any =
         _perturbed(seed).eval()
         with torch.no_grad():
             seed.set_internal_level(0)
-            if not torch.allclose(seed(x), x, atol=atol):
-                raise ConformanceError(f"seed family '{family.name}' ({topology}) is not the identity at level 0")
+            if not torch.allclose(run(seed, 0), x, atol=atol):
+                raise ConformanceError(f"seed family '{family.name}' ({topology_name}) is not the identity at level 0")
             for level in range(spec.max_level):
                 seed.set_internal_level(level)
-                before = seed(x)
+                before = run(seed, level)
                 seed.set_internal_level(level + 1)
                 if seed.internal_level != level + 1:
                     raise ConformanceError(f"seed family '{family.name}': set_internal_level({level + 1}) did not take")
-                after = seed(x)
+                after = run(seed, level + 1)
                 if not torch.allclose(before, after, atol=atol):
                     gap = (before - after).abs().max().item()
                     raise ConformanceError(
-                        f"seed family '{family.name}' ({topology}): growing to level {level + 1} changes the output "
+                        f"seed family '{family.name}' ({topology_name}): growing to level {level + 1} changes the output "
                         f"(max {gap:.3g}); new capacity must enter at zero"
                     )
                 _perturbed(seed, seed=level)  # the new capacity learns something before the next step
@@ -155,32 +298,30 @@ def check_ladder_family(family: SeedFamily, *, channels: int = 16, config: Any =
         for level in range(spec.max_level):
             seed.set_internal_level(level)
             seed.zero_grad()
-            out = seed(x)
+            out = run(seed, level)
             if out.requires_grad:  # at level 0 nothing runs: every parameter is inactive
                 (out * torch.randn(x.shape, generator=torch.Generator().manual_seed(5))).sum().backward()
             inactive = [p for p in seed.parameters() if p.grad is None or not bool(p.grad.abs().sum() > 0)]
             with torch.no_grad():
-                reference = seed(x)
+                reference = run(seed, level)
                 saved = [p.detach().clone() for p in inactive]
                 for parameter in inactive:
                     parameter.add_(torch.randn(parameter.shape, generator=torch.Generator().manual_seed(7)) * 5.0)
-                changed = seed(x)
+                changed = run(seed, level)
                 for parameter, value in zip(inactive, saved):
                     parameter.copy_(value)
             if not torch.allclose(reference, changed, atol=atol):
                 raise ConformanceError(
-                    f"seed family '{family.name}' ({topology}): at level {level} the output depends on parameters "
+                    f"seed family '{family.name}' ({topology_name}): at level {level} the output depends on parameters "
                     "that receive no gradient there (inactive capacity must be inert)"
                 )
-        torch.manual_seed(0)
-        twin_a = _perturbed(family.build(channels, topology, config)).eval()
-        torch.manual_seed(0)
-        twin_b = _perturbed(family.build(channels, topology, config)).eval()
+        twin_a = _perturbed(_build_seed(family, channels, topology_name, config, other_streams=0)).eval()
+        twin_b = _perturbed(_build_seed(family, channels, topology_name, config, other_streams=1)).eval()
         with torch.no_grad():
             for level in [spec.max_level, 0, 1, spec.max_level]:
                 twin_a.set_internal_level(level)
                 twin_b.set_internal_level(level)
-                if not torch.equal(twin_a(x), twin_b(x)):
+                if not torch.equal(run(twin_a, level), run(twin_b, level)):
                     raise ConformanceError(f"seed family '{family.name}': level changes are not deterministic")
 
 
@@ -191,10 +332,14 @@ def check_host_family(
     config: Any = None,
     batch: int = 4,
     atol: float = 1e-5,
+    registry: Registry | None = None,
 ) -> None:
     """A host's specs are ordered and routable: chaining ``forward_to``/``forward_from`` through
-    every slot (and through subsets) equals ``forward``; activations match each spec's channels;
-    an unknown slot or a backwards ``from_slot`` raises ``KeyError`` / ``ValueError``."""
+    every slot (and through subsets) equals ``forward``; activations have the host topology's number
+    of axes and each spec's channels on its ``channel_dim``; an unknown slot or a backwards
+    ``from_slot`` raises ``KeyError`` / ``ValueError``. The topology is looked up as in
+    ``check_seed_family``."""
+    topology = _topology(family.topology, registry, f"host '{family.name}'")
     config = family.config_class() if config is None else config
     torch.manual_seed(0)
     host = family.build(config, task_info)
@@ -205,7 +350,8 @@ def check_host_family(
         x = torch.randint(0, task_info.num_classes, (batch, *task_info.input_shape), generator=generator)
     else:
         x = torch.randn(batch, *task_info.input_shape, generator=generator)
-    channel_dim = 1 if family.topology == "image" else -1
+    channel_dim = topology.channel_dim
+    axes = len(topology.example_shape(batch, 1))
     with torch.no_grad():
         reference = host(x)
         for subset in (specs, specs[::2], specs[-1:]):
@@ -213,6 +359,11 @@ def check_host_family(
             previous = None
             for spec in subset:
                 h = host.forward_to(spec.slot_id, h, from_slot=previous)
+                if h.dim() != axes:
+                    raise ConformanceError(
+                        f"host '{family.name}': activation at {spec.slot_id} has shape {tuple(h.shape)}, but its "
+                        f"topology '{topology.name}' has {axes} axes"
+                    )
                 if h.shape[channel_dim] != spec.channels:
                     raise ConformanceError(
                         f"host '{family.name}': activation at {spec.slot_id} has {h.shape[channel_dim]} "
