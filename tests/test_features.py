@@ -7,9 +7,11 @@ from pathlib import Path
 import attrs
 import pytest
 
+from esper_core.errors import PluginError
 from esper_core.leyline import (
     MAX_SURFACE_CODE, FactoredAction, InjectionSpec, LifecycleOp, SeedMetrics, SeedStage, SeedStateReport, SlotConfig,
 )
+from esper_core.registry import MAX_LADDER_CODE
 from esper_core.tamiyo import EnvObservation
 from esper_core.tamiyo.features import (
     BASE_FEATURES,
@@ -119,3 +121,25 @@ def test_static_slot_fields_do_not_depend_on_the_enabled_slots_or_installed_surf
         slot = build_features([obs]).slots[0, 0]
         assert slot[order].item() == 0.5
         assert slot[surface].item() == pytest.approx(2 / 7)
+
+
+def test_the_ladder_kind_enters_by_its_registered_code_whatever_else_is_installed():
+    ladder = attrs.evolve(HOLDING, internal_kind="lora_rank", internal_level=1, internal_max_level=4)
+    kind, has = offset(SLOT_FEATURES, "ladder_kind_norm"), offset(SLOT_FEATURES, "has_ladder")
+    builtin = observation([DORMANT, ladder])
+    assert builtin.ladder_kind_codes == {"conv_stages": 1, "lora_rank": 2, "channel_groups": 3}  # the core's own
+    more = attrs.evolve(builtin, ladder_kind_codes={**builtin.ladder_kind_codes, "dendrites": 7})
+    for obs in (builtin, more):
+        slots = build_features([obs]).slots[0]
+        assert slots[1, kind].item() == pytest.approx(2 / MAX_LADDER_CODE) and slots[1, has].item() == 1.0
+        assert slots[0, kind].item() == 0.0 and slots[0, has].item() == 0.0  # no ladder: code 0
+    third_party = attrs.evolve(ladder, internal_kind="dendrites")
+    assert build_features([attrs.evolve(more, slots=(DORMANT, third_party))]).slots[0, 1, kind].item() == pytest.approx(
+        7 / MAX_LADDER_CODE)
+    with pytest.raises(PluginError, match="ladder kind 'dendrites' has no registered code in this observation"):
+        build_features([attrs.evolve(builtin, slots=(DORMANT, third_party))])
+
+
+def test_an_unregistered_surface_is_an_error_not_a_zero():
+    with pytest.raises(PluginError, match="surface 'post_mlp' has no registered code"):
+        build_features([attrs.evolve(observation([DORMANT, HOLDING]), surface_codes={"segment_boundary": 0})])
