@@ -330,10 +330,10 @@ def print_tables(arms: dict[str, dict[str, Any]], groups: list[range]) -> list[d
             print(f"   {label:<9} {n:<10} " + " ".join(f"{values[key]:+13.3f}" for key in keys))
 
     if "ppo" in arms and any("policy" in r for r in arms["ppo"]["rounds"]):
-        keys = [("losses/approx_kl", "approx_kl", "{:10.4f}"), ("losses/clipfrac", "clipfrac", "{:9.3f}"),
-                ("losses/entropy", "entropy", "{:8.3f}"), ("losses/entropy/op", "H(op)", "{:7.3f}"),
-                ("losses/entropy/slot", "H(slot)", "{:8.3f}"), ("losses/entropy/blueprint", "H(bp)", "{:7.3f}"),
-                ("losses/explained_variance", "expl.var", "{:9.3f}"), ("losses/kl_early_stop", "kl_stop", "{:8.2f}")]
+        keys = [("approx_kl", "approx_kl", "{:10.4f}"), ("clip_fraction", "clipfrac", "{:9.3f}"),
+                ("entropy", "entropy", "{:8.3f}"), ("entropy/op", "H(op)", "{:7.3f}"),
+                ("entropy/slot", "H(slot)", "{:8.3f}"), ("entropy/blueprint", "H(bp)", "{:7.3f}"),
+                ("ppo/explained_variance", "expl.var", "{:9.3f}"), ("ppo/kl_early_stop", "kl_stop", "{:8.2f}")]
         print("\n-- ppo updates per bucket (POLICY_UPDATED means; entropy = sum over heads, masked heads excluded)")
         print(f"   {'rounds':<9} " + " ".join(f"{label:>{len(fmt.format(0.0))}}" for _, label, fmt in keys))
         for row, group in zip(rows, groups):

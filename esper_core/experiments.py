@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import datetime as _dt
+import fcntl
+import functools
 import json
 import math
 from collections import defaultdict
@@ -22,12 +24,13 @@ from esper_core.leyline import TelemetryEventType
 from esper_core.plugins import PluginManager
 from esper_core.runs import EVENTS_FILE, _slug, create_run_dir, write_json
 from esper_core.tamiyo.controller import ENTROPY_METRIC_PREFIX
-from esper_core.telemetry.report import load_events, summarize_events
+from esper_core.telemetry.report import epoch_step, load_events, summarize_events
 
 #: The experiment's config as given (base sections plus ``[experiment]``), written when it starts.
 EXPERIMENT_FILE = "experiment.toml"
 #: The experiment's own record: which run directory holds each arm (``ExperimentRecord``).
 MANIFEST_FILE = "experiment.json"
+MANIFEST_LOCK_FILE = "experiment.json.lock"
 MANIFEST_FORMAT = "esper-experiment"
 MANIFEST_VERSION = 1
 COMPARISON_FILE = "comparison.json"
@@ -52,9 +55,10 @@ class ExperimentSection:
 
 @attrs.frozen
 class Experiment:
+    """A validated experiment: its name and each arm's full run configuration, in declared order."""
+
     name: str
     arms: dict[str, RunConfig]
-    base: dict[str, Any]
 
 
 def _apply(data: dict[str, Any], dotted: str, value: Any) -> None:
@@ -93,7 +97,7 @@ def parse_experiment(data: dict[str, Any], manager: PluginManager, source: str |
             problems.extend(f"[experiment] arm '{arm.name}': {problem}" for problem in exc.problems)
     if problems:
         raise ConfigError(problems, source=source)
-    return Experiment(name=section.name, arms=arms, base=base)
+    return Experiment(name=section.name, arms=arms)
 
 
 def _arm_name_problems(names: list[str]) -> list[str]:
@@ -213,14 +217,14 @@ def compare(exp_dir: Path) -> dict[str, Any]:
 def level_trajectories(run_dir: Path) -> dict[str, list[tuple[int, int]]]:
     """Per seed with a ladder: (global epoch, level) at germination and at every level change."""
     events = load_events(run_dir / EVENTS_FILE)
-    length = events[0].payload.episode_length  # load_events: the record starts with RUN_STARTED
+    started = events[0].payload  # load_events: the record starts with RUN_STARTED
     paths: dict[str, list[tuple[int, int]]] = defaultdict(list)
     for event in events:
         data = event.payload
         if event.event_type is TelemetryEventType.SEED_GERMINATED and data.internal_level:
-            paths[data.seed_id].append((data.round * length + data.epoch, data.internal_level))
+            paths[data.seed_id].append((epoch_step(started, data.round, data.epoch), data.internal_level))
         elif event.event_type is TelemetryEventType.SEED_INTERNAL_LEVEL_CHANGED:
-            paths[data.seed_id].append((data.round * length + data.epoch, data.to_level))
+            paths[data.seed_id].append((epoch_step(started, data.round, data.epoch), data.to_level))
     return dict(paths)
 
 
@@ -420,17 +424,36 @@ def _heavy_blueprints(data: dict[str, Any]) -> tuple[str, ...]:
     return section.heavy_blueprints
 
 
+def create_experiment(
+    data: dict[str, Any], manager: PluginManager, *, source: str | None = None
+) -> tuple[Experiment, Path]:
+    """Validate every arm, then create the experiment directory with ``experiment.toml`` (the config as
+    given) and ``experiment.json`` (the record, no arm started yet). For scripts that run the arms
+    themselves: start each with ``start_run(..., on_run_dir=functools.partial(record_arm_run, exp_dir, name))``."""
+    experiment = parse_experiment(data, manager, source=source)
+    exp_dir = experiment_dir(experiment)
+    (exp_dir / EXPERIMENT_FILE).write_text(tomli_w.dumps(data), encoding="utf-8")
+    write_manifest(exp_dir, new_manifest(experiment, _heavy_blueprints(data)))
+    return experiment, exp_dir
+
+
+def record_arm_run(exp_dir: Path, name: str, run_dir: Path) -> None:
+    """Record ``run_dir`` as arm ``name``'s run in the experiment's record (an earlier run of the arm moves
+    to ``previous_run_dirs``). Safe when arms run in parallel processes: updates hold an exclusive lock."""
+    exp_dir = Path(exp_dir)
+    with open(exp_dir / MANIFEST_LOCK_FILE, "a", encoding="utf-8") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        record = read_manifest(exp_dir)
+        arm = record.arm(name)
+        previous = arm.previous_run_dirs + ((arm.run_dir,) if arm.run_dir is not None else ())
+        write_manifest(exp_dir, record.with_arm(ArmRecord(name, Path(run_dir).name, previous)))
+
+
 def _start_arm(exp_dir: Path, name: str, config: RunConfig, manager: PluginManager) -> None:
     """Start one arm's run, recording its run directory in the experiment's record as soon as it exists."""
     from esper_core.tolaria.engine import start_run
 
-    def record_run_dir(run_dir: Path) -> None:
-        record = read_manifest(exp_dir)
-        arm = record.arm(name)
-        previous = arm.previous_run_dirs + ((arm.run_dir,) if arm.run_dir is not None else ())
-        write_manifest(exp_dir, record.with_arm(ArmRecord(name, run_dir.name, previous)))
-
-    start_run(_in_dir(config, exp_dir), manager, on_run_dir=record_run_dir)
+    start_run(_in_dir(config, exp_dir), manager, on_run_dir=functools.partial(record_arm_run, exp_dir, name))
 
 
 def run_experiment(
@@ -438,12 +461,9 @@ def run_experiment(
     on_dir: Callable[[Path], None] | None = None,
 ) -> Path:
     """Run every arm in order, each in its own run directory inside one experiment directory."""
-    experiment = parse_experiment(data, manager, source=source)
-    exp_dir = experiment_dir(experiment)
+    experiment, exp_dir = create_experiment(data, manager, source=source)
     if on_dir is not None:
         on_dir(exp_dir)
-    (exp_dir / EXPERIMENT_FILE).write_text(tomli_w.dumps(data), encoding="utf-8")
-    write_manifest(exp_dir, new_manifest(experiment, _heavy_blueprints(data)))
     unstable: list[str] = []
     for name, config in experiment.arms.items():
         with _arm_outcome(name, unstable):

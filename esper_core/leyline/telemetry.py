@@ -14,7 +14,6 @@ from cattrs.v import format_exception
 
 from esper_core.errors import DataError
 from esper_core.leyline.actions import BlendStyle
-from esper_core.leyline.reports import SeedStateReport
 from esper_core.leyline.stages import SeedStage
 
 
@@ -378,7 +377,7 @@ def _variadic_tuple_hook(type_: Any, converter: cattrs.Converter) -> Any:
     return structure
 
 
-#: Structures and unstructures events (and seed reports): enums by name; on reading, every field must
+#: Structures and unstructures events (and, through copies, checkpoint state records): enums by name; on reading, every field must
 #: be present with its declared JSON type (no coercion of strings to numbers), and unknown keys are errors.
 _json_converter = cattrs.Converter(forbid_extra_keys=True)
 _json_converter.register_structure_hook(int, _strict_int)
@@ -390,15 +389,6 @@ _json_converter.register_unstructure_hook(SeedStage, lambda stage: stage.name)
 _json_converter.register_structure_hook(SeedStage, lambda value, _: SeedStage[value])
 _json_converter.register_unstructure_hook(BlendStyle, lambda style: style.name)
 _json_converter.register_structure_hook(BlendStyle, lambda value, _: BlendStyle[value])
-
-
-def report_to_dict(report: SeedStateReport) -> dict[str, Any]:
-    """A SeedStateReport as plain values (enums by name), e.g. for checkpoints."""
-    return _json_converter.unstructure(report)
-
-
-def report_from_dict(data: dict[str, Any]) -> SeedStateReport:
-    return _json_converter.structure(data, SeedStateReport)
 
 
 def event_to_dict(event: TelemetryEvent) -> dict[str, Any]:

@@ -14,15 +14,11 @@ from esper_core.tamiyo.masks import ActionMasks
 from esper_core.tamiyo.observation import EnvObservation
 from esper_core.tasks import TaskInfo
 
-#: ``end_episode`` metric keys the core reads (the controller metrics contract, docs/design.md):
+#: ``end_episode`` metric keys the core's code reads (the whole contract: ``Controller.end_episode``):
 #: ``entropy/<head>`` per action head in nats, e.g. ``entropy/op``.
 ENTROPY_METRIC_PREFIX = "entropy/"
-#: The entropy of the whole factored action (the sum over heads), in nats.
-ENTROPY_METRIC = "entropy"
 VALUE_LOSS_METRIC = "value_loss"
-POLICY_LOSS_METRIC = "policy_loss"
 APPROX_KL_METRIC = "approx_kl"
-CLIP_FRACTION_METRIC = "clip_fraction"
 
 
 @attrs.frozen

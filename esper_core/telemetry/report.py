@@ -329,8 +329,8 @@ def summarize_run(run_dir: Path) -> dict[str, Any]:
     return summarize_events(load_events(Path(run_dir) / EVENTS_FILE))
 
 
-def _global_epoch(started: payloads.RunStartedPayload, round_index: int, epoch: int) -> int:
-    """The run-wide epoch index shared by every plot: ``round * episode_length + epoch``."""
+def epoch_step(started: payloads.RunStartedPayload, round_index: int, epoch: int) -> int:
+    """The run-wide epoch step every plot and sink shares: ``round * episode_length + epoch``."""
     return round_index * started.episode_length + epoch
 
 
@@ -340,7 +340,7 @@ def epoch_curves(events: Events) -> dict[int, dict[str, list[float]]]:
     curves: dict[int, dict[str, list[float]]] = defaultdict(lambda: {"step": [], "metric": [], "params": []})
     for data in _of_type(events, TelemetryEventType.EPOCH_COMPLETED):
         curve = curves[data.env_id]
-        curve["step"].append(_global_epoch(started, data.round, data.epoch))
+        curve["step"].append(epoch_step(started, data.round, data.epoch))
         curve["metric"].append(data.val_metric)
         curve["params"].append(data.host_params + data.seed_params + data.fossilized_params)
     return dict(curves)
@@ -358,7 +358,7 @@ def lifecycle_markers(events: Events) -> dict[str, list[tuple[int, int]]]:
     for event in events:
         if event.event_type in names:
             data = event.payload
-            markers[names[event.event_type]].append((data.env_id, _global_epoch(started, data.round, data.epoch)))
+            markers[names[event.event_type]].append((data.env_id, epoch_step(started, data.round, data.epoch)))
     return markers
 
 
