@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
 from rich.console import Console
 from rich.table import Table
 
@@ -50,9 +51,20 @@ def _apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, An
     return data
 
 
-def _load(config_path: str, overrides: list[str], manager: PluginManager):
-    data = _apply_overrides(read_toml(Path(config_path)), overrides)
-    return parse_config(data, manager, source=config_path)
+def _read_config(config_path: str) -> dict[str, Any]:
+    """The TOML config at ``config_path``; anything but a readable UTF-8 TOML file is one ConfigError line."""
+    path = Path(config_path)
+    if path.is_dir():
+        raise ConfigError([f"config '{path}' is a directory, not a TOML file"])
+    try:
+        return read_toml(path)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            [f"config file '{path}' is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+             "a TOML config is UTF-8"]
+        ) from None
+    except OSError as exc:
+        raise ConfigError([f"config file '{path}' cannot be read: {exc.strerror or type(exc).__name__}"]) from None
 
 
 def _warn_failures(manager: PluginManager, console: Console) -> None:
@@ -66,6 +78,11 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
 
     manager = PluginManager()
     _warn_failures(manager, console)
+
+    def announce(run_dir: Path) -> None:
+        threads = torch.get_num_threads()
+        console.print(f"run directory: {run_dir} ({threads} torch thread{'s' if threads != 1 else ''})", highlight=False)
+
     if args.resume:
         if args.config or args.set:
             raise ConfigError(["--resume continues a run with its saved config; give no CONFIG or --set"])
@@ -78,13 +95,15 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     else:
         if not args.config:
             raise ConfigError(["esper run needs a CONFIG file (or --resume RUN_DIR)"])
-        data = _apply_overrides(read_toml(Path(args.config)), args.set)
-        announce = lambda d: console.print(f"run directory: {d}", highlight=False)  # noqa: E731
+        data = _apply_overrides(_read_config(args.config), args.set)
         if "experiment" in data:
             out_dir = run_experiment(data, manager, source=args.config, on_dir=announce)
             _print_comparison(out_dir, console)
         else:
             config = parse_config(data, manager, source=args.config)
+            if not config.sinks and "sinks" not in data:
+                console.print("no [sinks] section and no console sink installed: events go to events.jsonl only",
+                              highlight=False)
             out_dir = start_run(config, manager, on_run_dir=announce)
     console.print(f"finished: {out_dir}", highlight=False)
     return 0
@@ -136,7 +155,7 @@ def cmd_validate(args: argparse.Namespace, console: Console) -> int:
 
     manager = PluginManager()
     _warn_failures(manager, console)
-    data = _apply_overrides(read_toml(Path(args.config)), args.set)
+    data = _apply_overrides(_read_config(args.config), args.set)
     if "experiment" in data:
         configs = parse_experiment(data, manager, source=args.config).arms
     else:
@@ -158,9 +177,10 @@ def cmd_validate(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_plugins(args: argparse.Namespace, console: Console) -> int:
     manager = PluginManager()
+    status = manager.strict_exit_code() if args.strict else 0
     if args.json:
         print(json.dumps(manager.as_json(), indent=2))
-        return 0
+        return status
     table = Table(title="Esper plugins")
     for column in ("plugin", "distribution", "version", "registers"):
         table.add_column(column)
@@ -170,7 +190,7 @@ def cmd_plugins(args: argparse.Namespace, console: Console) -> int:
     console.print(table)
     for failure in manager.failures:
         console.print(f"[red]failed:[/red] {failure.describe()}", highlight=False)
-    return 0
+    return status
 
 
 def cmd_report(args: argparse.Namespace, console: Console) -> int:
@@ -242,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     validate.set_defaults(handler=cmd_validate)
     plugins = commands.add_parser("plugins", help="list installed plugins and what they register")
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
+    plugins.add_argument("--strict", action="store_true",
+                         help="exit 1 when any plugin (or any item of one) failed to load, e.g. to gate CI")
     plugins.set_defaults(handler=cmd_plugins)
     report = commands.add_parser("report", help="summarise a run directory (tables + report.png)")
     report.add_argument("run_dir")
@@ -253,11 +275,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     console = Console(stderr=False, soft_wrap=True)
     error_console = Console(stderr=True, soft_wrap=True)
+    from esper_core.tolaria.engine import Terminated, sigterm_as_interrupt
+
     try:
-        return args.handler(args, console)
+        with sigterm_as_interrupt():
+            return args.handler(args, console)
     except EsperError as exc:
         error_console.print(f"esper: error: {exc}", highlight=False, markup=False, soft_wrap=True)
         return exc.exit_code
+    except Terminated:
+        error_console.print("esper: terminated (SIGTERM)", highlight=False)
+        return 143
     except KeyboardInterrupt:
         error_console.print("esper: interrupted", highlight=False)
         return 130

@@ -103,10 +103,13 @@ def test_a_plugin_that_raises_on_import_is_named_and_the_run_goes_on(write_confi
     os.environ["PYTHONPATH"] = env_path + os.pathsep + os.environ.get("PYTHONPATH", "")
     try:
         listing = esper("plugins", "--json", modules=modules)
+        strict = esper("plugins", "--strict", modules=modules)
         run = esper("run", str(write_config()), "-s", "run.envs=1", "-s", "run.episode_length=3", modules=modules)
     finally:
         os.environ["PYTHONPATH"] = os.environ["PYTHONPATH"].removeprefix(env_path + os.pathsep)
     data = json.loads(listing.stdout)
+    assert listing.returncode == 0  # listing is not gating; --strict is
+    assert strict.returncode == 1 and "exploding_plugin" in strict.stdout
     assert [f["name"] for f in data["failures"]] == ["exploding_plugin"]
     assert "boom at import" in data["failures"][0]["error"]
     assert run.returncode == 0, run.stderr
@@ -116,6 +119,7 @@ def test_a_plugin_that_raises_on_import_is_named_and_the_run_goes_on(write_confi
 def test_plugins_table_lists_what_each_plugin_registers():
     result = esper("plugins")
     assert result.returncode == 0
+    assert esper("plugins", "--strict").returncode == 0  # nothing failed
     assert "tests.toy_plugin" in result.stdout and "esper_core (built-in)" in result.stdout
     assert "segment_boundary" in result.stdout
 
