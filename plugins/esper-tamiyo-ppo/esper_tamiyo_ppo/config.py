@@ -8,8 +8,18 @@ from typing import Any
 import attrs
 
 from esper_core.config import path_field
-
 from esper_core.leyline import HEADS
+from esper_core.validators import (
+    InvalidValue,
+    in_range,
+    non_negative,
+    non_negative_int,
+    one_of,
+    optional,
+    positive,
+    positive_int,
+    probability,
+)
 
 
 @attrs.frozen
@@ -41,55 +51,26 @@ PRESETS: dict[str, NetworkSizes] = {
 _SIZE_FIELDS: tuple[str, ...] = tuple(field.name for field in attrs.fields(NetworkSizes))
 
 
-def _is_finite_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _finite(_instance: Any, attribute: attrs.Attribute[Any], value: float | None) -> None:
-    if value is not None and not _is_finite_number(value):
-        raise ValueError(f"'{attribute.name}' must be a finite number, got {value!r}")
-
-
-def _integer(_instance: Any, attribute: attrs.Attribute[Any], value: int | None) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-        raise TypeError(f"'{attribute.name}' must be an integer, got {value!r}")
-
-
-def _count(minimum: int) -> list[Any]:
-    return [_integer, attrs.validators.ge(minimum)]
-
-
-def _positive_size() -> Any:
-    return attrs.validators.optional(_count(1))
-
-
-def _positive() -> list[Any]:
-    return [_finite, attrs.validators.gt(0.0)]
-
-
-def _non_negative() -> list[Any]:
-    return [_finite, attrs.validators.ge(0.0)]
-
-
-def _unit_interval() -> list[Any]:
-    return [_finite, attrs.validators.ge(0.0), attrs.validators.le(1.0)]
-
-
-_flag = attrs.validators.instance_of(bool)
+def _head_weights(_instance: Any, attribute: attrs.Attribute[Any], value: dict[str, float]) -> None:
+    unknown = sorted(set(value) - set(HEADS))
+    if unknown:
+        raise InvalidValue(attribute.name, f"unknown head(s) {', '.join(unknown)}; heads: {', '.join(HEADS)}", value)
+    bad = sorted(
+        head for head, weight in value.items()
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (math.isfinite(weight) and weight >= 0.0)
+    )
+    if bad:
+        raise InvalidValue(
+            attribute.name, f"weights must be finite and >= 0; got {', '.join(f'{h}={value[h]}' for h in bad)}", value
+        )
 
 
 def _path(_instance: Any, attribute: attrs.Attribute[Any], value: str | None) -> None:
     if value is not None and (not isinstance(value, str) or not value.strip()):
-        raise ValueError(f"'{attribute.name}' must be a non-empty path, got {value!r}")
+        raise InvalidValue(attribute.name, f"must be a non-empty path, got {value!r}", value)
 
 
-def _head_weights(_instance: Any, attribute: attrs.Attribute[Any], value: dict[str, float]) -> None:
-    unknown = sorted(set(value) - set(HEADS))
-    if unknown:
-        raise ValueError(f"unknown head(s) {', '.join(unknown)}; heads: {', '.join(HEADS)}")
-    bad = sorted(head for head, weight in value.items() if not (_is_finite_number(weight) and weight >= 0.0))
-    if bad:
-        raise ValueError(f"weights must be finite and >= 0; got {', '.join(f'{h}={value[h]}' for h in bad)}")
+_flag = attrs.validators.instance_of(bool)
 
 
 @attrs.frozen(kw_only=True)
@@ -97,13 +78,13 @@ class PPOConfig:
     """Every option of the ``ppo`` policy; the README documents each one with its default."""
 
     # -- network ------------------------------------------------------------------------------------
-    preset: str = attrs.field(default="cpu", validator=attrs.validators.in_(tuple(PRESETS)))
-    feature_dim: int | None = attrs.field(default=None, validator=_positive_size())
-    lstm_hidden: int | None = attrs.field(default=None, validator=_positive_size())
-    slot_dim: int | None = attrs.field(default=None, validator=_positive_size())
-    blueprint_embed_dim: int | None = attrs.field(default=None, validator=_positive_size())
-    action_embed_dim: int | None = attrs.field(default=None, validator=_positive_size())
-    head_hidden: int | None = attrs.field(default=None, validator=_positive_size())
+    preset: str = attrs.field(default="cpu", validator=one_of(*PRESETS))
+    feature_dim: int | None = attrs.field(default=None, validator=optional(positive_int()))
+    lstm_hidden: int | None = attrs.field(default=None, validator=optional(positive_int()))
+    slot_dim: int | None = attrs.field(default=None, validator=optional(positive_int()))
+    blueprint_embed_dim: int | None = attrs.field(default=None, validator=optional(positive_int()))
+    action_embed_dim: int | None = attrs.field(default=None, validator=optional(positive_int()))
+    head_hidden: int | None = attrs.field(default=None, validator=optional(positive_int()))
 
     # -- learning control ---------------------------------------------------------------------------
     learn: bool = attrs.field(default=True, validator=_flag)
@@ -112,35 +93,35 @@ class PPOConfig:
 
     # -- observation normalisation --------------------------------------------------------------------
     normalize_observations: bool = attrs.field(default=True, validator=_flag)
-    observation_clip: float = attrs.field(default=10.0, validator=_positive())
+    observation_clip: float = attrs.field(default=10.0, validator=positive())
     #: rewards are clipped to ±this before they enter the buffer (None: no clip); the episode return
     #: reported in telemetry is the unclipped sum
-    reward_clip: float | None = attrs.field(default=10.0, validator=attrs.validators.optional(_positive()))
+    reward_clip: float | None = attrs.field(default=10.0, validator=optional(positive()))
 
     # -- PPO --------------------------------------------------------------------------------------------
-    learning_rate: float = attrs.field(default=3e-4, validator=_positive())
-    gamma: float = attrs.field(default=0.99, validator=_unit_interval())
-    gae_lambda: float = attrs.field(default=0.95, validator=_unit_interval())
-    rounds_per_update: int = attrs.field(default=1, validator=_count(1))
+    learning_rate: float = attrs.field(default=3e-4, validator=positive())
+    gamma: float = attrs.field(default=0.99, validator=probability())
+    gae_lambda: float = attrs.field(default=0.95, validator=probability())
+    rounds_per_update: int = attrs.field(default=1, validator=positive_int())
     #: an update waits (beyond ``rounds_per_update``) until it holds at least this many decisions; a round
     #: holds envs x (episode_length - 1), so small runs accumulate rounds rather than update on a few dozen
-    min_decisions_per_update: int = attrs.field(default=128, validator=_count(0))
-    update_epochs: int = attrs.field(default=4, validator=_count(1))
-    num_minibatches: int = attrs.field(default=4, validator=_count(1))
-    sequence_length: int = attrs.field(default=0, validator=_count(0))
+    min_decisions_per_update: int = attrs.field(default=128, validator=non_negative_int())
+    update_epochs: int = attrs.field(default=4, validator=positive_int())
+    num_minibatches: int = attrs.field(default=4, validator=positive_int())
+    sequence_length: int = attrs.field(default=0, validator=non_negative_int())
     normalize_advantages: bool = attrs.field(default=True, validator=_flag)
-    clip_coef: float = attrs.field(default=0.2, validator=_positive())
-    value_clip: float | None = attrs.field(default=None, validator=attrs.validators.optional(_positive()))
-    vf_coef: float = attrs.field(default=0.5, validator=_non_negative())
-    q_coef: float = attrs.field(default=0.5, validator=_non_negative())
-    entropy_coef: float = attrs.field(default=0.01, validator=_non_negative())
+    clip_coef: float = attrs.field(default=0.2, validator=positive())
+    value_clip: float | None = attrs.field(default=None, validator=optional(positive()))
+    vf_coef: float = attrs.field(default=0.5, validator=non_negative())
+    q_coef: float = attrs.field(default=0.5, validator=non_negative())
+    entropy_coef: float = attrs.field(default=0.01, validator=non_negative())
     entropy_head_weights: dict[str, float] = attrs.field(factory=dict, validator=_head_weights)
     #: a head whose mean normalised entropy (H / ln(valid choices), over the steps where it is relevant)
     #: in a minibatch is below this fraction gets its entropy bonus multiplied by ``entropy_floor_boost``
-    entropy_floor: float = attrs.field(default=0.25, validator=_unit_interval())
-    entropy_floor_boost: float = attrs.field(default=5.0, validator=[_finite, attrs.validators.ge(1.0)])
-    max_grad_norm: float = attrs.field(default=0.5, validator=_positive())
-    target_kl: float | None = attrs.field(default=None, validator=attrs.validators.optional(_positive()))
+    entropy_floor: float = attrs.field(default=0.25, validator=probability())
+    entropy_floor_boost: float = attrs.field(default=5.0, validator=in_range(1.0, None))
+    max_grad_norm: float = attrs.field(default=0.5, validator=positive())
+    target_kl: float | None = attrs.field(default=None, validator=optional(positive()))
 
     def sizes(self) -> NetworkSizes:
         """The preset's sizes with every explicitly set size in its place."""

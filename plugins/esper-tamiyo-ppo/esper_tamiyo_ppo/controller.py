@@ -19,7 +19,7 @@ from esper_core.tamiyo.features import BASE_FEATURES, BASE_SIZE, SLOT_FEATURES, 
 from esper_tamiyo_ppo.buffer import RolloutBuffer
 from esper_tamiyo_ppo.config import PPOConfig
 from esper_tamiyo_ppo.network import N_OPS, Decisions, PolicyNetwork
-from esper_tamiyo_ppo.normalizer import ObservationNormalizer
+from esper_tamiyo_ppo.normalizer import ObservationNormalizer, finite_rows, replace_non_finite, select_rows
 from esper_tamiyo_ppo.ppo import ppo_update
 
 #: Marks a policy state written by this plugin (inside an Esper checkpoint, under "policy").
@@ -27,6 +27,8 @@ STATE_FORMAT = "esper-tamiyo-ppo"
 #: 2: episodes carry observation statistics; 3: Obs V3 slot features show every lever (style, tempo,
 #: alpha schedule length, alpha curve) and contribution per parameter (43 slot floats, was 35).
 STATE_VERSION = 3
+#: Per-round counters of the non-finite values the controller kept away from its network (see act/record).
+_EPISODE_ANOMALIES: tuple[str, ...] = ("non_finite_observations", "non_finite_rewards")
 #: Streams of the run seed: network initialisation and the sampling/shuffling generator.
 _INIT_STREAM = 0x7070_0001
 _SAMPLING_STREAM = 0x7070_0002
@@ -158,11 +160,16 @@ class PPOController:
             "obs_slot_sum": torch.zeros(SLOT_SIZE, dtype=torch.float64, device=self.device),
             "steps": 0,
             "elapsed": 0.0,
+            **{name: 0 for name in _EPISODE_ANOMALIES},
         }
         self._clock = time.perf_counter()
 
     def act(self, observations: Sequence[EnvObservation], masks: ActionMasks) -> list[FactoredAction]:
-        """One masked action per environment from one batched forward pass (stored for PPO when learning)."""
+        """One masked action per environment from one batched forward pass (stored for PPO when learning).
+
+        An environment whose features hold a NaN or an infinity (a diverged host with the governor off)
+        is counted, left out of the normaliser's statistics, and seen by the network with NaN as 0 and
+        +/-inf as +/-``observation_clip`` (after normalisation), so the network never sees it."""
         episode = self._require_episode("act")
         if episode["awaiting_reward"]:
             raise RuntimeError("act() called again before record() paid the previous decision's reward")
@@ -170,12 +177,18 @@ class PPOController:
             raise RuntimeError("act() after the terminal reward of the episode")
         self._check_batch(observations, masks, episode["n_envs"])
         features = build_features(observations, device=self.device)
-        episode["obs_base_sum"] += features.base.sum(dim=0, dtype=torch.float64)
-        episode["obs_slot_sum"] += features.slots.sum(dim=(0, 1), dtype=torch.float64)
+        finite = finite_rows(features)
+        non_finite = int((~finite).sum())
+        episode["non_finite_observations"] += non_finite
+        counted = features if not non_finite else replace_non_finite(features, 0.0)
+        episode["obs_base_sum"] += counted.base.sum(dim=0, dtype=torch.float64)
+        episode["obs_slot_sum"] += counted.slots.sum(dim=(0, 1), dtype=torch.float64)
         if self.config.normalize_observations:
-            if self.config.learn:
-                self.normalizer.update(features)
+            if self.config.learn and non_finite < len(observations):
+                self.normalizer.update(features if not non_finite else select_rows(features, finite))
             features = self.normalizer.normalize(features)
+        if non_finite:
+            features = replace_non_finite(features, self.config.observation_clip)
         with torch.no_grad():
             z, (h, c) = self.network.encode(
                 features.base.unsqueeze(1),
@@ -200,15 +213,19 @@ class PPOController:
         return [FactoredAction(**dict(zip(HEADS, row))) for row in decisions.actions.cpu().tolist()]
 
     def record(self, rewards: Sequence[float], terminal: bool) -> None:
-        """The rewards of the last decisions; ``terminal`` marks the episode's final reward."""
+        """The rewards of the last decisions; ``terminal`` marks the episode's final reward. A non-finite
+        reward is counted and replaced by 0 (in the learned reward and in the reported return)."""
         episode = self._require_episode("record")
         if not episode["awaiting_reward"]:
             raise RuntimeError("record() with no decision awaiting its reward")
         if len(rewards) != episode["n_envs"]:
             raise ValueError(f"got {len(rewards)} rewards for {episode['n_envs']} environments")
         values = torch.tensor([float(reward) for reward in rewards], dtype=torch.float64)
-        if not bool(torch.isfinite(values).all()):
-            raise ValueError(f"non-finite reward(s): {values.tolist()}")
+        finite = torch.isfinite(values)
+        non_finite = int((~finite).sum())
+        if non_finite:
+            episode["non_finite_rewards"] += non_finite
+            values = torch.where(finite, values, 0.0)
         episode["returns"] += values
         if self.config.learn:
             learned = values if self.config.reward_clip is None else values.clamp(-self.config.reward_clip, self.config.reward_clip)
@@ -229,6 +246,7 @@ class PPOController:
             "charts/episode_return": float(episode["returns"].mean()),
             "charts/SPS": decisions / elapsed,
             **observation_statistics(episode, len(self.slot_ids)),
+            **{f"anomalies/{name}": float(episode.get(name, 0)) for name in _EPISODE_ANOMALIES},
         }
         self._episode = None
         self.rounds_seen += 1
@@ -239,6 +257,9 @@ class PPOController:
                 metrics.update(ppo_update(self.network, self.optimizer, batch, self.config, self.generator))
                 self.buffer.clear()
                 self.updates += 1
+        metrics["anomalies/non_finite_skipped"] = sum(
+            value for name, value in metrics.items() if name.startswith("anomalies/non_finite_")
+        )
         metrics["charts/updates"] = float(self.updates)
         metrics["charts/decisions"] = float(self.decisions)
         return metrics
@@ -296,6 +317,7 @@ class PPOController:
                 "returns": episode["returns"].clone(),
                 "obs_base_sum": episode["obs_base_sum"].to(self.device, copy=True),
                 "obs_slot_sum": episode["obs_slot_sum"].to(self.device, copy=True),
+                **{name: int(episode.get(name, 0)) for name in _EPISODE_ANOMALIES},
             }
         self._clock = time.perf_counter()
 

@@ -92,6 +92,24 @@ class RunningMeanStd:
         self.count = float(state["count"])
 
 
+def finite_rows(features: FeatureBatch) -> torch.Tensor:
+    """(E,) bool: True for an environment whose base features and every slot's features are all finite."""
+    return torch.isfinite(features.base).all(dim=-1) & torch.isfinite(features.slots).all(dim=-1).all(dim=-1)
+
+
+def select_rows(features: FeatureBatch, rows: torch.Tensor) -> FeatureBatch:
+    return FeatureBatch(base=features.base[rows], slots=features.slots[rows], blueprint_ids=features.blueprint_ids[rows])
+
+
+def replace_non_finite(features: FeatureBatch, clip: float) -> FeatureBatch:
+    """NaN becomes 0 (after normalisation: the running mean), +/-inf becomes +/-``clip``."""
+    return FeatureBatch(
+        base=torch.nan_to_num(features.base, nan=0.0, posinf=clip, neginf=-clip),
+        slots=torch.nan_to_num(features.slots, nan=0.0, posinf=clip, neginf=-clip),
+        blueprint_ids=features.blueprint_ids,
+    )
+
+
 class ObservationNormalizer:
     """Normalises base and per-slot features with separate statistics; slot statistics are shared by all
     slots (every slot has the same layout). Values are clipped to ``[-clip, clip]`` after normalising."""

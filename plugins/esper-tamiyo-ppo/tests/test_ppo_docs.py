@@ -51,3 +51,16 @@ def test_readme_parameter_counts_are_current():
         cells = [cell.strip() for cell in row.split("|")]
         assert [int(cell) for cell in cells[:6]] == list(sizes.as_dict().values())
         assert int(cells[6].replace(",", "")) == parameter_count(PolicyNetwork(sizes, n_slots=3, n_blueprints=3))
+
+
+def test_readme_names_every_metric_a_round_reports(kit):
+    """Every key ``end_episode`` returns (heads and feature names folded into their placeholders) is
+    documented in the README's metrics section."""
+    controller = kit.controller(seed=1)
+    kit.play_round(controller, seed=1, close=False)
+    metrics = controller.end_episode(0)
+    assert "value_loss" in metrics  # the round updated
+    for key in metrics:
+        documented = re.sub(r"^(entropy|charts/entropy_norm|charts/entropy_floor_boosted)/\w+$", r"\1/<head>", key)
+        documented = re.sub(r"^obs/(base|slot)/\w+$", r"obs/\1/<name>", documented)
+        assert f"`{documented}`" in README, key

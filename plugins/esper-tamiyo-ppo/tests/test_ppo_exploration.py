@@ -12,7 +12,7 @@ import torch
 from esper_core.leyline import HEADS
 from esper_tamiyo_ppo import PPOConfig, ppo_losses
 from esper_tamiyo_ppo.controller import rounds_per_update
-from esper_tamiyo_ppo.network import HEAD_INDEX, StepMasks
+from esper_tamiyo_ppo.network import HEAD_INDEX, N_OPS, StepMasks
 from esper_tamiyo_ppo.ppo import entropy_boosts, normalized_entropy
 
 
@@ -95,9 +95,15 @@ def test_update_metrics_report_normalised_entropy_per_head(kit):
     learner = kit.controller(seed=2)
     kit.play_round(learner, seed=2, close=False)
     results = learner.end_episode(0)
+    assert results["entropy"] > 0.0  # the sampled action's entropy over its relevant heads, in nats
     for head in HEADS:
-        assert f"losses/entropy/{head}" in results
         value = results[f"charts/entropy_norm/{head}"]
         assert math.isnan(value) or 0.0 <= value <= 1.0 + 1e-6, (head, value)
         assert 0.0 <= results[f"charts/entropy_floor_boosted/{head}"] <= 1.0
     assert 0.9 < results["charts/entropy_norm/op"] <= 1.0 + 1e-6  # a fresh policy is near uniform
+    # entropy/<head> (the metric-key contract) is in nats: the normalised value times ln(choices); it
+    # is reported exactly for the heads with at least one relevant step offering a choice
+    for head in HEADS:
+        assert (f"entropy/{head}" in results) == (not math.isnan(results[f"charts/entropy_norm/{head}"])), head
+    assert results["charts/entropy_norm/op"] * math.log(2) - 1e-6 <= results["entropy/op"]
+    assert results["entropy/op"] <= results["charts/entropy_norm/op"] * math.log(N_OPS) + 1e-6

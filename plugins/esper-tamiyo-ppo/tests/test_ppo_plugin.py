@@ -11,6 +11,7 @@ from esper_core.plugins import PluginManager
 from esper_core.runs import save_checkpoint
 from esper_core.tamiyo import Controller
 from esper_core.tolaria.engine import build_policy_and_reward, prepare, start_run
+from esper_core.validators import InvalidValue
 from esper_tamiyo_ppo import PRESETS, PolicyNetwork, PPOConfig, PPOController, parameter_count
 
 
@@ -38,14 +39,14 @@ def test_bad_values_are_reported_as_policy_errors(manager):
         "entropy_head_weights": {"bogus": 1.0}, "observation_clip": float("inf"),
     })
     assert problems == [
-        "[policy] preset: must be in ('cpu', 'baseline') (got 'gpu')",
+        "[policy] preset: must be one of cpu, baseline, got 'gpu'",
         "[policy] feature_dim: must be >= 1, got 0",
-        "[policy] observation_clip: must be a finite number, got inf",
-        "[policy] gamma: must be <= 1.0, got 1.5",
-        "[policy] clip_coef: must be > 0.0, got -1.0",
+        "[policy] observation_clip: must be a finite number > 0, got inf",
+        "[policy] gamma: must be a finite number in [0, 1], got 1.5",
+        "[policy] clip_coef: must be a finite number > 0, got -1.0",
         "[policy] entropy_head_weights: unknown head(s) bogus; heads: op, slot, blueprint, style, tempo, "
         "alpha_target, alpha_speed, alpha_curve",
-        "[policy] target_kl: must be > 0.0, got 0.0",
+        "[policy] target_kl: must be a finite number > 0, got 0.0",
     ]
     assert _problems(manager, {"entropy_head_weights": {"op": -1.0}}) == [
         "[policy] entropy_head_weights: weights must be finite and >= 0; got op=-1.0"
@@ -78,11 +79,11 @@ def test_chunked_sequences_allow_more_minibatches_than_environments(run_config, 
 
 
 def test_the_config_class_validates_direct_construction_too():
-    with pytest.raises(TypeError, match="'update_epochs' must be an integer, got 2.5"):
+    with pytest.raises(InvalidValue, match="^update_epochs must be an integer, got 2.5$"):
         PPOConfig(update_epochs=2.5)
     with pytest.raises(TypeError, match="'learn'"):
         PPOConfig(learn="yes")
-    with pytest.raises(ValueError, match="'checkpoint' must be a non-empty path"):
+    with pytest.raises(InvalidValue, match="^checkpoint must be a non-empty path"):
         PPOConfig(checkpoint=" ")
 
 
@@ -92,7 +93,7 @@ def test_explicit_sizes_override_the_preset():
     assert PPOConfig().sizes() == PRESETS["cpu"]
 
 
-@pytest.mark.parametrize("preset, expected", [("cpu", 99_487), ("baseline", 3_971_607)])
+@pytest.mark.parametrize("preset, expected", [("cpu", 99_519), ("baseline", 3_971_735)])
 def test_preset_parameter_counts_on_three_slots(preset, expected):
     """The README's numbers (3 slots, 3 blueprints); a change to the network must update them."""
     assert parameter_count(PolicyNetwork(PRESETS[preset], n_slots=3, n_blueprints=3)) == expected

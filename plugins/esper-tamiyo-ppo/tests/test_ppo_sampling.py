@@ -159,18 +159,18 @@ def test_changing_an_irrelevant_heads_logits_does_not_change_the_loss(kit, head)
     relevant_batch = attrs.evolve(irrelevant_batch, actions=relevant_actions)
 
     network = controller.network
-    before = ppo_losses(network, irrelevant_batch, controller.config)
-    before_relevant = ppo_losses(network, relevant_batch, controller.config)
-    before.loss.backward()
+    ppo_losses(network, irrelevant_batch, controller.config).loss.backward()
     head_grads = [p.grad for p in network.policy_heads[head].parameters()]
     assert all(g is None or float(g.abs().max()) == 0.0 for g in head_grads)
-    with torch.no_grad():
+    with torch.no_grad():  # compared without autograd on both sides: CPU kernels may differ in the last bit
+        before = ppo_losses(network, irrelevant_batch, controller.config)
+        before_relevant = ppo_losses(network, relevant_batch, controller.config)
         last = network.policy_heads[head][-1]
         last.bias.add_(torch.linspace(-3.0, 3.0, last.bias.numel()))
         last.weight.mul_(25.0)
         after = ppo_losses(network, irrelevant_batch, controller.config)
         after_relevant = ppo_losses(network, relevant_batch, controller.config)
-    assert torch.equal(after.loss, before.loss.detach())
+    assert torch.equal(after.loss, before.loss)
     assert torch.equal(after.entropy, before.entropy)
     assert float(after.approx_kl) == float(before.approx_kl)
-    assert not torch.equal(after_relevant.loss, before_relevant.loss.detach())  # the test can fail
+    assert not torch.equal(after_relevant.loss, before_relevant.loss)  # the test can fail
