@@ -244,7 +244,7 @@ class PluginManager:
             self.failures.append(PluginFailure(name, dist, "hooks", str(exc)))
             return
         misused = [
-            f"{impl.function.__name__} is marked {option}=True"
+            f"{hook_name} is marked {option}=True"
             for hook_name in HOOK_NAMES
             for impl in getattr(self._pm.hook, hook_name).get_hookimpls()
             if impl.plugin is plugin

@@ -11,6 +11,7 @@ import types
 import typing
 from pathlib import Path
 
+import pluggy
 import pytest
 from packaging.requirements import Requirement
 from packaging.version import Version
@@ -83,6 +84,28 @@ def esper_register_seed_families(register):
     assert f"esper_register_seed_families is marked {option}=True" in failure.error
     assert "have no meaning" in failure.error
     assert f"option_{option}" not in [info.name for info in manager.plugins]
+
+
+def test_registration_goes_through_pluggy_one_plugin_per_call(monkeypatch):
+    from tests import toy_plugin
+
+    calls: list[tuple[str, tuple[str, ...]]] = []
+
+    class MonitoredPluginManager(pluggy.PluginManager):
+        def __init__(self, project_name: str) -> None:
+            super().__init__(project_name)
+            self.add_hookcall_monitoring(
+                lambda hook_name, impls, kwargs: calls.append((hook_name, tuple(impl.plugin_name for impl in impls))),
+                lambda outcome, hook_name, impls, kwargs: None,
+            )
+
+    monkeypatch.setattr(plugin_module.pluggy, "PluginManager", MonitoredPluginManager)
+    manager = PluginManager(autoload=False, extra=[toy_plugin])
+    assert not manager.failures
+    assert all(len(plugins) == 1 for _hook, plugins in calls)
+    toy_calls = {hook for hook, plugins in calls if plugins == ("tests.toy_plugin",)}
+    assert toy_calls == {hook for hook in plugin_module.HOOK_NAMES if hasattr(toy_plugin, hook)}
+    assert ("esper_register_topologies", ("esper_core",)) in calls
 
 
 def test_specname_is_honoured(tmp_path, monkeypatch):
