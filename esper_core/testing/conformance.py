@@ -424,7 +424,7 @@ def sample_events() -> list[TelemetryEvent]:
             run_name="sample", run_dir="/tmp/sample", task="shapes", host="cnn", policy="heuristic",
             reward="basic", seed=0, rounds=1, envs=1, episode_length=3, slots=("r0c0",),
             blueprints=("norm",), host_params=1000, device="cpu", slot_surfaces=("segment_boundary",),
-            score_basis="metric",
+            score_basis="metric", torch_threads=1,
         ),
         TelemetryEventType.RUN_RESUMED: payloads.RunResumedPayload(round=0, epoch=1, discarded_events=2),
         TelemetryEventType.RUN_FINISHED: payloads.RunFinishedPayload(
@@ -463,6 +463,12 @@ def sample_events() -> list[TelemetryEvent]:
             reason="non-finite loss", loss=float("nan"), restored_epoch=0, pruned_slots=("r0c0",), **common
         ),
         TelemetryEventType.POLICY_UPDATED: payloads.PolicyUpdatedPayload(round=0, metrics={"losses/policy_loss": 0.1}),
+        TelemetryEventType.GRADIENT_ANOMALY: payloads.GradientAnomalyPayload(
+            where="seed", name="r0c0", kind="exploding", value=1e4, threshold=1e3, seed_id="r0e0-r0c0-0", **common
+        ),
+        TelemetryEventType.POLICY_ANOMALY: payloads.PolicyAnomalyPayload(
+            round=0, kind="entropy_collapse", value=0.01, threshold=0.05, head="op"
+        ),
     }
     missing = set(EVENT_PAYLOADS) - set(samples)
     if missing:
