@@ -22,6 +22,7 @@ DOCUMENTED_MODULES: tuple[str, ...] = (
     "esper_core.hookspecs",
     "esper_core.kasmina",
     "esper_core.leyline",
+    "esper_core.leyline.telemetry",
     "esper_core.plugins",
     "esper_core.registry",
     "esper_core.runs",
