@@ -273,7 +273,8 @@ class PluginManager:
             except BaseException as exc:  # isolation boundary: withdraw this plugin, keep the rest
                 self.registry.remove_plugin(name)
                 self._pm.unregister(plugin)
-                self.failures = [failure for failure in self.failures if failure.name != name]
+                # the whole plugin failed: its item-level failures say nothing more
+                self.failures = [f for f in self.failures if not (f.name == name and f.item is not None)]
                 self.failures.append(PluginFailure(name, dist, "register", _error_text(exc)))
                 continue
             loaded.append((plugin, name, dist, version, builtin, hooks_used))
