@@ -15,7 +15,7 @@ from esper_core.kasmina import BlendGate, LifecycleSettings, MorphogeneticModel,
 from esper_core.leyline import AlphaCurve, BlendStyle, InjectionSpec, SeedStage, SlotConfig
 from esper_core.plugins import PluginManager
 from esper_core.registry import LadderSpec, SeedFamily, TopologyKind
-from esper_core.testing import ConformanceError, check_ladder_family, check_seed_family
+from esper_core.testing import ConformanceError, check_host_family, check_ladder_family, check_seed_family
 from tests import toy_plugin
 
 
@@ -280,3 +280,56 @@ def test_a_model_for_a_plugin_topology_needs_the_registered_record():
         MorphogeneticModel(nn.Identity(), slots, topology="audio", blueprints=("audio_conv",),
                            build_seed=lambda blueprint, channels: AudioSeed(channels),
                            settings=LifecycleSettings(), max_seeds=1)
+
+
+class AudioHost(nn.Module):
+    """Two 1-D conv blocks on (batch, channels, time) with a slot after each, then a classifier."""
+
+    def __init__(self, config, task_info) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList([nn.Conv1d(task_info.input_shape[0], 5, 3, padding=1), nn.Conv1d(5, 7, 3, padding=1)])
+        self.head = nn.Linear(7, task_info.num_classes)
+        self.slot_ids = ("r0c0", "r0c1")
+
+    def injection_specs(self):
+        return [InjectionSpec(slot_id=slot_id, channels=block.out_channels, surface="segment_boundary", order=index,
+                              host_block=index) for index, (slot_id, block) in enumerate(zip(self.slot_ids, self.blocks))]
+
+    def forward_to(self, slot_id, x, from_slot=None):
+        if slot_id not in self.slot_ids:
+            raise KeyError(f"no slot {slot_id!r}; this host has {self.slot_ids}")
+        start = 0 if from_slot is None else self.slot_ids.index(from_slot) + 1
+        stop = self.slot_ids.index(slot_id) + 1
+        if start >= stop:
+            raise ValueError(f"{from_slot} is not before {slot_id}")
+        for block in self.blocks[start:stop]:
+            x = torch.relu(block(x))
+        return x
+
+    def forward_from(self, slot_id, h):
+        for block in self.blocks[self.slot_ids.index(slot_id) + 1:]:
+            h = torch.relu(block(h))
+        return self.head(h.mean(dim=2))
+
+    def forward(self, x):
+        return self.forward_from(self.slot_ids[-1], self.forward_to(self.slot_ids[-1], x))
+
+
+def test_a_host_of_a_plugin_topology_runs_the_host_kit(audio_manager):
+    from esper_core.registry import HostFamily
+    from esper_core.tasks import TaskInfo
+
+    info = TaskInfo(name="clips", topology="audio", input_shape=(3, 12), num_classes=4, metric_name="accuracy",
+                    train_size=8, val_size=8)
+    host = HostFamily(name="audio_host", build=AudioHost, topology="audio")
+    check_host_family(host, info, registry=audio_manager.registry)
+
+    class Flattening(AudioHost):  # a slot activation without the time axis
+        def forward_to(self, slot_id, x, from_slot=None):
+            return super().forward_to(slot_id, x, from_slot).mean(dim=2)
+
+        def forward(self, x):
+            return AudioHost.forward_from(self, "r0c1", AudioHost.forward_to(self, "r0c1", x))
+
+    with pytest.raises(ConformanceError, match=r"activation at r0c0 has shape \(4, 5\), but its topology 'audio' has 3 axes"):
+        check_host_family(HostFamily(name="flat", build=Flattening, topology="audio"), info, registry=audio_manager.registry)

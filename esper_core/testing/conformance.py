@@ -333,20 +333,25 @@ def check_host_family(
     batch: int = 4,
     atol: float = 1e-5,
     registry: Registry | None = None,
+    inputs: torch.Tensor | None = None,
 ) -> None:
     """A host's specs are ordered and routable: chaining ``forward_to``/``forward_from`` through
     every slot (and through subsets) equals ``forward``; activations have the host topology's number
     of axes and each spec's channels on its ``channel_dim``; an unknown slot or a backwards
     ``from_slot`` raises ``KeyError`` / ``ValueError``. The topology is looked up as in
-    ``check_seed_family``."""
+    ``check_seed_family``. ``inputs`` is a batch the host accepts; by default a standard-normal batch
+    of the task's ``input_shape``, or token ids in [0, num_classes) for a ``sequence`` task."""
     topology = _topology(family.topology, registry, f"host '{family.name}'")
     config = family.config_class() if config is None else config
-    torch.manual_seed(0)
-    host = family.build(config, task_info)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        host = family.build(config, task_info)
     specs = check_host(host, family.name)
     host.eval()
     generator = torch.Generator().manual_seed(7)
-    if task_info.topology == "sequence":  # token ids
+    if inputs is not None:
+        x = inputs
+    elif task_info.topology == "sequence":  # token ids
         x = torch.randint(0, task_info.num_classes, (batch, *task_info.input_shape), generator=generator)
     else:
         x = torch.randn(batch, *task_info.input_shape, generator=generator)
