@@ -47,7 +47,7 @@ def planted_model(blueprint: str, manager: PluginManager) -> MorphogeneticModel:
     model = MorphogeneticModel(
         host,
         SlotConfig.from_specs(host.injection_specs()),
-        topology="image",
+        topology=manager.registry.topology("image"),
         blueprints=[blueprint],
         build_seed=build_seed,
         settings=LifecycleSettings(embargo_epochs=0, min_training_epochs=1),

@@ -73,7 +73,7 @@ def model_with_seeds(blueprint: str, slots: list[int], manager: PluginManager) -
     model = MorphogeneticModel(
         host,
         SlotConfig.from_specs(host.injection_specs()),
-        topology="sequence",
+        topology=manager.registry.topology("sequence"),
         blueprints=[blueprint],
         build_seed=build_seed,
         settings=LifecycleSettings(embargo_epochs=0, min_training_epochs=1),
