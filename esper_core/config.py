@@ -42,6 +42,20 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 import tomli_w
 
+__all__ = [
+    "CORE_SECTIONS",
+    "PluginChoice",
+    "RunConfig",
+    "config_to_dict",
+    "default_sinks",
+    "load_config",
+    "parse_config",
+    "path_field",
+    "read_toml",
+    "structure_section",
+    "write_config",
+]
+
 # --------------------------------------------------------------------------------------------------
 # path options
 

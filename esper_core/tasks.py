@@ -14,6 +14,16 @@ import torch.nn.functional as F
 from esper_core.errors import ConfigError
 from esper_core.validators import one_of
 
+__all__ = [
+    "Augmentation",
+    "Task",
+    "TaskContext",
+    "TaskInfo",
+    "TensorClassificationTask",
+    "available_memory",
+    "require_memory",
+]
+
 #: A batched augmentation: (inputs on device, generator) -> augmented inputs of the same shape.
 Augmentation = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
