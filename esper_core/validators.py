@@ -41,6 +41,9 @@ class InvalidValue(ValueError):
         self.value = value
         super().__init__(f"{field} {reason}")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.field, self.reason, self.value))
+
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
