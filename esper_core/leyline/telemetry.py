@@ -16,6 +16,34 @@ from esper_core.errors import DataError
 from esper_core.leyline.actions import BlendStyle
 from esper_core.leyline.stages import SeedStage
 
+__all__ = [
+    "EVENT_PAYLOADS",
+    "GRADIENT_ANOMALY_KINDS",
+    "GRADIENT_SITES",
+    "POLICY_ANOMALY_KINDS",
+    "ActionTakenPayload",
+    "EpochCompletedPayload",
+    "GovernorRollbackPayload",
+    "GradientAnomalyPayload",
+    "PolicyAnomalyPayload",
+    "PolicyUpdatedPayload",
+    "RewardComputedPayload",
+    "RoundCompletedPayload",
+    "RunFinishedPayload",
+    "RunResumedPayload",
+    "RunStartedPayload",
+    "SeedFossilizedPayload",
+    "SeedGerminatedPayload",
+    "SeedInternalLevelChangedPayload",
+    "SeedPrunedPayload",
+    "SeedStageChangedPayload",
+    "TelemetryEvent",
+    "TelemetryEventType",
+    "event_from_dict",
+    "event_to_dict",
+    "event_to_json",
+]
+
 
 class TelemetryEventType(enum.Enum):
     RUN_STARTED = "RUN_STARTED"

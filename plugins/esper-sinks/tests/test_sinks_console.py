@@ -12,7 +12,6 @@ from rich.console import Console
 from esper_core.leyline import TelemetryEvent, TelemetryEventType
 from esper_core.leyline import telemetry as payloads
 from esper_core.telemetry import SinkContext
-from esper_core.testing.conformance import config_with
 from esper_sinks.console import ConsoleSink, ConsoleSinkConfig, format_duration, format_seed_stages
 
 
@@ -152,7 +151,7 @@ def test_verbose_prints_seed_lines_and_quiet_keeps_only_rollbacks(tmp_path: Path
     verbose_console = plain_console()
     quiet_console = plain_console()
     verbose = ConsoleSink(ConsoleSinkConfig(verbose=True), make_context(tmp_path), console=verbose_console)
-    quiet = ConsoleSink(config_with(ConsoleSinkConfig, verbose=False), make_context(tmp_path), console=quiet_console)
+    quiet = ConsoleSink(ConsoleSinkConfig(verbose=False), make_context(tmp_path), console=quiet_console)
     grown = event(TelemetryEventType.SEED_INTERNAL_LEVEL_CHANGED, payloads.SeedInternalLevelChangedPayload(
         env_id=0, round=0, epoch=1, from_level=1, to_level=2, internal_effective_params=1024, **SEED))
     events = two_round_run()
