@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import attrs
@@ -202,6 +202,10 @@ def _axis(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
         raise ValueError(f"{attribute.name} must be an axis index >= 1 (axis 0 is the batch), got {value!r}")
 
 
+def _int_tuple(value: Iterable[int]) -> tuple[int, ...]:
+    return tuple(value)
+
+
 def _axes(instance: Any, attribute: attrs.Attribute, value: tuple[int, ...]) -> None:
     for axis in value:
         _axis(instance, attribute, axis)
@@ -223,7 +227,7 @@ class TopologyKind:
     name: str = attrs.field(validator=_valid_name)
     code: int = attrs.field(validator=_code_in(0, MAX_TOPOLOGY_CODE))
     channel_dim: int = attrs.field(validator=_axis)
-    gate_pool_dims: tuple[int, ...] = attrs.field(converter=tuple, validator=_axes)
+    gate_pool_dims: tuple[int, ...] = attrs.field(converter=_int_tuple, validator=_axes)
     example_shape: Callable[[int, int], tuple[int, ...]] = attrs.field(validator=_callable)
     description: str = ""
 
@@ -346,6 +350,7 @@ class Registry:
         ``ItemWithdrawn`` (naming both plugins) when the entry's code, or a topology's or ladder kind's
         name, is already taken by another item: that entry is not stored, the plugin's others stay.
         """
+        record_class: Any
         _hook, record_class, label = KINDS[kind]
         if not isinstance(entry, record_class):
             raise PluginError(
@@ -416,7 +421,7 @@ class Registry:
 
     def clashes(self) -> list[Clash]:
         """Every name that two or more plugins registered for one kind."""
-        found = []
+        found: list[Clash] = []
         for kind, items in self._items.items():
             owners: dict[str, list[str]] = {}
             for plugin, name in items:
