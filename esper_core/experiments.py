@@ -21,6 +21,7 @@ import tomli_w
 from esper_core.config import RunConfig, parse_config, read_toml, structure_section
 from esper_core.errors import ConfigError, DataError, TrainingUnstable
 from esper_core.leyline import TelemetryEventType
+from esper_core.leyline.telemetry import _json_converter
 from esper_core.plugins import PluginManager
 from esper_core.runs import EVENTS_FILE, _slug, create_run_dir, write_json
 from esper_core.tamiyo.controller import ENTROPY_METRIC_PREFIX
@@ -59,6 +60,7 @@ class Experiment:
 
     name: str
     arms: dict[str, RunConfig]
+    heavy_blueprints: tuple[str, ...] = ()
 
 
 def _apply(data: dict[str, Any], dotted: str, value: Any) -> None:
@@ -97,7 +99,7 @@ def parse_experiment(data: dict[str, Any], manager: PluginManager, source: str |
             problems.extend(f"[experiment] arm '{arm.name}': {problem}" for problem in exc.problems)
     if problems:
         raise ConfigError(problems, source=source)
-    return Experiment(name=section.name, arms=arms)
+    return Experiment(name=section.name, arms=arms, heavy_blueprints=section.heavy_blueprints)
 
 
 def _arm_name_problems(names: list[str]) -> list[str]:
@@ -361,13 +363,15 @@ class ExperimentRecord:
         return attrs.evolve(self, arms=tuple(updated if arm.name == updated.name else arm for arm in self.arms))
 
 
-_manifest_converter = cattrs.Converter(forbid_extra_keys=True)
+#: The project's strict converter (every field present with its JSON type, unknown keys refused).
+_manifest_converter = _json_converter.copy()
 
 
-def new_manifest(experiment: Experiment, heavy_blueprints: tuple[str, ...]) -> ExperimentRecord:
+def new_manifest(experiment: Experiment) -> ExperimentRecord:
+    """The record of an experiment none of whose arms has started."""
     return ExperimentRecord(
         format=MANIFEST_FORMAT, version=MANIFEST_VERSION, name=experiment.name,
-        heavy_blueprints=tuple(heavy_blueprints), arms=tuple(ArmRecord(name) for name in experiment.arms),
+        heavy_blueprints=experiment.heavy_blueprints, arms=tuple(ArmRecord(name) for name in experiment.arms),
     )
 
 
@@ -386,10 +390,14 @@ def read_manifest(exp_dir: Path) -> ExperimentRecord:
         )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DataError(f"'{path}' is not an Esper experiment record: not JSON text ({exc})") from None
+    if not isinstance(data, dict):
+        raise DataError(f"'{path}' is not an Esper experiment record: not a JSON object")
+    try:
         record = _manifest_converter.structure(data, ExperimentRecord)
-    except (ValueError, TypeError, cattrs.BaseValidationError) as exc:  # parse boundary
-        problem = "; ".join(cattrs.transform_error(exc)) if isinstance(exc, cattrs.BaseValidationError) else str(exc)
-        raise DataError(f"'{path}' is not an Esper experiment record: {problem}") from None
+    except cattrs.BaseValidationError as exc:
+        raise DataError(f"'{path}' is not an Esper experiment record: {'; '.join(cattrs.transform_error(exc))}") from None
     if record.format != MANIFEST_FORMAT or record.version != MANIFEST_VERSION:
         raise DataError(
             f"'{path}' has format {record.format!r} version {record.version}; "
@@ -417,13 +425,6 @@ def _in_dir(config: RunConfig, exp_dir: Path) -> RunConfig:
     return attrs.evolve(config, run=attrs.evolve(config.run, output_dir=str(exp_dir)))
 
 
-def _heavy_blueprints(data: dict[str, Any]) -> tuple[str, ...]:
-    section, problems = structure_section(data["experiment"], ExperimentSection, "experiment")
-    if section is None:
-        raise ConfigError(problems)
-    return section.heavy_blueprints
-
-
 def create_experiment(
     data: dict[str, Any], manager: PluginManager, *, source: str | None = None
 ) -> tuple[Experiment, Path]:
@@ -433,7 +434,7 @@ def create_experiment(
     experiment = parse_experiment(data, manager, source=source)
     exp_dir = experiment_dir(experiment)
     (exp_dir / EXPERIMENT_FILE).write_text(tomli_w.dumps(data), encoding="utf-8")
-    write_manifest(exp_dir, new_manifest(experiment, _heavy_blueprints(data)))
+    write_manifest(exp_dir, new_manifest(experiment))
     return experiment, exp_dir
 
 
