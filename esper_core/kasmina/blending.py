@@ -71,10 +71,12 @@ class ActivationLayout(Protocol):
 
 @functools.cache
 def _builtin_topologies() -> dict[str, Any]:
-    from esper_core.plugins import PluginManager
+    """The topologies the core's own plugin registers, by name."""
+    from esper_core import builtin
 
-    registry = PluginManager(autoload=False).registry
-    return {name: registry.topology(name) for name in registry.names("topologies")}
+    records: list[Any] = []
+    builtin.esper_register_topologies(records.append)
+    return {record.name: record for record in records}
 
 
 def resolve_topology(topology: str | ActivationLayout) -> ActivationLayout:

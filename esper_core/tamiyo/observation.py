@@ -11,10 +11,11 @@ from esper_core.leyline import FactoredAction, SeedStateReport, SlotConfig
 
 @functools.cache
 def _builtin_ladder_kind_codes() -> tuple[tuple[str, int], ...]:
-    from esper_core.plugins import PluginManager
+    from esper_core import builtin
 
-    registry = PluginManager(autoload=False).registry
-    return tuple((name, registry.ladder_kind(name).code) for name in registry.names("ladder_kinds"))
+    records: list = []
+    builtin.esper_register_ladder_kinds(records.append)
+    return tuple((record.name, record.code) for record in records)
 
 
 def builtin_ladder_kind_codes() -> dict[str, int]:

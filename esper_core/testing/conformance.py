@@ -38,9 +38,14 @@ class ConformanceError(AssertionError):
 
 @functools.cache
 def _builtin_registry() -> Registry:
-    from esper_core.plugins import PluginManager
+    """A registry holding the topologies and ladder kinds the core's own plugin registers."""
+    from esper_core import builtin
+    from esper_core.plugins import BUILTIN_PLUGIN
 
-    return PluginManager(autoload=False).registry
+    registry = Registry()
+    builtin.esper_register_topologies(lambda record: registry.add("topologies", record, BUILTIN_PLUGIN))
+    builtin.esper_register_ladder_kinds(lambda record: registry.add("ladder_kinds", record, BUILTIN_PLUGIN))
+    return registry
 
 
 def _topology(name: str, registry: Registry | None, what: str) -> TopologyKind:
