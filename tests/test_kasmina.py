@@ -512,6 +512,7 @@ def test_a_slot_keeps_no_lifecycle_attribute_outside_its_record():
     assert slot.prune(epochs=2, curve=AlphaCurve.COSINE, reason="test").success
     stray = set(vars(slot)) - module_internals - construction - record
     assert stray == set(), f"lifecycle attributes outside SlotLifecycleState: {sorted(stray)}"
+    assert set(SeedSlot.__annotations__) == record - {"internal_level"}  # the attribute declarations follow the record
 
 
 def test_lifecycle_records_round_trip_through_the_converter_as_plain_values():
