@@ -79,7 +79,11 @@ def load_events(path: Path) -> list[TelemetryEvent]:
 
 def _run_started(events: Events) -> payloads.RunStartedPayload | None:
     """The run header, or None for an empty record (``load_events`` guarantees it comes first)."""
-    return events[0].payload if events else None
+    if not events:
+        return None
+    if events[0].event_type is not TelemetryEventType.RUN_STARTED:
+        raise ValueError(f"a run's events start with RUN_STARTED, these start with {events[0].event_type.value}")
+    return events[0].payload
 
 
 def _of_type(events: Events, event_type: TelemetryEventType) -> list[Any]:
