@@ -127,14 +127,19 @@ def _hook_functions(plugin: Any) -> dict[str, tuple[str, Any]]:
     return found
 
 
+def _one_line(text: str) -> str:
+    """``text`` with its lines joined by '; ' (a failure is reported as one line)."""
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
 def _error_text(exc: BaseException) -> str:
     if isinstance(exc, PluginError):
-        return str(exc)
+        return _one_line(str(exc))
     if isinstance(exc, SystemExit):
         return f"SystemExit: the plugin called sys.exit({exc.code!r})"
     if isinstance(exc, KeyboardInterrupt):
         return "KeyboardInterrupt raised by the plugin"
-    return f"{type(exc).__name__}: {exc}"
+    return _one_line(f"{type(exc).__name__}: {exc}")
 
 
 class PluginManager:
@@ -240,8 +245,8 @@ class PluginManager:
             return
         try:
             self._pm.register(plugin, name=name)
-        except (pluggy.PluginValidationError, ValueError) as exc:
-            self.failures.append(PluginFailure(name, dist, "hooks", str(exc)))
+        except (pluggy.PluginValidationError, ValueError) as exc:  # pluggy's message spans lines
+            self.failures.append(PluginFailure(name, dist, "hooks", _one_line(str(exc))))
             return
         misused = [
             f"{hook_name} is marked {option}=True"

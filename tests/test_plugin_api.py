@@ -108,6 +108,20 @@ def test_registration_goes_through_pluggy_one_plugin_per_call(monkeypatch):
     assert ("esper_register_topologies", ("esper_core",)) in calls
 
 
+def test_a_hook_argument_the_spec_lacks_is_one_line_naming_plugin_hook_and_argument(tmp_path, monkeypatch):
+    module = _module(tmp_path, monkeypatch, "wrong_argument", """
+        from esper_core import hookimpl
+
+        @hookimpl
+        def esper_register_policies(registry):
+            raise AssertionError("never called")
+    """)
+    manager = PluginManager(autoload=False, extra=[module])
+    (failure,) = manager.failures
+    assert failure.stage == "hooks" and "\n" not in failure.describe()
+    assert "esper_register_policies" in failure.error and "'registry'" in failure.error
+
+
 def test_specname_is_honoured(tmp_path, monkeypatch):
     module = _module(tmp_path, monkeypatch, "specname_plugin", """
         from esper_core import hookimpl
