@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import sys
 import textwrap
 
@@ -300,3 +301,23 @@ def test_a_sys_exit_in_an_environment_plugin_module_is_a_named_failure(tmp_path,
     manager = PluginManager(autoload=False)
     (failure,) = manager.failures
     assert failure.name == "exiting_plugin_module" and "sys.exit(3)" in failure.error
+
+
+def test_esper_plugins_survives_a_plugin_that_exits_at_import_and_lists_clashes(tmp_path, monkeypatch, capsys):
+    """The probe of issue 12: `esper plugins` with a plugin calling sys.exit(3) at import exited 3, silently."""
+    from esper_core import cli
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "exits_at_import.py").write_text(EXITS_AT_IMPORT)
+    (tmp_path / "second_toy.py").write_text(INTRUDER.replace('name="norm"', 'name="toy_conv"'))
+    monkeypatch.setenv(plugin_module.DISABLE_AUTOLOAD_ENV, "1")
+    monkeypatch.setenv(plugin_module.PLUGIN_MODULES_ENV, "exits_at_import,tests.toy_plugin,second_toy")
+    assert cli.main(["plugins", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [(f["name"], f["stage"]) for f in data["failures"]] == [("exits_at_import", "import")]
+    assert "sys.exit(3)" in data["failures"][0]["error"]
+    assert data["clashes"] == [{
+        "kind": "seed_families", "name": "toy_conv", "plugins": ["tests.toy_plugin", "second_toy"],
+        "qualified": ["tests.toy_plugin:toy_conv", "second_toy:toy_conv"],
+    }]
+    assert cli.main(["plugins", "--json", "--strict"]) == 1
