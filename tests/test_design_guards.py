@@ -825,6 +825,26 @@ def test_ppo_runs_clipped_multi_epoch_minibatch_updates(host, mutation, manager,
 # -- the mutation check -------------------------------------------------------------------------------
 
 
+def test_the_design_table_names_existing_tests_and_every_guard_here() -> None:
+    """docs/design.md's table of rules and faults names tests that exist, including every guard test above."""
+    import re
+
+    lines = (REPO / "docs" / "design.md").read_text(encoding="utf-8").splitlines()
+    start = lines.index("| rule | where | fault of the prior implementation it avoids |")
+    rows = [line for line in lines[start + 2 : start + 60] if line.startswith("| ")]
+    rows = rows[: next((i for i, row in enumerate(rows) if not row.startswith("| **")), len(rows))]
+    named = {name for row in rows for name in re.findall(r"`(test_\w+)`", row.split(" | ")[1])}
+    sources = "\n".join(
+        path.read_text(encoding="utf-8")
+        for folder in (REPO / "tests", *sorted(REPO.glob("plugins/*/tests")))
+        for path in sorted(folder.glob("test_*.py"))
+    )
+    missing = sorted(name for name in named if f"def {name}(" not in sources)
+    assert not missing, f"docs/design.md names tests that do not exist: {missing}"
+    guards = {test for mutation in MUTATIONS.values() for test in mutation.tests}
+    assert guards <= named, f"guard tests missing from docs/design.md's table: {sorted(guards - named)}"
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_mutations_are_caught() -> None:
