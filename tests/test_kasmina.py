@@ -36,6 +36,7 @@ from esper_core.leyline import (
     check_transition,
 )
 from esper_core.tamiyo import compute_masks
+from esper_core.tolaria.state import state_converter
 from tests.conftest import make_model, make_slot, toy_seed_builder
 
 
@@ -379,10 +380,10 @@ def test_lifecycle_state_round_trip_restores_reports_and_outputs():
     grow_to_holding(model.slots["r0c1"], target=0.75)
     model.apply(FactoredAction(op=LifecycleOp.GERMINATE, slot=0, blueprint=0, style=BlendStyle.GATE), metric_now=0.2)
     model.tick()
-    state = model.lifecycle_state()
+    state = model.lifecycle_record()
     weights = model.state_dict()
     clone = make_model(seed=99)
-    clone.load_lifecycle_state(state)
+    clone.load_lifecycle_record(state)
     clone.load_state_dict(weights)
     assert clone.reports() == model.reports()
     model.eval(); clone.eval()
@@ -515,7 +516,7 @@ def test_a_slot_keeps_no_lifecycle_attribute_outside_its_record():
     assert set(SeedSlot.__annotations__) == record - {"internal_level"}  # the attribute declarations follow the record
 
 
-def test_lifecycle_records_round_trip_through_the_converter_as_plain_values():
+def test_lifecycle_records_round_trip_through_the_checkpoint_converter_as_plain_values():
     model = make_model(seed=8)
     grow_to_holding(model.slots["r0c1"], target=0.75)
     assert model.slots["r0c1"].set_alpha_target(1.0, epochs=4, curve=AlphaCurve.SIGMOID).success
@@ -523,12 +524,13 @@ def test_lifecycle_records_round_trip_through_the_converter_as_plain_values():
     model.apply(FactoredAction(op=LifecycleOp.GERMINATE, slot=0, blueprint=1, style=BlendStyle.GATE), metric_now=0.2)
     model.apply(FactoredAction(op=LifecycleOp.GROW_INTERNAL, slot=0), metric_now=0.2)
     record = model.lifecycle_record()
-    state = model.lifecycle_state()
-    assert ModelLifecycleState.from_dict(state) == record
+    converter = state_converter()
+    state = converter.unstructure(record)
+    assert converter.structure(state, ModelLifecycleState) == record
     blending = state["slots"]["r0c1"]
     assert blending["stage"] == "BLENDING" and blending["style"] == "ADD" and blending["internal_level"] is None
     assert blending["schedule"] == {"start": 0.75, "target": 1.0, "total_epochs": 4, "curve": int(AlphaCurve.SIGMOID),
                                     "elapsed": 1}
     assert state["slots"]["r0c0"]["internal_level"] == 2 and state["slots"]["r0c0"]["style"] == "GATE"
     model.tick()  # the record is a snapshot: later ticks do not move it
-    assert ModelLifecycleState.from_dict(state) == record and model.lifecycle_record() != record
+    assert converter.structure(state, ModelLifecycleState) == record and model.lifecycle_record() != record

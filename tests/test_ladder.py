@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import attrs
 import pytest
 import torch
 
@@ -140,9 +139,9 @@ def test_level_survives_a_lifecycle_round_trip():
     model = make_model(seed=3)
     germinate_ladder(model)
     model.apply(FactoredAction(op=GROW, slot=0), metric_now=0.1)
-    state, weights = model.lifecycle_state(), model.state_dict()
+    state, weights = model.lifecycle_record(), model.state_dict()
     clone = make_model(seed=4)
-    clone.load_lifecycle_state(state)
+    clone.load_lifecycle_record(state)
     clone.load_state_dict(weights)
     assert clone.reports() == model.reports()
     x = torch.randn(2, 1, 6, 6)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import attrs
 import torch
@@ -19,7 +18,6 @@ from esper_core.kasmina.slot import (
     SeedPluginLookup,
     SeedSlot,
     SlotLifecycleState,
-    _converter,
 )
 from esper_core.leyline import (
     AlphaTarget,
@@ -40,13 +38,6 @@ class ModelLifecycleState:
     slots: dict[str, SlotLifecycleState]
     germination_count: int
     fossilization_order: tuple[str, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        return _converter().unstructure(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelLifecycleState:
-        return _converter().structure(data, cls)
 
 
 class MorphogeneticModel(nn.Module):
@@ -261,10 +252,3 @@ class MorphogeneticModel(nn.Module):
             self.slots[slot_id].load_lifecycle_record(state.slots[slot_id])
         self.germination_count = state.germination_count
         self.fossilization_order = list(state.fossilization_order)
-
-    def lifecycle_state(self) -> dict[str, Any]:
-        """``lifecycle_record()`` as plain values (enums by name), e.g. for checkpoints."""
-        return self.lifecycle_record().to_dict()
-
-    def load_lifecycle_state(self, state: dict[str, Any]) -> None:
-        self.load_lifecycle_record(ModelLifecycleState.from_dict(state))

@@ -84,8 +84,8 @@ class SlotLifecycleState:
     resetting, checkpointing and restoring a slot all iterate this record's fields, so a field added
     here is reset, saved and restored everywhere at once (a test checks that a slot has no lifecycle
     attribute outside it). The defaults are a DORMANT slot's. ``internal_level`` is read from and
-    applied to the seed's ladder (None without one). Checkpoints hold it unstructured by the telemetry
-    converter (``SlotLifecycleState.to_dict`` / ``from_dict``): plain values, enums by name.
+    applied to the seed's ladder (None without one). Checkpoints hold it unstructured by the project's
+    cattrs converter (``esper_core.tolaria.state``): plain values, enums by name.
     """
 
     stage: SeedStage = SeedStage.DORMANT
@@ -114,25 +114,11 @@ class SlotLifecycleState:
     epochs_since_internal_change: int | None = None
     internal_level: int | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return _converter().unstructure(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SlotLifecycleState:
-        return _converter().structure(data, cls)
-
 
 #: The record's fields a slot keeps as attributes of the same name (``internal_level`` lives in the ladder).
 _SLOT_ATTRIBUTES: tuple[attrs.Attribute, ...] = tuple(
     field for field in attrs.fields(SlotLifecycleState) if field.name != "internal_level"
 )
-
-
-def _converter():
-    """The project's cattrs converter (the one telemetry payloads go through)."""
-    from esper_core.leyline.telemetry import _json_converter
-
-    return _json_converter
 
 
 def count_parameters(module: nn.Module | None) -> int:
@@ -545,13 +531,6 @@ class SeedSlot(nn.Module):
         self._apply_fields(state)
         if state.internal_level is not None:
             self.ladder.set_internal_level(state.internal_level)
-
-    def lifecycle_state(self) -> dict[str, Any]:
-        """``lifecycle_record()`` as plain values (enums by name), e.g. for checkpoints."""
-        return self.lifecycle_record().to_dict()
-
-    def load_lifecycle_state(self, state: dict[str, Any]) -> None:
-        self.load_lifecycle_record(SlotLifecycleState.from_dict(state))
 
     def implant(self, blueprint: str, level: int | None = None) -> None:
         """Make a seed of ``blueprint`` part of the host from birth: FOSSILIZED at alpha 1 with an ADD
