@@ -89,6 +89,10 @@ def _absolute_paths(instance: Any) -> Any:
 DEVICE_TYPES = ("cpu", "cuda", "mps")
 #: The largest run seed: every seed the engine derives from it fits a signed 64-bit integer.
 MAX_SEED = 2**63 - 1
+#: Environments per round: each holds its own host, seeds and optimizers, so far fewer fit any machine.
+MAX_ENVS = 1024
+#: ``torch.set_num_threads`` takes a C int; no machine has more cores than this.
+MAX_TORCH_THREADS = 1024
 
 
 def _device(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -113,12 +117,12 @@ class RunSection:
     name: str = "run"
     seed: int = attrs.field(default=0, validator=int_in_range(0, MAX_SEED))
     rounds: int = attrs.field(default=1, validator=positive_int())
-    envs: int = attrs.field(default=1, validator=positive_int())
+    envs: int = attrs.field(default=1, validator=int_in_range(1, MAX_ENVS))
     episode_length: int = attrs.field(default=20, validator=positive_int())
     device: str = attrs.field(default="cpu", validator=_device)
     output_dir: str = path_field(default="runs")
     checkpoint_every: int = attrs.field(default=5, validator=non_negative_int())
-    torch_threads: int | None = attrs.field(default=None, validator=optional(positive_int()))
+    torch_threads: int | None = attrs.field(default=None, validator=optional(int_in_range(1, MAX_TORCH_THREADS)))
 
 
 def _betas(_instance: Any, attribute: attrs.Attribute, value: tuple[float, float]) -> None:

@@ -186,9 +186,14 @@ def test_a_device_torch_cannot_train_on_is_rejected_at_validation(toy_manager, t
                         f"got {device!r}"]
 
 
-def test_run_seed_must_fit_the_seed_range(toy_manager, toy_run_data):
-    problems = problems_of(toy_run_data(run={"seed": 2**63}), toy_manager)
-    assert problems == [f"[run] seed: must be <= {2**63 - 1}, got {2**63}"]
+def test_counts_are_bounded_before_anything_overflows_or_allocates(toy_manager, toy_run_data):
+    huge = 10**20  # TOML integers reach Python unbounded
+    problems = problems_of(toy_run_data(run={"seed": 2**63, "envs": huge, "torch_threads": huge}), toy_manager)
+    assert problems == [
+        f"[run] seed: must be <= {2**63 - 1}, got {2**63}",
+        f"[run] envs: must be <= 1024, got {huge}",
+        f"[run] torch_threads: must be <= 1024, got {huge}",
+    ]
 
 
 def _one_line(excinfo, path) -> str:

@@ -6,10 +6,12 @@ from typing import Any
 
 import attrs
 
-from esper_core.validators import in_range, int_in_range, non_negative_int, optional, positive_int
+from esper_core.validators import in_range, int_in_range, optional
 
 DEFAULT_CONTEXT_LENGTH = 64
 MAX_CONTEXT_LENGTH = 8192
+#: Bounds the stride and the window caps so that no index computation overflows a 64-bit integer.
+MAX_COUNT = 2**40
 DEFAULT_VAL_FRACTION = 0.1
 #: 32 batches of 128 per epoch; the windows kept are spread evenly over the training text.
 DEFAULT_MAX_TRAIN_WINDOWS = 4096
@@ -25,8 +27,8 @@ def val_fraction_field() -> Any:
 
 
 def stride_field() -> Any:
-    return attrs.field(default=None, validator=optional(positive_int()))
+    return attrs.field(default=None, validator=optional(int_in_range(1, MAX_COUNT)))
 
 
 def max_windows_field(default: int) -> Any:
-    return attrs.field(default=default, validator=non_negative_int())
+    return attrs.field(default=default, validator=int_in_range(0, MAX_COUNT))
