@@ -1,8 +1,10 @@
-"""Shared fixtures for the core tests: the toy plugin, a plugin manager and small slot/model factories."""
+"""Shared fixtures for the core tests: the toy plugin, a plugin manager and small slot/model factories.
+
+Run configs and the toy plugin itself come from ``esper_core.testing``, shared with the plugins' tests.
+"""
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,13 +16,12 @@ from esper_core.config import parse_config
 from esper_core.kasmina import LifecycleSettings, MorphogeneticModel, SeedSlot
 from esper_core.leyline import SEGMENT_BOUNDARY, InjectionSpec, SlotConfig
 from esper_core.plugins import PluginManager
-from esper_core.tasks import TaskInfo
+from esper_core.testing import TOY_RUN, toy_run_data as shared_toy_run_data
 from tests import toy_plugin
 
-TOY_INFO = TaskInfo(
-    name="toy", topology="image", input_shape=(1, 6, 6), num_classes=2, metric_name="accuracy",
-    train_size=96, val_size=48,
-)
+TOY_INFO = toy_plugin.TOY_TASK_INFO
+#: the toy run every core test starts from (``esper_core.testing.TOY_RUN``)
+BASE_RUN: dict[str, Any] = TOY_RUN
 
 
 @pytest.fixture
@@ -56,26 +57,13 @@ def make_model(seed: int = 0, blocks: int = 3, max_seeds: int | None = None, eve
     )
 
 
-BASE_RUN: dict[str, Any] = {
-    "run": {"name": "toyrun", "envs": 2, "episode_length": 8, "rounds": 1, "checkpoint_every": 2, "torch_threads": 1},
-    "training": {"batch_size": 16, "eval_batch_size": 64},
-    "task": {"name": "toy"},
-    "policy": {"name": "scripted", "script": {}},
-    "sinks": {"memory": {}},
-    "morphogenesis": {"min_training_epochs": 1, "embargo_epochs": 1},
-}
-
-
 @pytest.fixture
 def toy_run_data(tmp_path: Path) -> Callable[..., dict[str, Any]]:
-    """A factory for small run-config dicts writing into ``tmp_path``; keyword tables are merged in."""
+    """A factory for small run-config dicts writing into ``tmp_path``; keyword tables are merged in (a
+    policy table naming another policy replaces the scripted one)."""
 
     def factory(**sections: dict[str, Any]) -> dict[str, Any]:
-        data = copy.deepcopy(BASE_RUN)
-        data["run"]["output_dir"] = str(tmp_path / "runs")
-        for section, values in sections.items():
-            data.setdefault(section, {}).update(values)
-        return data
+        return shared_toy_run_data(tmp_path / "runs", **sections)
 
     return factory
 

@@ -1,4 +1,4 @@
-"""The conformance kit plugin authors run on their own components (seed families, hosts, sinks, tasks)."""
+"""The conformance kit plugin authors run on their own components (seed families, hosts, sinks, tasks), and builders for their tests."""
 
 from esper_core.testing.conformance import (
     ConformanceError,
@@ -9,8 +9,56 @@ from esper_core.testing.conformance import (
     check_task_kind,
     sample_events,
 )
+from esper_core.testing.builders import (
+    SEED_FAMILIES,
+    SLOT_IDS,
+    TOY_RUN,
+    action_masks,
+    comparable,
+    engine_controller,
+    events_of,
+    family_params,
+    final_checkpoint,
+    flat_history,
+    merge_sections,
+    observation,
+    policy_context,
+    policy_updates,
+    resume_run,
+    rising_history,
+    same_state,
+    slot_config,
+    slot_report,
+    start_run,
+    toy_plugin_manager,
+    toy_run_data,
+)
 
 __all__ = [
+    # test builders (esper_core.testing.builders)
+    "SEED_FAMILIES",
+    "SLOT_IDS",
+    "TOY_RUN",
+    "action_masks",
+    "comparable",
+    "engine_controller",
+    "events_of",
+    "family_params",
+    "final_checkpoint",
+    "flat_history",
+    "merge_sections",
+    "observation",
+    "policy_context",
+    "policy_updates",
+    "resume_run",
+    "rising_history",
+    "same_state",
+    "slot_config",
+    "slot_report",
+    "start_run",
+    "toy_plugin_manager",
+    "toy_run_data",
+    # conformance kit (esper_core.testing.conformance)
     "ConformanceError",
     "check_host_family",
     "check_ladder_family",

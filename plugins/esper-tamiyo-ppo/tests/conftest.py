@@ -1,64 +1,45 @@
-"""Shared builders for the esper-tamiyo-ppo tests: contexts, synthetic observations, rollouts, toy-engine runs."""
+"""Fixtures for the esper-tamiyo-ppo tests: esper_core.testing's builders with this plugin's defaults, synthetic rollouts, toy-engine runs."""
 
 from __future__ import annotations
 
-import copy
-import json
 import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from esper_core.config import parse_config
-from esper_core.kasmina import LifecycleSettings
-from esper_core.leyline import (
-    SEGMENT_BOUNDARY,
-    InjectionSpec,
-    SeedMetrics,
-    SeedStage,
-    SeedStateReport,
-    SlotConfig,
-)
+from esper_core.leyline import SeedStage, SeedStateReport
 from esper_core.plugins import PluginManager
-from esper_core.runs import CHECKPOINT_DIR, LATEST_CHECKPOINT, load_checkpoint
-from esper_core.tamiyo import ActionMasks, EnvObservation, PolicyContext, compute_masks
-from esper_core.tasks import TaskInfo
-from esper_core.telemetry.report import read_events
+from esper_core.tamiyo import ActionMasks, EnvObservation, PolicyContext
+from esper_core.testing import (
+    SEED_FAMILIES,
+    SLOT_IDS,
+    action_masks,
+    comparable,
+    events_of,
+    final_checkpoint,
+    merge_sections,
+    policy_context,
+    policy_updates,
+    same_state,
+    toy_plugin_manager,
+    toy_run_data,
+)
+from esper_core.testing import observation as build_observation
+from esper_core.testing import slot_report as build_slot_report
 from esper_tamiyo_ppo import PPOConfig, PPOController
 from esper_tamiyo_ppo import plugin as ppo_plugin
-from tests import toy_plugin
 
-SLOT_IDS: tuple[str, ...] = ("r0c0", "r0c1", "r0c2")
-BLUEPRINTS: tuple[str, ...] = ("conv_light", "conv_heavy", "attention")
+BLUEPRINTS: tuple[str, ...] = SEED_FAMILIES
 EPISODE_LENGTH = 6
 
 
 def build_context(
     *, n_envs: int = 2, seed: int = 0, episode_length: int = EPISODE_LENGTH, max_seeds: int = 3
 ) -> PolicyContext:
-    specs = tuple(
-        InjectionSpec(slot_id=slot_id, channels=8, surface=SEGMENT_BOUNDARY, order=index, host_block=index)
-        for index, slot_id in enumerate(SLOT_IDS)
-    )
-    return PolicyContext(
-        slot_config=SlotConfig.from_specs(specs),
-        blueprints=BLUEPRINTS,
-        surface_codes={SEGMENT_BOUNDARY: 0},
-        n_envs=n_envs,
-        episode_length=episode_length,
-        max_seeds=max_seeds,
-        lifecycle=LifecycleSettings(embargo_epochs=3, min_training_epochs=2),
-        task_info=TaskInfo(
-            name="toy", topology="image", input_shape=(3, 8, 8), num_classes=10,
-            metric_name="accuracy", train_size=64, val_size=32,
-        ),
-        device=torch.device("cpu"),
-        seed=seed,
-        blueprint_params=tuple(tuple(100 * (index + 1) for index in range(len(BLUEPRINTS))) for _ in SLOT_IDS),
-    )
+    return policy_context(n_envs=n_envs, seed=seed, episode_length=episode_length, max_seeds=max_seeds)
 
 
 def build_controller(
@@ -73,35 +54,23 @@ def build_controller(
 
 def slot_report(index: int, stage: SeedStage, *, blueprint: int = 0, blend_out: bool = False,
                 contribution: float | None = None, env_id: int = 0) -> SeedStateReport:
-    has_seed = stage is not SeedStage.DORMANT
-    return SeedStateReport(
-        env_id=env_id,
-        slot_id=SLOT_IDS[index],
-        stage=stage,
-        seed_id=f"seed-{index}" if has_seed else None,
-        blueprint_id=BLUEPRINTS[blueprint] if has_seed else None,
-        alpha=0.5 if stage in (SeedStage.BLENDING, SeedStage.HOLDING) else 0.0,
-        blend_out=blend_out,
-        seed_params=100 if has_seed else 0,
-        effective_params=50.0 if has_seed else 0.0,
-        metrics=SeedMetrics(counterfactual_contribution=contribution, epochs_in_stage=1),
+    """A slot report with seed family number ``blueprint``; blending and holding seeds are at alpha 0.5."""
+    return build_slot_report(
+        index, stage, env_id=env_id, family=BLUEPRINTS[blueprint], seed_id=f"seed-{index}",
+        alpha=0.5 if stage in (SeedStage.BLENDING, SeedStage.HOLDING) else 0.0, blend_out=blend_out,
+        seed_params=100, effective_params=50.0 if stage is not SeedStage.DORMANT else 0.0,
+        contribution=contribution, epochs_in_stage=1, seed_age_epochs=0,
     )
 
 
 def observation(epoch: int, slots: Sequence[SeedStateReport], *, env_id: int = 0, metric: float = 0.5,
                 episode_length: int = EPISODE_LENGTH, max_seeds: int = 3) -> EnvObservation:
+    """An observation whose metric rose by 0.01 an epoch to ``metric`` (losses fall alongside)."""
     history = tuple(metric - 0.01 * (epoch - k) for k in range(epoch + 1))
-    return EnvObservation(
-        env_id=env_id, round=0, epoch=epoch, episode_length=episode_length,
-        val_metric=history[-1], val_loss=1.0 - history[-1], train_loss=0.9 - history[-1],
-        metric_history=history, loss_history=tuple(1.0 - value for value in history),
-        host_params=1000, slots=tuple(slots), blueprints=BLUEPRINTS, max_seeds=max_seeds,
-        slot_config=SlotConfig.from_specs([
-            InjectionSpec(slot_id=slot_id, channels=8, surface=SEGMENT_BOUNDARY, order=index, host_block=index)
-            for index, slot_id in enumerate(SLOT_IDS)
-        ]),
-        surface_codes={SEGMENT_BOUNDARY: 0},
-        last_action=None, last_action_success=True, last_action_reason="", rolled_back=False,
+    return build_observation(
+        epoch, slots, env_id=env_id, metric_history=history, val_loss=1.0 - history[-1],
+        train_loss=0.9 - history[-1], loss_history=tuple(1.0 - value for value in history),
+        episode_length=episode_length, max_seeds=max_seeds,
     )
 
 
@@ -117,8 +86,7 @@ def random_batch(rng: random.Random, epoch: int, n_envs: int) -> tuple[list[EnvO
             for index in range(len(SLOT_IDS))
         ]
         observations.append(observation(epoch, reports, env_id=env, metric=rng.uniform(0.2, 0.9)))
-    masks = compute_masks([obs.slots for obs in observations], num_blueprints=len(BLUEPRINTS), max_seeds=3)
-    return observations, masks
+    return observations, action_masks(observations, max_seeds=3)
 
 
 def play_round(controller: PPOController, *, seed: int = 0, round_index: int = 0,
@@ -148,76 +116,30 @@ def rollout_batch(controller: PPOController, *, seed: int = 0):
 
 # -- engine helpers -----------------------------------------------------------------------------------
 
-TOY_RUN: dict[str, Any] = {
-    "run": {"name": "ppo", "envs": 2, "episode_length": 8, "rounds": 1, "checkpoint_every": 2, "torch_threads": 1},
-    "training": {"batch_size": 16, "eval_batch_size": 64},
-    "task": {"name": "toy"},
-    "policy": {"name": "ppo", "num_minibatches": 2, "min_decisions_per_update": 0},
-    "sinks": {"memory": {}},
-    "morphogenesis": {"min_training_epochs": 1, "embargo_epochs": 1},
-}
+#: The ppo options every engine test starts from (2 minibatches, an update every round).
+PPO_POLICY: dict[str, Any] = {"name": "ppo", "num_minibatches": 2, "min_decisions_per_update": 0}
 
 
 @pytest.fixture
 def manager() -> PluginManager:
-    """The core's built-in plugin, the core tests' toy plugin and this plugin (no entry points)."""
-    return PluginManager(autoload=False, extra=[toy_plugin, ppo_plugin])
+    """The core's built-in plugin, the testing kit's toy plugin and this plugin (no entry points)."""
+    return toy_plugin_manager(ppo_plugin)
 
 
 @pytest.fixture
 def run_config(manager: PluginManager, tmp_path: Path) -> Callable[..., Any]:
-    """A factory for toy run configs writing into ``tmp_path``; keyword tables are merged in (a policy
-    table naming another policy replaces the ppo one)."""
+    """A factory for toy run configs of the ppo policy writing into ``tmp_path``; keyword tables are
+    merged in (a policy table naming another policy replaces the ppo one)."""
 
     def factory(**sections: dict[str, Any]):
-        data = copy.deepcopy(TOY_RUN)
-        data["run"]["output_dir"] = str(tmp_path / "runs")
-        for section, values in sections.items():
-            if section == "policy" and values.get("name", "ppo") != "ppo":
-                data["policy"] = {}  # another policy: drop the ppo options
-            data.setdefault(section, {}).update(values)
-        return parse_config(data, manager)
+        data = toy_run_data(tmp_path / "runs", run={"name": "ppo"}, policy=PPO_POLICY)
+        return parse_config(merge_sections(data, sections), manager)
 
     return factory
 
 
-def events_of(run_dir: Path) -> list[dict]:
-    return read_events(run_dir / "events.jsonl")
-
-
-def comparable(records: list[dict]) -> list[tuple]:
-    """Events without wall-clock values (``*_seconds`` fields, ``charts/SPS``) or resume bookkeeping."""
-    skip = {"RUN_STARTED", "RUN_RESUMED", "RUN_FINISHED"}
-    out = []
-    for record in records:
-        if record["event"] in skip:
-            continue
-        data = {
-            key: value for key, value in record["data"].items() if not key.endswith("_seconds") and key != "seconds"
-        }
-        if record["event"] == "POLICY_UPDATED":
-            data["metrics"] = {key: value for key, value in data["metrics"].items() if key != "charts/SPS"}
-        out.append((record["event"], json.dumps(data, sort_keys=True)))
-    return out
-
-
-def policy_updates(run_dir: Path) -> list[dict[str, float]]:
-    return [record["data"]["metrics"] for record in events_of(run_dir) if record["event"] == "POLICY_UPDATED"]
-
-
 def final_policy_state(run_dir: Path) -> dict[str, Any]:
-    return load_checkpoint(run_dir / CHECKPOINT_DIR / LATEST_CHECKPOINT)["policy"]
-
-
-def same_state(a: Any, b: Any) -> bool:
-    """Exact, recursive equality of checkpoint-style values (tensors compared element by element)."""
-    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(same_state(a[key], b[key]) for key in a)
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(same_state(x, y) for x, y in zip(a, b))
-    return type(a) is type(b) and a == b
+    return final_checkpoint(run_dir)["policy"]
 
 
 class Kit:

@@ -9,6 +9,7 @@ import attrs
 import torch
 
 from esper_core.leyline import LifecycleOp
+from esper_core.testing import start_run
 from esper_tamiyo_ppo import ppo as ppo_module
 from esper_tamiyo_ppo.ppo import ppo_update
 
@@ -124,8 +125,6 @@ def test_with_the_governor_off_a_nan_host_does_not_poison_the_policy(manager, ru
     was WAIT."""
     config = run_config(run={"rounds": 2}, governor={"enabled": False},
                         faults={"host_nan": [{"round": 0, "epoch": 2, "env": 0}]})
-    from esper_core.tolaria.engine import start_run
-
     run_dir = start_run(config, manager)
     network = kit.final_policy_state(run_dir)["network"]
     assert all(bool(torch.isfinite(tensor).all()) for tensor in network.values() if tensor.is_floating_point())

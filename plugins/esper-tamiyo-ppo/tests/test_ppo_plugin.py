@@ -10,7 +10,7 @@ from esper_core.errors import CheckpointError, ConfigError
 from esper_core.plugins import PluginManager
 from esper_core.runs import save_checkpoint
 from esper_core.tamiyo import Controller
-from esper_core.tolaria.engine import build_policy_and_reward, prepare, start_run
+from esper_core.testing import engine_controller, start_run
 from esper_core.validators import InvalidValue
 from esper_tamiyo_ppo import PRESETS, PolicyNetwork, PPOConfig, PPOController, parameter_count
 
@@ -129,9 +129,9 @@ def test_a_checkpoint_seeds_a_learning_run_with_its_weights(kit, run_config, man
     trained = start_run(run_config(), manager)
     saved = kit.final_policy_state(trained)
     config = run_config(policy={"checkpoint": str(trained / "checkpoints" / "latest.pt")})
-    controller, _ = build_policy_and_reward(prepare(config, manager), manager)
+    controller = engine_controller(config, manager)
     assert kit.same_state(dict(controller.network.state_dict()), saved["network"])
     assert kit.same_state(controller.normalizer.state_dict(), saved["normalizer"])
     assert controller.updates == 0 and saved["counters"]["updates"] == 1  # optimizer, counters, RNG start fresh
-    fresh, _ = build_policy_and_reward(prepare(run_config(), manager), manager)
+    fresh = engine_controller(run_config(), manager)
     assert not torch.equal(fresh.network.lstm.weight_hh_l0, controller.network.lstm.weight_hh_l0)
