@@ -1,10 +1,13 @@
 """Builders for tests of plugins: controller inputs (contexts, slot reports, observations, masks) and toy-engine runs (configs, events, checkpoints).
 
-Two halves, both importable from ``esper_core.testing``:
+Three parts, all importable from ``esper_core.testing``:
 
 - **A controller on its own.** ``policy_context`` builds what a policy's ``build`` receives (three
   slots ``SLOT_IDS``, three seed families ``SEED_FAMILIES``); ``slot_report``, ``observation`` and
   ``action_masks`` build one decision's inputs, so ``act`` can be driven without an engine.
+- **A plugin's records on their own.** ``registered_records(plugin, "hosts")`` calls one hook of a
+  plugin and returns what it registered, by name; ``task_info`` describes a task for building a host
+  without one.
 - **A controller, reward or sink through the real engine.** ``toy_plugin_manager`` loads the toy
   plugin (``esper_core.testing.toy_plugin``: host, task, scripted policy and memory sink that train in
   milliseconds) next to the plugins under test; ``toy_run_data`` writes a small run config for it;
@@ -29,6 +32,7 @@ import torch
 from esper_core.kasmina.slot import LifecycleSettings
 from esper_core.leyline import SEGMENT_BOUNDARY, InjectionSpec, SeedMetrics, SeedStage, SeedStateReport, SlotConfig
 from esper_core.plugins import PluginManager
+from esper_core.registry import KINDS
 from esper_core.runs import CHECKPOINT_DIR, LATEST_CHECKPOINT, load_checkpoint
 from esper_core.tamiyo.controller import PolicyContext
 from esper_core.tamiyo.masks import ActionMasks, compute_masks
@@ -52,12 +56,14 @@ __all__ = [
     "observation",
     "policy_context",
     "policy_updates",
+    "registered_records",
     "resume_run",
     "rising_history",
     "same_state",
     "slot_config",
     "slot_report",
     "start_run",
+    "task_info",
     "toy_plugin_manager",
     "toy_run_data",
 ]
@@ -231,6 +237,42 @@ def action_masks(
         num_blueprints=len(observations[0].blueprints),
         max_seeds=max_seeds,
         blueprint_allowed=blueprint_allowed,
+    )
+
+
+# -- a plugin's records on their own -----------------------------------------------------------------------
+
+
+def registered_records(plugin: Any, kind: str) -> dict[str, Any]:
+    """What ``plugin`` (a module or object with hook implementations) registers of ``kind`` (a registry
+    kind: ``"hosts"``, ``"seed_families"``, ``"tasks"``, ...), by name, in registration order, from
+    calling its hook directly (no plugin manager, no other plugin). A plugin without that hook registers
+    nothing."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown registry kind {kind!r}; kinds: {', '.join(KINDS)}")
+    hook_name = KINDS[kind][0]
+    records: dict[str, Any] = {}
+    hook = getattr(plugin, hook_name, None)
+    if hook is not None:
+        hook(lambda record: records.__setitem__(record.name, record))
+    return records
+
+
+def task_info(
+    *,
+    topology: str = "image",
+    input_shape: tuple[int, ...] = (3, 32, 32),
+    num_classes: int = 10,
+    score_basis: str = "metric",
+    name: str = "t",
+    train_size: int = 10,
+    val_size: int = 10,
+) -> TaskInfo:
+    """A task's description for building a host without a task (accuracy as the metric); a language
+    task is e.g. ``task_info(topology="sequence", input_shape=(8,), num_classes=11, score_basis="loss")``."""
+    return TaskInfo(
+        name=name, topology=topology, input_shape=input_shape, num_classes=num_classes,
+        metric_name="accuracy", train_size=train_size, val_size=val_size, score_basis=score_basis,
     )
 
 
