@@ -23,17 +23,22 @@ from esper_core.plugins import PluginManager
 from esper_core.telemetry.report import read_events
 from esper_core.tolaria.engine import Engine, start_run
 from esper_core.tolaria.environment import Environment
-from tests import toy_plugin
+from esper_core.testing import toy_plugin
 
 REPO = Path(__file__).resolve().parents[1]
 MUTATION_ENV = "ESPER_MUTATION"
+
+#: The reward term paying the score's change, and the PPO update's metrics the guards read.
+GAIN_TERM = "metric_gain"
+CLIP_FRACTION, APPROX_KL = "clip_fraction", "approx_kl"
+EPOCHS_RUN, MINIBATCH_STEPS = "charts/update_epochs_run", "charts/minibatch_steps"
 
 #: Stages whose seed is blended in or fossilized: each gets a counterfactual ablation.
 ABLATED_STAGES = (SeedStage.BLENDING, SeedStage.HOLDING, SeedStage.FOSSILIZED)
 
 
 def _manager() -> PluginManager:
-    """Every installed plugin plus the core tests' toy plugin (its scripted controller and memory sink)."""
+    """Every installed plugin plus the testing kit's toy plugin (its scripted controller and memory sink)."""
     return PluginManager(extra=[toy_plugin])
 
 
@@ -306,7 +311,7 @@ def _loss_score_sign_inverted(mp: pytest.MonkeyPatch) -> None:
     mp.setattr(TaskInfo, "score", score)
 
 
-def _metric_gain_sign_inverted(mp: pytest.MonkeyPatch) -> None:
+def _gain_sign_inverted(mp: pytest.MonkeyPatch) -> None:
     from esper_core.simic import shaped
     from esper_core.simic.rewards import RewardBreakdown
 
@@ -314,7 +319,7 @@ def _metric_gain_sign_inverted(mp: pytest.MonkeyPatch) -> None:
 
     def compute(self, signals):
         components = dict(original(self, signals).components)
-        components["metric_gain"] = -components["metric_gain"]  # the fault: the gain's sign inverted
+        components[GAIN_TERM] = -components[GAIN_TERM]  # the fault: the gain's sign inverted
         return RewardBreakdown.from_components(components)
 
     mp.setattr(shaped.ShapedReward, "compute", compute)
@@ -396,9 +401,9 @@ MUTATIONS: dict[str, Mutation] = {
         _loss_score_sign_inverted, ("test_reward_terms_have_their_signs_on_engine_rewards",),
         hosts=("transformer",),  # the only loss-based task here
     ),
-    "metric_gain_sign_inverted": Mutation(
-        "the reward's metric gain has its sign inverted",
-        _metric_gain_sign_inverted, ("test_reward_terms_have_their_signs_on_engine_rewards",),
+    "gain_sign_inverted": Mutation(
+        "the reward term paying the score change has its sign inverted",
+        _gain_sign_inverted, ("test_reward_terms_have_their_signs_on_engine_rewards",),
     ),
     "churn_not_priced": Mutation(
         "churn is not priced (germinate/prune farming)",
@@ -729,7 +734,7 @@ def score_of(case: HostCase, epoch: dict[str, Any]) -> float:
 
 
 def test_reward_terms_have_their_signs_on_engine_rewards(lifecycle: EngineRun) -> None:
-    """metric_gain has the sign of the score's change (a falling loss is a gain), in proportion to it;
+    """The gain term has the sign of the score's change (a falling loss is a gain), in proportion to it;
     rent is negative while seeds cost parameters; action_cost is negative for an op, zero for WAIT."""
     ratios = []
     for env_id in (0, 1):
@@ -743,9 +748,9 @@ def test_reward_terms_have_their_signs_on_engine_rewards(lifecycle: EngineRun) -
             terms = reward["components"]
             change = score_of(lifecycle.case, epochs[t]) - score_of(lifecycle.case, epochs[t - 1])
             if change == 0.0:
-                assert terms["metric_gain"] == 0.0, where
+                assert terms[GAIN_TERM] == 0.0, where
             else:
-                ratios.append(terms["metric_gain"] / change)
+                ratios.append(terms[GAIN_TERM] / change)
             if epochs[t - 1]["fossilized_params"] > 0:  # fossils never leave this run
                 assert terms["rent"] < 0.0, where
             assert terms["rent"] <= 0.0, where
@@ -754,7 +759,7 @@ def test_reward_terms_have_their_signs_on_engine_rewards(lifecycle: EngineRun) -
             else:
                 assert terms["action_cost"] < 0.0, where
     assert len(ratios) >= 4, "too few score changes to tell the sign"
-    assert min(ratios) > 0.0, f"metric_gain / score change ratios {ratios}"
+    assert min(ratios) > 0.0, f"{GAIN_TERM} / score change ratios {ratios}"
     assert max(ratios) == pytest.approx(min(ratios), rel=1e-6)
 
 
@@ -816,10 +821,10 @@ def test_ppo_runs_clipped_multi_epoch_minibatch_updates(host, mutation, manager,
     updates = [r["data"]["metrics"] for r in read_events(run_dir / "events.jsonl") if r["event"] == "POLICY_UPDATED"]
     assert len(updates) == 1
     metrics = updates[0]
-    assert metrics["charts/update_epochs_run"] == PPO_UPDATE_EPOCHS
-    assert metrics["charts/minibatch_steps"] == PPO_UPDATE_EPOCHS * PPO_MINIBATCHES
-    assert metrics["clip_fraction"] > 0.0
-    assert metrics["approx_kl"] > 0.0
+    assert metrics[EPOCHS_RUN] == PPO_UPDATE_EPOCHS
+    assert metrics[MINIBATCH_STEPS] == PPO_UPDATE_EPOCHS * PPO_MINIBATCHES
+    assert metrics[CLIP_FRACTION] > 0.0
+    assert metrics[APPROX_KL] > 0.0
 
 
 # -- the mutation check -------------------------------------------------------------------------------
