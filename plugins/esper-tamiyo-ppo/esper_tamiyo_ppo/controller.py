@@ -25,8 +25,12 @@ from esper_tamiyo_ppo.ppo import ppo_update
 #: Marks a policy state written by this plugin (inside an Esper checkpoint, under "policy").
 STATE_FORMAT = "esper-tamiyo-ppo"
 #: 2: episodes carry observation statistics; 3: Obs V3 slot features show every lever (style, tempo,
-#: alpha schedule length, alpha curve) and contribution per parameter (43 slot floats, was 35).
-STATE_VERSION = 3
+#: alpha schedule length, alpha curve) and contribution per parameter (43 slot floats, was 35); 4: the
+#: slot feature ladder_kind_norm (44 slot floats). A ``checkpoint`` of version 3 or later loads through
+#: ``widen_to_layout``; a resume needs the version it was written with.
+STATE_VERSION = 4
+#: The oldest state version whose network ``checkpoint`` can widen to this layout.
+OLDEST_WIDENABLE_VERSION = 3
 #: Per-round counters of the non-finite values the controller kept away from its network (see act/record).
 _EPISODE_ANOMALIES: tuple[str, ...] = ("non_finite_observations", "non_finite_rewards")
 #: Streams of the run seed: network initialisation and the sampling/shuffling generator.
@@ -90,6 +94,58 @@ def observation_statistics(episode: dict[str, Any], n_slots: int) -> dict[str, f
                 statistics[f"obs/{scope}/{feature.name}"] = total[offset] / count
             offset += feature.size
     return statistics
+
+
+def _widened_columns(saved: list[list[Any]], layout: Sequence[Any], what: str) -> tuple[torch.Tensor, int]:
+    """Where each saved column goes in ``layout`` (a long tensor) and the layout's width. The saved
+    features must appear in ``layout`` in the same order with the same sizes (features may only have
+    been added); otherwise ``CheckpointError``."""
+    saved_sizes = {str(name): int(size) for name, size in saved}
+    names = [feature.name for feature in layout]
+    kept = [name for name in names if name in saved_sizes]
+    if kept != [str(name) for name, _size in saved]:
+        removed = sorted(set(saved_sizes) - set(names))
+        detail = f"it has features this layout lacks ({', '.join(removed)})" if removed else "its features are in another order"
+        raise CheckpointError(f"{what}: the saved observation layout cannot be widened to this one: {detail}; retrain")
+    columns, offset = [], 0
+    for feature in layout:
+        if feature.name in saved_sizes:
+            if saved_sizes[feature.name] != feature.size:
+                raise CheckpointError(
+                    f"{what}: feature {feature.name} has {saved_sizes[feature.name]} columns saved, {feature.size} here; retrain"
+                )
+            columns.extend(range(offset, offset + feature.size))
+        offset += feature.size
+    return torch.tensor(columns, dtype=torch.long), offset
+
+
+def widen_to_layout(state: dict[str, Any], what: str) -> dict[str, Any]:
+    """A saved network and normaliser (``state_dict`` format) whose Obs V3 layout lacks features this
+    layout has, widened to it: every added feature's input columns enter the network with zero weight
+    (normaliser mean 0, variance 1), so the policy decides exactly as it did on the features it knew.
+    Only the network, the normaliser and the architecture are returned (what ``checkpoint`` loads)."""
+    architecture = dict(state["architecture"])
+    network = dict(state["network"])
+    normalizer = {part: dict(stats) for part, stats in state["normalizer"].items()}
+    for scope, layout, weight_name in (
+        ("base", BASE_FEATURES, "trunk.0.weight"),
+        ("slot", SLOT_FEATURES, "slot_encoder.0.weight"),
+    ):
+        saved = architecture[f"{scope}_features"]
+        columns, width = _widened_columns(saved, layout, what)
+        old_width = len(columns)
+        old = network[weight_name]
+        widened = torch.zeros(old.shape[0], width + old.shape[1] - old_width, dtype=old.dtype)
+        widened[:, columns] = old[:, :old_width]
+        widened[:, width:] = old[:, old_width:]  # the inputs after the features (embeddings, slot codes)
+        network[weight_name] = widened
+        stats = normalizer[scope]
+        mean = torch.zeros(width, dtype=stats["mean"].dtype)
+        var = torch.ones(width, dtype=stats["var"].dtype)
+        mean[columns], var[columns] = stats["mean"], stats["var"]
+        normalizer[scope] = {**stats, "mean": mean, "var": var}
+        architecture[f"{scope}_features"] = [[feature.name, feature.size] for feature in layout]
+    return {**state, "version": STATE_VERSION, "architecture": architecture, "network": network, "normalizer": normalizer}
 
 
 def _plain(value: Any) -> Any:
@@ -331,7 +387,14 @@ class PPOController:
         if "policy" not in payload:
             raise CheckpointError(f"[policy] checkpoint: '{file}' holds no policy state")
         state = payload["policy"]
-        self._check_state(state, f"checkpoint '{file}'")
+        what = f"checkpoint '{file}'"
+        version = state.get("version") if isinstance(state, dict) else None
+        if (
+            isinstance(state, dict) and state.get("format") == STATE_FORMAT and isinstance(version, int)
+            and OLDEST_WIDENABLE_VERSION <= version < STATE_VERSION
+        ):
+            state = widen_to_layout(state, f"[policy] checkpoint: {what}")
+        self._check_state(state, what)
         self.network.load_state_dict(state["network"])
         self.normalizer.load_state_dict(state["normalizer"])
 

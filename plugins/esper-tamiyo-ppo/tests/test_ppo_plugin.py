@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from esper_core.config import parse_config
 from esper_core.errors import CheckpointError, ConfigError
 from esper_core.plugins import PluginManager
-from esper_core.runs import save_checkpoint
+from esper_core.runs import load_checkpoint, save_checkpoint
 from esper_core.tamiyo import Controller
-from esper_core.testing import engine_controller, start_run
+from esper_core.tamiyo.features import SLOT_FEATURES
+from esper_core.testing import engine_controller, policy_context, start_run
 from esper_core.validators import InvalidValue
 from esper_tamiyo_ppo import PRESETS, PolicyNetwork, PPOConfig, PPOController, parameter_count
 
@@ -135,3 +138,58 @@ def test_a_checkpoint_seeds_a_learning_run_with_its_weights(kit, run_config, man
     assert controller.updates == 0 and saved["counters"]["updates"] == 1  # optimizer, counters, RNG start fresh
     fresh = engine_controller(run_config(), manager)
     assert not torch.equal(fresh.network.lstm.weight_hh_l0, controller.network.lstm.weight_hh_l0)
+
+
+def _narrowed(state: dict, drop: str) -> dict:
+    """``state`` as an older plugin would have saved it: without slot feature ``drop`` (version 3)."""
+    offset = 0
+    for feature in SLOT_FEATURES:
+        if feature.name == drop:
+            break
+        offset += feature.size
+    keep = [index for index in range(state["network"]["slot_encoder.0.weight"].shape[1]) if index != offset]
+    network = {**state["network"], "slot_encoder.0.weight": state["network"]["slot_encoder.0.weight"][:, keep]}
+    slot_stats = state["normalizer"]["slot"]
+    stats_keep = [index for index in range(slot_stats["mean"].numel()) if index != offset]
+    normalizer = {**state["normalizer"], "slot": {**slot_stats, "mean": slot_stats["mean"][stats_keep],
+                                                  "var": slot_stats["var"][stats_keep]}}
+    architecture = {**state["architecture"], "slot_features": [
+        [name, size] for name, size in state["architecture"]["slot_features"] if name != drop]}
+    return {**state, "version": 3, "network": network, "normalizer": normalizer, "architecture": architecture}
+
+
+def test_a_checkpoint_of_the_previous_layout_is_widened_and_decides_as_before(kit, tmp_path):
+    """A version 3 network (no ladder_kind_norm) loads as a checkpoint: the new feature's column enters
+    with zero weight, so the widened policy gives the saved policy's outputs whatever the feature says."""
+    trained = kit.controller(seed=4, learning_rate=1e-2)
+    kit.play_round(trained, seed=4)
+    offset = sum(feature.size for feature in SLOT_FEATURES[: [f.name for f in SLOT_FEATURES].index("ladder_kind_norm")])
+    with torch.no_grad():
+        trained.network.slot_encoder[0].weight[:, offset] = 0.0  # what the old network could not read
+    state = trained.state_dict()
+    save_checkpoint(tmp_path / "v3.pt", {"policy": _narrowed(state, "ladder_kind_norm")})
+    widened = kit.controller(seed=9, checkpoint=str(tmp_path / "v3.pt"), learn=False, deterministic=True)
+    assert kit.same_state(dict(widened.network.state_dict()), dict(trained.network.state_dict()))
+    assert kit.same_state(widened.normalizer.state_dict()["slot"]["count"], trained.normalizer.state_dict()["slot"]["count"])
+    assert float(widened.normalizer.slot.mean[offset]) == 0.0 and float(widened.normalizer.slot.var[offset]) == 1.0
+
+    broken = _narrowed(state, "ladder_kind_norm")
+    broken["architecture"]["slot_features"] = [["no_such_feature", 1], *broken["architecture"]["slot_features"]]
+    save_checkpoint(tmp_path / "odd.pt", {"policy": broken})
+    with pytest.raises(CheckpointError, match="cannot be widened to this one: it has features this layout lacks "
+                                              r"\(no_such_feature\); retrain"):
+        kit.controller(checkpoint=str(tmp_path / "odd.pt"))
+    resumed = kit.controller(seed=4)
+    with pytest.raises(CheckpointError, match="has ppo state version 3; this plugin reads 4"):
+        resumed.load_state_dict(_narrowed(state, "ladder_kind_norm"))
+
+
+def test_the_shipped_growth_policy_loads(kit):
+    """examples/growth/digits-ppo.pt (written before ladder_kind_norm) still loads as a checkpoint."""
+    path = Path(__file__).resolve().parents[3] / "examples" / "growth" / "digits-ppo.pt"
+    if not path.exists():
+        pytest.skip("runs inside the Esper repository only")
+    architecture = load_checkpoint(path)["policy"]["architecture"]
+    context = policy_context(n_envs=1, slot_ids=architecture["slot_ids"], seed_families=architecture["blueprints"])
+    controller = PPOController(PPOConfig(checkpoint=str(path), learn=False), context)
+    assert controller.architecture()["slot_features"] == [[f.name, f.size] for f in SLOT_FEATURES]
