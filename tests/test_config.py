@@ -359,17 +359,8 @@ def _float_fields() -> list[tuple[str, type, str, str]]:
 
 FLOAT_FIELDS = _float_fields()
 #: Fields of plugins this change did not move to esper_core.validators yet (their owners: see the issue).
-NOT_YET_SHARED = {"host.dropout", "blueprints.lora.alpha", "blueprints.lora_large.alpha"}
-
-
 def _float_field_params() -> list:
-    params = []
-    for section, cls, name, shape in FLOAT_FIELDS:
-        key = f"{section}.{name}"
-        marks = [pytest.mark.xfail(reason=f"{cls.__module__}.{cls.__name__} does not use the shared validators")
-                 ] if key in NOT_YET_SHARED else []
-        params.append(pytest.param(section, cls, name, shape, id=key, marks=marks))
-    return params
+    return [pytest.param(section, cls, name, shape, id=f"{section}.{name}") for section, cls, name, shape in FLOAT_FIELDS]
 
 
 def test_the_property_below_covers_core_plugin_and_reward_floats():

@@ -38,28 +38,13 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
 
 import attrs
 
 from esper_core.leyline import ENUM_HEAD_SIZES, SeedStage, TelemetryEvent, TelemetryEventType
 from esper_core.leyline.telemetry import GRADIENT_SITES, GradientAnomalyPayload, PolicyAnomalyPayload
 from esper_core.tamiyo.controller import APPROX_KL_METRIC, ENTROPY_METRIC_PREFIX, VALUE_LOSS_METRIC
-
-
-def _positive_finite(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{attribute.name} must be a positive finite number, got {value!r}")
-
-
-def _fraction(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
-        raise ValueError(f"{attribute.name} must be a number between 0 and 1 (exclusive), got {value!r}")
-
-
-def _positive_int(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{attribute.name} must be an integer >= 1, got {value!r}")
+from esper_core.validators import in_range, positive, positive_int
 
 
 @attrs.frozen
@@ -76,14 +61,16 @@ class AnomalyThresholds:
     - ``kl_spike``: the update's approximate KL above this.
     """
 
-    exploding_grad_norm: float = attrs.field(default=1e3, validator=_positive_finite)
-    vanishing_grad_norm: float = attrs.field(default=1e-7, validator=_positive_finite)
-    entropy_collapse_fraction: float = attrs.field(default=0.05, validator=_fraction)
-    entropy_collapse_nats: float = attrs.field(default=0.01, validator=_positive_finite)
-    value_loss_blowup_factor: float = attrs.field(default=10.0, validator=_positive_finite)
-    value_loss_window: int = attrs.field(default=20, validator=_positive_int)
-    value_loss_min_history: int = attrs.field(default=3, validator=_positive_int)
-    kl_spike: float = attrs.field(default=0.1, validator=_positive_finite)
+    exploding_grad_norm: float = attrs.field(default=1e3, validator=positive())
+    vanishing_grad_norm: float = attrs.field(default=1e-7, validator=positive())
+    entropy_collapse_fraction: float = attrs.field(
+        default=0.05, validator=in_range(0, 1, low_inclusive=False, high_inclusive=False)
+    )
+    entropy_collapse_nats: float = attrs.field(default=0.01, validator=positive())
+    value_loss_blowup_factor: float = attrs.field(default=10.0, validator=positive())
+    value_loss_window: int = attrs.field(default=20, validator=positive_int())
+    value_loss_min_history: int = attrs.field(default=3, validator=positive_int())
+    kl_spike: float = attrs.field(default=0.1, validator=positive())
 
     def __attrs_post_init__(self) -> None:
         if self.vanishing_grad_norm >= self.exploding_grad_norm:

@@ -9,6 +9,7 @@ from torch import nn
 from esper_core.errors import ConfigError
 from esper_core.leyline import SEGMENT_BOUNDARY, InjectionSpec
 from esper_core.tasks import TaskInfo
+from esper_core.validators import one_of, positive_int
 
 #: The activation layout this host produces at its slots.
 TOPOLOGY = "image"
@@ -56,13 +57,13 @@ class CNNHostConfig:
     conv3x3-BatchNorm-ReLU layers each block stacks before its optional pool.
     """
 
-    preset: str = attrs.field(default="cifar_baseline", validator=attrs.validators.in_(tuple(PRESETS)))
+    preset: str = attrs.field(default="cifar_baseline", validator=one_of(*PRESETS))
     channels: tuple[int, ...] | None = attrs.field(
         default=None,
         converter=_optional_tuple,
         validator=attrs.validators.optional(
             attrs.validators.deep_iterable(
-                member_validator=attrs.validators.and_(attrs.validators.instance_of(int), attrs.validators.ge(1)),
+                member_validator=positive_int(),
                 iterable_validator=attrs.validators.min_len(1),
             )
         ),
@@ -77,9 +78,7 @@ class CNNHostConfig:
             )
         ),
     )
-    convs_per_block: int = attrs.field(
-        default=1, validator=[attrs.validators.instance_of(int), attrs.validators.ge(1)]
-    )
+    convs_per_block: int = attrs.field(default=1, validator=positive_int())
 
 
 class ConvBlock(nn.Module):

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from esper_core.registry import NoOptions
+from esper_core.validators import int_in_range, positive_int
 
 #: The only activation layout these seeds accept.
 TOPOLOGY = "image"
@@ -23,21 +24,18 @@ TOPOLOGY = "image"
 
 # -- configs -----------------------------------------------------------------------------------------
 
-_positive_int = [attrs.validators.instance_of(int), attrs.validators.ge(1)]
-
-
 @attrs.frozen
 class AttentionSeedConfig:
     """``attention``: squeeze-excitation hidden width is ``max(1, channels // reduction)``."""
 
-    reduction: int = attrs.field(default=4, validator=_positive_int)
+    reduction: int = attrs.field(default=4, validator=positive_int())
 
 
 @attrs.frozen
 class BottleneckSeedConfig:
     """``bottleneck``: the 3x3 conv runs at ``max(1, channels // reduction)`` channels."""
 
-    reduction: int = attrs.field(default=4, validator=_positive_int)
+    reduction: int = attrs.field(default=4, validator=positive_int())
 
 
 @attrs.frozen
@@ -48,7 +46,7 @@ class ConvSmallSeedConfig:
     ``conv_small`` has strictly fewer parameters than ``conv_light``.
     """
 
-    reduction: int = attrs.field(default=4, validator=[attrs.validators.instance_of(int), attrs.validators.ge(2)])
+    reduction: int = attrs.field(default=4, validator=int_in_range(2))
 
 
 # -- modules -----------------------------------------------------------------------------------------

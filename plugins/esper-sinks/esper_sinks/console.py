@@ -24,15 +24,11 @@ from rich.text import Text
 from esper_core.leyline import SeedStage, TelemetryEvent, TelemetryEventType
 from esper_core.leyline import telemetry as payloads
 from esper_core.telemetry import SinkContext
+from esper_core.validators import positive
 
 #: Without a live bar (output is not an interactive terminal), an episode longer than this many epochs
 #: gets one progress line per round instead of one per epoch.
 PLAIN_LINE_EPOCH_LIMIT = 25
-
-
-def _positive_finite(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{attribute.name} must be a positive finite number, got {value!r}")
 
 
 @attrs.frozen
@@ -45,7 +41,7 @@ class ConsoleSinkConfig:
     """
 
     verbose: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
-    refresh_per_second: float = attrs.field(default=4.0, validator=_positive_finite)
+    refresh_per_second: float = attrs.field(default=4.0, validator=positive())
 
 
 @attrs.define

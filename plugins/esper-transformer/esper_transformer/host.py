@@ -12,6 +12,7 @@ from torch import nn
 from esper_core.errors import ConfigError
 from esper_core.leyline import SEGMENT_BOUNDARY, InjectionSpec
 from esper_core.tasks import TaskInfo
+from esper_core.validators import in_range, one_of, optional, positive_int
 
 from esper_transformer.surfaces import POST_ATTN, POST_MLP, SURFACE_CODES
 
@@ -27,9 +28,6 @@ DEFAULT_NUM_SEGMENTS = 3
 #: Standard deviation of the normal init of embeddings and linear weights (GPT-2).
 INIT_STD = 0.02
 
-_positive_int = [attrs.validators.instance_of(int), attrs.validators.ge(1)]
-
-
 @attrs.frozen
 class TransformerHostConfig:
     """Options of the `transformer` host (its TOML section).
@@ -41,16 +39,13 @@ class TransformerHostConfig:
     moves the cuts: the weights a seed builds are the same under every layout.
     """
 
-    n_layer: int = attrs.field(default=6, validator=_positive_int)
-    d_model: int = attrs.field(default=128, validator=_positive_int)
-    n_head: int = attrs.field(default=4, validator=_positive_int)
-    dropout: float = attrs.field(
-        default=0.0,
-        validator=[attrs.validators.instance_of((int, float)), attrs.validators.ge(0.0), attrs.validators.lt(1.0)],
-    )
+    n_layer: int = attrs.field(default=6, validator=positive_int())
+    d_model: int = attrs.field(default=128, validator=positive_int())
+    n_head: int = attrs.field(default=4, validator=positive_int())
+    dropout: float = attrs.field(default=0.0, validator=in_range(0.0, 1.0, high_inclusive=False))
     tie_embeddings: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
-    slot_layout: str = attrs.field(default="segments", validator=attrs.validators.in_(SLOT_LAYOUTS))
-    num_segments: int | None = attrs.field(default=None, validator=attrs.validators.optional(_positive_int))
+    slot_layout: str = attrs.field(default="segments", validator=one_of(*SLOT_LAYOUTS))
+    num_segments: int | None = attrs.field(default=None, validator=optional(positive_int()))
 
 
 # -- modules -----------------------------------------------------------------------------------------

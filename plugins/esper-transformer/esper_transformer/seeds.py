@@ -15,13 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from esper_core.registry import NoOptions
+from esper_core.validators import positive, positive_int
 
 #: The only activation layout these seeds accept.
 TOPOLOGY = "sequence"
-
-_positive_int = [attrs.validators.instance_of(int), attrs.validators.ge(1)]
-_positive_float = [attrs.validators.instance_of((int, float)), attrs.validators.gt(0.0)]
-
 
 # -- configs -----------------------------------------------------------------------------------------
 
@@ -30,23 +27,23 @@ _positive_float = [attrs.validators.instance_of((int, float)), attrs.validators.
 class LoraSeedConfig:
     """``lora``: ``x + (alpha / rank) * B(A(x))`` with ``A: D -> rank``, ``B: rank -> D`` (B zero at birth)."""
 
-    rank: int = attrs.field(default=8, validator=_positive_int)
-    alpha: float = attrs.field(default=8.0, validator=_positive_float)
+    rank: int = attrs.field(default=8, validator=positive_int())
+    alpha: float = attrs.field(default=8.0, validator=positive())
 
 
 @attrs.frozen
 class LoraLargeSeedConfig:
     """``lora_large``: the ``lora`` seed at a larger default rank (32, scale ``alpha / rank`` = 1)."""
 
-    rank: int = attrs.field(default=32, validator=_positive_int)
-    alpha: float = attrs.field(default=32.0, validator=_positive_float)
+    rank: int = attrs.field(default=32, validator=positive_int())
+    alpha: float = attrs.field(default=32.0, validator=positive())
 
 
 @attrs.frozen
 class AttentionSeedConfig:
     """``causal_attention``: ``n_head`` heads, which must divide the slot's channels."""
 
-    n_head: int = attrs.field(default=4, validator=_positive_int)
+    n_head: int = attrs.field(default=4, validator=positive_int())
 
 
 # -- modules -----------------------------------------------------------------------------------------
