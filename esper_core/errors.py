@@ -2,6 +2,19 @@
 
 from __future__ import annotations
 
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "EsperError",
+    "LifecycleError",
+    "PluginError",
+    "RunAborted",
+    "RunLocked",
+    "SeedContractError",
+    "TrainingUnstable",
+]
+
 
 class EsperError(Exception):
     """Base class: the message is one line a user can act on; the CLI prints it without a traceback."""
