@@ -195,14 +195,20 @@ def cmd_plugins(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_report(args: argparse.Namespace, console: Console) -> int:
     from esper_core.experiments import is_experiment_dir
-    from esper_core.telemetry.report import plot_report, read_events, summarize_events
+    from esper_core.telemetry.report import (
+        describe_anomalies,
+        load_events,
+        plot_report,
+        stage_duration_table,
+        summarize_events,
+    )
 
     run_dir = Path(args.run_dir)
     if is_experiment_dir(run_dir):
         _print_comparison(run_dir, console)
         return 0
-    records = read_events(run_dir / "events.jsonl")
-    summary = summarize_events(records)
+    events = load_events(run_dir / "events.jsonl")
+    summary = summarize_events(events)
     run = summary["run"]
     console.print(
         f"[bold]{run['name']}[/bold]: task {run['task']}, host {run['host']}, policy {run['policy']}, "
@@ -241,7 +247,9 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
             cells.append("-" if loss is None or loss > 50 else f"{math.exp(loss):.2f}")
         rounds.add_row(*cells, f"{data['mean_params']:,.0f}")
     console.print(rounds)
-    plot = plot_report(run_dir, records)
+    console.print(stage_duration_table(summary))
+    console.print(describe_anomalies(summary), highlight=False)
+    plot = plot_report(run_dir, events)
     console.print(f"plot: {plot}", highlight=False)
     return 0
 
