@@ -972,6 +972,7 @@ def start_run(config: RunConfig, manager: PluginManager, *, on_run_dir: Callable
                 blueprints=setup.blueprints, host_params=setup.host_params, device=str(setup.device),
                 slot_surfaces=tuple(spec.surface for spec in setup.slot_config.specs),
                 score_basis=setup.task.info.score_basis,
+                torch_threads=torch.get_num_threads(),
             ),
         )
     )
