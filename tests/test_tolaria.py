@@ -394,3 +394,36 @@ def test_step_clock_on_cuda_sums_event_times_not_launch_times(monkeypatch):
     assert clock.seconds == pytest.approx(0.75)
     assert synchronised == [6]
     assert clock.seconds == pytest.approx(0.75)
+
+
+def test_checkpoint_state_is_typed_and_round_trips_through_the_converter(toy_manager, toy_config):
+    """Checkpoints hold typed records (EngineCheckpoint > EnvironmentState > GovernorState, PendingDecision,
+    FactoredAction) unstructured by one converter; structuring and unstructuring again changes nothing."""
+    import attrs
+
+    from esper_core.leyline import FactoredAction
+    from esper_core.tolaria.environment import EnvironmentState, PendingDecision
+    from esper_core.tolaria.governor import GovernorState
+    from esper_core.tolaria.state import EngineCheckpoint, checkpoint_from_dict, checkpoint_to_dict
+
+    script = {"policy": {"name": "scripted", "script": LIFECYCLE_SCRIPT}}
+    created = []
+    with pytest.raises(RunAborted):
+        start_run(toy_config(faults={"abort": {"round": 0, "epoch": 4}}, **script), toy_manager,
+                  on_run_dir=created.append)
+    path = created[0] / CHECKPOINT_DIR / LATEST_CHECKPOINT
+    payload = load_checkpoint(path)
+    checkpoint = checkpoint_from_dict(payload, path)
+    assert isinstance(checkpoint, EngineCheckpoint) and (checkpoint.round, checkpoint.epoch) == (0, 5)
+    env = checkpoint.env_states[0]
+    assert isinstance(env, EnvironmentState) and isinstance(env.governor, GovernorState)
+    assert isinstance(env.pending, PendingDecision) and isinstance(env.last_action, FactoredAction)
+    assert set(payload["env_states"][0]) == {field.name for field in attrs.fields(EnvironmentState)}
+    again = checkpoint_to_dict(checkpoint)
+    assert set(again) == set(payload) - {"format", "version"}
+    first, second = payload["env_states"][0], again["env_states"][0]
+    for key in ("metric_history", "train_loss_history", "last_action", "pending", "epoch_alphas", "model_lifecycle"):
+        assert first[key] == second[key], key
+    assert first["host_optimizer"] is second["host_optimizer"]  # torch's own state dicts pass through untouched
+    assert all(torch.equal(first["model_weights"][k], second["model_weights"][k]) for k in first["model_weights"])
+    assert checkpoint.events.lines == sum(1 for _ in open(created[0] / "events.jsonl")) - 1  # RUN_FINISHED after it
