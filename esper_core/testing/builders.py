@@ -306,7 +306,8 @@ def merge_sections(data: Mapping[str, Any], sections: Mapping[str, Mapping[str, 
     for section, values in sections.items():
         values = copy.deepcopy(dict(values))
         current = merged.get(section)
-        if section == "policy" and isinstance(current, dict) and values.get("name", current.get("name")) != current.get("name"):
+        renamed = isinstance(current, dict) and values.get("name", current.get("name")) != current.get("name")
+        if section == "policy" and renamed:
             merged[section] = values
         else:
             merged.setdefault(section, {}).update(values)
@@ -342,7 +343,9 @@ def final_checkpoint(run_dir: Path) -> dict[str, Any]:
     return load_checkpoint(Path(run_dir) / CHECKPOINT_DIR / LATEST_CHECKPOINT)
 
 
-def comparable(records: Sequence[dict[str, Any]], *, wall_clock_metrics: Sequence[str] = ("charts/SPS",)) -> list[tuple[str, str]]:
+def comparable(
+    records: Sequence[dict[str, Any]], *, wall_clock_metrics: Sequence[str] = ("charts/SPS",)
+) -> list[tuple[str, str]]:
     """Event records reduced to what must match between an interrupted-and-resumed run and an
     uninterrupted one: RUN_STARTED/RUN_RESUMED/RUN_FINISHED dropped, every ``seconds`` or ``*_seconds``
     field dropped, and the ``wall_clock_metrics`` of POLICY_UPDATED dropped."""
@@ -351,7 +354,9 @@ def comparable(records: Sequence[dict[str, Any]], *, wall_clock_metrics: Sequenc
     for record in records:
         if record["event"] in skip:
             continue
-        data = {key: value for key, value in record["data"].items() if not key.endswith("_seconds") and key != "seconds"}
+        data = {
+            key: value for key, value in record["data"].items() if not key.endswith("_seconds") and key != "seconds"
+        }
         if record["event"] == "POLICY_UPDATED":
             data["metrics"] = {key: value for key, value in data["metrics"].items() if key not in wall_clock_metrics}
         out.append((record["event"], json.dumps(data, sort_keys=True)))

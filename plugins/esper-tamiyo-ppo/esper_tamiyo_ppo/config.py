@@ -51,14 +51,16 @@ PRESETS: dict[str, NetworkSizes] = {
 _SIZE_FIELDS: tuple[str, ...] = tuple(field.name for field in attrs.fields(NetworkSizes))
 
 
+def _finite_non_negative(value: Any) -> bool:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return number and math.isfinite(value) and value >= 0.0
+
+
 def _head_weights(_instance: Any, attribute: attrs.Attribute[Any], value: dict[str, float]) -> None:
     unknown = sorted(set(value) - set(HEADS))
     if unknown:
         raise InvalidValue(attribute.name, f"unknown head(s) {', '.join(unknown)}; heads: {', '.join(HEADS)}", value)
-    bad = sorted(
-        head for head, weight in value.items()
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (math.isfinite(weight) and weight >= 0.0)
-    )
+    bad = sorted(head for head, weight in value.items() if not _finite_non_negative(weight))
     if bad:
         raise InvalidValue(
             attribute.name, f"weights must be finite and >= 0; got {', '.join(f'{h}={value[h]}' for h in bad)}", value

@@ -105,14 +105,17 @@ def _widened_columns(saved: list[list[Any]], layout: Sequence[Any], what: str) -
     kept = [name for name in names if name in saved_sizes]
     if kept != [str(name) for name, _size in saved]:
         removed = sorted(set(saved_sizes) - set(names))
-        detail = f"it has features this layout lacks ({', '.join(removed)})" if removed else "its features are in another order"
+        detail = (
+            f"it has features this layout lacks ({', '.join(removed)})" if removed else "its features are in another order"
+        )
         raise CheckpointError(f"{what}: the saved observation layout cannot be widened to this one: {detail}; retrain")
     columns, offset = [], 0
     for feature in layout:
         if feature.name in saved_sizes:
             if saved_sizes[feature.name] != feature.size:
                 raise CheckpointError(
-                    f"{what}: feature {feature.name} has {saved_sizes[feature.name]} columns saved, {feature.size} here; retrain"
+                    f"{what}: feature {feature.name} has {saved_sizes[feature.name]} columns saved, "
+                    f"{feature.size} here; retrain"
                 )
             columns.extend(range(offset, offset + feature.size))
         offset += feature.size
@@ -145,7 +148,8 @@ def widen_to_layout(state: dict[str, Any], what: str) -> dict[str, Any]:
         mean[columns], var[columns] = stats["mean"], stats["var"]
         normalizer[scope] = {**stats, "mean": mean, "var": var}
         architecture[f"{scope}_features"] = [[feature.name, feature.size] for feature in layout]
-    return {**state, "version": STATE_VERSION, "architecture": architecture, "network": network, "normalizer": normalizer}
+    widened_state = {"version": STATE_VERSION, "architecture": architecture, "network": network, "normalizer": normalizer}
+    return {**state, **widened_state}
 
 
 def _plain(value: Any) -> Any:

@@ -98,7 +98,10 @@ def finite_rows(features: FeatureBatch) -> torch.Tensor:
 
 
 def select_rows(features: FeatureBatch, rows: torch.Tensor) -> FeatureBatch:
-    return FeatureBatch(base=features.base[rows], slots=features.slots[rows], blueprint_ids=features.blueprint_ids[rows])
+    """The environments where ``rows`` (E,) bool is True."""
+    return FeatureBatch(
+        base=features.base[rows], slots=features.slots[rows], blueprint_ids=features.blueprint_ids[rows]
+    )
 
 
 def replace_non_finite(features: FeatureBatch, clip: float) -> FeatureBatch:
