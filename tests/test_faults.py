@@ -476,21 +476,23 @@ def test_sigkill_then_resume_equals_the_uninterrupted_run(tmp_path):
 
 @pytest.mark.slow
 def test_two_concurrent_resumes_one_runs_and_the_other_exits_2_naming_it(tmp_path):
-    aborted = esper("run", str(write_config(tmp_path, run={"episode_length": 30, "envs": 1},
+    aborted = esper("run", str(write_config(tmp_path, run={"episode_length": 5000, "envs": 1, "checkpoint_every": 0},
                                             faults={"abort": {"round": 0, "epoch": 1}})))
     assert aborted.returncode == 3, aborted.stderr
     run_dir = Path(aborted.stderr.split("--resume", 1)[1].split()[0])
     first = esper("run", "--resume", str(run_dir), wait=False)
-    for _ in range(600):  # bounded: until the first resume holds the lock
+    for _ in range(1200):  # bounded: until the first resume holds the lock
         if (run_dir / "run.lock").exists() and (run_dir / "run.lock").read_text().strip() == str(first.pid):
             break
         assert first.poll() is None, first.communicate()
         time.sleep(0.05)
     second = esper("run", "--resume", str(run_dir))
+    assert first.poll() is None, "the first resume ended before the second tried: the run is too short"
+    first.send_signal(signal.SIGTERM)  # then stop the first one, cleanly
     first.communicate(timeout=300)
-    assert first.returncode == 0
+    assert first.returncode == 143
     assert second.returncode == 2
     assert len(second.stderr.strip().splitlines()) == 1 and f"in use by process {first.pid}" in second.stderr
     kinds = Counter(r["event"] for r in events_of(run_dir))
     assert kinds["RUN_RESUMED"] == 1 and kinds["RUN_FINISHED"] == 1  # the abort's was cut with the epochs after it
-    assert json.loads((run_dir / "summary.json").read_text())["run"]["status"] == "completed"
+    assert json.loads((run_dir / "summary.json").read_text())["run"]["status"] == "aborted"
