@@ -103,7 +103,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
             config = parse_config(data, manager, source=args.config)
             if not config.sinks and "sinks" not in data:
                 console.print("no [sinks] section and no console sink installed: events go to events.jsonl only",
-                              highlight=False)
+                              highlight=False, markup=False)
             out_dir = start_run(config, manager, on_run_dir=announce)
     console.print(f"finished: {out_dir}", highlight=False)
     return 0

@@ -145,3 +145,17 @@ def test_resume_with_a_corrupt_checkpoint_is_one_clear_error(write_config):
     assert result.returncode == 2
     assert "checkpoint" in result.stderr and "corrupt" in result.stderr and "Traceback" not in result.stderr
     assert (run_dir / "events.jsonl").read_text() == events_before  # nothing already written is lost
+
+
+def test_a_run_without_any_sink_plugin_writes_its_record_and_says_so(tmp_path, toy_run_data):
+    """No [sinks] section and no console sink registered (the toy plugin has none): events.jsonl only."""
+    data = toy_run_data(run={"envs": 1, "episode_length": 2})
+    del data["sinks"]
+    path = tmp_path / "nosinks.toml"
+    path.write_text(tomli_w.dumps(data))
+    result = esper("run", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "no [sinks] section and no console sink installed: events go to events.jsonl only" in result.stdout
+    assert "(1 torch thread)" in result.stdout
+    run_dir = run_dir_from(result.stdout)
+    assert json.loads((run_dir / "summary.json").read_text())["run"]["status"] == "completed"
