@@ -130,12 +130,17 @@ class Task(abc.ABC):
         """Mean training loss of a batch (a scalar tensor)."""
 
     @abc.abstractmethod
-    def score(self, outputs: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def metric_sums(self, outputs: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-variant sums over a batch: (sum of per-sample losses, sum of per-sample metric).
 
         ``outputs`` carries a leading variant dimension (V, B, ...): variant 0 is the full model,
-        the others are counterfactual ablations. Returns two device tensors of shape (V,).
+        the others are counterfactual ablations. Returns two device tensors of shape (V,). (The score
+        contributions and rewards use is ``TaskInfo.score`` of the resulting mean metric and loss.)
         """
+
+    def score(self, outputs: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # TEMPORARY (issue 11 rename in progress): the engine still calls the old name.
+        return self.metric_sums(outputs, target)
 
 
 class TensorClassificationTask(Task):
@@ -198,7 +203,7 @@ class TensorClassificationTask(Task):
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(output, target)
 
-    def score(self, outputs: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def metric_sums(self, outputs: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         variants, batch, classes = outputs.shape
         flat = outputs.reshape(variants * batch, classes)
         expanded = target.repeat(variants)

@@ -523,7 +523,7 @@ def reference_validation(env: Environment, batch_size: int) -> dict[str | None, 
         count = 0
         with torch.no_grad():
             for inputs, targets in task.validation_batches(batch_size):
-                loss, metric = task.score(model(inputs).unsqueeze(0), targets)
+                loss, metric = task.metric_sums(model(inputs).unsqueeze(0), targets)
                 loss_sum += float(loss[0])
                 metric_sum += float(metric[0])
                 count += int(targets.shape[0])

@@ -417,7 +417,7 @@ def check_task_kind(kind: TaskKind, *, config: Any = None, batch_size: int = 8) 
     if not all(torch.equal(a[0], b[0]) for a, b in zip(val, again)):
         raise ConformanceError(f"task '{kind.name}': validation set changes between calls")
     logits = torch.zeros(2, *y.shape, info.num_classes)  # (variants, batch[, time], classes)
-    loss_sums, metric_sums = task.score(logits, y)
+    loss_sums, metric_sums = task.metric_sums(logits, y)
     if loss_sums.shape != (2,) or metric_sums.shape != (2,):
         raise ConformanceError(f"task '{kind.name}': score() must return per-variant sums of shape (V,)")
     if not bool(torch.isfinite(loss_sums).all()) or not all(0 <= float(m) <= x.shape[0] for m in metric_sums):

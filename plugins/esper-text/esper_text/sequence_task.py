@@ -118,10 +118,10 @@ class TokenWindowTask(Task):
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(output.reshape(-1, output.shape[-1]), target.reshape(-1))
 
-    def score(self, outputs: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def metric_sums(self, outputs: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if outputs.dim() != 4 or outputs.shape[1:3] != target.shape:
             raise ValueError(
-                f"score expects outputs (V, B, T, vocab) and targets (B, T); got {tuple(outputs.shape)} "
+                f"metric_sums expects outputs (V, B, T, vocab) and targets (B, T); got {tuple(outputs.shape)} "
                 f"and {tuple(target.shape)}"
             )
         log_probs = outputs.log_softmax(dim=-1, dtype=torch.float32)

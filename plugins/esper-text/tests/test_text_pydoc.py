@@ -102,7 +102,7 @@ def test_validation_scores_average_to_the_per_token_loss(task: TokenWindowTask) 
     batches = task.validation_batches(200)
     logits = [torch.randn(*y.shape, task.info.num_classes, generator=torch.Generator().manual_seed(i))
               for i, (_, y) in enumerate(batches)]
-    loss_sum = sum(float(task.score(out.unsqueeze(0), y)[0][0]) for out, (_, y) in zip(logits, batches))
+    loss_sum = sum(float(task.metric_sums(out.unsqueeze(0), y)[0][0]) for out, (_, y) in zip(logits, batches))
     flat_logits = torch.cat(logits).reshape(-1, task.info.num_classes)
     flat_targets = torch.cat([y for _, y in batches]).reshape(-1)
     expected = float(nn.functional.cross_entropy(flat_logits, flat_targets))
@@ -128,7 +128,7 @@ def test_a_tiny_causal_model_learns_below_the_uniform_loss(task: TokenWindowTask
     assert losses[0] > uniform - 0.5
     assert sum(losses[-5:]) / 5 < uniform - 1.5
     with torch.no_grad():
-        sums = [task.score(model(x).unsqueeze(0), y) for x, y in task.validation_batches(256)]
+        sums = [task.metric_sums(model(x).unsqueeze(0), y) for x, y in task.validation_batches(256)]
     val_loss = sum(float(loss[0]) for loss, _ in sums) / task.info.val_size
     val_accuracy = sum(float(metric[0]) for _, metric in sums) / task.info.val_size
     assert val_loss < uniform - 1.5

@@ -110,26 +110,26 @@ def test_loss_is_the_mean_cross_entropy_over_every_position() -> None:
     assert torch.allclose(task.loss(logits, targets), expected)
 
 
-def test_score_of_perfect_and_uniform_logits() -> None:
+def test_metric_sums_of_perfect_and_uniform_logits() -> None:
     task = _task()
     _inputs, targets = task.train_batch(torch.arange(5), torch.Generator())
     perfect = F.one_hot(targets, 10).float() * 30.0  # (B, T, vocab)
     uniform = torch.zeros(5, 4, 10)
-    losses, accuracies = task.score(torch.stack([perfect, uniform]), targets)
+    losses, accuracies = task.metric_sums(torch.stack([perfect, uniform]), targets)
     assert losses.shape == accuracies.shape == (2,)
     assert float(losses[0]) < 1e-6
     assert float(accuracies[0]) == pytest.approx(5.0)  # every token right: the sample count
     assert float(losses[1]) == pytest.approx(5 * math.log(10), rel=1e-5)
 
 
-def test_score_is_per_sample_mean_token_loss_and_accuracy() -> None:
+def test_metric_sums_are_per_sample_mean_token_loss_and_accuracy() -> None:
     task = _task()
     _inputs, targets = task.train_batch(torch.arange(6), torch.Generator())
     logits = torch.randn(3, 6, 4, 10, generator=torch.Generator().manual_seed(2))
     # make exactly one of the four positions of sample 0 right in variant 2
     logits[2, 0] = -10.0
     logits[2, 0, 1, targets[0, 1]] = 10.0
-    losses, accuracies = task.score(logits, targets)
+    losses, accuracies = task.metric_sums(logits, targets)
     for variant in range(3):
         token_losses = F.cross_entropy(logits[variant].reshape(-1, 10), targets.reshape(-1), reduction="none")
         assert float(losses[variant]) == pytest.approx(float(token_losses.view(6, 4).mean(1).sum()), rel=1e-5)
@@ -138,8 +138,8 @@ def test_score_is_per_sample_mean_token_loss_and_accuracy() -> None:
     assert float((logits[2, 0].argmax(-1) == targets[0]).float().mean()) == 0.25
 
 
-def test_score_rejects_outputs_without_a_variant_dimension() -> None:
+def test_metric_sums_reject_outputs_without_a_variant_dimension() -> None:
     task = _task()
     _inputs, targets = task.train_batch(torch.arange(2), torch.Generator())
     with pytest.raises(ValueError, match=r"\(V, B, T, vocab\)"):
-        task.score(torch.zeros(2, 4, 10), targets)
+        task.metric_sums(torch.zeros(2, 4, 10), targets)
