@@ -1,7 +1,7 @@
-"""Tamiyo: the controller side (observations, action masks and the controller interface)."""
+"""Tamiyo: the deciding side (observations, action masks and the ``Policy`` interface)."""
 
-from esper_core.tamiyo.controller import Controller, PolicyContext
+from esper_core.tamiyo.controller import Controller, Policy, PolicyContext
 from esper_core.tamiyo.masks import ActionMasks, compute_masks, slot_valid_for
 from esper_core.tamiyo.observation import EnvObservation
 
-__all__ = ["ActionMasks", "Controller", "EnvObservation", "PolicyContext", "compute_masks", "slot_valid_for"]
+__all__ = ["ActionMasks", "Controller", "EnvObservation", "Policy", "PolicyContext", "compute_masks", "slot_valid_for"]

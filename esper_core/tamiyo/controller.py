@@ -1,4 +1,4 @@
-"""The controller interface every policy plugin implements, and the context it is built with."""
+"""The ``Policy`` interface every policy plugin implements, and the ``PolicyContext`` it is built with."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from esper_core.tamiyo.masks import ActionMasks
 from esper_core.tamiyo.observation import EnvObservation
 from esper_core.tasks import TaskInfo
 
-#: ``end_episode`` metric keys the core's code reads (the whole contract: ``Controller.end_episode``):
+#: ``end_episode`` metric keys the core's code reads (the whole contract: ``Policy.end_episode``):
 #: ``entropy/<head>`` per action head in nats, e.g. ``entropy/op``.
 ENTROPY_METRIC_PREFIX = "entropy/"
 VALUE_LOSS_METRIC = "value_loss"
@@ -41,8 +41,8 @@ class PolicyContext:
 
 
 @runtime_checkable
-class Controller(Protocol):
-    """A Tamiyo controller: one decision per environment per epoch.
+class Policy(Protocol):
+    """A policy: one decision per environment per epoch (heuristic or learned; the Tamiyo domain).
 
     ``act`` returns one ``FactoredAction`` per environment; an action the masks forbid is executed
     as WAIT and observed as failed. ``record`` reports each environment's reward after the actions
@@ -60,7 +60,7 @@ class Controller(Protocol):
         """Close round ``round_index``; a learner updates here. Returns the update's metrics, which the
         engine records as ``POLICY_UPDATED`` (every key, as given; sinks show them under their names).
 
-        The core reads these keys, each optional (a controller that does not learn returns ``{}``):
+        The core reads these keys, each optional (a policy that does not learn returns ``{}``):
 
         - ``entropy/<head>``: the policy's entropy for action head ``<head>`` (a name in
           ``leyline.HEADS``), in nats: the experiment comparison's head entropies, and entropy-collapse
@@ -72,10 +72,13 @@ class Controller(Protocol):
           (KL-spike anomalies);
         - ``clip_fraction``: the fraction of samples whose probability ratio was clipped.
 
-        Any other key is the controller's own (e.g. ``ppo/explained_variance``); the core never reads it.
+        Any other key is the policy's own (e.g. ``ppo/explained_variance``); the core never reads it.
         """
         ...
 
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+Controller = Policy  # TEMPORARY (issue 11 rename in progress): the engine still imports the old name

@@ -1,4 +1,4 @@
-"""esper-heuristic: Esper's non-learning controllers: a rule-based heuristic, a uniform-random baseline
+"""esper-heuristic: Esper's non-learning policies: a rule-based heuristic, a uniform-random baseline
 and a static control that never grows."""
 
 from esper_heuristic.heuristic import (
@@ -6,27 +6,29 @@ from esper_heuristic.heuristic import (
     EndedSeed,
     EnvMemory,
     HeuristicConfig,
-    HeuristicController,
+    HeuristicPolicy,
     Rule,
     SlotEvidence,
     Verdict,
     blueprint_rungs,
     resolve_blueprint_order,
 )
-from esper_heuristic.random_policy import RandomController, RandomPolicyConfig
-from esper_heuristic.static_policy import StaticController, StaticPolicyConfig
+from esper_heuristic.random_policy import RandomPolicy, RandomPolicyConfig
+from esper_heuristic.static_policy import StaticPolicy, StaticPolicyConfig
+
+HeuristicController = HeuristicPolicy  # TEMPORARY (issue 11 rename in progress): tests/conftest.py
 
 __all__ = [
     "Decision",
     "EndedSeed",
     "EnvMemory",
     "HeuristicConfig",
-    "HeuristicController",
-    "RandomController",
+    "HeuristicPolicy",
+    "RandomPolicy",
     "RandomPolicyConfig",
     "Rule",
     "SlotEvidence",
-    "StaticController",
+    "StaticPolicy",
     "StaticPolicyConfig",
     "Verdict",
     "blueprint_rungs",

@@ -1,4 +1,4 @@
-"""Helpers both controllers share: factored actions with irrelevant heads pinned to 0, batch consistency checks."""
+"""Helpers both policies share: factored actions with irrelevant heads pinned to 0, batch consistency checks."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The ``heuristic`` controller: fixed lifecycle rules (prune damage, fossilize what pays its price, advance,
+"""The ``heuristic`` policy: fixed lifecycle rules (prune damage, fossilize what pays its price, advance,
 germinate on plateau, choosing the blueprint by the run's evidence: start cheap, escalate when growth pays)."""
 
 from __future__ import annotations
@@ -395,8 +395,8 @@ class Decision:
     reason: str
 
 
-class HeuristicController:
-    """A rule-based Tamiyo controller that does not learn. See the package README for the rules."""
+class HeuristicPolicy:
+    """A rule-based Tamiyo policy that does not learn. See the package README for the rules."""
 
     def __init__(self, config: HeuristicConfig, context: PolicyContext) -> None:
         self.config = config
@@ -413,7 +413,7 @@ class HeuristicController:
         #: The decisions of the latest ``act`` call, one per environment (for telemetry and tests).
         self.last_decisions: tuple[Decision, ...] = ()
 
-    # -- Controller protocol -----------------------------------------------------------------------
+    # -- Policy protocol ---------------------------------------------------------------------------
 
     def begin_episode(self, round_index: int, n_envs: int) -> None:
         """Forget what was remembered about the previous episode's environments (``0..n_envs-1`` now);

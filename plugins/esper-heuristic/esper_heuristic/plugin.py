@@ -5,9 +5,9 @@ from __future__ import annotations
 from esper_core.hookspecs import PolicyRegistrar, hookimpl
 from esper_core.registry import PolicyKind
 
-from esper_heuristic.heuristic import HeuristicConfig, HeuristicController
-from esper_heuristic.random_policy import RandomController, RandomPolicyConfig
-from esper_heuristic.static_policy import StaticController, StaticPolicyConfig
+from esper_heuristic.heuristic import HeuristicConfig, HeuristicPolicy
+from esper_heuristic.random_policy import RandomPolicy, RandomPolicyConfig
+from esper_heuristic.static_policy import StaticPolicy, StaticPolicyConfig
 
 
 @hookimpl
@@ -15,7 +15,7 @@ def esper_register_policies(register: PolicyRegistrar) -> None:
     register(
         PolicyKind(
             name="heuristic",
-            build=HeuristicController,
+            build=HeuristicPolicy,
             config_class=HeuristicConfig,
             learns=False,
             description=(
@@ -27,7 +27,7 @@ def esper_register_policies(register: PolicyRegistrar) -> None:
     register(
         PolicyKind(
             name="random",
-            build=RandomController,
+            build=RandomPolicy,
             config_class=RandomPolicyConfig,
             learns=False,
             description="uniform-random valid actions, seeded from the run seed (a baseline)",
@@ -36,7 +36,7 @@ def esper_register_policies(register: PolicyRegistrar) -> None:
     register(
         PolicyKind(
             name="static",
-            build=StaticController,
+            build=StaticPolicy,
             config_class=StaticPolicyConfig,
             learns=False,
             description="always WAIT: the host trains alone (the never-grows control arm)",

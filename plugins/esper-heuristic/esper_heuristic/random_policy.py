@@ -1,4 +1,4 @@
-"""The ``random`` controller: a seeded, uniform-random valid-action baseline."""
+"""The ``random`` policy: a seeded, uniform-random valid-action baseline."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ class RandomPolicyConfig:
     wait_probability: float | None = attrs.field(default=None, validator=optional(probability()))
 
 
-class RandomController:
+class RandomPolicy:
     """Draws, per environment: the op, then a slot valid for it, then a blueprint allowed in that
     slot, then every other head relevant to the op, each uniformly; irrelevant heads are 0."""
 
@@ -43,7 +43,7 @@ class RandomController:
         self._generator.manual_seed(context.seed)
         self._last_batch_size: int | None = None
 
-    # -- Controller protocol -----------------------------------------------------------------------
+    # -- Policy protocol ---------------------------------------------------------------------------
 
     def begin_episode(self, round_index: int, n_envs: int) -> None:
         """Nothing carries over between episodes except the generator, which keeps running."""

@@ -1,4 +1,4 @@
-"""The ``static`` controller: WAIT for every environment, every epoch (the "never grows" control arm)."""
+"""The ``static`` policy: WAIT for every environment, every epoch (the "never grows" control arm)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ class StaticPolicyConfig:
     """The ``static`` policy has no options; any key in its ``[policy]`` section is an error."""
 
 
-class StaticController:
+class StaticPolicy:
     """Never germinates, never touches a seed: the host trains alone (WAIT is always allowed)."""
 
     def __init__(self, config: StaticPolicyConfig, context: PolicyContext) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from esper_core.config import structure_section
 from esper_core.errors import ConfigError
-from esper_heuristic import HeuristicConfig, HeuristicController, RandomPolicyConfig, StaticPolicyConfig
+from esper_heuristic import HeuristicConfig, HeuristicPolicy, RandomPolicyConfig, StaticPolicyConfig
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -119,7 +119,7 @@ def test_random_config_accepts_probabilities(value):
 def test_unknown_blueprints_are_config_errors_at_build_time(kit):
     config = HeuristicConfig(blueprints=("conv_lite", "attention", "mystery"))
     with pytest.raises(ConfigError) as caught:
-        HeuristicController(config, kit.context())
+        HeuristicPolicy(config, kit.context())
     problems = caught.value.problems
     assert len(problems) == 2
     assert problems[0].startswith("[policy] unknown blueprint 'conv_lite'")
@@ -129,8 +129,8 @@ def test_unknown_blueprints_are_config_errors_at_build_time(kit):
 
 
 def test_known_blueprints_build(kit):
-    controller = HeuristicController(HeuristicConfig(blueprints=("attention",)), kit.context())
-    assert controller.config.blueprints == ("attention",)
+    policy = HeuristicPolicy(HeuristicConfig(blueprints=("attention",)), kit.context())
+    assert policy.config.blueprints == ("attention",)
 
 
 def _readme_policy_tables() -> list[dict]:
@@ -149,7 +149,7 @@ def test_readme_toml_examples_load_with_the_run_config_loader(kit):
         assert problems == []
         seen.add(name)
         if name == "heuristic":
-            HeuristicController(config, kit.context())  # its blueprint names exist in the test run
+            HeuristicPolicy(config, kit.context())  # its blueprint names exist in the test run
     assert seen == {"heuristic", "random", "static"}
 
 

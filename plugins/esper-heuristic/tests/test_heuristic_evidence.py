@@ -8,27 +8,27 @@ import json
 import pytest
 
 from esper_core.leyline import LifecycleOp, SeedStage
-from esper_heuristic import HeuristicConfig, HeuristicController, Rule
+from esper_heuristic import HeuristicConfig, HeuristicPolicy, Rule
 
 HOLDING = SeedStage.HOLDING
 # the kit's sizes: conv_light 100, conv_heavy 200, attention 300 parameters (prices 0.001, 0.002, 0.003)
 
 
-def germinated(kit, controller, epoch=10, **observation_options):
-    decision = kit.decide(controller, kit.observation(epoch=epoch, **observation_options))
+def germinated(kit, policy, epoch=10, **observation_options):
+    decision = kit.decide(policy, kit.observation(epoch=epoch, **observation_options))
     assert decision.rule is Rule.GERMINATE, decision
-    return decision.action.slot, controller.context.blueprints[decision.action.blueprint]
+    return decision.action.slot, policy.context.blueprints[decision.action.blueprint]
 
 
-def end_a_seed(kit, controller, *, blueprint, contribution, fossilize, epoch=10, seed_id="s"):
+def end_a_seed(kit, policy, *, blueprint, contribution, fossilize, epoch=10, seed_id="s"):
     """Slot 0 holds a seed of ``blueprint`` measured at ``contribution``; it is then seen FOSSILIZED
     (``fossilize``) or EMBARGOED (pruned)."""
     holding = {0: kit.slot(0, HOLDING, contribution=contribution, blueprint=blueprint, seed_id=seed_id)}
     observation = kit.observation(epoch=epoch, slots=holding, metric_history=kit.rising_history(epoch))
-    decision = kit.decide(controller, observation)
+    decision = kit.decide(policy, observation)
     end = SeedStage.FOSSILIZED if fossilize else SeedStage.EMBARGOED
     after = {0: kit.slot(0, end, blueprint=blueprint, seed_id=seed_id)}
-    kit.decide(controller, kit.observation(epoch=epoch + 1, slots=after, metric_history=kit.rising_history(epoch + 1)))
+    kit.decide(policy, kit.observation(epoch=epoch + 1, slots=after, metric_history=kit.rising_history(epoch + 1)))
     return decision
 
 
@@ -43,14 +43,14 @@ def end_a_seed(kit, controller, *, blueprint, contribution, fossilize, epoch=10,
 )
 def test_first_germination_picks_the_cheapest_blueprint_regardless_of_list_order(kit, blueprints, sizes, expected):
     context = kit.context(blueprints=blueprints, blueprint_params=sizes)
-    controller = HeuristicController(HeuristicConfig(), context)
-    controller.begin_episode(0, 1)
-    assert germinated(kit, controller, blueprints=blueprints) == (0, expected)
+    policy = HeuristicPolicy(HeuristicConfig(), context)
+    policy.begin_episode(0, 1)
+    assert germinated(kit, policy, blueprints=blueprints) == (0, expected)
 
 
 def test_a_size_tie_follows_the_configured_preference_order(kit):
-    controller = kit.heuristic(blueprints=("attention", "conv_heavy"), blueprint_params=(300, 100, 100))
-    assert germinated(kit, controller) == (0, "attention")
+    policy = kit.heuristic(blueprints=("attention", "conv_heavy"), blueprint_params=(300, 100, 100))
+    assert germinated(kit, policy) == (0, "attention")
 
 
 @pytest.mark.parametrize(
@@ -60,52 +60,52 @@ def test_a_size_tie_follows_the_configured_preference_order(kit):
 def test_a_fossilized_seed_that_paid_a_lot_escalates_its_slot_and_a_modest_one_stays(
     kit, contribution, next_blueprint, verdict
 ):
-    controller = kit.heuristic(fossilize_threshold=0.001)
-    decision = end_a_seed(kit, controller, blueprint="conv_light", contribution=contribution, fossilize=True)
+    policy = kit.heuristic(fossilize_threshold=0.001)
+    decision = end_a_seed(kit, policy, blueprint="conv_light", contribution=contribution, fossilize=True)
     assert decision.rule is Rule.FOSSILIZE
-    evidence = controller.evidence("r0c0")
+    evidence = policy.evidence("r0c0")
     assert (evidence.target, evidence.ended) == (next_blueprint, 1)
     assert evidence.last == ["s", "conv_light", contribution, pytest.approx(0.001), verdict]
-    controller.begin_episode(1, 1)  # the evidence outlives the episode
-    assert germinated(kit, controller, epoch=12) == (0, next_blueprint)
+    policy.begin_episode(1, 1)  # the evidence outlives the episode
+    assert germinated(kit, policy, epoch=12) == (0, next_blueprint)
     # evidence is per slot: slot 1 has seen nothing and starts cheap
     slot_0_busy = {0: kit.slot(0, SeedStage.TRAINING, epochs_in_stage=0, blueprint=next_blueprint)}
-    assert germinated(kit, controller, epoch=12, slots=slot_0_busy) == (1, "conv_light")
+    assert germinated(kit, policy, epoch=12, slots=slot_0_busy) == (1, "conv_light")
 
 
 def test_after_a_pruned_seed_that_did_not_pay_the_slot_falls_back(kit):
-    controller = kit.heuristic(holding_patience=1)
-    end_a_seed(kit, controller, blueprint="conv_light", contribution=0.05, fossilize=True)
-    controller.begin_episode(1, 1)
-    assert germinated(kit, controller, epoch=12) == (0, "conv_heavy")
+    policy = kit.heuristic(holding_patience=1)
+    end_a_seed(kit, policy, blueprint="conv_light", contribution=0.05, fossilize=True)
+    policy.begin_episode(1, 1)
+    assert germinated(kit, policy, epoch=12) == (0, "conv_heavy")
     # conv_heavy costs 0.002; it contributes 0.0015 (above fossilize_threshold? no matter: below its price)
-    decision = end_a_seed(kit, controller, blueprint="conv_heavy", contribution=0.0015, fossilize=False, epoch=20,
+    decision = end_a_seed(kit, policy, blueprint="conv_heavy", contribution=0.0015, fossilize=False, epoch=20,
                           seed_id="h")
     assert decision.rule is Rule.PRUNE_PATIENCE
-    evidence = controller.evidence("r0c0")
+    evidence = policy.evidence("r0c0")
     assert (evidence.target, evidence.last[-1], evidence.ended) == ("conv_light", "unpaid", 2)
-    controller.begin_episode(2, 1)
-    assert germinated(kit, controller, epoch=12) == (0, "conv_light")
+    policy.begin_episode(2, 1)
+    assert germinated(kit, policy, epoch=12) == (0, "conv_light")
 
 
 def test_a_seed_that_vanishes_unmeasured_counts_as_unpaid(kit):
-    controller = kit.heuristic()
-    end_a_seed(kit, controller, blueprint="conv_light", contribution=0.05, fossilize=True)
+    policy = kit.heuristic()
+    end_a_seed(kit, policy, blueprint="conv_light", contribution=0.05, fossilize=True)
     training = {0: kit.slot(0, SeedStage.TRAINING, blueprint="conv_heavy", seed_id="t")}
-    kit.decide(controller, kit.observation(epoch=20, slots=training, metric_history=kit.rising_history(20)))
-    kit.decide(controller, kit.observation(epoch=21, metric_history=kit.rising_history(21)))  # gone: DORMANT
-    assert controller.evidence("r0c0").target == "conv_light"
+    kit.decide(policy, kit.observation(epoch=20, slots=training, metric_history=kit.rising_history(20)))
+    kit.decide(policy, kit.observation(epoch=21, metric_history=kit.rising_history(21)))  # gone: DORMANT
+    assert policy.evidence("r0c0").target == "conv_light"
 
 
 def test_when_the_target_is_not_allowed_a_cheaper_candidate_comes_first(kit):
-    controller = kit.heuristic()
-    end_a_seed(kit, controller, blueprint="conv_light", contribution=0.05, fossilize=True)
-    end_a_seed(kit, controller, blueprint="conv_heavy", contribution=0.05, fossilize=True, epoch=20, seed_id="h")
-    assert controller.evidence("r0c0").target == "attention"
-    controller.begin_episode(1, 1)
+    policy = kit.heuristic()
+    end_a_seed(kit, policy, blueprint="conv_light", contribution=0.05, fossilize=True)
+    end_a_seed(kit, policy, blueprint="conv_heavy", contribution=0.05, fossilize=True, epoch=20, seed_id="h")
+    assert policy.evidence("r0c0").target == "attention"
+    policy.begin_episode(1, 1)
     allowed = [[True, True, False], [True, True, True], [True, True, True]]
-    assert germinated(kit, controller, epoch=12) == (0, "attention")
-    decision = kit.decide(controller, kit.observation(epoch=13), blueprint_allowed=allowed)
+    assert germinated(kit, policy, epoch=12) == (0, "attention")
+    decision = kit.decide(policy, kit.observation(epoch=13), blueprint_allowed=allowed)
     assert (decision.action.slot, kit.blueprints[decision.action.blueprint]) == (0, "conv_heavy")
 
 
@@ -113,13 +113,13 @@ def test_the_evidence_survives_state_dict_and_load_state_dict(kit):
     original = kit.heuristic()
     holding = {0: kit.slot(0, HOLDING, contribution=0.05, blueprint="conv_light", seed_id="s")}
     kit.decide(original, kit.observation(epoch=10, slots=holding, metric_history=kit.rising_history(10)))
-    # saved while the seed is alive: the resumed controller must still see its end
+    # saved while the seed is alive: the resumed policy must still see its end
     state = json.loads(json.dumps(original.state_dict()))
     resumed = kit.heuristic()
     resumed.load_state_dict(state)
     fossilized = {0: kit.slot(0, SeedStage.FOSSILIZED, blueprint="conv_light", seed_id="s")}
-    for controller in (original, resumed):
-        kit.decide(controller, kit.observation(epoch=11, slots=fossilized, metric_history=kit.rising_history(11)))
+    for policy in (original, resumed):
+        kit.decide(policy, kit.observation(epoch=11, slots=fossilized, metric_history=kit.rising_history(11)))
     assert resumed.state_dict() == original.state_dict()
     assert resumed.evidence("r0c0").target == "conv_heavy"
     # a second save/load between episodes carries the target
@@ -132,8 +132,8 @@ def test_the_evidence_survives_state_dict_and_load_state_dict(kit):
 
 
 def test_load_state_dict_rejects_evidence_for_another_run(kit):
-    controller = kit.heuristic()
-    state = controller.state_dict()
+    policy = kit.heuristic()
+    state = policy.state_dict()
     state["evidence"]["r0c0"]["target"] = "mystery"
     with pytest.raises(ValueError, match="not a candidate blueprint"):
         kit.heuristic().load_state_dict(state)
@@ -145,12 +145,12 @@ def test_load_state_dict_rejects_evidence_for_another_run(kit):
 @pytest.mark.parametrize(("contribution", "rule"), [(0.008, Rule.PRUNE_PATIENCE), (0.012, Rule.FOSSILIZE)])
 def test_a_seed_below_its_price_is_pruned_not_fossilized(kit, contribution, rule):
     # 1,000 parameters at 0.01 per 1,000: the price is 0.01, above fossilize_threshold (0.005)
-    controller = kit.heuristic(fossilize_threshold=0.005, holding_patience=2)
+    policy = kit.heuristic(fossilize_threshold=0.005, holding_patience=2)
     decisions = []
     for epoch in (10, 11):
         slots = {0: kit.slot(0, HOLDING, contribution=contribution, seed_params=1000)}
         observation = kit.observation(epoch=epoch, slots=slots, metric_history=kit.rising_history(epoch))
-        decisions.append(kit.decide(controller, observation))
+        decisions.append(kit.decide(policy, observation))
     if rule is Rule.FOSSILIZE:
         assert decisions[0].rule is Rule.FOSSILIZE and decisions[0].action.op is LifecycleOp.FOSSILIZE
     else:
@@ -159,6 +159,6 @@ def test_a_seed_below_its_price_is_pruned_not_fossilized(kit, contribution, rule
 
 
 def test_a_free_price_fossilizes_at_the_threshold_again(kit):
-    controller = kit.heuristic(price_per_kparam=0.0, fossilize_threshold=0.005)
+    policy = kit.heuristic(price_per_kparam=0.0, fossilize_threshold=0.005)
     slots = {0: kit.slot(0, HOLDING, contribution=0.008, seed_params=1000)}
-    assert kit.decide(controller, kit.observation(epoch=10, slots=slots)).rule is Rule.FOSSILIZE
+    assert kit.decide(policy, kit.observation(epoch=10, slots=slots)).rule is Rule.FOSSILIZE

@@ -1,15 +1,15 @@
-"""The distribution's entry point registers its three policies, and what it registers builds working controllers."""
+"""The distribution's entry point registers its three policies, and what it registers builds working policies."""
 
 from __future__ import annotations
 
 from esper_core.plugins import PluginManager
-from esper_core.tamiyo import Controller
+from esper_core.tamiyo import Policy
 from esper_heuristic import (
     HeuristicConfig,
-    HeuristicController,
-    RandomController,
+    HeuristicPolicy,
+    RandomPolicy,
     RandomPolicyConfig,
-    StaticController,
+    StaticPolicy,
     StaticPolicyConfig,
 )
 
@@ -27,17 +27,17 @@ def test_entry_point_registers_heuristic_random_and_static():
     assert info.registered == {"policies": ("heuristic", "random", "static")}
 
 
-def test_registered_policies_build_non_learning_controllers(kit):
+def test_registered_policies_build_non_learning_policies(kit):
     manager = PluginManager()
     expected = {
-        "heuristic": (HeuristicConfig, HeuristicController),
-        "random": (RandomPolicyConfig, RandomController),
-        "static": (StaticPolicyConfig, StaticController),
+        "heuristic": (HeuristicConfig, HeuristicPolicy),
+        "random": (RandomPolicyConfig, RandomPolicy),
+        "static": (StaticPolicyConfig, StaticPolicy),
     }
-    for name, (config_class, controller_class) in expected.items():
+    for name, (config_class, policy_class) in expected.items():
         kind = manager.lookup("policies", name)
         assert kind.learns is False
         assert kind.config_class is config_class
-        controller = kind.build(kind.config_class(), kit.context())
-        assert isinstance(controller, controller_class)
-        assert isinstance(controller, Controller)
+        policy = kind.build(kind.config_class(), kit.context())
+        assert isinstance(policy, policy_class)
+        assert isinstance(policy, Policy)

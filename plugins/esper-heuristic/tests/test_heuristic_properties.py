@@ -1,4 +1,4 @@
-"""Hypothesis property tests: both controllers only emit allowed actions; random is reproducible and covers every allowed op."""
+"""Hypothesis property tests: both policies only emit allowed actions; random is reproducible and covers every allowed op."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from esper_core.leyline import CAUSAL_RELEVANCE, AlphaCurve, AlphaSpeed, LifecycleOp, SeedStage
 from esper_core.tamiyo import ActionMasks, EnvObservation
-from esper_heuristic import HeuristicConfig, HeuristicController, RandomController, RandomPolicyConfig
+from esper_heuristic import HeuristicConfig, HeuristicPolicy, RandomPolicy, RandomPolicyConfig
 
 PROPERTY_SETTINGS = settings(max_examples=80, deadline=None)
 #: The scenario kit's action space (checked against the ``kit`` fixture in every test).
@@ -120,11 +120,11 @@ def _assert_allowed_and_pinned(actions, masks: ActionMasks) -> None:
 def test_heuristic_only_emits_allowed_actions(kit, options, preference, episode):
     n_envs, batches = episode
     config = HeuristicConfig(blueprints=tuple(kit.blueprints[index] for index in preference), **options)
-    controller = HeuristicController(config, kit.context(n_envs=n_envs))
-    controller.begin_episode(0, n_envs)
+    policy = HeuristicPolicy(config, kit.context(n_envs=n_envs))
+    policy.begin_episode(0, n_envs)
     for batch in batches:
         observations, masks = materialize(kit, batch)
-        _assert_allowed_and_pinned(controller.act(observations, masks), masks)
+        _assert_allowed_and_pinned(policy.act(observations, masks), masks)
 
 
 @PROPERTY_SETTINGS
@@ -135,11 +135,11 @@ def test_heuristic_only_emits_allowed_actions(kit, options, preference, episode)
 )
 def test_random_only_emits_allowed_actions(kit, wait_probability, seed, episode):
     n_envs, batches = episode
-    controller = RandomController(RandomPolicyConfig(wait_probability=wait_probability), kit.context(seed=seed))
-    controller.begin_episode(0, n_envs)
+    policy = RandomPolicy(RandomPolicyConfig(wait_probability=wait_probability), kit.context(seed=seed))
+    policy.begin_episode(0, n_envs)
     for batch in batches:
         observations, masks = materialize(kit, batch)
-        _assert_allowed_and_pinned(controller.act(observations, masks), masks)
+        _assert_allowed_and_pinned(policy.act(observations, masks), masks)
 
 
 @PROPERTY_SETTINGS
@@ -149,10 +149,10 @@ def test_random_is_reproducible_from_its_seed_and_from_a_restored_state(kit, see
     batches = [materialize(kit, batch) for batch in descriptions]
     split = min(split, len(batches))
 
-    def fresh(run_seed: int) -> RandomController:
-        controller = RandomController(RandomPolicyConfig(), kit.context(seed=run_seed))
-        controller.begin_episode(0, n_envs)
-        return controller
+    def fresh(run_seed: int) -> RandomPolicy:
+        policy = RandomPolicy(RandomPolicyConfig(), kit.context(seed=run_seed))
+        policy.begin_episode(0, n_envs)
+        return policy
 
     first, second = fresh(seed), fresh(seed)
     first_actions = [first.act(observations, masks) for observations, masks in batches]
@@ -170,11 +170,11 @@ def test_random_is_reproducible_from_its_seed_and_from_a_restored_state(kit, see
 @given(batch=environment_batches(n_envs=1), seed=st.integers(0, 2**31 - 1))
 def test_random_covers_every_allowed_op_and_every_valid_slot(kit, batch, seed):
     observations, masks = materialize(kit, batch)
-    controller = RandomController(RandomPolicyConfig(), kit.context(seed=seed))
-    controller.begin_episode(0, 1)
+    policy = RandomPolicy(RandomPolicyConfig(), kit.context(seed=seed))
+    policy.begin_episode(0, 1)
     slots_by_op: dict[LifecycleOp, set[int]] = defaultdict(set)
     for _ in range(600):
-        action = controller.act(observations, masks)[0]
+        action = policy.act(observations, masks)[0]
         slots_by_op[action.op].add(action.slot)
     allowed_ops = {op for op in LifecycleOp if bool(masks.op[0, int(op)])}
     assert set(slots_by_op) == allowed_ops
@@ -190,10 +190,10 @@ def test_heuristic_resumes_exactly_from_a_restored_state(kit, options, episode, 
     batches = [materialize(kit, batch) for batch in descriptions]
     split = min(split, len(batches))
 
-    def fresh() -> HeuristicController:
-        controller = HeuristicController(HeuristicConfig(**options), kit.context(n_envs=n_envs))
-        controller.begin_episode(0, n_envs)
-        return controller
+    def fresh() -> HeuristicPolicy:
+        policy = HeuristicPolicy(HeuristicConfig(**options), kit.context(n_envs=n_envs))
+        policy.begin_episode(0, n_envs)
+        return policy
 
     uninterrupted = fresh()
     expected = [uninterrupted.act(observations, masks) for observations, masks in batches]

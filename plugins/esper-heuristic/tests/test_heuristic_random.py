@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from esper_core.leyline import CAUSAL_RELEVANCE, LifecycleOp, SeedStage
-from esper_heuristic import RandomController, RandomPolicyConfig
+from esper_heuristic import RandomPolicy, RandomPolicyConfig
 
 
 def _every_op_state(kit):
@@ -23,16 +23,16 @@ def _every_op_state(kit):
     return [observation], kit.masks([observation])
 
 
-def _controller(kit, *, seed=0, wait_probability=None):
-    controller = RandomController(RandomPolicyConfig(wait_probability=wait_probability), kit.context(seed=seed))
-    controller.begin_episode(0, 1)
-    return controller
+def _policy(kit, *, seed=0, wait_probability=None):
+    policy = RandomPolicy(RandomPolicyConfig(wait_probability=wait_probability), kit.context(seed=seed))
+    policy.begin_episode(0, 1)
+    return policy
 
 
 def test_draws_are_roughly_uniform_over_allowed_ops_and_valid_targets(kit):
     observations, masks = _every_op_state(kit)
-    controller = _controller(kit)
-    actions = [controller.act(observations, masks)[0] for _ in range(3000)]
+    policy = _policy(kit)
+    actions = [policy.act(observations, masks)[0] for _ in range(3000)]
     ops = Counter(action.op for action in actions)
     assert set(ops) == set(LifecycleOp)
     for op in LifecycleOp:
@@ -50,9 +50,9 @@ def test_draws_are_roughly_uniform_over_allowed_ops_and_valid_targets(kit):
 
 def test_irrelevant_heads_are_pinned_to_zero(kit):
     observations, masks = _every_op_state(kit)
-    controller = _controller(kit)
+    policy = _policy(kit)
     for _ in range(500):
-        action = controller.act(observations, masks)[0]
+        action = policy.act(observations, masks)[0]
         for head, value in action.head_values().items():
             if head not in CAUSAL_RELEVANCE[action.op]:
                 assert value == 0, (action.op, head)
@@ -61,62 +61,62 @@ def test_irrelevant_heads_are_pinned_to_zero(kit):
 @pytest.mark.parametrize(("probability", "low", "high"), [(0.0, 0, 0), (1.0, 1000, 1000), (0.5, 430, 570)])
 def test_wait_probability(kit, probability, low, high):
     observations, masks = _every_op_state(kit)
-    controller = _controller(kit, wait_probability=probability)
-    waits = sum(controller.act(observations, masks)[0].op is LifecycleOp.WAIT for _ in range(1000))
+    policy = _policy(kit, wait_probability=probability)
+    waits = sum(policy.act(observations, masks)[0].op is LifecycleOp.WAIT for _ in range(1000))
     assert low <= waits <= high
 
 
 def test_wait_probability_falls_back_to_wait_only_when_nothing_else_is_allowed(kit):
     observation = kit.observation(epoch=5, slots={index: kit.slot(index, SeedStage.FOSSILIZED) for index in range(3)})
-    controller = _controller(kit, wait_probability=0.0)
-    assert controller.act([observation], kit.masks([observation]))[0].op is LifecycleOp.WAIT
+    policy = _policy(kit, wait_probability=0.0)
+    assert policy.act([observation], kit.masks([observation]))[0].op is LifecycleOp.WAIT
 
 
 def test_same_seed_same_actions_other_seed_other_actions(kit):
     observations, masks = _every_op_state(kit)
     runs = {}
     for name, seed in (("a", 7), ("b", 7), ("c", 8)):
-        controller = _controller(kit, seed=seed)
-        runs[name] = [controller.act(observations, masks)[0] for _ in range(50)]
+        policy = _policy(kit, seed=seed)
+        runs[name] = [policy.act(observations, masks)[0] for _ in range(50)]
     assert runs["a"] == runs["b"]
     assert runs["a"] != runs["c"]
 
 
 def test_state_dict_restores_the_generator(kit):
     observations, masks = _every_op_state(kit)
-    original = _controller(kit, seed=3)
+    original = _policy(kit, seed=3)
     for _ in range(17):
         original.act(observations, masks)
     state = original.state_dict()
     expected = [original.act(observations, masks)[0] for _ in range(40)]
-    resumed = _controller(kit, seed=99)
+    resumed = _policy(kit, seed=99)
     resumed.load_state_dict(state)
     assert [resumed.act(observations, masks)[0] for _ in range(40)] == expected
 
 
 def test_state_dict_is_a_snapshot_not_a_live_view(kit):
     observations, masks = _every_op_state(kit)
-    controller = _controller(kit)
-    state = controller.state_dict()
+    policy = _policy(kit)
+    state = policy.state_dict()
     snapshot = state["generator_state"].clone()
-    controller.act(observations, masks)
+    policy.act(observations, masks)
     assert torch.equal(state["generator_state"], snapshot)
 
 
 def test_load_state_dict_rejects_foreign_state(kit):
-    controller = _controller(kit)
+    policy = _policy(kit)
     with pytest.raises(ValueError, match="expected"):
-        controller.load_state_dict({"envs": [], "last_batch_size": None})
+        policy.load_state_dict({"envs": [], "last_batch_size": None})
 
 
 def test_record_and_end_episode(kit):
     observations, masks = _every_op_state(kit)
-    controller = _controller(kit)
+    policy = _policy(kit)
     with pytest.raises(RuntimeError, match="before act"):
-        controller.record([1.0], terminal=False)
-    controller.act(observations, masks)
-    controller.record([1.0], terminal=True)
+        policy.record([1.0], terminal=False)
+    policy.act(observations, masks)
+    policy.record([1.0], terminal=True)
     with pytest.raises(ValueError, match="0 rewards for 1"):
-        controller.record([], terminal=True)
-    assert controller.end_episode(0) == {}
+        policy.record([], terminal=True)
+    assert policy.end_episode(0) == {}
 

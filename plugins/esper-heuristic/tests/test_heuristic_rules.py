@@ -26,8 +26,8 @@ HOLDING = SeedStage.HOLDING
 
 
 def test_plateau_germinates_the_cheapest_blueprint_in_earliest_dormant_slot_with_configured_heads(kit):
-    controller = kit.heuristic()
-    decision = kit.decide(controller, kit.observation(epoch=10))
+    policy = kit.heuristic()
+    decision = kit.decide(policy, kit.observation(epoch=10))
     action = decision.action
     assert decision.rule is Rule.GERMINATE
     assert action.op is LifecycleOp.GERMINATE
@@ -41,12 +41,12 @@ def test_plateau_germinates_the_cheapest_blueprint_in_earliest_dormant_slot_with
 
 def test_germination_picks_the_cheapest_configured_blueprint_not_the_first_listed_and_configured_heads(kit):
     # sizes: conv_light 100, conv_heavy 200, attention 300; listing attention first does not make it first
-    controller = kit.heuristic(
+    policy = kit.heuristic(
         blueprints=("attention", "conv_light"), style="gate", tempo="slow",
         alpha_target="three_quarters", alpha_curve="cosine",
     )
     occupied = {0: kit.slot(0, TRAINING, epochs_in_stage=0)}
-    action = kit.decide(controller, kit.observation(epoch=10, slots=occupied)).action
+    action = kit.decide(policy, kit.observation(epoch=10, slots=occupied)).action
     assert action.op is LifecycleOp.GERMINATE
     assert action.slot == 1
     assert kit.blueprints[action.blueprint] == "conv_light"
@@ -59,77 +59,77 @@ def test_germination_picks_the_cheapest_configured_blueprint_not_the_first_liste
 
 
 def test_germination_respects_the_blueprint_mask_per_slot(kit):
-    controller = kit.heuristic()
+    policy = kit.heuristic()
     # slot 0 accepts only 'attention'; slot 1 accepts everything
     allowed = [[False, False, True], [True, True, True], [True, True, True]]
-    action = kit.decide(controller, kit.observation(epoch=10), blueprint_allowed=allowed).action
+    action = kit.decide(policy, kit.observation(epoch=10), blueprint_allowed=allowed).action
     assert (action.op, action.slot, kit.blueprints[action.blueprint]) == (LifecycleOp.GERMINATE, 0, "attention")
     # slot 0 accepts nothing: the next slot is used
     allowed = [[False, False, False], [True, True, True], [True, True, True]]
-    action = kit.decide(controller, kit.observation(epoch=11), blueprint_allowed=allowed).action
+    action = kit.decide(policy, kit.observation(epoch=11), blueprint_allowed=allowed).action
     assert (action.op, action.slot, action.blueprint) == (LifecycleOp.GERMINATE, 1, 0)
 
 
 def test_no_germination_while_the_metric_still_improves(kit):
-    controller = kit.heuristic(plateau_delta=0.01, plateau_window=3)
+    policy = kit.heuristic(plateau_delta=0.01, plateau_window=3)
     observation = kit.observation(epoch=10, metric_history=kit.rising_history(10, step=0.02))
-    assert kit.decide(controller, observation).rule is Rule.WAIT
+    assert kit.decide(policy, observation).rule is Rule.WAIT
     # the same history with a stall over the last 3 epochs is a plateau
     stalled = kit.rising_history(7, step=0.02) + (0.24, 0.245, 0.249)
-    assert kit.decide(controller, kit.observation(epoch=10, metric_history=stalled)).rule is Rule.GERMINATE
+    assert kit.decide(policy, kit.observation(epoch=10, metric_history=stalled)).rule is Rule.GERMINATE
 
 
 def test_no_plateau_verdict_before_the_window_is_filled(kit):
-    controller = kit.heuristic(warmup_epochs=0, plateau_window=3)
-    assert kit.decide(controller, kit.observation(epoch=2)).rule is Rule.WAIT  # 3 values: nothing before the window
-    assert kit.decide(controller, kit.observation(epoch=3)).rule is Rule.GERMINATE
+    policy = kit.heuristic(warmup_epochs=0, plateau_window=3)
+    assert kit.decide(policy, kit.observation(epoch=2)).rule is Rule.WAIT  # 3 values: nothing before the window
+    assert kit.decide(policy, kit.observation(epoch=3)).rule is Rule.GERMINATE
 
 
 def test_no_germination_before_warmup(kit):
-    controller = kit.heuristic(warmup_epochs=8, plateau_window=2)
-    assert kit.decide(controller, kit.observation(epoch=6)).rule is Rule.WAIT  # 7 epochs done
-    assert kit.decide(controller, kit.observation(epoch=7)).rule is Rule.GERMINATE  # 8 epochs done
+    policy = kit.heuristic(warmup_epochs=8, plateau_window=2)
+    assert kit.decide(policy, kit.observation(epoch=6)).rule is Rule.WAIT  # 7 epochs done
+    assert kit.decide(policy, kit.observation(epoch=7)).rule is Rule.GERMINATE  # 8 epochs done
 
 
 def test_no_germination_too_near_the_episode_end(kit):
-    controller = kit.heuristic(min_training_epochs=2, tempo="standard", holding_patience=5)
+    policy = kit.heuristic(min_training_epochs=2, tempo="standard", holding_patience=5)
     needed = 2 + Tempo.STANDARD.epochs + 5
     last_epoch = kit.episode_length - 1 - needed
-    assert controller.config.epochs_to_verdict(controller.min_training_epochs) == needed
-    assert kit.decide(controller, kit.observation(epoch=last_epoch)).rule is Rule.GERMINATE
-    assert kit.decide(controller, kit.observation(epoch=last_epoch + 1)).rule is Rule.WAIT
+    assert policy.config.epochs_to_verdict(policy.min_training_epochs) == needed
+    assert kit.decide(policy, kit.observation(epoch=last_epoch)).rule is Rule.GERMINATE
+    assert kit.decide(policy, kit.observation(epoch=last_epoch + 1)).rule is Rule.WAIT
 
 
 def test_no_germination_without_free_seeds(kit):
-    controller = kit.heuristic(max_seeds=1)
+    policy = kit.heuristic(max_seeds=1)
     observation = kit.observation(epoch=10, slots={2: kit.slot(2, SeedStage.FOSSILIZED)})
-    decision = kit.decide(controller, observation, max_seeds=1)
+    decision = kit.decide(policy, observation, max_seeds=1)
     assert decision.rule is Rule.WAIT
     # every slot occupied, max_seeds not the limit
     full = {index: kit.slot(index, SeedStage.FOSSILIZED) for index in range(3)}
-    assert kit.decide(controller, kit.observation(epoch=11, slots=full)).rule is Rule.WAIT
+    assert kit.decide(policy, kit.observation(epoch=11, slots=full)).rule is Rule.WAIT
 
 
 # -- (c) advance -----------------------------------------------------------------------------------
 
 
 def test_training_seed_past_min_epochs_advances(kit):
-    controller = kit.heuristic(min_training_epochs=2)
+    policy = kit.heuristic(min_training_epochs=2)
     young = kit.observation(epoch=10, slots={1: kit.slot(1, TRAINING, epochs_in_stage=1)},
                             metric_history=kit.rising_history(10))
-    assert kit.decide(controller, young).rule is Rule.WAIT
+    assert kit.decide(policy, young).rule is Rule.WAIT
     ready = kit.observation(epoch=11, slots={1: kit.slot(1, TRAINING, epochs_in_stage=2)},
                             metric_history=kit.rising_history(11))
-    action = kit.decide(controller, ready).action
+    action = kit.decide(policy, ready).action
     assert (action.op, action.slot) == (LifecycleOp.ADVANCE, 1)
     irrelevant = {head: value for head, value in action.head_values().items() if head not in ("op", "slot")}
     assert set(irrelevant.values()) == {0}
 
 
 def test_advance_picks_the_longest_incubated_seed_and_outranks_germination(kit):
-    controller = kit.heuristic()
+    policy = kit.heuristic()
     slots = {0: kit.slot(0, TRAINING, epochs_in_stage=3), 1: kit.slot(1, TRAINING, epochs_in_stage=6)}
-    action = kit.decide(controller, kit.observation(epoch=10, slots=slots)).action  # plateau too
+    action = kit.decide(policy, kit.observation(epoch=10, slots=slots)).action  # plateau too
     assert (action.op, action.slot) == (LifecycleOp.ADVANCE, 1)
 
 
@@ -137,60 +137,60 @@ def test_advance_picks_the_longest_incubated_seed_and_outranks_germination(kit):
 
 
 def test_holding_seed_with_contribution_at_threshold_fossilizes(kit):
-    controller = kit.heuristic(fossilize_threshold=0.01)
+    policy = kit.heuristic(fossilize_threshold=0.01)
     slots = {2: kit.slot(2, HOLDING, contribution=0.01)}
-    action = kit.decide(controller, kit.observation(epoch=10, slots=slots)).action
+    action = kit.decide(policy, kit.observation(epoch=10, slots=slots)).action
     assert (action.op, action.slot) == (LifecycleOp.FOSSILIZE, 2)
 
 
 @pytest.mark.parametrize("contribution", [0.009, 0.0, None])
 def test_holding_seed_below_threshold_or_unmeasured_is_not_fossilized(kit, contribution):
-    controller = kit.heuristic(fossilize_threshold=0.01, holding_patience=5)
+    policy = kit.heuristic(fossilize_threshold=0.01, holding_patience=5)
     slots = {2: kit.slot(2, HOLDING, contribution=contribution)}
     observation = kit.observation(epoch=10, slots=slots, metric_history=kit.rising_history(10))
-    assert kit.decide(controller, observation).rule is Rule.WAIT
+    assert kit.decide(policy, observation).rule is Rule.WAIT
 
 
 def test_fossilize_picks_the_highest_contribution_and_outranks_advance(kit):
-    controller = kit.heuristic(fossilize_threshold=0.01)
+    policy = kit.heuristic(fossilize_threshold=0.01)
     slots = {
         0: kit.slot(0, HOLDING, contribution=0.02),
         1: kit.slot(1, HOLDING, contribution=0.05),
         2: kit.slot(2, TRAINING, epochs_in_stage=9),
     }
-    action = kit.decide(controller, kit.observation(epoch=10, slots=slots)).action
+    action = kit.decide(policy, kit.observation(epoch=10, slots=slots)).action
     assert (action.op, action.slot) == (LifecycleOp.FOSSILIZE, 1)
 
 
 def test_holding_patience_prunes_a_seed_that_never_earns_fossilization(kit):
-    controller = kit.heuristic(fossilize_threshold=0.01, holding_patience=3, prune_threshold=0.05)
+    policy = kit.heuristic(fossilize_threshold=0.01, holding_patience=3, prune_threshold=0.05)
     rules = []
     for epoch, contribution in zip(range(10, 14), (0.0, None, 0.005, 0.005)):
         slots = {1: kit.slot(1, HOLDING, contribution=contribution)}
         observation = kit.observation(epoch=epoch, slots=slots, metric_history=kit.rising_history(epoch))
-        rules.append(kit.decide(controller, observation))
+        rules.append(kit.decide(policy, observation))
     assert [decision.rule for decision in rules] == [Rule.WAIT, Rule.WAIT, Rule.PRUNE_PATIENCE, Rule.PRUNE_PATIENCE]
     assert (rules[2].action.op, rules[2].action.slot) == (LifecycleOp.PRUNE, 1)
 
 
 def test_holding_patience_restarts_when_the_seed_leaves_holding(kit):
-    controller = kit.heuristic(fossilize_threshold=0.01, holding_patience=2)
+    policy = kit.heuristic(fossilize_threshold=0.01, holding_patience=2)
     stages = (HOLDING, BLENDING, HOLDING, HOLDING)
     rules = []
     for epoch, stage in zip(range(10, 14), stages):
         slots = {1: kit.slot(1, stage, contribution=0.0)}
         observation = kit.observation(epoch=epoch, slots=slots, metric_history=kit.rising_history(epoch))
-        rules.append(kit.decide(controller, observation).rule)
+        rules.append(kit.decide(policy, observation).rule)
     assert rules == [Rule.WAIT, Rule.WAIT, Rule.WAIT, Rule.PRUNE_PATIENCE]
 
 
 def test_holding_patience_counts_each_seed_separately(kit):
-    controller = kit.heuristic(fossilize_threshold=0.01, holding_patience=2)
+    policy = kit.heuristic(fossilize_threshold=0.01, holding_patience=2)
     first = {1: kit.slot(1, HOLDING, contribution=0.0, seed_id="old")}
-    kit.decide(controller, kit.observation(epoch=10, slots=first, metric_history=kit.rising_history(10)))
+    kit.decide(policy, kit.observation(epoch=10, slots=first, metric_history=kit.rising_history(10)))
     replaced = {1: kit.slot(1, HOLDING, contribution=0.0, seed_id="new")}
     observation = kit.observation(epoch=11, slots=replaced, metric_history=kit.rising_history(11))
-    assert kit.decide(controller, observation).rule is Rule.WAIT
+    assert kit.decide(policy, observation).rule is Rule.WAIT
 
 
 # -- (a) prune on damage ---------------------------------------------------------------------------
@@ -198,49 +198,49 @@ def test_holding_patience_counts_each_seed_separately(kit):
 
 @pytest.mark.parametrize("stage", [BLENDING, HOLDING])
 def test_negative_contribution_prunes_instantly_by_default(kit, stage):
-    controller = kit.heuristic(prune_threshold=0.01)
+    policy = kit.heuristic(prune_threshold=0.01)
     slots = {1: kit.slot(1, stage, contribution=-0.02)}
-    decision = kit.decide(controller, kit.observation(epoch=10, slots=slots))
+    decision = kit.decide(policy, kit.observation(epoch=10, slots=slots))
     assert decision.rule is Rule.PRUNE_DAMAGE
     assert (decision.action.op, decision.action.slot) == (LifecycleOp.PRUNE, 1)
     assert decision.action.alpha_speed is AlphaSpeed.INSTANT
 
 
 def test_contribution_within_the_prune_threshold_is_tolerated(kit):
-    controller = kit.heuristic(prune_threshold=0.01, holding_patience=10)
+    policy = kit.heuristic(prune_threshold=0.01, holding_patience=10)
     slots = {1: kit.slot(1, BLENDING, contribution=-0.01), 2: kit.slot(2, BLENDING, contribution=None)}
     observation = kit.observation(epoch=10, slots=slots, metric_history=kit.rising_history(10))
-    assert kit.decide(controller, observation).rule is Rule.WAIT
+    assert kit.decide(policy, observation).rule is Rule.WAIT
 
 
 def test_scheduled_prune_uses_the_configured_blend_out(kit):
-    controller = kit.heuristic(prune_alpha_speed="medium", prune_alpha_curve="sigmoid")
+    policy = kit.heuristic(prune_alpha_speed="medium", prune_alpha_curve="sigmoid")
     slots = {0: kit.slot(0, HOLDING, contribution=-0.5)}
-    action = kit.decide(controller, kit.observation(epoch=10, slots=slots)).action
+    action = kit.decide(policy, kit.observation(epoch=10, slots=slots)).action
     assert (action.op, action.alpha_speed, action.alpha_curve) == (
         LifecycleOp.PRUNE, AlphaSpeed.MEDIUM, AlphaCurve.SIGMOID,
     )
 
 
 def test_prune_outranks_fossilize_advance_and_germinate_and_picks_the_worst_seed(kit):
-    controller = kit.heuristic(prune_threshold=0.01, fossilize_threshold=0.01)
+    policy = kit.heuristic(prune_threshold=0.01, fossilize_threshold=0.01)
     slots = {
         0: kit.slot(0, HOLDING, contribution=0.2),  # would fossilize
         1: kit.slot(1, BLENDING, contribution=-0.02),
         2: kit.slot(2, HOLDING, contribution=-0.3),
     }
-    action = kit.decide(controller, kit.observation(epoch=10, slots=slots)).action
+    action = kit.decide(policy, kit.observation(epoch=10, slots=slots)).action
     assert (action.op, action.slot) == (LifecycleOp.PRUNE, 2)
     slots = {0: kit.slot(0, TRAINING, epochs_in_stage=5), 1: kit.slot(1, BLENDING, contribution=-0.02)}
-    action = kit.decide(controller, kit.observation(epoch=11, slots=slots)).action
+    action = kit.decide(policy, kit.observation(epoch=11, slots=slots)).action
     assert (action.op, action.slot) == (LifecycleOp.PRUNE, 1)
 
 
 def test_a_seed_already_blending_out_is_not_pruned_again(kit):
-    controller = kit.heuristic(prune_threshold=0.01)
+    policy = kit.heuristic(prune_threshold=0.01)
     slots = {1: kit.slot(1, BLENDING, contribution=-0.2, blend_out=True)}
     observation = kit.observation(epoch=10, slots=slots, metric_history=kit.rising_history(10))
-    assert kit.decide(controller, observation).rule is Rule.WAIT
+    assert kit.decide(policy, observation).rule is Rule.WAIT
 
 
 # -- blueprint cooldown ---------------------------------------------------------------------------
@@ -257,13 +257,13 @@ def _pruned_slot_stage(epoch: int, pruned_seen_at: int) -> SeedStage | None:
 
 
 def test_recently_pruned_blueprint_is_skipped_until_its_cooldown_ends(kit):
-    controller = kit.heuristic(blueprint_cooldown_epochs=6)
+    policy = kit.heuristic(blueprint_cooldown_epochs=6)
     chosen = {}
     for epoch in range(10, 18):
         stage = _pruned_slot_stage(epoch, pruned_seen_at=10)
         slots = {} if stage is None else {0: kit.slot(0, stage, blueprint="conv_light", seed_id="gone")}
         slots[1] = kit.slot(1, SeedStage.FOSSILIZED, blueprint="attention")
-        action = kit.decide(controller, kit.observation(epoch=epoch, slots=slots)).action
+        action = kit.decide(policy, kit.observation(epoch=epoch, slots=slots)).action
         assert action.op is LifecycleOp.GERMINATE
         chosen[epoch] = kit.blueprints[action.blueprint]
     assert [chosen[epoch] for epoch in range(10, 16)] == ["conv_heavy"] * 6
@@ -271,41 +271,41 @@ def test_recently_pruned_blueprint_is_skipped_until_its_cooldown_ends(kit):
 
 
 def test_a_long_embargo_counts_the_prune_once(kit):
-    controller = kit.heuristic(blueprint_cooldown_epochs=2)
+    policy = kit.heuristic(blueprint_cooldown_epochs=2)
     for epoch in range(10, 13):
         slots = {0: kit.slot(0, SeedStage.EMBARGOED, blueprint="conv_light", seed_id="gone")}
-        action = kit.decide(controller, kit.observation(epoch=epoch, slots=slots)).action
+        action = kit.decide(policy, kit.observation(epoch=epoch, slots=slots)).action
         expected = "conv_heavy" if epoch < 12 else "conv_light"
         assert kit.blueprints[action.blueprint] == expected, epoch
 
 
 def test_when_every_allowed_blueprint_cools_down_the_heuristic_waits(kit):
-    controller = kit.heuristic(blueprints=("conv_light",), blueprint_cooldown_epochs=3)
+    policy = kit.heuristic(blueprints=("conv_light",), blueprint_cooldown_epochs=3)
     rules = []
     for epoch in range(10, 14):
         stage = _pruned_slot_stage(epoch, pruned_seen_at=10)
         slots = {} if stage is None else {0: kit.slot(0, stage, blueprint="conv_light", seed_id="gone")}
-        rules.append(kit.decide(controller, kit.observation(epoch=epoch, slots=slots)).rule)
+        rules.append(kit.decide(policy, kit.observation(epoch=epoch, slots=slots)).rule)
     assert rules == [Rule.WAIT, Rule.WAIT, Rule.WAIT, Rule.GERMINATE]
 
 
 def test_prunes_are_remembered_per_environment(kit):
-    controller = kit.heuristic(n_envs=2, blueprint_cooldown_epochs=10)
+    policy = kit.heuristic(n_envs=2, blueprint_cooldown_epochs=10)
     pruned = kit.observation(epoch=10, env_id=0,
                              slots={0: kit.slot(0, SeedStage.EMBARGOED, blueprint="conv_light", seed_id="x")})
     clean = kit.observation(epoch=10, env_id=1)
-    controller.act([pruned, clean], kit.masks([pruned, clean]))
-    first, second = controller.last_decisions
+    policy.act([pruned, clean], kit.masks([pruned, clean]))
+    first, second = policy.last_decisions
     assert kit.blueprints[first.action.blueprint] == "conv_heavy"
     assert (second.action.slot, kit.blueprints[second.action.blueprint]) == (0, "conv_light")
 
 
 def test_begin_episode_forgets_prunes(kit):
-    controller = kit.heuristic(blueprint_cooldown_epochs=10)
+    policy = kit.heuristic(blueprint_cooldown_epochs=10)
     slots = {0: kit.slot(0, SeedStage.EMBARGOED, blueprint="conv_light", seed_id="x")}
-    assert kit.blueprints[kit.decide(controller, kit.observation(epoch=10, slots=slots)).action.blueprint] == "conv_heavy"
-    controller.begin_episode(1, 1)
-    assert kit.blueprints[kit.decide(controller, kit.observation(epoch=11)).action.blueprint] == "conv_light"
+    assert kit.blueprints[kit.decide(policy, kit.observation(epoch=10, slots=slots)).action.blueprint] == "conv_heavy"
+    policy.begin_episode(1, 1)
+    assert kit.blueprints[kit.decide(policy, kit.observation(epoch=11)).action.blueprint] == "conv_light"
 
 
 # -- state -----------------------------------------------------------------------------------------
@@ -362,44 +362,44 @@ def test_state_dict_round_trip_keeps_memory_and_resumes_exactly(kit):
 
 
 def test_load_state_dict_rejects_foreign_state(kit):
-    controller = kit.heuristic()
+    policy = kit.heuristic()
     with pytest.raises(ValueError, match="expected"):
-        controller.load_state_dict({"generator_state": None, "last_batch_size": None})
+        policy.load_state_dict({"generator_state": None, "last_batch_size": None})
 
 
 # -- protocol details ------------------------------------------------------------------------------
 
 
 def test_wait_pins_every_head_to_zero(kit):
-    controller = kit.heuristic()
+    policy = kit.heuristic()
     observation = kit.observation(epoch=1)
-    action = kit.decide(controller, observation).action
+    action = kit.decide(policy, observation).action
     assert action.op is LifecycleOp.WAIT
     assert set(action.head_values().values()) == {0}
 
 
 def test_record_and_end_episode(kit):
-    controller = kit.heuristic()
+    policy = kit.heuristic()
     with pytest.raises(RuntimeError, match="before act"):
-        controller.record([0.0], terminal=False)
-    kit.decide(controller, kit.observation(epoch=1))
-    controller.record([0.5], terminal=False)
+        policy.record([0.0], terminal=False)
+    kit.decide(policy, kit.observation(epoch=1))
+    policy.record([0.5], terminal=False)
     with pytest.raises(ValueError, match="2 rewards for 1"):
-        controller.record([0.5, 0.1], terminal=True)
-    assert controller.end_episode(0) == {}
+        policy.record([0.5, 0.1], terminal=True)
+    assert policy.end_episode(0) == {}
 
 
 def test_act_rejects_observations_from_another_action_space(kit):
-    controller = kit.heuristic()
+    policy = kit.heuristic()
     observation = kit.observation(epoch=1, blueprints=("conv_light", "conv_heavy", "other"))
     with pytest.raises(ValueError, match="built for"):
-        controller.act([observation], kit.masks([observation]))
+        policy.act([observation], kit.masks([observation]))
 
 
 def test_act_before_begin_episode_names_the_missing_call(kit):
-    from esper_heuristic import HeuristicConfig, HeuristicController
+    from esper_heuristic import HeuristicConfig, HeuristicPolicy
 
-    controller = HeuristicController(HeuristicConfig(), kit.context())
+    policy = HeuristicPolicy(HeuristicConfig(), kit.context())
     observation = kit.observation(epoch=1)
     with pytest.raises(KeyError, match="begin_episode"):
-        controller.act([observation], kit.masks([observation]))
+        policy.act([observation], kit.masks([observation]))
