@@ -86,16 +86,23 @@ def experiment_data(args) -> dict[str, Any]:
     }
 
 
-def _run_arm(config, exp_dir: str) -> str | None:
+def _run_arm(config, exp_dir: str, name: str) -> str | None:
     """Child process: one arm's validated RunConfig, run by the engine's own start_run in the experiment
-    directory (as esper_core.experiments.run_experiment does). Returns an error message or None."""
+    directory and recorded as arm ``name`` in its experiment.json (as esper_core.experiments.run_experiment
+    does). Returns an error message or None."""
     try:
+        import functools
+
         import attrs
 
+        from esper_core.experiments import record_arm_run
         from esper_core.plugins import PluginManager
         from esper_core.tolaria.engine import start_run
 
-        start_run(attrs.evolve(config, run=attrs.evolve(config.run, output_dir=exp_dir)), PluginManager())
+        start_run(
+            attrs.evolve(config, run=attrs.evolve(config.run, output_dir=exp_dir)), PluginManager(),
+            on_run_dir=functools.partial(record_arm_run, Path(exp_dir), name),
+        )
         return None
     except BaseException as exc:  # reported by the parent
         return f"{type(exc).__name__}: {exc}"
@@ -106,20 +113,17 @@ def run_arms(
 ) -> tuple[Path, dict[str, str | None], float]:
     """Validate every arm, make the experiment directory, run the arms in ``jobs`` processes, print progress.
     With ``max_minutes``, every arm still running at the deadline is stopped (its completed rounds count)."""
-    import tomli_w
-
-    from esper_core.experiments import EXPERIMENT_FILE, arm_run_dirs, compare, experiment_dir, parse_experiment
+    from esper_core.experiments import arm_run_dirs, compare, create_experiment
     from esper_core.plugins import PluginManager
 
-    experiment = parse_experiment(data, PluginManager(), source="ppo_learning")  # every arm checked before any runs
-    exp_dir = experiment_dir(experiment)
-    (exp_dir / EXPERIMENT_FILE).write_text(tomli_w.dumps(data), encoding="utf-8")
+    # every arm checked before any runs; experiment.toml and experiment.json written
+    experiment, exp_dir = create_experiment(data, PluginManager(), source="ppo_learning")
     arm_configs = experiment.arms
     print(f"   experiment directory: {exp_dir}  (`esper report` reads it)")
 
     started = time.perf_counter()
     pool = multiprocessing.get_context("spawn").Pool(processes=jobs)
-    pending = {name: pool.apply_async(_run_arm, (config, str(exp_dir))) for name, config in arm_configs.items()}
+    pending = {name: pool.apply_async(_run_arm, (config, str(exp_dir), name)) for name, config in arm_configs.items()}
     pool.close()
     printed = 0
     returns: dict[str, dict[int, float]] = {name: {} for name in arm_configs}

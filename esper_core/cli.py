@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from esper_core import __version__
@@ -190,6 +191,8 @@ def cmd_plugins(args: argparse.Namespace, console: Console) -> int:
     console.print(table)
     for failure in manager.failures:
         console.print(f"[red]failed:[/red] {failure.describe()}", highlight=False)
+    for clash in manager.clashes:
+        console.print(f"[yellow]{escape(clash.describe())}[/yellow]", highlight=False)
     return status
 
 

@@ -23,6 +23,7 @@ from cattrs.errors import AttributeValidationNote, IterableValidationNote
 from esper_core.errors import ConfigError, EsperError
 from esper_core.plugins import PluginManager
 from esper_core.registry import KINDS
+from esper_core.telemetry.anomalies import AnomalyThresholds
 from esper_core.validators import (
     InvalidValue,
     in_range,
@@ -226,6 +227,7 @@ class RunConfig:
     morphogenesis: MorphogenesisSection
     governor: GovernorSection
     faults: FaultsSection
+    anomalies: AnomalyThresholds
     task: PluginChoice
     host: PluginChoice
     policy: PluginChoice
@@ -241,6 +243,7 @@ CORE_SECTIONS: dict[str, type] = {
     "morphogenesis": MorphogenesisSection,
     "governor": GovernorSection,
     "faults": FaultsSection,
+    "anomalies": AnomalyThresholds,
 }
 PLUGIN_SECTIONS: dict[str, str] = {"task": "tasks", "host": "hosts", "policy": "policies", "reward": "rewards"}
 TABLE_SECTIONS: dict[str, str] = {"blueprints": "seed_families", "sinks": "telemetry_sinks"}
@@ -397,6 +400,19 @@ def _check_validators(instance: Any, section: str, path: list[str]) -> Iterator[
                     yield from _check_validators(item, section, [*path, field.name, f"[{index}]"])
 
 
+def _raw_field_problems(data: dict[str, Any], cls: type, section: str) -> list[str]:
+    """The validators of the fields given in ``data``, run on the raw values (when a check across fields
+    failed, a field's own problem, e.g. a non-finite number, is the one to report)."""
+    problems = []
+    for field in attrs.fields(cls):
+        if field.name in data and field.validator is not None:
+            try:
+                field.validator(None, field, data[field.name])
+            except (ValueError, TypeError) as exc:
+                problems.append(f"{_format_path(section, [field.name])} {_validator_message(exc, field.name)}")
+    return problems
+
+
 def structure_section(data: Any, cls: type, section: str) -> tuple[Any | None, list[str]]:
     """Structure ``data`` into ``cls``; return (instance or None, problems with paths)."""
     if not isinstance(data, dict):
@@ -407,8 +423,8 @@ def structure_section(data: Any, cls: type, section: str) -> tuple[Any | None, l
         except (BaseValidationError, ForbiddenExtraKeysError) as exc:
             problems = list(_walk_errors(exc, section, [], cls))
             return None, problems + _validate_the_rest(data, cls, section, exc)
-        except (TypeError, ValueError) as exc:
-            return None, [f"[{section}] {exc}"]
+        except (TypeError, ValueError) as exc:  # a check across fields (``__attrs_post_init__``) failed
+            return None, _raw_field_problems(data, cls, section) or [f"[{section}] {exc}"]
     problems = list(_check_validators(instance, section, []))
     return (None if problems else _absolute_paths(instance)), problems
 

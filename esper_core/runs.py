@@ -22,6 +22,31 @@ import torch
 
 from esper_core.errors import CheckpointError, ConfigError, RunLocked
 
+__all__ = [
+    "CHECKPOINT_DIR",
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_VERSION",
+    "CONFIG_FILE",
+    "DISCARDED_EVENTS_FILE",
+    "ENVIRONMENT_FILE",
+    "EVENTS_FILE",
+    "LATEST_CHECKPOINT",
+    "LEGACY_CHECKPOINT_VERSION",
+    "LOCK_FILE",
+    "SUMMARY_FILE",
+    "RunLock",
+    "check_output_dir",
+    "create_run_dir",
+    "derive_seed",
+    "environment_record",
+    "load_checkpoint",
+    "rng_state",
+    "save_checkpoint",
+    "seed_everything",
+    "set_rng_state",
+    "write_json",
+]
+
 CHECKPOINT_FORMAT = "esper-checkpoint"
 #: 4: the file is a header line carrying the sha256 of the torch-serialized payload that follows it
 CHECKPOINT_VERSION = 4

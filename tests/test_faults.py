@@ -139,7 +139,7 @@ def test_a_seed_germinated_after_the_snapshot_is_pruned_by_the_rollback_and_emba
     assert rollback["restored_epoch"] == 1 and rollback["pruned_slots"] == ["r0c0"]
     germinated = next(r["data"] for r in env0 if r["event"] == "SEED_GERMINATED")
     pruned = [r["data"] for r in env0 if r["event"] == "SEED_PRUNED"]
-    assert [(p["seed_id"], p["reason"], p["epoch"]) for p in pruned] == [(germinated["seed_id"], "governor_rollback", 2)]
+    assert [(p["seed_id"], p["reason"], p["epoch"]) for p in pruned] == [(germinated["seed_id"], "rollback", 2)]
     stages = {r["data"]["epoch"]: r["data"]["stage_counts"] for r in env0 if r["event"] == "EPOCH_COMPLETED"}
     assert stages[2]["EMBARGOED"] == 1 and stages[3]["EMBARGOED"] == 1 and stages[4]["EMBARGOED"] == 0
     changes = [(r["data"]["from_stage"], r["data"]["to_stage"]) for r in env0 if r["event"] == "SEED_STAGE_CHANGED"]

@@ -147,7 +147,7 @@ def test_nan_in_the_host_rolls_back_and_the_run_continues(toy_manager, toy_confi
     assert rollbacks[0]["env_id"] == 1 and rollbacks[0]["epoch"] == 3 and rollbacks[0]["restored_epoch"] == 2
     assert "non-finite" in rollbacks[0]["reason"] and rollbacks[0]["pruned_slots"] == ["r0c0"]
     pruned = [r["data"] for r in records if r["event"] == "SEED_PRUNED"]
-    assert [p["reason"] for p in pruned] == ["governor_rollback"]
+    assert [p["reason"] for p in pruned] == ["rollback"]
     final = [r["data"] for r in records if r["event"] == "EPOCH_COMPLETED" and r["data"]["epoch"] == 7]
     assert all(torch.isfinite(torch.tensor([f["val_loss"], f["train_loss"]])).all() for f in final)
     assert json.loads((run_dir / "summary.json").read_text())["lifecycle"]["governor_rollbacks"] == 2

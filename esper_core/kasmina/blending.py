@@ -59,6 +59,9 @@ class AlphaSchedule:
         return self.value()
 
 
+attrs.resolve_types(AlphaSchedule)  # string annotations resolved, so converters structure the curve as an enum
+
+
 class ActivationLayout(Protocol):
     """How a topology lays out its activations (``esper_core.registry.TopologyKind`` has these fields)."""
 

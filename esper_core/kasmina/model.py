@@ -40,6 +40,9 @@ class ModelLifecycleState:
     fossilization_order: tuple[str, ...]
 
 
+attrs.resolve_types(ModelLifecycleState)  # string annotations resolved, for the checkpoint converter
+
+
 class MorphogeneticModel(nn.Module):
     """Wraps any registered host: ``forward`` routes through every enabled slot in ``SlotConfig`` order.
 

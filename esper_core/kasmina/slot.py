@@ -115,6 +115,9 @@ class SlotLifecycleState:
     internal_level: int | None = None
 
 
+# string annotations (``from __future__ import annotations``) resolved, so converters structure enums as enums
+attrs.resolve_types(SlotLifecycleState)
+
 #: The record's fields a slot keeps as attributes of the same name (``internal_level`` lives in the ladder).
 _SLOT_ATTRIBUTES: tuple[attrs.Attribute, ...] = tuple(
     field for field in attrs.fields(SlotLifecycleState) if field.name != "internal_level"
@@ -302,7 +305,7 @@ class SeedSlot(nn.Module):
         if self.blend_out:
             return OpResult(False, f"slot {self.slot_id} is already blending out")
         if epochs <= 0 or self.stage in INCUBATOR_STAGES:
-            self._prune_now(reason)
+            self.prune_now(reason)
             return OK
         self.schedule = AlphaSchedule(start=self.alpha, target=0.0, total_epochs=epochs, curve=curve)
         self.blend_out = True
@@ -390,14 +393,14 @@ class SeedSlot(nn.Module):
             if self._seed_is_finite():
                 self._transition(SeedStage.TRAINING)
             else:
-                self._prune_now("gate G0: seed parameters are not finite")
+                self.prune_now("gate G0: seed parameters are not finite")
         elif stage is SeedStage.TRAINING and self.settings.auto_advance:
             self.advance()  # fails (and changes nothing) until gate G1 passes
         elif stage is SeedStage.BLENDING:
             self._set_alpha(self.schedule.tick())
             if self.schedule.done:
                 if self.blend_out:
-                    self._prune_now(self.prune_reason)
+                    self.prune_now(self.prune_reason)
                 else:
                     self._transition(SeedStage.HOLDING)
         if self.stage is SeedStage.PRUNED:
@@ -638,7 +641,8 @@ class SeedSlot(nn.Module):
                 ),
             )
 
-    def _prune_now(self, reason: str) -> None:
+    def prune_now(self, reason: str) -> None:
+        """Remove the seed at once (no blend-out), emitting SEED_PRUNED with ``reason``; the embargo follows."""
         round_, epoch = self._clock()
         payload = SeedPrunedPayload(
             env_id=self.env_id, round=round_, epoch=epoch, slot_id=self.slot_id,

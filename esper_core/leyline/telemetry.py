@@ -231,7 +231,7 @@ class SeedFossilizedPayload:
 @attrs.frozen
 class SeedPrunedPayload:
     """A seed left its slot without being fossilized. ``reason`` says why: ``policy`` (the controller's
-    PRUNE), ``governor_rollback`` (a governor rollback removed it), or the lifecycle gate that failed."""
+    PRUNE), ``rollback`` (a governor rollback removed it), or the lifecycle gate that failed."""
 
     env_id: int
     round: int

@@ -62,8 +62,15 @@ from esper_core.runs import (
 )
 from esper_core.simic import RewardContext, RewardFunction, RewardSignals
 from esper_core.tamiyo import Controller, EnvObservation, PolicyContext, compute_masks
+from esper_core.tamiyo.controller import VALUE_LOSS_METRIC
 from esper_core.tasks import Task, TaskContext
 from esper_core.telemetry import SinkContext, TelemetryHub
+from esper_core.telemetry.anomalies import (
+    action_head_sizes,
+    anomaly_events,
+    detect_gradient_anomalies,
+    detect_policy_anomalies,
+)
 from esper_core.telemetry.report import summarize_run
 from esper_core.tolaria.environment import Environment, EnvironmentState, PendingDecision
 
@@ -99,6 +106,8 @@ class RunSetup:
     host_params: int
     surface_codes: dict[str, int]
     all_surface_codes: dict[str, int]
+    #: every registered ladder kind's stable code (what observations encode a seed's ladder kind with)
+    ladder_kind_codes: dict[str, int]
     blueprint_params: tuple[tuple[int, ...], ...]
     #: the reward needs a paired static control environment (``RewardKind.needs_control``)
     uses_control: bool
@@ -162,6 +171,10 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError([f"[run] device: {exc}"]) from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError([f"[run] device: '{name}' requested but no CUDA device is available"])
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(
+            [f"[run] device: '{name}' requested but this machine has {torch.cuda.device_count()} CUDA device(s)"]
+        )
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError([f"[run] device: '{name}' requested but MPS is not available"])
     if device.type not in SUPPORTED_DEVICES:
@@ -298,6 +311,7 @@ def prepare(config: RunConfig, manager: PluginManager) -> RunSetup:
         host_params=sum(p.numel() for p in probe.parameters()),
         surface_codes=surface_codes,
         all_surface_codes={name: entry.code for name, entry in manager.registry.entries["surfaces"].items()},
+        ladder_kind_codes={name: entry.code for _plugin, name, entry in manager.registry.items("ladder_kinds")},
         blueprint_params=blueprint_params,
         uses_control=manager.registry.get("rewards", config.reward.name).needs_control,
     )
@@ -355,6 +369,8 @@ class Engine:
         self.events_hash = hashlib.sha256()
         self.events_hashed = 0
         self.events_lines = 0
+        #: every earlier round's value loss (``detect_policy_anomalies`` judges a blow-up on them; checkpointed)
+        self.value_losses: list[float] = []
 
     # -- construction ------------------------------------------------------------------------------
 
@@ -394,7 +410,7 @@ class Engine:
             model = MorphogeneticModel(
                 host,
                 self.setup.slot_config,
-                topology=self.setup.host_family.topology,
+                topology=self.manager.registry.topology(self.setup.host_family.topology),
                 blueprints=self.setup.blueprints,
                 build_seed=self._seed_builder(env_seed, model_ref),
                 seed_plugin=lambda name: family_plugin(self.manager, name),
@@ -506,6 +522,11 @@ class Engine:
         results = []
         for env in self.all_envs:
             train_loss = env.finish_training()
+            found = detect_gradient_anomalies(
+                env.gradient_norms, config.anomalies, env_id=env.env_id, round_index=round_index, epoch=epoch
+            )
+            for event in anomaly_events(found):
+                self.hub.emit(event)
             result = env.validate(config.training.eval_batch_size)
             verdict = env.governor.verdict(train_loss, result.loss)
             env.rolled_back = False
@@ -584,7 +605,7 @@ class Engine:
 
     def rollback(self, env: Environment, round_index: int, epoch: int, reason: str, train_loss: float, val_loss: float):
         """Restore the governor's snapshot and bring each slot's lifecycle in line with what the event
-        record already says: every seed live before the rollback is pruned (``governor_rollback``, then
+        record already says: every seed live before the rollback is pruned (reason ``rollback``, then
         the embargo), including one germinated after the snapshot, which the restored weights do not
         hold; a fossil stays a fossil (with the snapshot's weights if it was live then, else freshly
         built, i.e. the identity); a slot with no seed keeps its embargo. Seed ids are never reused."""
@@ -608,9 +629,9 @@ class Engine:
                 if slot.stage not in LIVE_STAGES or not same_seed:
                     slot.load_lifecycle_record(was)  # a seed the snapshot does not hold: it must be pruned too
                 if slot.blend_out:
-                    slot._prune_now("governor_rollback")
+                    slot.prune_now("rollback")
                 else:
-                    slot.prune(epochs=0, curve=slot.planned_curve, reason="governor_rollback")
+                    slot.prune(epochs=0, curve=slot.planned_curve, reason="rollback")
                 pruned.append(slot_id)
             elif slot.stage is not was.stage or slot.seed_id != was.seed_id:
                 slot.load_lifecycle_record(was)  # no seed before the rollback: an embargo goes on
@@ -650,6 +671,7 @@ class Engine:
                 slots=env.model.reports(),
                 slot_config=self.setup.slot_config,
                 surface_codes=self.setup.all_surface_codes,
+                ladder_kind_codes=self.setup.ladder_kind_codes,
                 blueprints=self.setup.blueprints,
                 max_seeds=self.setup.max_seeds,
                 last_action=env.last_action,
@@ -765,6 +787,14 @@ class Engine:
                     payloads.PolicyUpdatedPayload(round=round_index, metrics=dict(metrics)),
                 )
             )
+            found = detect_policy_anomalies(
+                metrics, self.value_losses, self.config.anomalies, round_index=round_index,
+                head_sizes=action_head_sizes(len(self.setup.slot_config.slot_ids), len(self.setup.blueprints)),
+            )
+            for event in anomaly_events(found):
+                self.hub.emit(event)
+            if VALUE_LOSS_METRIC in metrics:
+                self.value_losses.append(float(metrics[VALUE_LOSS_METRIC]))
         self.hub.emit(
             TelemetryEvent(
                 TelemetryEventType.ROUND_COMPLETED,
@@ -798,6 +828,7 @@ class Engine:
             env_states=point.env_states,
             events=self.mark_events(self.hub.record_bytes()),
             policy=self.policy.state_dict(),
+            value_losses=list(self.value_losses),
             rng=RngState(python=rng["python"], numpy=rng["numpy"], torch=rng["torch"]),
         )
         state = checkpoint_to_dict(checkpoint)
@@ -1026,6 +1057,7 @@ def _prepare_resume(run_dir: Path, manager: PluginManager) -> tuple[Engine, Resu
             f"the checkpoint in '{run_dir}' does not match policy '{config.policy.name}' ({type(exc).__name__}: {message})"
         ) from None
     engine = Engine(setup, manager, run_dir, TelemetryHub(None), policy, reward)
+    engine.value_losses = list(checkpoint.value_losses)
     start = ResumePoint(checkpoint.round, checkpoint.epoch, checkpoint.env_states)
     if start.env_states is not None:
         engine.restore(start)

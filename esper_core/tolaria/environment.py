@@ -14,6 +14,7 @@ from esper_core.kasmina import MorphogeneticModel
 from esper_core.kasmina.model import ModelLifecycleState
 from esper_core.leyline import FactoredAction, SeedStateReport
 from esper_core.tasks import Task
+from esper_core.telemetry.anomalies import GradientNorm
 from esper_core.tolaria.governor import Governor, GovernorState
 
 
@@ -151,6 +152,8 @@ class Environment:
         self.rolled_back = False
         self.episode_return = 0.0
         self.step_clock = StepClock(device)
+        #: the last epoch's measured gradient norms (``finish_training``), judged by the engine
+        self.gradient_norms: list[GradientNorm] = []
         #: every slot's alpha at this environment's previous EPOCH_COMPLETED (all 0 for a fresh host)
         self.epoch_alphas: dict[str, float] = {slot_id: 0.0 for slot_id in model.slot_ids}
         self._lr_factor = 1.0
@@ -225,6 +228,7 @@ class Environment:
         self._steps = 0
         self._grad_norms: torch.Tensor | None = None
         self._grad_slots: list[str] = []
+        self.gradient_norms = []
         self.step_clock.reset()
 
     @property
@@ -262,15 +266,20 @@ class Environment:
         self._grad_norms = torch.stack(norms)
 
     def finish_training(self) -> float:
-        """The epoch's mean training loss (one device sync) and gradient health written to the slots."""
+        """The epoch's mean training loss (one device sync) and gradient health written to the slots;
+        ``gradient_norms`` then holds the last step's norms (the whole host's, then each live seed's)."""
         if self._steps == 0:
             raise RuntimeError(f"environment {self.env_id} trained no batches this epoch")
         train_loss = float(self._loss_sum) / self._steps
+        self.gradient_norms = []
         if self._grad_norms is not None:
             values = self._grad_norms.tolist()
             host_norm = values[0]
+            self.gradient_norms.append(GradientNorm.host_segment("host", host_norm))
             for slot_id, seed_norm in zip(self._grad_slots, values[1:]):
-                self.model.slots[slot_id].record_gradients(seed_norm, host_norm)
+                slot = self.model.slots[slot_id]
+                slot.record_gradients(seed_norm, host_norm)
+                self.gradient_norms.append(GradientNorm.seed(slot_id, seed_norm, seed_id=slot.seed_id, stage=slot.stage))
         self.train_loss_history.append(train_loss)
         return train_loss
 

@@ -38,7 +38,8 @@ class RngState:
 class EngineCheckpoint:
     """What a run checkpoint holds: the next ``round`` and ``epoch`` to run, each environment's state
     when the checkpoint is mid-round (None at a round boundary), the event record mark, the
-    controller's own state (its ``state_dict``, opaque to the core) and the RNG states."""
+    controller's own state (its ``state_dict``, opaque to the core), the RNG states and the value-loss
+    history that policy anomalies are judged on."""
 
     round: int
     epoch: int
@@ -46,6 +47,8 @@ class EngineCheckpoint:
     events: EventRecordMark
     policy: OpaqueState
     rng: RngState
+    #: every finished round's value loss, oldest first (the controller's anomaly history)
+    value_losses: list[float] = attrs.Factory(list)
 
 
 def _structure_opaque(value: Any, _type: Any) -> dict[str, Any]:
@@ -64,17 +67,14 @@ def _structure_tensor(value: Any, _type: Any) -> torch.Tensor:
 def state_converter() -> cattrs.Converter:
     """The telemetry converter (strict types, enums by name, unknown keys refused), plus tensors kept as
     they are: checkpoints are read with ``weights_only=True``, which handles tensors itself."""
-    from esper_core.kasmina.blending import AlphaSchedule
-    from esper_core.kasmina.model import ModelLifecycleState
-    from esper_core.kasmina.slot import SlotLifecycleState
     from esper_core.leyline import FactoredAction, SeedStateReport
     from esper_core.leyline.telemetry import _json_converter
     from esper_core.tolaria.environment import PendingDecision
     from esper_core.tolaria.governor import GovernorState
 
     # string annotations (``from __future__ import annotations``) resolved, so enums structure as enums
-    for record in (AlphaSchedule, SlotLifecycleState, ModelLifecycleState, FactoredAction, SeedStateReport,
-                   PendingDecision, GovernorState, EnvironmentState, EventRecordMark, RngState, EngineCheckpoint):
+    # (the kasmina lifecycle records resolve their own at import)
+    for record in (FactoredAction, SeedStateReport, PendingDecision, GovernorState, EnvironmentState, EventRecordMark, RngState, EngineCheckpoint):
         attrs.resolve_types(record)
     converter = _json_converter.copy()
     converter.register_structure_hook(torch.Tensor, _structure_tensor)
