@@ -10,8 +10,8 @@ from esper_heuristic.heuristic import (
     Rule,
     SlotEvidence,
     Verdict,
-    blueprint_rungs,
-    resolve_blueprint_order,
+    seed_family_rungs,
+    resolve_seed_family_order,
 )
 from esper_heuristic.random_policy import RandomPolicy, RandomPolicyConfig
 from esper_heuristic.static_policy import StaticPolicy, StaticPolicyConfig
@@ -31,6 +31,6 @@ __all__ = [
     "StaticPolicy",
     "StaticPolicyConfig",
     "Verdict",
-    "blueprint_rungs",
-    "resolve_blueprint_order",
+    "seed_family_rungs",
+    "resolve_seed_family_order",
 ]

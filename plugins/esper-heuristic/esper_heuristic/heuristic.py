@@ -1,12 +1,12 @@
 """The ``heuristic`` policy: fixed lifecycle rules (prune damage, fossilize what pays its price, advance,
-germinate on plateau, choosing the blueprint by the run's evidence: start cheap, escalate when growth pays)."""
+germinate on plateau, choosing the seed family by the run's evidence: start cheap, escalate when growth pays)."""
 
 from __future__ import annotations
 
 import difflib
 import enum
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 
@@ -50,14 +50,14 @@ def _enum_choice(enum_class: type[enum.Enum]) -> Validator:
 
 def _name_tuple(value: Any) -> tuple[str, ...]:
     if isinstance(value, str) or not isinstance(value, (list, tuple)):
-        raise TypeError(f"'blueprints' must be a list of blueprint names, got {value!r}")
+        raise TypeError(f"'seed_families' must be a list of seed family names, got {value!r}")
     return tuple(value)
 
 
 def _distinct_names(_instance: Any, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
     not_strings = [name for name in value if not isinstance(name, str)]
     if not_strings:
-        raise TypeError(f"'{attribute.name}' must hold blueprint names (strings), got {not_strings!r}")
+        raise TypeError(f"'{attribute.name}' must hold seed family names (strings), got {not_strings!r}")
     repeated = sorted({name for name in value if value.count(name) > 1})
     if repeated:
         raise InvalidValue(attribute.name, f"lists {', '.join(repeated)} more than once", value)
@@ -78,6 +78,11 @@ class HeuristicConfig:
     """Options of the ``heuristic`` policy (the ``[policy]`` TOML section). Enum-valued options are
     the lower-case member names (``style = "gate"``, ``tempo = "slow"``)."""
 
+    #: keys renamed in 0.2.0: the old key is an error that names the new one
+    RENAMED_KEYS: ClassVar[dict[str, str]] = {
+        "blueprints": "seed_families", "blueprint_cooldown_epochs": "seed_family_cooldown_epochs",
+    }
+
     #: Rule 1: prune a BLENDING/HOLDING seed whose measured contribution is below -prune_threshold.
     prune_threshold: float = attrs.field(default=0.01, validator=non_negative())
     #: Rules 1 and 3: how fast a prune blends the seed out (``instant`` removes it at once); an AlphaSpeed name.
@@ -90,7 +95,7 @@ class HeuristicConfig:
     #: rule 5 escalates or falls back on whether ended seeds paid.
     price_per_kparam: float = attrs.field(default=0.01, validator=non_negative())
     #: Rule 5: an ended seed whose contribution exceeded this multiple of its price paid *a lot*: the
-    #: next germination in its slot uses the next larger blueprint.
+    #: next germination in its slot uses the next larger seed family.
     escalate_margin: float = attrs.field(default=2.0, validator=in_range(1.0, None))
     #: Rule 2: fossilize a HOLDING seed whose measured contribution is at least this (and pays its price).
     fossilize_threshold: float = attrs.field(
@@ -113,10 +118,10 @@ class HeuristicConfig:
     plateau_window: int = attrs.field(default=3, validator=positive_int())
     #: Rule 5: a plateau is an improvement smaller than this over the window.
     plateau_delta: float = attrs.field(default=0.005, validator=non_negative())
-    #: Rule 5: blueprints to germinate, in preference order; empty means all, in the run's order.
-    blueprints: tuple[str, ...] = attrs.field(default=(), converter=_name_tuple, validator=_distinct_names)
-    #: Rule 5: a blueprint pruned in an environment is not germinated there again for this many epochs.
-    blueprint_cooldown_epochs: int = attrs.field(default=10, validator=non_negative_int())
+    #: Rule 5: seed families to germinate, in preference order; empty means all, in the run's order.
+    seed_families: tuple[str, ...] = attrs.field(default=(), converter=_name_tuple, validator=_distinct_names)
+    #: Rule 5: a seed family pruned in an environment is not germinated there again for this many epochs.
+    seed_family_cooldown_epochs: int = attrs.field(default=10, validator=non_negative_int())
     #: Rule 5: blend style of new seeds; a BlendStyle name.
     style: str = attrs.field(default="add", validator=_enum_choice(BlendStyle))
     #: Rule 5: blend-in tempo of new seeds; a Tempo name.
@@ -157,36 +162,36 @@ class HeuristicConfig:
         return min_training_epochs + self.blend_tempo.epochs + self.holding_patience
 
 
-def resolve_blueprint_order(config: HeuristicConfig, run_blueprints: tuple[str, ...]) -> tuple[int, ...]:
-    """Indices into the run's blueprint list in germination preference order.
+def resolve_seed_family_order(config: HeuristicConfig, run_families: tuple[str, ...]) -> tuple[int, ...]:
+    """Indices into the run's seed family list in germination preference order.
 
     Raises ``ConfigError`` with one problem per configured name the run does not know.
     """
-    if not config.blueprints:
-        return tuple(range(len(run_blueprints)))
+    if not config.seed_families:
+        return tuple(range(len(run_families)))
     problems = []
-    for name in config.blueprints:
-        if name not in run_blueprints:
-            message = f"[policy] unknown blueprint '{name}' in blueprints"
-            close = difflib.get_close_matches(name, run_blueprints, n=1)
+    for name in config.seed_families:
+        if name not in run_families:
+            message = f"[policy] unknown seed family '{name}' in seed_families"
+            close = difflib.get_close_matches(name, run_families, n=1)
             if close:
                 message += f" (did you mean '{close[0]}'?)"
-            known = ", ".join(run_blueprints) if run_blueprints else "none"
-            message += f"; this run's blueprints: {known}"
+            known = ", ".join(run_families) if run_families else "none"
+            message += f"; this run's seed families: {known}"
             problems.append(message)
     if problems:
         raise ConfigError(problems)
-    return tuple(run_blueprints.index(name) for name in config.blueprints)
+    return tuple(run_families.index(name) for name in config.seed_families)
 
 
-def blueprint_rungs(order: tuple[int, ...], context: PolicyContext) -> tuple[tuple[int, ...], ...]:
-    """Per slot, the candidate blueprints (indices into the run's list) from cheapest to largest by
+def seed_family_rungs(order: tuple[int, ...], context: PolicyContext) -> tuple[tuple[int, ...], ...]:
+    """Per slot, the candidate seed families (indices into the run's list) from cheapest to largest by
     their size at birth in that slot (``context.blueprint_params``); equal sizes keep ``order``."""
     slot_ids = context.slot_config.slot_ids
     sizes = context.blueprint_params
     if len(sizes) != len(slot_ids) or any(len(row) != len(context.blueprints) for row in sizes):
         raise ValueError(
-            f"blueprint_params must give one size per blueprint ({len(context.blueprints)}) for each slot "
+            f"blueprint_params must give one size per seed family ({len(context.blueprints)}) for each slot "
             f"({len(slot_ids)}); got {[len(row) for row in sizes]}"
         )
     return tuple(
@@ -207,7 +212,7 @@ class EndedSeed:
 
     slot: int
     seed_id: str
-    blueprint: str
+    seed_family: str
     #: its last measured counterfactual contribution while alive (None: never measured)
     contribution: float | None
     #: its size (parameters in use) when last seen alive
@@ -224,21 +229,21 @@ class EnvMemory:
       its price; only seeds HOLDING now are kept).
     - ``pruned_seeds_in_recovery``: seed ids already counted as pruned that still occupy their slot
       in PRUNED, EMBARGOED or RESETTING (so a long embargo is counted once).
-    - ``blueprint_pruned_at``: blueprint name -> the epoch at which its latest prune was first seen.
+    - ``seed_family_pruned_at``: seed family name -> the epoch at which its latest prune was first seen.
     - ``ladder_trials`` / ``ladder_ceiling``: growths of ladder seeds under evaluation, and levels that
       did not pay.
-    - ``live_seeds``: slot id -> [seed id, blueprint, last measured contribution or None, seed_params]
+    - ``live_seeds``: slot id -> [seed id, seed family, last measured contribution or None, seed_params]
       of the live seed last seen there, so its end (FOSSILIZED, or gone) can be judged.
     """
 
     holding_without_verdict: dict[str, int] = attrs.Factory(dict)
     pruned_seeds_in_recovery: set[str] = attrs.Factory(set)
-    blueprint_pruned_at: dict[str, int] = attrs.Factory(dict)
+    seed_family_pruned_at: dict[str, int] = attrs.Factory(dict)
     #: seed id -> [epoch of the growth, contribution before it] while a growth is on trial
     ladder_trials: dict[str, list[float]] = attrs.Factory(dict)
     #: seed id -> highest level worth having (a growth past it did not pay)
     ladder_ceiling: dict[str, int] = attrs.Factory(dict)
-    #: slot id -> [seed id, blueprint, last measured contribution, seed_params] of its live seed
+    #: slot id -> [seed id, seed family, last measured contribution, seed_params] of its live seed
     live_seeds: dict[str, list[Any]] = attrs.Factory(dict)
 
     def observe(
@@ -255,9 +260,9 @@ class EnvMemory:
                     if report.blueprint_id is None:
                         raise ValueError(
                             f"environment {observation.env_id} slot {report.slot_id}: pruned seed "
-                            f"{report.seed_id} reports no blueprint"
+                            f"{report.seed_id} reports no seed family (blueprint_id)"
                         )
-                    self.blueprint_pruned_at[report.blueprint_id] = observation.epoch
+                    self.seed_family_pruned_at[report.blueprint_id] = observation.epoch
             if report.stage is SeedStage.HOLDING:
                 if report.seed_id is None:
                     raise ValueError(
@@ -280,9 +285,9 @@ class EnvMemory:
             tracked = self.live_seeds.get(report.slot_id)
             alive = report.stage in LIVE_STAGES and report.seed_id is not None and report.blueprint_id is not None
             if tracked is not None and not (alive and report.seed_id == tracked[0]):
-                seed_id, blueprint, contribution, seed_params = tracked
+                seed_id, family, contribution, seed_params = tracked
                 fossilized = report.stage is SeedStage.FOSSILIZED and report.seed_id == seed_id
-                ended.append(EndedSeed(slot, seed_id, blueprint, contribution, seed_params, fossilized))
+                ended.append(EndedSeed(slot, seed_id, family, contribution, seed_params, fossilized))
                 del self.live_seeds[report.slot_id]
             if alive:
                 previous = self.live_seeds.get(report.slot_id)
@@ -294,17 +299,17 @@ class EnvMemory:
                 ]
         return ended
 
-    def cooling_down(self, blueprint: str, epoch: int, cooldown_epochs: int) -> bool:
-        """Whether ``blueprint`` was pruned fewer than ``cooldown_epochs`` epochs before ``epoch``."""
-        if blueprint not in self.blueprint_pruned_at:
+    def cooling_down(self, family: str, epoch: int, cooldown_epochs: int) -> bool:
+        """Whether seed family ``family`` was pruned fewer than ``cooldown_epochs`` epochs before ``epoch``."""
+        if family not in self.seed_family_pruned_at:
             return False
-        return epoch - self.blueprint_pruned_at[blueprint] < cooldown_epochs
+        return epoch - self.seed_family_pruned_at[family] < cooldown_epochs
 
     def to_state(self) -> dict[str, Any]:
         return {
             "holding_without_verdict": dict(sorted(self.holding_without_verdict.items())),
             "pruned_seeds_in_recovery": sorted(self.pruned_seeds_in_recovery),
-            "blueprint_pruned_at": dict(sorted(self.blueprint_pruned_at.items())),
+            "seed_family_pruned_at": dict(sorted(self.seed_family_pruned_at.items())),
             "ladder_trials": {k: list(v) for k, v in sorted(self.ladder_trials.items())},
             "ladder_ceiling": dict(sorted(self.ladder_ceiling.items())),
             "live_seeds": {k: list(v) for k, v in sorted(self.live_seeds.items())},
@@ -313,20 +318,23 @@ class EnvMemory:
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> EnvMemory:
         expected = {
-            "holding_without_verdict", "pruned_seeds_in_recovery", "blueprint_pruned_at", "ladder_trials",
+            "holding_without_verdict", "pruned_seeds_in_recovery", "seed_family_pruned_at", "ladder_trials",
             "ladder_ceiling", "live_seeds",
         }
+        if "blueprint_pruned_at" in state and "seed_family_pruned_at" not in state:  # written before 0.2.0
+            state = {("seed_family_pruned_at" if key == "blueprint_pruned_at" else key): value
+                     for key, value in state.items()}
         if set(state) != expected:
             raise ValueError(f"heuristic memory state has keys {sorted(state)}; expected {sorted(expected)}")
         return cls(
             holding_without_verdict={str(k): int(v) for k, v in state["holding_without_verdict"].items()},
             pruned_seeds_in_recovery={str(seed_id) for seed_id in state["pruned_seeds_in_recovery"]},
-            blueprint_pruned_at={str(k): int(v) for k, v in state["blueprint_pruned_at"].items()},
+            seed_family_pruned_at={str(k): int(v) for k, v in state["seed_family_pruned_at"].items()},
             ladder_trials={str(k): [float(x) for x in v] for k, v in state["ladder_trials"].items()},
             ladder_ceiling={str(k): int(v) for k, v in state["ladder_ceiling"].items()},
             live_seeds={
-                str(k): [str(seed_id), str(blueprint), _optional_float(contribution), int(params)]
-                for k, (seed_id, blueprint, contribution, params) in state["live_seeds"].items()
+                str(k): [str(seed_id), str(family), _optional_float(contribution), int(params)]
+                for k, (seed_id, family, contribution, params) in state["live_seeds"].items()
             },
         )
 
@@ -346,8 +354,8 @@ class Verdict(enum.Enum):
 class SlotEvidence:
     """What this run has learned about germinating in one slot (kept across episodes).
 
-    - ``target``: the blueprint the next germination in the slot aims for (None: the cheapest).
-    - ``last``: the latest ended seed's [seed id, blueprint, contribution or None, price, verdict].
+    - ``target``: the seed family the next germination in the slot aims for (None: the cheapest).
+    - ``last``: the latest ended seed's [seed id, seed family, contribution or None, price, verdict].
     - ``ended``: how many seeds have ended in the slot (all environments, all episodes).
     """
 
@@ -364,8 +372,8 @@ class SlotEvidence:
             raise ValueError(f"heuristic slot evidence has keys {sorted(state)}; expected ['ended', 'last', 'target']")
         last = state["last"]
         if last is not None:
-            seed_id, blueprint, contribution, price, verdict = last
-            last = [str(seed_id), str(blueprint), _optional_float(contribution), float(price), Verdict(verdict).value]
+            seed_id, family, contribution, price, verdict = last
+            last = [str(seed_id), str(family), _optional_float(contribution), float(price), Verdict(verdict).value]
         target = state["target"]
         return cls(target=None if target is None else str(target), last=last, ended=int(state["ended"]))
 
@@ -401,8 +409,8 @@ class HeuristicPolicy:
     def __init__(self, config: HeuristicConfig, context: PolicyContext) -> None:
         self.config = config
         self.context = context
-        self._blueprint_order = resolve_blueprint_order(config, context.blueprints)
-        self._rungs = blueprint_rungs(self._blueprint_order, context)
+        self._seed_family_order = resolve_seed_family_order(config, context.blueprints)
+        self._rungs = seed_family_rungs(self._seed_family_order, context)
         #: slot id -> what this run has learned about germinating there (survives begin_episode)
         self._evidence: dict[str, SlotEvidence] = {slot_id: SlotEvidence() for slot_id in context.slot_config.slot_ids}
         self.min_training_epochs = (
@@ -417,7 +425,7 @@ class HeuristicPolicy:
 
     def begin_episode(self, round_index: int, n_envs: int) -> None:
         """Forget what was remembered about the previous episode's environments (``0..n_envs-1`` now);
-        the run's blueprint evidence per slot is kept. Seeds still alive when an episode ends teach nothing."""
+        the run's seed family evidence per slot is kept. Seeds still alive when an episode ends teach nothing."""
         if n_envs < 1:
             raise ValueError(f"an episode needs at least one environment, got n_envs={n_envs}")
         self._memories = {env_id: EnvMemory() for env_id in range(n_envs)}
@@ -479,7 +487,7 @@ class HeuristicPolicy:
         for slot, slot_id in enumerate(slot_ids):
             target = evidence[slot_id].target
             if target is not None and target not in [self.context.blueprints[i] for i in self._rungs[slot]]:
-                raise ValueError(f"heuristic evidence for slot {slot_id} targets {target!r}, not a candidate blueprint")
+                raise ValueError(f"heuristic evidence for slot {slot_id} targets {target!r}, not a candidate seed family")
         self._memories = {
             int(entry["env_id"]): EnvMemory.from_state(entry["memory"]) for entry in state["envs"]
         }
@@ -524,11 +532,11 @@ class HeuristicPolicy:
 
     def _weigh(self, ended: EndedSeed) -> None:
         """Move the slot's target by one ended seed: a rung up if it paid a lot, stay if it paid, a rung
-        down if it did not. Seeds of blueprints that are not candidates teach nothing."""
+        down if it did not. Seeds of seed families that are not candidates teach nothing."""
         names = [self.context.blueprints[index] for index in self._rungs[ended.slot]]
-        if ended.blueprint not in names:
+        if ended.seed_family not in names:
             return
-        rung = names.index(ended.blueprint)
+        rung = names.index(ended.seed_family)
         verdict = self.verdict(ended.contribution, ended.seed_params)
         if verdict is Verdict.PAID_WELL:
             rung = min(rung + 1, len(names) - 1)
@@ -537,7 +545,7 @@ class HeuristicPolicy:
         evidence = self._evidence[self.context.slot_config.slot_ids[ended.slot]]
         evidence.target = names[rung]
         evidence.last = [
-            ended.seed_id, ended.blueprint, ended.contribution, self.price(ended.seed_params), verdict.value
+            ended.seed_id, ended.seed_family, ended.contribution, self.price(ended.seed_params), verdict.value
         ]
         evidence.ended += 1
 
@@ -730,8 +738,8 @@ class HeuristicPolicy:
     def _germinate(
         self, observation: EnvObservation, masks: ActionMasks, env_index: int, memory: EnvMemory
     ) -> Decision | None:
-        """Rule 5: on a plateau, germinate in the earliest free slot the blueprint the slot's evidence
-        points at (see ``_choose_blueprint``)."""
+        """Rule 5: on a plateau, germinate in the earliest free slot the seed family the slot's evidence
+        points at (see ``_choose_seed_family``)."""
         if not bool(masks.op[env_index, int(LifecycleOp.GERMINATE)]):
             return None
         if observation.epoch + 1 < self.config.warmup_epochs:
@@ -740,36 +748,36 @@ class HeuristicPolicy:
             return None
         if not self.plateaued(observation):
             return None
-        run_blueprints = self.context.blueprints
+        run_families = self.context.blueprints
         for slot in range(len(observation.slots)):
-            choice = self._choose_blueprint(observation, masks, env_index, memory, slot)
+            choice = self._choose_seed_family(observation, masks, env_index, memory, slot)
             if choice is None:
                 continue
             action = self._germinate_action(slot, choice)
-            target = run_blueprints[self._rungs[slot][self.target_rung(slot)]]
-            aimed = "" if run_blueprints[choice] == target else f" (evidence points at {target}, not available)"
+            target = run_families[self._rungs[slot][self.target_rung(slot)]]
+            aimed = "" if run_families[choice] == target else f" (evidence points at {target}, not available)"
             return Decision(
                 action,
                 Rule.GERMINATE,
-                f"plateau: germinate {run_blueprints[choice]} in {observation.slots[slot].slot_id}{aimed}",
+                f"plateau: germinate {run_families[choice]} in {observation.slots[slot].slot_id}{aimed}",
             )
         return None
 
-    def _germinate_action(self, slot: int, blueprint: int) -> FactoredAction:
+    def _germinate_action(self, slot: int, family: int) -> FactoredAction:
         return pinned_action(
             LifecycleOp.GERMINATE,
             slot=slot,
-            blueprint=blueprint,
+            blueprint=family,
             style=int(self.config.blend_style),
             tempo=int(self.config.blend_tempo),
             alpha_target=int(self.config.blend_alpha_target),
             alpha_curve=int(self.config.blend_curve),
         )
 
-    def _choose_blueprint(
+    def _choose_seed_family(
         self, observation: EnvObservation, masks: ActionMasks, env_index: int, memory: EnvMemory, slot: int
     ) -> int | None:
-        """The blueprint to germinate in ``slot``: the target rung if the masks allow it and it is not
+        """The seed family to germinate in ``slot``: the target rung if the masks allow it and it is not
         cooling down; otherwise the largest such rung below it, otherwise the cheapest such rung above it;
         None when no candidate is available in the slot."""
         usable = [
@@ -777,7 +785,7 @@ class HeuristicPolicy:
             for rung, index in enumerate(self._rungs[slot])
             if masks.allows(env_index, self._germinate_action(slot, index))
             and not memory.cooling_down(
-                self.context.blueprints[index], observation.epoch, self.config.blueprint_cooldown_epochs
+                self.context.blueprints[index], observation.epoch, self.config.seed_family_cooldown_epochs
             )
         ]
         if not usable:

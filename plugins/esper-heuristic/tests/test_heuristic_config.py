@@ -24,12 +24,12 @@ README = Path(__file__).resolve().parents[1] / "README.md"
         ({"plateau_window": 0}, "plateau_window must be >= 1"),
         ({"warmup_epochs": -1}, "warmup_epochs must be >= 0"),
         ({"min_training_epochs": 1.5}, "min_training_epochs must be an integer"),
-        ({"blueprint_cooldown_epochs": True}, "blueprint_cooldown_epochs must be an integer"),
+        ({"seed_family_cooldown_epochs": True}, "seed_family_cooldown_epochs must be an integer"),
         ({"tempo": "STANDARD"}, "tempo must be one of fast, standard, slow"),
         ({"style": "concat"}, "style must be one of add, multiply, gate"),
         ({"prune_alpha_speed": "warp"}, "prune_alpha_speed must be one of instant, fast, medium, slow"),
-        ({"blueprints": "conv_light"}, "'blueprints' must be a list"),
-        ({"blueprints": ("a", "b", "a")}, "blueprints lists a more than once"),
+        ({"seed_families": "conv_light"}, "'seed_families' must be a list"),
+        ({"seed_families": ("a", "b", "a")}, "seed_families lists a more than once"),
         ({"prune_threshold": 0.01, "fossilize_threshold": -0.02}, "must be at least -prune_threshold (-0.01)"),
         ({"price_per_kparam": -0.01}, "price_per_kparam must be a finite number >= 0, got -0.01"),
         ({"escalate_margin": 0.5}, "escalate_margin must be a finite number >= 1, got 0.5"),
@@ -89,7 +89,7 @@ def test_run_config_loader_reports_every_problem_with_its_path():
 def test_heuristic_config_defaults():
     config = HeuristicConfig()
     assert config.min_training_epochs is None  # follows the run's [morphogenesis] min_training_epochs
-    assert config.blueprints == ()
+    assert config.seed_families == ()
     assert (config.style, config.tempo, config.alpha_target, config.alpha_curve) == ("add", "standard", "full", "linear")
     assert config.prune_alpha_speed == "instant"
     assert (config.price_per_kparam, config.escalate_margin) == (0.01, 2.0)
@@ -117,20 +117,20 @@ def test_random_config_accepts_probabilities(value):
 
 
 def test_unknown_blueprints_are_config_errors_at_build_time(kit):
-    config = HeuristicConfig(blueprints=("conv_lite", "attention", "mystery"))
+    config = HeuristicConfig(seed_families=("conv_lite", "attention", "mystery"))
     with pytest.raises(ConfigError) as caught:
         HeuristicPolicy(config, kit.context())
     problems = caught.value.problems
     assert len(problems) == 2
-    assert problems[0].startswith("[policy] unknown blueprint 'conv_lite'")
+    assert problems[0].startswith("[policy] unknown seed family 'conv_lite'")
     assert "did you mean 'conv_light'?" in problems[0]
-    assert problems[1].startswith("[policy] unknown blueprint 'mystery'")
+    assert problems[1].startswith("[policy] unknown seed family 'mystery'")
     assert "conv_light, conv_heavy, attention" in problems[1]
 
 
 def test_known_blueprints_build(kit):
-    policy = HeuristicPolicy(HeuristicConfig(blueprints=("attention",)), kit.context())
-    assert policy.config.blueprints == ("attention",)
+    policy = HeuristicPolicy(HeuristicConfig(seed_families=("attention",)), kit.context())
+    assert policy.config.seed_families == ("attention",)
 
 
 def _readme_policy_tables() -> list[dict]:

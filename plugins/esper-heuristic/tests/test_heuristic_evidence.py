@@ -49,7 +49,7 @@ def test_first_germination_picks_the_cheapest_blueprint_regardless_of_list_order
 
 
 def test_a_size_tie_follows_the_configured_preference_order(kit):
-    policy = kit.heuristic(blueprints=("attention", "conv_heavy"), blueprint_params=(300, 100, 100))
+    policy = kit.heuristic(seed_families=("attention", "conv_heavy"), blueprint_params=(300, 100, 100))
     assert germinated(kit, policy) == (0, "attention")
 
 
@@ -135,7 +135,7 @@ def test_load_state_dict_rejects_evidence_for_another_run(kit):
     policy = kit.heuristic()
     state = policy.state_dict()
     state["evidence"]["r0c0"]["target"] = "mystery"
-    with pytest.raises(ValueError, match="not a candidate blueprint"):
+    with pytest.raises(ValueError, match="not a candidate seed family"):
         kit.heuristic().load_state_dict(state)
     del state["evidence"]["r0c0"]
     with pytest.raises(ValueError, match="evidence covers slots"):

@@ -79,7 +79,7 @@ heuristic_options = st.fixed_dictionaries(
         "warmup_epochs": st.integers(0, 6),
         "plateau_window": st.integers(1, 5),
         "plateau_delta": st.floats(0.0, 0.5),
-        "blueprint_cooldown_epochs": st.integers(0, 5),
+        "seed_family_cooldown_epochs": st.integers(0, 5),
     }
 )
 blueprint_preferences = st.permutations(range(NUM_BLUEPRINTS)).flatmap(
@@ -119,7 +119,7 @@ def _assert_allowed_and_pinned(actions, masks: ActionMasks) -> None:
 @given(options=heuristic_options, preference=blueprint_preferences, episode=episodes())
 def test_heuristic_only_emits_allowed_actions(kit, options, preference, episode):
     n_envs, batches = episode
-    config = HeuristicConfig(blueprints=tuple(kit.blueprints[index] for index in preference), **options)
+    config = HeuristicConfig(seed_families=tuple(kit.blueprints[index] for index in preference), **options)
     policy = HeuristicPolicy(config, kit.context(n_envs=n_envs))
     policy.begin_episode(0, n_envs)
     for batch in batches:

@@ -42,7 +42,7 @@ def test_plateau_germinates_the_cheapest_blueprint_in_earliest_dormant_slot_with
 def test_germination_picks_the_cheapest_configured_blueprint_not_the_first_listed_and_configured_heads(kit):
     # sizes: conv_light 100, conv_heavy 200, attention 300; listing attention first does not make it first
     policy = kit.heuristic(
-        blueprints=("attention", "conv_light"), style="gate", tempo="slow",
+        seed_families=("attention", "conv_light"), style="gate", tempo="slow",
         alpha_target="three_quarters", alpha_curve="cosine",
     )
     occupied = {0: kit.slot(0, TRAINING, epochs_in_stage=0)}
@@ -53,7 +53,7 @@ def test_germination_picks_the_cheapest_configured_blueprint_not_the_first_liste
     assert (action.style, action.tempo) == (BlendStyle.GATE, Tempo.SLOW)
     assert (action.alpha_target, action.alpha_curve) == (AlphaTarget.THREE_QUARTERS, AlphaCurve.COSINE)
     # the configured list still restricts the candidates: conv_light left out, conv_heavy is the cheapest
-    restricted = kit.heuristic(blueprints=("attention", "conv_heavy"))
+    restricted = kit.heuristic(seed_families=("attention", "conv_heavy"))
     action = kit.decide(restricted, kit.observation(epoch=10, slots=occupied)).action
     assert kit.blueprints[action.blueprint] == "conv_heavy"
 
@@ -257,7 +257,7 @@ def _pruned_slot_stage(epoch: int, pruned_seen_at: int) -> SeedStage | None:
 
 
 def test_recently_pruned_blueprint_is_skipped_until_its_cooldown_ends(kit):
-    policy = kit.heuristic(blueprint_cooldown_epochs=6)
+    policy = kit.heuristic(seed_family_cooldown_epochs=6)
     chosen = {}
     for epoch in range(10, 18):
         stage = _pruned_slot_stage(epoch, pruned_seen_at=10)
@@ -271,7 +271,7 @@ def test_recently_pruned_blueprint_is_skipped_until_its_cooldown_ends(kit):
 
 
 def test_a_long_embargo_counts_the_prune_once(kit):
-    policy = kit.heuristic(blueprint_cooldown_epochs=2)
+    policy = kit.heuristic(seed_family_cooldown_epochs=2)
     for epoch in range(10, 13):
         slots = {0: kit.slot(0, SeedStage.EMBARGOED, blueprint="conv_light", seed_id="gone")}
         action = kit.decide(policy, kit.observation(epoch=epoch, slots=slots)).action
@@ -280,7 +280,7 @@ def test_a_long_embargo_counts_the_prune_once(kit):
 
 
 def test_when_every_allowed_blueprint_cools_down_the_heuristic_waits(kit):
-    policy = kit.heuristic(blueprints=("conv_light",), blueprint_cooldown_epochs=3)
+    policy = kit.heuristic(seed_families=("conv_light",), seed_family_cooldown_epochs=3)
     rules = []
     for epoch in range(10, 14):
         stage = _pruned_slot_stage(epoch, pruned_seen_at=10)
@@ -290,7 +290,7 @@ def test_when_every_allowed_blueprint_cools_down_the_heuristic_waits(kit):
 
 
 def test_prunes_are_remembered_per_environment(kit):
-    policy = kit.heuristic(n_envs=2, blueprint_cooldown_epochs=10)
+    policy = kit.heuristic(n_envs=2, seed_family_cooldown_epochs=10)
     pruned = kit.observation(epoch=10, env_id=0,
                              slots={0: kit.slot(0, SeedStage.EMBARGOED, blueprint="conv_light", seed_id="x")})
     clean = kit.observation(epoch=10, env_id=1)
@@ -301,7 +301,7 @@ def test_prunes_are_remembered_per_environment(kit):
 
 
 def test_begin_episode_forgets_prunes(kit):
-    policy = kit.heuristic(blueprint_cooldown_epochs=10)
+    policy = kit.heuristic(seed_family_cooldown_epochs=10)
     slots = {0: kit.slot(0, SeedStage.EMBARGOED, blueprint="conv_light", seed_id="x")}
     assert kit.blueprints[kit.decide(policy, kit.observation(epoch=10, slots=slots)).action.blueprint] == "conv_heavy"
     policy.begin_episode(1, 1)
@@ -320,7 +320,7 @@ def _scripted_epoch(kit, epoch):
 
 
 def test_state_dict_round_trip_keeps_memory_and_resumes_exactly(kit):
-    options = {"holding_patience": 6, "blueprint_cooldown_epochs": 5, "fossilize_threshold": 0.01}
+    options = {"holding_patience": 6, "seed_family_cooldown_epochs": 5, "fossilize_threshold": 0.01}
     original = kit.heuristic(**options)
     for epoch in range(10, 13):
         kit.decide(original, _scripted_epoch(kit, epoch))
@@ -328,7 +328,7 @@ def test_state_dict_round_trip_keeps_memory_and_resumes_exactly(kit):
     assert state["envs"][0]["memory"] == {
         "holding_without_verdict": {"holder": 3},
         "pruned_seeds_in_recovery": ["gone"],
-        "blueprint_pruned_at": {"conv_light": 10},
+        "seed_family_pruned_at": {"conv_light": 10},
         "ladder_trials": {},
         "ladder_ceiling": {},
         "live_seeds": {"r0c1": ["holder", "attention", 0.0, 300]},
