@@ -1,18 +1,18 @@
-"""Builders for tests of plugins: controller inputs (contexts, slot reports, observations, masks) and toy-engine runs (configs, events, checkpoints).
+"""Builders for tests of plugins: policy inputs (contexts, slot reports, observations, masks) and toy-engine runs (configs, events, checkpoints).
 
 Three parts, all importable from ``esper_core.testing``:
 
-- **A controller on its own.** ``policy_context`` builds what a policy's ``build`` receives (three
+- **A policy on its own.** ``policy_context`` builds what a policy's ``build`` receives (three
   slots ``SLOT_IDS``, three seed families ``SEED_FAMILIES``); ``slot_report``, ``observation`` and
   ``action_masks`` build one decision's inputs, so ``act`` can be driven without an engine.
 - **A plugin's records on their own.** ``registered_records(plugin, "hosts")`` calls one hook of a
   plugin and returns what it registered, by name; ``task_info`` describes a task for building a host
   without one.
-- **A controller, reward or sink through the real engine.** ``toy_plugin_manager`` loads the toy
+- **A policy, reward or sink through the real engine.** ``toy_plugin_manager`` loads the toy
   plugin (``esper_core.testing.toy_plugin``: host, task, scripted policy and memory sink that train in
   milliseconds) next to the plugins under test; ``toy_run_data`` writes a small run config for it;
   ``start_run`` and ``resume_run`` are the engine's own entry points (what ``esper run`` calls) and
-  ``engine_controller`` builds the controller a run would use; ``events_of``, ``policy_updates``,
+  ``engine_policy`` builds the policy a run would use; ``events_of``, ``policy_updates``,
   ``final_checkpoint``, ``comparable`` and ``same_state`` read and compare what a run wrote
   (exact-resume tests compare a resumed run with an uninterrupted one).
 
@@ -47,7 +47,7 @@ __all__ = [
     "TOY_RUN",
     "action_masks",
     "comparable",
-    "engine_controller",
+    "engine_policy",
     "events_of",
     "family_params",
     "final_checkpoint",
@@ -73,7 +73,7 @@ SLOT_IDS: tuple[str, ...] = ("r0c0", "r0c1", "r0c2")
 #: The seed families of ``policy_context`` (its ``blueprints``), smallest first (see ``family_params``).
 SEED_FAMILIES: tuple[str, ...] = ("conv_light", "conv_heavy", "attention")
 
-# -- a controller on its own ---------------------------------------------------------------------------
+# -- a policy on its own -------------------------------------------------------------------------------
 
 
 def family_params(seed_families: Sequence[str] = SEED_FAMILIES) -> tuple[int, ...]:
@@ -276,7 +276,7 @@ def task_info(
     )
 
 
-# -- a controller, reward or sink through the real engine -------------------------------------------------
+# -- a policy, reward or sink through the real engine -----------------------------------------------------
 
 #: A run of the toy plugin: 2 environments x 8 epochs, 1 round, the scripted policy doing nothing, the
 #: memory sink, one torch thread. ``toy_run_data`` copies it.
@@ -321,11 +321,11 @@ def toy_run_data(output_dir: str | Path, **sections: Mapping[str, Any]) -> dict[
     return merge_sections(data, sections)
 
 
-def engine_controller(config: Any, manager: PluginManager) -> Any:
-    """The controller the engine builds for the parsed run ``config`` (``esper_core.config.parse_config``),
+def engine_policy(config: Any, manager: PluginManager) -> Any:
+    """The policy the engine builds for the parsed run ``config`` (``esper_core.config.parse_config``),
     built exactly as a run builds it, without running anything."""
-    controller, _reward = build_policy_and_reward(prepare(config, manager), manager)
-    return controller
+    policy, _reward = build_policy_and_reward(prepare(config, manager), manager)
+    return policy
 
 
 def events_of(run_dir: Path) -> list[dict[str, Any]]:
@@ -339,7 +339,7 @@ def policy_updates(run_dir: Path) -> list[dict[str, float]]:
 
 
 def final_checkpoint(run_dir: Path) -> dict[str, Any]:
-    """The run's latest checkpoint (its ``"policy"`` entry is the controller's ``state_dict``)."""
+    """The run's latest checkpoint (its ``"policy"`` entry is the policy's ``state_dict``)."""
     return load_checkpoint(Path(run_dir) / CHECKPOINT_DIR / LATEST_CHECKPOINT)
 
 

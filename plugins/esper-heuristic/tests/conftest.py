@@ -18,7 +18,7 @@ from esper_core.testing import (
 )
 from esper_core.testing import observation as shared_observation
 from esper_core.testing import slot_report as shared_slot_report
-from esper_heuristic import Decision, HeuristicConfig, HeuristicController
+from esper_heuristic import Decision, HeuristicConfig, HeuristicPolicy
 
 BLUEPRINTS: tuple[str, ...] = SEED_FAMILIES
 EPISODE_LENGTH = 40
@@ -94,17 +94,17 @@ def build_heuristic(
     max_seeds: int = 3,
     blueprint_params: Sequence[int] | None = None,
     **options: object,
-) -> HeuristicController:
-    """A heuristic controller with ``options`` as its config, its episode begun (``blueprint_params``
+) -> HeuristicPolicy:
+    """A heuristic policy with ``options`` as its config, its episode begun (``blueprint_params``
     goes to ``build_context``)."""
     context = build_context(n_envs=n_envs, max_seeds=max_seeds, blueprint_params=blueprint_params)
-    controller = HeuristicController(HeuristicConfig(**options), context)
-    controller.begin_episode(0, n_envs)
-    return controller
+    policy = HeuristicPolicy(HeuristicConfig(**options), context)
+    policy.begin_episode(0, n_envs)
+    return policy
 
 
 def decide_one(
-    controller: HeuristicController,
+    policy: HeuristicPolicy,
     observation: EnvObservation,
     *,
     max_seeds: int = 3,
@@ -112,8 +112,8 @@ def decide_one(
 ) -> Decision:
     """Run one ``act`` for a single environment and return its decision (action, rule, reason)."""
     masks = build_masks([observation], max_seeds=max_seeds, blueprint_allowed=blueprint_allowed)
-    actions = controller.act([observation], masks)
-    decision = controller.last_decisions[0]
+    actions = policy.act([observation], masks)
+    decision = policy.last_decisions[0]
     assert actions == [decision.action]
     return decision
 

@@ -10,12 +10,12 @@ import torch
 from esper_core.leyline import SeedStage
 from esper_core.runs import load_checkpoint, save_checkpoint
 from esper_core.tamiyo import compute_masks
-from esper_core.testing import engine_controller, start_run
+from esper_core.testing import engine_policy, start_run
 
 
 def test_one_update_on_engine_rollouts_clips_moves_kl_and_changes_the_weights(manager, run_config, kit):
     config = run_config(run={"rounds": 2}, policy={"learning_rate": 1e-3, "rounds_per_update": 2})
-    initial = engine_controller(config, manager)
+    initial = engine_policy(config, manager)
     start = {name: tensor.clone() for name, tensor in initial.network.state_dict().items()}
     run_dir = start_run(config, manager)
     updates = kit.policy_updates(run_dir)

@@ -13,7 +13,7 @@ from esper_core.plugins import PluginManager
 from esper_core.runs import load_checkpoint, save_checkpoint
 from esper_core.tamiyo import Controller
 from esper_core.tamiyo.features import SLOT_FEATURES
-from esper_core.testing import engine_controller, policy_context, start_run
+from esper_core.testing import engine_policy, policy_context, start_run
 from esper_core.validators import InvalidValue
 from esper_tamiyo_ppo import PRESETS, PolicyNetwork, PPOConfig, PPOController, parameter_count
 
@@ -132,11 +132,11 @@ def test_a_checkpoint_seeds_a_learning_run_with_its_weights(kit, run_config, man
     trained = start_run(run_config(), manager)
     saved = kit.final_policy_state(trained)
     config = run_config(policy={"checkpoint": str(trained / "checkpoints" / "latest.pt")})
-    controller = engine_controller(config, manager)
+    controller = engine_policy(config, manager)
     assert kit.same_state(dict(controller.network.state_dict()), saved["network"])
     assert kit.same_state(controller.normalizer.state_dict(), saved["normalizer"])
     assert controller.updates == 0 and saved["counters"]["updates"] == 1  # optimizer, counters, RNG start fresh
-    fresh = engine_controller(run_config(), manager)
+    fresh = engine_policy(run_config(), manager)
     assert not torch.equal(fresh.network.lstm.weight_hh_l0, controller.network.lstm.weight_hh_l0)
 
 
