@@ -12,7 +12,7 @@ import math
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 import cattrs
@@ -47,11 +47,14 @@ class ArmSection:
 
 @attrs.frozen
 class ExperimentSection:
-    """``[experiment]``: a name, two or more arms, and the blueprints the report counts as heavy."""
+    """``[experiment]``: a name, two or more arms, and the seed families the report counts as heavy."""
+
+    #: keys renamed in 0.2.0: the old key is an error that names the new one
+    RENAMED_KEYS: ClassVar[dict[str, str]] = {"heavy_blueprints": "heavy_seed_families"}
 
     name: str
     arms: tuple[ArmSection, ...] = attrs.field(validator=attrs.validators.min_len(2))
-    heavy_blueprints: tuple[str, ...] = ()
+    heavy_seed_families: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -60,7 +63,7 @@ class Experiment:
 
     name: str
     arms: dict[str, RunConfig]
-    heavy_blueprints: tuple[str, ...] = ()
+    heavy_seed_families: tuple[str, ...] = ()
 
 
 def _apply(data: dict[str, Any], dotted: str, value: Any) -> None:
@@ -99,7 +102,7 @@ def parse_experiment(data: dict[str, Any], manager: PluginManager, source: str |
             problems.extend(f"[experiment] arm '{arm.name}': {problem}" for problem in exc.problems)
     if problems:
         raise ConfigError(problems, source=source)
-    return Experiment(name=section.name, arms=arms, heavy_blueprints=section.heavy_blueprints)
+    return Experiment(name=section.name, arms=arms, heavy_seed_families=section.heavy_seed_families)
 
 
 def _arm_name_problems(names: list[str]) -> list[str]:
@@ -135,10 +138,10 @@ def experiment_dir(experiment: Experiment) -> Path:
 # -- comparison ------------------------------------------------------------------------------------
 
 
-def arm_metrics(run_dir: Path, heavy_blueprints: tuple[str, ...] = ()) -> dict[str, Any]:
+def arm_metrics(run_dir: Path, heavy_seed_families: tuple[str, ...] = ()) -> dict[str, Any]:
     """What the comparison table shows for one arm, from its event record.
 
-    ``heavy_share`` is the fraction of germinations that chose one of ``heavy_blueprints``;
+    ``heavy_share`` is the fraction of germinations that chose one of ``heavy_seed_families``;
     ``internal_op_rate`` the fraction of decisions that changed a seed's internal level.
     ``accuracy_per_rent`` divides the final metric by ``1 + ln(1 + added / host params)`` (higher is
     better); ``val_loss_times_rent`` multiplies the final validation loss by the same factor (lower is
@@ -185,8 +188,8 @@ def arm_metrics(run_dir: Path, heavy_blueprints: tuple[str, ...] = ()) -> dict[s
         "slot_usage": {slot: counts["germinated"] for slot, counts in summary["slots"].items()},
         "surface_usage": dict(sorted(surfaces.items())),
         "heavy_share": (
-            sum(usage.get(name, 0) for name in heavy_blueprints) / lifecycle["germinated"]
-            if lifecycle["germinated"] and heavy_blueprints else None
+            sum(usage.get(name, 0) for name in heavy_seed_families) / lifecycle["germinated"]
+            if lifecycle["germinated"] and heavy_seed_families else None
         ),
         "internal_grows": internal["grow"],
         "internal_shrinks": internal["shrink"],
@@ -209,7 +212,7 @@ def compare(exp_dir: Path) -> dict[str, Any]:
     written to ``comparison.json``."""
     record = read_manifest(exp_dir)
     runs = arm_run_dirs(exp_dir)
-    arms = {name: arm_metrics(run_dir, record.heavy_blueprints) for name, run_dir in runs.items()}
+    arms = {name: arm_metrics(run_dir, record.heavy_seed_families) for name, run_dir in runs.items()}
     comparison = {"experiment": exp_dir.name, "arms": arms}
     write_json(exp_dir / COMPARISON_FILE, comparison)
     plot_comparison(exp_dir, comparison)
@@ -350,7 +353,7 @@ class ExperimentRecord:
     format: str
     version: int
     name: str
-    heavy_blueprints: tuple[str, ...]
+    heavy_seed_families: tuple[str, ...]
     arms: tuple[ArmRecord, ...]
 
     def arm(self, name: str) -> ArmRecord:
@@ -371,7 +374,7 @@ def new_manifest(experiment: Experiment) -> ExperimentRecord:
     """The record of an experiment none of whose arms has started."""
     return ExperimentRecord(
         format=MANIFEST_FORMAT, version=MANIFEST_VERSION, name=experiment.name,
-        heavy_blueprints=experiment.heavy_blueprints, arms=tuple(ArmRecord(name) for name in experiment.arms),
+        heavy_seed_families=experiment.heavy_seed_families, arms=tuple(ArmRecord(name) for name in experiment.arms),
     )
 
 
@@ -394,6 +397,8 @@ def read_manifest(exp_dir: Path) -> ExperimentRecord:
         raise DataError(f"'{path}' is not an Esper experiment record: not JSON text ({exc})") from None
     if not isinstance(data, dict):
         raise DataError(f"'{path}' is not an Esper experiment record: not a JSON object")
+    if "heavy_blueprints" in data and "heavy_seed_families" not in data:  # the field's name before 0.2.0
+        data["heavy_seed_families"] = data.pop("heavy_blueprints")
     try:
         record = _manifest_converter.structure(data, ExperimentRecord)
     except cattrs.BaseValidationError as exc:

@@ -39,7 +39,7 @@ def epochs(run_dir):
 
 def test_arms_are_paired_and_compared(toy_manager, toy_run_data):
     data = experiment_data(toy_run_data, shaped={"reward.name": "shaped"}, basic={"reward.name": "basic"})
-    data["experiment"]["heavy_blueprints"] = ["toy_conv"]
+    data["experiment"]["heavy_seed_families"] = ["toy_conv"]
     exp_dir = run_experiment(data, toy_manager)
     assert (exp_dir / "comparison.png").stat().st_size > 10_000
     runs = arm_run_dirs(exp_dir)
@@ -165,5 +165,5 @@ def test_an_experiment_without_its_record_is_refused_with_one_line(toy_manager, 
     with pytest.raises(DataError, match="has no experiment.json, so its arms cannot be identified"):
         resume_experiment(exp_dir, toy_manager)
     (exp_dir / MANIFEST_FILE).write_text('{"format": "esper-experiment", "version": 1, "name": "pair"}')
-    with pytest.raises(DataError, match="is not an Esper experiment record: required field missing @ \\$.heavy_blueprints"):
+    with pytest.raises(DataError, match="is not an Esper experiment record: required field missing @ \\$.heavy_seed_families"):
         arm_run_dirs(exp_dir)
