@@ -1,12 +1,12 @@
-"""The growth benchmark: static, random, heuristic and PPO controllers against the static frontier of a regime.
+"""The growth benchmark: static, random, heuristic and PPO policies against the static frontier of a regime.
 
 For one regime of ``benchmarks/growth_regimes.py`` (whose static frontier ``growth_frontier.py`` measured):
 
 1. trains PPO under the ``frontier`` reward for ``--train-rounds`` rounds per training seed (skipped for a
    seed whose training run directory already holds a finished checkpoint, so an interrupted benchmark
    resumes where it stopped);
-2. evaluates every controller frozen on the same unseen rounds (run seed ``1000 + seed``; every round a
-   fresh host init and data order, paired across controllers): ``static`` (never grows), ``random``,
+2. evaluates every policy frozen on the same unseen rounds (run seed ``1000 + seed``; every round a
+   fresh host init and data order, paired across policies): ``static`` (never grows), ``random``,
    ``heuristic`` (same price), ``ppo`` (its checkpoint, argmax actions, no learning);
 3. trains the static alternatives a user would pick instead on the same rounds: each grown network's
    final architecture trained from scratch (``[morphogenesis] implants``), and a uniformly wider host of
@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--price", type=float, default=None, help="price per 1,000 parameters in use (default: the regime's)")
     parser.add_argument("--train-rounds", type=int, default=None, help="PPO training rounds per seed")
     parser.add_argument("--train-envs", type=int, default=4)
-    parser.add_argument("--eval-rounds", type=int, default=10, help="evaluation rounds per seed and controller")
+    parser.add_argument("--eval-rounds", type=int, default=10, help="evaluation rounds per seed and policy")
     parser.add_argument("--ppo", action="append", default=[], metavar="KEY=VALUE", help="extra [policy] option for PPO")
     parser.add_argument("--work-dir", type=Path, default=c.REPO / "runs" / "growth",
                         help="where training and evaluation runs go (a finished training run is reused)")
@@ -320,16 +320,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.train_only:
         return 0
 
-    # 2. evaluate every controller on the same unseen rounds
-    controllers = {
+    # 2. evaluate every policy on the same unseen rounds
+    policies = {
         "static": lambda seed: {"name": "static"},
         "random": lambda seed: {"name": "random"},
         "heuristic": lambda seed: {"name": "heuristic", "price_per_kparam": price},
         "ppo": lambda seed: {**ppo_options, "checkpoint": str(checkpoints[seed]), "learn": False, "deterministic": True},
     }
-    results: dict[str, dict[int, list[dict[str, Any]]]] = {name: {} for name in controllers}
+    results: dict[str, dict[int, list[dict[str, Any]]]] = {name: {} for name in policies}
     for seed in args.seeds:
-        for name, policy in controllers.items():
+        for name, policy in policies.items():
             data = regime.config(run={"seed": EVAL_SEED_OFFSET + seed, "rounds": args.eval_rounds, "envs": 1},
                                  policy=policy(seed), reward=dict(reward))
             results[name][seed] = episodes(regime, run_dir_of(f"eval-{name}-{seed}", data))
@@ -378,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     unseen: dict[int, list[dict[str, Any]]] = {}
     for seed in args.seeds:
         data = regime.config(settings["unseen_host"], run={"seed": EVAL_SEED_OFFSET + seed, "rounds": args.eval_rounds, "envs": 1},
-                             policy=controllers["ppo"](seed), reward=dict(reward))
+                             policy=policies["ppo"](seed), reward=dict(reward))
         unseen[seed] = episodes(regime, run_dir_of(f"eval-ppo-unseen-width-{seed}", data))
     unseen_static = {}
     for seed in args.seeds:
@@ -423,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     unit = "accuracy" if regime.metric_name != "val_loss" else "-ln(val loss)"
     print(f"\n-- regime {regime.name}: mean ± stderr over training seeds {args.seeds}, {args.eval_rounds} unseen "
           f"rounds each; score = {unit}; below frontier = (frontier(params) - frontier(host)) - (score - paired control)")
-    print(f"   {'controller':<36} {'score':>16} {'params':>8} {'return':>15} {'margin':>8} {'below frontier':>15}")
+    print(f"   {'policy':<36} {'score':>16} {'params':>8} {'return':>15} {'margin':>8} {'below frontier':>15}")
     for name, entry in table.items():
         print(f"   {name:<36} {entry['score']['mean']:>8.4f} ± {entry['score']['stderr']:.4f} "
               f"{entry['params']['mean']:>8.0f} {entry['return']['mean']:>+7.3f} ± {entry['return']['stderr']:.3f} "
@@ -513,8 +513,8 @@ def write_example(regime: Regime, reward: dict[str, Any], ppo_options: dict[str,
 
 LABELS = {
     "static": "static small host (never grows)",
-    "random": "random controller",
-    "heuristic": "heuristic (evidence-based blueprints)",
+    "random": "random policy",
+    "heuristic": "heuristic (evidence-based seed families)",
     "ppo": "PPO, frozen",
     "ppo_architecture_from_scratch": "PPO's final architecture, from scratch",
     "heuristic_architecture_from_scratch": "heuristic's final architecture, from scratch",
@@ -548,7 +548,7 @@ def label(name: str) -> str:
 
 
 def episode_rows(payload: dict[str, Any]) -> dict[str, dict[str, list[float]]]:
-    """Per controller, per training seed: the means over its evaluation episodes (recomputed from them)."""
+    """Per policy, per training seed: the means over its evaluation episodes (recomputed from them)."""
     points = [(p["params"], p["score"], p["stderr"], p["name"]) for p in payload["frontier"]]
     rows = {}
     for name, entry in payload["table"].items():
@@ -568,7 +568,7 @@ def markdown_table(payload: dict[str, Any]) -> str:
     """The results table of one regime, every number recomputed from the episodes in ``payload``."""
     rows = episode_rows(payload)
     lines = [
-        f"| controller ({payload['score']}; mean ± s.e. over {len(payload['seeds'])} seeds) | score | parameters in use | "
+        f"| policy ({payload['score']}; mean ± s.e. over {len(payload['seeds'])} seeds) | score | parameters in use | "
         "return | frontier margin | below the frontier |",
         "|---|---:|---:|---:|---:|---:|",
     ]
@@ -609,7 +609,7 @@ def markdown_frontier(frontier: dict[str, Any]) -> str:
 
 
 def plot(payload: dict[str, Any], path: Path) -> None:
-    """The frontier with every controller's final networks, the training curve, and where / when / what grew."""
+    """The frontier with every policy's final networks, the training curve, and where / when / what grew."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -669,7 +669,7 @@ def plot(payload: dict[str, Any], path: Path) -> None:
     when.legend(fontsize=7)
     where.set_title("where: fossils per episode, by slot")
     where.legend(fontsize=7)
-    what.set_title("what: fossils per episode, by blueprint")
+    what.set_title("what: fossils per episode, by seed family")
     what.legend(fontsize=7)
     rows = [n for n in payload["table"] if not n.endswith("unseen_width")]
     margin.barh(rows, [payload["table"][n]["below_frontier"]["mean"] for n in rows],
