@@ -25,7 +25,8 @@ from esper_core.leyline.telemetry import _json_converter
 from esper_core.plugins import PluginManager
 from esper_core.runs import EVENTS_FILE, _slug, create_run_dir, write_json
 from esper_core.tamiyo.controller import ENTROPY_METRIC_PREFIX
-from esper_core.telemetry.report import epoch_step, load_events, summarize_events
+from esper_core.leyline import epoch_step
+from esper_core.telemetry.report import load_events, summarize_events
 
 #: The experiment's config as given (base sections plus ``[experiment]``), written when it starts.
 EXPERIMENT_FILE = "experiment.toml"
@@ -220,16 +221,16 @@ def compare(exp_dir: Path) -> dict[str, Any]:
 
 
 def level_trajectories(run_dir: Path) -> dict[str, list[tuple[int, int]]]:
-    """Per seed with a ladder: (global epoch, level) at germination and at every level change."""
+    """Per seed with a ladder: (epoch step, level) at germination and at every level change."""
     events = load_events(run_dir / EVENTS_FILE)
     started = events[0].payload  # load_events: the record starts with RUN_STARTED
     paths: dict[str, list[tuple[int, int]]] = defaultdict(list)
     for event in events:
         data = event.payload
         if event.event_type is TelemetryEventType.SEED_GERMINATED and data.internal_level:
-            paths[data.seed_id].append((epoch_step(started, data.round, data.epoch), data.internal_level))
+            paths[data.seed_id].append((epoch_step(data.round, data.epoch, started.episode_length), data.internal_level))
         elif event.event_type is TelemetryEventType.SEED_INTERNAL_LEVEL_CHANGED:
-            paths[data.seed_id].append((epoch_step(started, data.round, data.epoch), data.to_level))
+            paths[data.seed_id].append((epoch_step(data.round, data.epoch, started.episode_length), data.to_level))
     return dict(paths)
 
 

@@ -25,6 +25,7 @@ from esper_core.leyline.stages import (
     SeedStage,
     check_transition,
 )
+from esper_core.leyline.steps import epoch_step
 from esper_core.leyline.telemetry import (
     EVENT_PAYLOADS,
     TelemetryEvent,
@@ -62,6 +63,7 @@ __all__ = [
     "TelemetryEventType",
     "Tempo",
     "check_transition",
+    "epoch_step",
     "event_from_dict",
     "event_to_dict",
     "event_to_json",

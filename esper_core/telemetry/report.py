@@ -13,7 +13,7 @@ from typing import Any
 import attrs
 
 from esper_core.errors import DataError
-from esper_core.leyline import LIVE_STAGES, SeedStage, TelemetryEvent, TelemetryEventType, event_from_dict
+from esper_core.leyline import LIVE_STAGES, SeedStage, TelemetryEvent, TelemetryEventType, epoch_step, event_from_dict
 from esper_core.leyline import telemetry as payloads
 from esper_core.runs import EVENTS_FILE
 
@@ -333,25 +333,20 @@ def summarize_run(run_dir: Path) -> dict[str, Any]:
     return summarize_events(load_events(Path(run_dir) / EVENTS_FILE))
 
 
-def epoch_step(started: payloads.RunStartedPayload, round_index: int, epoch: int) -> int:
-    """The run-wide epoch step every plot and sink shares: ``round * episode_length + epoch``."""
-    return round_index * started.episode_length + epoch
-
-
 def epoch_curves(events: Events) -> dict[int, dict[str, list[float]]]:
-    """Per environment: global epoch index, validation metric and total parameters, in order."""
+    """Per environment: epoch step, validation metric and total parameters, in order."""
     started = _run_started(events)
     curves: dict[int, dict[str, list[float]]] = defaultdict(lambda: {"step": [], "metric": [], "params": []})
     for data in _of_type(events, TelemetryEventType.EPOCH_COMPLETED):
         curve = curves[data.env_id]
-        curve["step"].append(epoch_step(started, data.round, data.epoch))
+        curve["step"].append(epoch_step(data.round, data.epoch, started.episode_length))
         curve["metric"].append(data.val_metric)
         curve["params"].append(data.host_params + data.seed_params + data.fossilized_params)
     return dict(curves)
 
 
 def lifecycle_markers(events: Events) -> dict[str, list[tuple[int, int]]]:
-    """(env, global epoch) of every germination, fossilization and prune, for plot markers."""
+    """(env, epoch step) of every germination, fossilization and prune, for plot markers."""
     started = _run_started(events)
     markers: dict[str, list[tuple[int, int]]] = {"germinated": [], "fossilized": [], "pruned": []}
     names = {
@@ -362,7 +357,7 @@ def lifecycle_markers(events: Events) -> dict[str, list[tuple[int, int]]]:
     for event in events:
         if event.event_type in names:
             data = event.payload
-            markers[names[event.event_type]].append((data.env_id, epoch_step(started, data.round, data.epoch)))
+            markers[names[event.event_type]].append((data.env_id, epoch_step(data.round, data.epoch, started.episode_length)))
     return markers
 
 

@@ -47,7 +47,7 @@ class JsonlSink:
 
     Records: ``EPOCH_COMPLETED``, ``REWARD_COMPUTED``, ``POLICY_UPDATED`` and ``ROUND_COMPLETED``. Each
     starts with ``event``, ``time``, ``round``, ``epoch``, ``env_id`` and ``step`` (``null`` where a
-    field does not apply); ``step`` is the global epoch index ``round * episode_length + epoch``, and
+    field does not apply); ``step`` is the epoch step ``round * episode_length + epoch``, and
     round-level records carry the step of the round's last epoch. The numeric fields follow, flattened:
     ``val_metric``, ``stages/TRAINING`` (every stage, 0 when no slot is in it), ``reward``, ``reward/metric_gain``, ``policy_loss``,
     ``env0/final_metric``, ... Non-finite floats are written as ``NaN`` / ``Infinity`` like the core's

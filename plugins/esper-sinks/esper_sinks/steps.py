@@ -1,15 +1,11 @@
-"""Global step numbering shared by the sinks: one step per epoch, counted across every round of the run."""
+"""Step numbering shared by the sinks: the epoch step (``esper_core.leyline.epoch_step``), one per epoch
+counted across every round of the run, and the step of round-level records."""
 
 from __future__ import annotations
 
+from esper_core.leyline import epoch_step
 
-def epoch_step(round_index: int, epoch: int, episode_length: int) -> int:
-    """The global index of ``epoch`` (0-based) in round ``round_index``: ``round * episode_length + epoch``."""
-    if not 0 <= epoch < episode_length:
-        raise ValueError(f"epoch {epoch} is outside an episode of {episode_length} epochs (0-based)")
-    if round_index < 0:
-        raise ValueError(f"round {round_index} is negative")
-    return round_index * episode_length + epoch
+__all__ = ["epoch_step", "round_step"]
 
 
 def round_step(round_index: int, episode_length: int) -> int:

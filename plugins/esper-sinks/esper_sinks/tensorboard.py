@@ -72,7 +72,7 @@ def load_summary_writer_class() -> type:
 class TensorBoardSink:
     """Writes scalars to ``<run_dir>/<subdir>`` with ``torch.utils.tensorboard.SummaryWriter``.
 
-    The x-axis of every scalar is the global epoch step ``round * episode_length + epoch``; round-level
+    The x-axis of every scalar is the epoch step ``round * episode_length + epoch``; round-level
     scalars use the step of the round's last epoch. Tags:
 
     - ``env{i}/val_metric``, ``env{i}/val_loss``, ``env{i}/train_loss``, ``env{i}/params`` (host + fossilized

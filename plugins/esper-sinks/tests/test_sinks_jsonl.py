@@ -1,4 +1,4 @@
-"""Tests of the jsonl sink: flat scalar records, global steps, flushing, append and resume."""
+"""Tests of the jsonl sink: flat scalar records, epoch steps, flushing, append and resume."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def round_completed(round_index: int) -> TelemetryEvent:
     )
 
 
-def test_records_are_flat_with_global_steps(tmp_path: Path) -> None:
+def test_records_are_flat_with_epoch_steps(tmp_path: Path) -> None:
     sink = JsonlSink(JsonlSinkConfig(), make_context(tmp_path))
     sink.handle(epoch_completed(1, round_index=2, epoch=3))
     sink.handle(reward_computed(1, round_index=2, epoch=3))
