@@ -417,14 +417,21 @@ def structure_section(data: Any, cls: type, section: str) -> tuple[Any | None, l
     """Structure ``data`` into ``cls``; return (instance or None, problems with paths)."""
     if not isinstance(data, dict):
         return None, [f"[{section}] must be a table, got {type(data).__name__}"]
+    across_fields: Exception | None = None
     with attrs.validators.disabled():
         try:
             instance = converter.structure(data, cls)
         except (BaseValidationError, ForbiddenExtraKeysError) as exc:
             problems = list(_walk_errors(exc, section, [], cls))
-            return None, problems + _validate_the_rest(data, cls, section, exc)
+            rest = _validate_the_rest(data, cls, section, exc)
+            raw = [] if rest or _failed_fields(exc) else _raw_field_problems(data, cls, section)
+            if raw:  # a check across fields failed on a value that is itself invalid: report the value
+                return None, [problem for problem in problems if "unknown key" in problem] + raw
+            return None, problems + rest
         except (TypeError, ValueError) as exc:  # a check across fields (``__attrs_post_init__``) failed
-            return None, _raw_field_problems(data, cls, section) or [f"[{section}] {exc}"]
+            across_fields = exc
+    if across_fields is not None:  # validators run outside the disabled block
+        return None, _raw_field_problems(data, cls, section) or [f"[{section}] {across_fields}"]
     problems = list(_check_validators(instance, section, []))
     return (None if problems else _absolute_paths(instance)), problems
 
