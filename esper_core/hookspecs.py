@@ -179,7 +179,7 @@ def esper_register_surfaces(register: SurfaceRegistrar) -> None:
 
 @hookspec
 def esper_register_seed_families(register: SeedFamilyRegistrar) -> None:
-    """Register seed families (blueprints) (added in 0.1.0).
+    """Register seed families (added in 0.1.0).
 
     :param register: call with an :class:`esper_core.registry.SeedFamily` per family.
         ``build(channels, topology, config)`` must return a shape-preserving module that is the
@@ -190,10 +190,10 @@ def esper_register_seed_families(register: SeedFamilyRegistrar) -> None:
 
 @hookspec
 def esper_register_policies(register: PolicyRegistrar) -> None:
-    """Register controllers, heuristic or learned (added in 0.1.0).
+    """Register policies, heuristic or learned (added in 0.1.0).
 
-    :param register: call with an :class:`esper_core.registry.PolicyKind` per controller.
-        ``build(config, context)`` returns an :class:`esper_core.tamiyo.Controller`.
+    :param register: call with an :class:`esper_core.registry.PolicyKind` per policy.
+        ``build(config, context)`` returns an :class:`esper_core.tamiyo.Policy`.
     """
 
 
@@ -208,7 +208,7 @@ def esper_register_tasks(register: TaskRegistrar) -> None:
 
 @hookspec
 def esper_register_rewards(register: RewardRegistrar) -> None:
-    """Register reward modes for controllers that learn (added in 0.1.0).
+    """Register reward modes for policies that learn (added in 0.1.0).
 
     :param register: call with an :class:`esper_core.registry.RewardKind` per mode.
         ``build(config, context)`` returns an :class:`esper_core.simic.RewardFunction`.

@@ -126,10 +126,10 @@ class LadderSpec:
 
 @attrs.frozen
 class SeedFamily:
-    """A seed family (blueprint). ``build(channels, topology, config)`` returns a shape-preserving
+    """A seed family. ``build(channels, topology, config)`` returns a shape-preserving
     module that is the identity at birth. ``topologies`` names registered ``TopologyKind``s (a family
     naming an unregistered one is withdrawn when the plugins are loaded). A family with a ``ladder`` builds an
-    ``esper_core.kasmina.LadderModule`` whose capacity the controller moves with GROW_INTERNAL and
+    ``esper_core.kasmina.LadderModule`` whose capacity the policy moves with GROW_INTERNAL and
     SHRINK_INTERNAL."""
 
     name: str = attrs.field(validator=_valid_name)
@@ -142,7 +142,7 @@ class SeedFamily:
 
 @attrs.frozen
 class PolicyKind:
-    """A controller. ``build(config, context: PolicyContext)`` returns a ``Controller``."""
+    """A policy kind. ``build(config, context: PolicyContext)`` returns a ``Policy``."""
 
     name: str = attrs.field(validator=_valid_name)
     build: Callable[..., Any] = attrs.field(validator=_callable)

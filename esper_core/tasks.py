@@ -30,7 +30,7 @@ Augmentation = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 @attrs.frozen
 class TaskInfo:
-    """What hosts and controllers need to know about a task.
+    """What hosts and policies need to know about a task.
 
     ``topology`` is the activation layout hosts produce for it (``"image"`` or ``"sequence"``).
     ``metric_name`` names the validation metric; it is always *higher is better*.

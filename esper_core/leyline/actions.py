@@ -8,7 +8,7 @@ import attrs
 
 
 class LifecycleOp(enum.IntEnum):
-    """What the controller asks a slot to do this epoch. Values are stable (they index the op head)."""
+    """What the policy asks a slot to do this epoch. Values are stable (they index the op head)."""
 
     WAIT = 0
     GERMINATE = 1
@@ -90,7 +90,7 @@ HEADS: tuple[str, ...] = (
     "alpha_curve",
 )
 
-#: Size of each enum-valued head (``slot`` and ``blueprint`` depend on the run's slots and blueprints).
+#: Size of each enum-valued head (``slot`` and ``blueprint`` depend on the run's slots and seed families).
 ENUM_HEAD_SIZES: dict[str, int] = {
     "op": len(LifecycleOp),
     "style": len(BlendStyle),
@@ -128,7 +128,7 @@ def is_relevant(op: LifecycleOp, head: str) -> bool:
 @attrs.frozen
 class FactoredAction:
     """One decision for one environment. ``slot`` and ``blueprint`` index the run's SlotConfig order
-    and blueprint list. Every head defaults to index 0, the pinned value: heads irrelevant to ``op``
+    and seed family list (the ``blueprint`` head picks a seed family). Every head defaults to index 0, the pinned value: heads irrelevant to ``op``
     hold 0 and are ignored, so set every relevant head explicitly."""
 
     op: LifecycleOp = attrs.field(converter=LifecycleOp)
@@ -148,14 +148,14 @@ class FactoredAction:
         """Every head's integer value, in ``HEADS`` order."""
         return {head: int(getattr(self, head)) for head in HEADS}
 
-    def describe(self, slot_ids: tuple[str, ...], blueprints: tuple[str, ...]) -> dict[str, object]:
+    def describe(self, slot_ids: tuple[str, ...], seed_families: tuple[str, ...]) -> dict[str, object]:
         """A JSON-ready view with names instead of indices, relevant heads only."""
         view: dict[str, object] = {"op": self.op.name}
         relevant = CAUSAL_RELEVANCE[self.op]
         if "slot" in relevant:
             view["slot"] = slot_ids[self.slot]
         if "blueprint" in relevant:
-            view["blueprint"] = blueprints[self.blueprint]
+            view["blueprint"] = seed_families[self.blueprint]
         for head in ("style", "tempo", "alpha_target", "alpha_speed", "alpha_curve"):
             if head in relevant:
                 view[head] = getattr(self, head).name

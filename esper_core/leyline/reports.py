@@ -1,4 +1,4 @@
-"""Per-slot, per-epoch state reports and seed metrics that Kasmina produces and controllers consume."""
+"""Per-slot, per-epoch state reports and seed metrics that Kasmina produces and policies consume."""
 
 from __future__ import annotations
 

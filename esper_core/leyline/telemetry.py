@@ -230,7 +230,7 @@ class SeedFossilizedPayload:
 
 @attrs.frozen
 class SeedPrunedPayload:
-    """A seed left its slot without being fossilized. ``reason`` says why: ``policy`` (the controller's
+    """A seed left its slot without being fossilized. ``reason`` says why: ``policy`` (the policy's
     PRUNE), ``rollback`` (a governor rollback removed it), or the lifecycle gate that failed."""
 
     env_id: int
@@ -272,7 +272,7 @@ class GovernorRollbackPayload:
 
 @attrs.frozen
 class PolicyUpdatedPayload:
-    """A controller's ``end_episode`` metrics (the keys the core reads are in ``Controller.end_episode``)."""
+    """A policy's ``end_episode`` metrics (the keys the core reads are in ``Policy.end_episode``)."""
 
     round: int
     metrics: dict[str, float]
@@ -309,7 +309,7 @@ class GradientAnomalyPayload:
 
 @attrs.frozen
 class PolicyAnomalyPayload:
-    """A learning pathology of the controller, read from its ``end_episode`` metrics (see
+    """A learning pathology of the policy, read from its ``end_episode`` metrics (see
     ``esper_core.telemetry.anomalies``). ``value`` and ``threshold`` share a unit: nats for
     ``entropy_collapse`` (of ``head``), the value loss for ``value_loss_blowup``, approx KL for ``kl_spike``.
     ``threshold`` is None when the value was not finite and no bound applied (a NaN value loss in the

@@ -70,7 +70,7 @@ class FrontierReward:
     p * (fossil parameters) - reference_gain]``: with ``reference_gain`` 0, positive exactly when the
     committed network beats the static host by more than the price of what it added — it lies above the line of slope ``p`` through the host's
     point, hence above the static frontier wherever that line is above the frontier (a concave frontier
-    whose slope at the host is at most ``p``). A controller that never grows earns 0.
+    whose slope at the host is at most ``p``). A policy that never grows earns 0.
     """
 
     needs_control = True

@@ -1,4 +1,4 @@
-"""What a controller sees of one environment at the end of an epoch."""
+"""What a policy sees of one environment at the end of an epoch."""
 
 from __future__ import annotations
 

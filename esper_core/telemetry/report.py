@@ -1,4 +1,4 @@
-"""Run reports: read a run's event record (typed) and summarise lifecycle outcomes, blueprints, stage
+"""Run reports: read a run's event record (typed) and summarise lifecycle outcomes, seed families, stage
 durations, anomalies and curves."""
 
 from __future__ import annotations
@@ -203,7 +203,7 @@ def stage_duration_table(summary: dict[str, Any]) -> Any:
 
 
 def summarize_events(events: Events) -> dict[str, Any]:
-    """Lifecycle outcomes, blueprint usage, stage durations, anomalies, per-round results and run status."""
+    """Lifecycle outcomes, seed family usage, stage durations, anomalies, per-round results and run status."""
     started = _run_started(events)
     finished: list[payloads.RunFinishedPayload] = _of_type(events, TelemetryEventType.RUN_FINISHED)
     lifecycle: Counter[str] = Counter()
