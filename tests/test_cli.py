@@ -124,6 +124,23 @@ def test_plugins_table_lists_what_each_plugin_registers():
     assert "segment_boundary" in result.stdout
 
 
+def test_plugins_prints_each_name_clash_under_the_table(tmp_path):
+    (tmp_path / "clashplug.py").write_text(
+        "from esper_core import hookimpl\n"
+        "from esper_core.testing.toy_plugin import TOY_TASK_INFO, ToyHost, ToyHostConfig\n"
+        "from esper_core.registry import HostFamily\n"
+        "@hookimpl\n"
+        "def esper_register_hosts(register):\n"
+        "    register(HostFamily(name='toy', build=ToyHost, topology='image', config_class=ToyHostConfig))\n"
+    )
+    env = dict(os.environ, ESPER_PLUGIN_MODULES="tests.toy_plugin,clashplug", ESPER_DISABLE_PLUGIN_AUTOLOAD="1",
+               PYTHONPATH=os.pathsep.join([str(ROOT), str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    result = subprocess.run([str(ESPER), "plugins"], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "host 'toy' is registered by both 'tests.toy_plugin' and 'clashplug'" in result.stdout
+    assert "failed:" not in result.stdout  # a clash is not a failure
+
+
 def test_abort_then_resume_from_the_command_line(write_config):
     config = write_config(faults={"abort": {"round": 0, "epoch": 2}})
     aborted = esper("run", str(config))

@@ -427,3 +427,14 @@ def test_checkpoint_state_is_typed_and_round_trips_through_the_converter(toy_man
     assert first["host_optimizer"] is second["host_optimizer"]  # torch's own state dicts pass through untouched
     assert all(torch.equal(first["model_weights"][k], second["model_weights"][k]) for k in first["model_weights"])
     assert checkpoint.events.lines == sum(1 for _ in open(created[0] / "events.jsonl")) - 1  # RUN_FINISHED after it
+
+
+def test_a_cuda_index_beyond_the_machines_devices_is_one_config_error(monkeypatch):
+    from esper_core.errors import ConfigError
+    from esper_core.tolaria.engine import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(ConfigError, match=r"'cuda:2' requested but this machine has 2 CUDA device\(s\)"):
+        resolve_device("cuda:2")
