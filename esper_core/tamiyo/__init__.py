@@ -1,7 +1,24 @@
 """Tamiyo: the deciding side (observations, action masks and the ``Policy`` interface)."""
 
 from esper_core.tamiyo.controller import Controller, Policy, PolicyContext
+from esper_core.tamiyo.features import (
+    BASE_FEATURES,
+    BASE_SIZE,
+    SLOT_FEATURES,
+    SLOT_SIZE,
+    Feature,
+    FeatureBatch,
+    build_features,
+)
 from esper_core.tamiyo.masks import ActionMasks, compute_masks, slot_valid_for
 from esper_core.tamiyo.observation import EnvObservation
 
-__all__ = ["ActionMasks", "Controller", "EnvObservation", "Policy", "PolicyContext", "compute_masks", "slot_valid_for"]
+__all__ = [
+    "BASE_FEATURES",
+    "BASE_SIZE",
+    "SLOT_FEATURES",
+    "SLOT_SIZE",
+    "Feature",
+    "FeatureBatch",
+    "build_features",
+    "ActionMasks", "Controller", "EnvObservation", "Policy", "PolicyContext", "compute_masks", "slot_valid_for"]

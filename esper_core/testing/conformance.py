@@ -472,7 +472,7 @@ def sample_events() -> list[TelemetryEvent]:
         TelemetryEventType.GOVERNOR_ROLLBACK: payloads.GovernorRollbackPayload(
             reason="non-finite loss", loss=float("nan"), restored_epoch=0, pruned_slots=("r0c0",), **common
         ),
-        TelemetryEventType.POLICY_UPDATED: payloads.PolicyUpdatedPayload(round=0, metrics={"losses/policy_loss": 0.1}),
+        TelemetryEventType.POLICY_UPDATED: payloads.PolicyUpdatedPayload(round=0, metrics={"policy_loss": 0.1}),
         TelemetryEventType.GRADIENT_ANOMALY: payloads.GradientAnomalyPayload(
             where="seed", name="r0c0", kind="exploding", value=1e4, threshold=1e3, seed_id="r0e0-r0c0-0", **common
         ),

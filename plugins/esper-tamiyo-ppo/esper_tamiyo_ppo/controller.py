@@ -14,7 +14,7 @@ from esper_core.errors import CheckpointError, ConfigError
 from esper_core.leyline import HEADS, FactoredAction
 from esper_core.runs import CHECKPOINT_DIR, LATEST_CHECKPOINT, derive_seed, load_checkpoint
 from esper_core.tamiyo import ActionMasks, EnvObservation, PolicyContext
-from esper_core.tamiyo.features import BASE_FEATURES, BASE_SIZE, SLOT_FEATURES, SLOT_SIZE, FeatureBatch, build_features
+from esper_core.tamiyo import BASE_FEATURES, BASE_SIZE, SLOT_FEATURES, SLOT_SIZE, FeatureBatch, build_features
 
 from esper_tamiyo_ppo.buffer import RolloutBuffer
 from esper_tamiyo_ppo.config import PPOConfig

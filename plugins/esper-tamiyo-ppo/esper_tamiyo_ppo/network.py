@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from esper_core.leyline import ENUM_HEAD_SIZES, HEADS, LifecycleOp, is_relevant
-from esper_core.tamiyo.features import BASE_SIZE, SLOT_SIZE
+from esper_core.tamiyo import BASE_SIZE, SLOT_SIZE
 
 from esper_tamiyo_ppo.config import NetworkSizes
 from esper_tamiyo_ppo.distributions import choose, masked_entropy, masked_log_probs

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from esper_core.tamiyo.features import BASE_FEATURES, SLOT_FEATURES, Feature, FeatureBatch
+from esper_core.tamiyo import BASE_FEATURES, SLOT_FEATURES, Feature, FeatureBatch
 
 #: Obs V3 blocks whose values are 0/1 flags or one-hots. They are left as they are: normalising a rare
 #: flag would blow it up to a large clipped value and hide its meaning. Every other column (including

@@ -9,7 +9,7 @@ import torch
 
 from esper_core.errors import RunAborted
 from esper_core.runs import CHECKPOINT_DIR, LATEST_CHECKPOINT, load_checkpoint
-from esper_core.tamiyo.features import BASE_FEATURES, SLOT_FEATURES, build_features
+from esper_core.tamiyo import BASE_FEATURES, SLOT_FEATURES, build_features
 from esper_core.testing import resume_run, start_run
 from esper_tamiyo_ppo import PPOController
 from esper_tamiyo_ppo.normalizer import BINARY_FEATURES

@@ -9,7 +9,7 @@ import attrs
 import pytest
 import torch
 
-from esper_core.tamiyo.features import BASE_FEATURES, SLOT_FEATURES, FeatureBatch
+from esper_core.tamiyo import BASE_FEATURES, SLOT_FEATURES, FeatureBatch
 from esper_tamiyo_ppo import (
     ObservationNormalizer,
     RolloutBuffer,

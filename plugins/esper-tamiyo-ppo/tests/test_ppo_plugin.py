@@ -12,7 +12,7 @@ from esper_core.errors import CheckpointError, ConfigError
 from esper_core.plugins import PluginManager
 from esper_core.runs import load_checkpoint, save_checkpoint
 from esper_core.tamiyo import Controller
-from esper_core.tamiyo.features import SLOT_FEATURES
+from esper_core.tamiyo import SLOT_FEATURES
 from esper_core.testing import engine_policy, policy_context, start_run
 from esper_core.validators import InvalidValue
 from esper_tamiyo_ppo import PRESETS, PolicyNetwork, PPOConfig, PPOController, parameter_count
