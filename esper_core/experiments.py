@@ -24,7 +24,7 @@ from esper_core.leyline import TelemetryEventType
 from esper_core.leyline.telemetry import _json_converter
 from esper_core.plugins import PluginManager
 from esper_core.runs import EVENTS_FILE, _slug, create_run_dir, write_json
-from esper_core.tamiyo.controller import ENTROPY_METRIC_PREFIX
+from esper_core.tamiyo.policy import ENTROPY_METRIC_PREFIX
 from esper_core.leyline import epoch_step
 from esper_core.telemetry.report import load_events, summarize_events
 

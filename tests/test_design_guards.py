@@ -38,7 +38,7 @@ ABLATED_STAGES = (SeedStage.BLENDING, SeedStage.HOLDING, SeedStage.FOSSILIZED)
 
 
 def _manager() -> PluginManager:
-    """Every installed plugin plus the testing kit's toy plugin (its scripted controller and memory sink)."""
+    """Every installed plugin plus the testing kit's toy plugin (its scripted policy and memory sink)."""
     return PluginManager(extra=[toy_plugin])
 
 
@@ -348,15 +348,15 @@ def _unpaired_arms(mp: pytest.MonkeyPatch) -> None:
 
 
 def _ppo_one_full_batch_epoch(mp: pytest.MonkeyPatch) -> None:
-    from esper_tamiyo_ppo.controller import PPOController
+    from esper_tamiyo_ppo.policy import PPOPolicy
 
-    original = PPOController.__init__
+    original = PPOPolicy.__init__
 
     def __init__(self, config, context):
         # the fault: one epoch over one full batch, so the ratio is always 1 and clipping never acts
         original(self, attrs.evolve(config, update_epochs=1, num_minibatches=1), context)
 
-    mp.setattr(PPOController, "__init__", __init__)
+    mp.setattr(PPOPolicy, "__init__", __init__)
 
 
 MUTATIONS: dict[str, Mutation] = {

@@ -278,7 +278,7 @@ def test_every_action_head_value_is_documented_with_its_meaning(head: str) -> No
 
 @pytest.mark.parametrize(
     "document, heading",
-    [(USER_GUIDE, r"^## .*seed lifecycle"), (PLUGIN_GUIDE, r"^## .*Controllers")],
+    [(USER_GUIDE, r"^## .*seed lifecycle"), (PLUGIN_GUIDE, r"^## .*Policies")],
     ids=["user-guide", "plugin-author-guide"],
 )
 def test_causal_relevance_table_matches_leyline(document: Path, heading: str) -> None:

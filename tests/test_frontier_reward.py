@@ -183,7 +183,7 @@ def _events(run_dir):
     return read_events(run_dir / "events.jsonl")
 
 
-def test_a_controller_that_never_grows_earns_exactly_nothing(toy_manager, toy_config):
+def test_a_policy_that_never_grows_earns_exactly_nothing(toy_manager, toy_config):
     """The control is paired (same host init and data order), so an environment that only WAITs tracks
     it bit for bit: every growth term is 0 and ROUND_COMPLETED's control metric equals its metric."""
     from esper_core.tolaria.engine import start_run

@@ -76,7 +76,7 @@ def test_the_goal_verdicts_follow_from_the_table(path):
     rows = growth.episode_rows(payload)
     expected = growth.goals_of(rows, payload["frontier_host_params"], payload["metric_name"])
     ppo_below = statistics.fmean(rows["ppo"]["below_frontier"])
-    if not expected["ppo_grows"]:  # a controller that never grows meets no frontier goal
+    if not expected["ppo_grows"]:  # a policy that never grows meets no frontier goal
         assert not expected["ppo_on_or_above_frontier"] and not expected["ppo_above_heuristic_vs_frontier"]
     else:
         assert expected["ppo_on_or_above_frontier"] == (ppo_below <= (0.01 if payload["metric_name"] != "val_loss" else 0.02))

@@ -1,6 +1,6 @@
 """Tamiyo: the deciding side (observations, action masks and the ``Policy`` interface)."""
 
-from esper_core.tamiyo.controller import Controller, Policy, PolicyContext
+from esper_core.tamiyo.policy import Controller, Policy, PolicyContext
 from esper_core.tamiyo.features import (
     BASE_FEATURES,
     BASE_SIZE,

@@ -34,7 +34,7 @@ from esper_core.leyline import SEGMENT_BOUNDARY, InjectionSpec, SeedMetrics, See
 from esper_core.plugins import PluginManager
 from esper_core.registry import KINDS
 from esper_core.runs import CHECKPOINT_DIR, LATEST_CHECKPOINT, load_checkpoint
-from esper_core.tamiyo.controller import PolicyContext
+from esper_core.tamiyo.policy import PolicyContext
 from esper_core.tamiyo.masks import ActionMasks, compute_masks
 from esper_core.tamiyo.observation import EnvObservation
 from esper_core.tasks import TaskInfo

@@ -1,7 +1,7 @@
 """A toy plugin for tests: one of every kind (host, seed families, task, scripted policy, reward, memory sink, ...), small enough to train in milliseconds.
 
 Load it with ``esper_core.testing.toy_plugin_manager()`` (or pass this module to
-``PluginManager(extra=[...])``) to run a controller, reward or sink through the real engine without any
+``PluginManager(extra=[...])``) to run a policy, reward or sink through the real engine without any
 other plugin: ``[task] name = "toy"`` (host ``toy``, 1x6x6 inputs, 2 classes, seed families
 ``toy_conv`` and ``toy_ladder``), ``[policy] name = "scripted"`` (an action table per epoch) and
 ``[sinks.memory]`` (events appended to ``MEMORY_EVENTS``). ``esper_core.testing.toy_run_data`` writes

@@ -16,8 +16,6 @@ from esper_heuristic.heuristic import (
 from esper_heuristic.random_policy import RandomPolicy, RandomPolicyConfig
 from esper_heuristic.static_policy import StaticPolicy, StaticPolicyConfig
 
-HeuristicController = HeuristicPolicy  # TEMPORARY (issue 11 rename in progress): tests/conftest.py
-
 __all__ = [
     "Decision",
     "EndedSeed",

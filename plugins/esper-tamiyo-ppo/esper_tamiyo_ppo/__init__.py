@@ -1,8 +1,8 @@
-"""esper-tamiyo-ppo: Tamiyo's learned controller, an LSTM policy with factored masked heads trained by PPO."""
+"""esper-tamiyo-ppo: Tamiyo's learned policy, an LSTM policy with factored masked heads trained by PPO."""
 
 from esper_tamiyo_ppo.buffer import RolloutBuffer, SequenceBatch, compute_gae
 from esper_tamiyo_ppo.config import PRESETS, NetworkSizes, PPOConfig
-from esper_tamiyo_ppo.controller import STATE_FORMAT, STATE_VERSION, PPOController
+from esper_tamiyo_ppo.policy import STATE_FORMAT, STATE_VERSION, PPOPolicy
 from esper_tamiyo_ppo.distributions import MASK_VALUE, choose, masked_entropy, masked_log_probs
 from esper_tamiyo_ppo.network import PolicyNetwork, StepMasks, parameter_count, relevance_table
 from esper_tamiyo_ppo.normalizer import BINARY_FEATURES, ObservationNormalizer, RunningMeanStd
@@ -14,7 +14,7 @@ __all__ = [
     "NetworkSizes",
     "ObservationNormalizer",
     "PPOConfig",
-    "PPOController",
+    "PPOPolicy",
     "PRESETS",
     "PolicyNetwork",
     "RolloutBuffer",

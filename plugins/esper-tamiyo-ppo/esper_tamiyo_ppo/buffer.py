@@ -10,7 +10,7 @@ import torch
 
 from esper_tamiyo_ppo.network import StepMasks
 
-#: What the controller stores per decision, each (E, ...): the normalised inputs the policy saw, the
+#: What the policy stores per decision, each (E, ...): the normalised inputs the policy saw, the
 #: masks it sampled under, the sampled heads, their joint log-probability and V(s) at rollout time, and
 #: the LSTM state *before* the step (so any step can start a sequence).
 STEP_KEYS: tuple[str, ...] = (

@@ -6,7 +6,7 @@ from esper_core.hookspecs import PolicyRegistrar, hookimpl
 from esper_core.registry import PolicyKind
 
 from esper_tamiyo_ppo.config import PPOConfig
-from esper_tamiyo_ppo.controller import PPOController
+from esper_tamiyo_ppo.policy import PPOPolicy
 
 
 @hookimpl
@@ -14,7 +14,7 @@ def esper_register_policies(register: PolicyRegistrar) -> None:
     register(
         PolicyKind(
             name="ppo",
-            build=PPOController,
+            build=PPOPolicy,
             config_class=PPOConfig,
             learns=True,
             description=(

@@ -29,7 +29,7 @@ from esper_core.testing import (
 )
 from esper_core.testing import observation as build_observation
 from esper_core.testing import slot_report as build_slot_report
-from esper_tamiyo_ppo import PPOConfig, PPOController
+from esper_tamiyo_ppo import PPOConfig, PPOPolicy
 from esper_tamiyo_ppo import plugin as ppo_plugin
 
 BLUEPRINTS: tuple[str, ...] = SEED_FAMILIES
@@ -42,14 +42,14 @@ def build_context(
     return policy_context(n_envs=n_envs, seed=seed, episode_length=episode_length, max_seeds=max_seeds)
 
 
-def build_controller(
+def build_policy(
     *, n_envs: int = 2, seed: int = 0, episode_length: int = EPISODE_LENGTH, **options: Any
-) -> PPOController:
-    """A ppo controller on the 3-slot, 3-blueprint test context (2 minibatches and no minimum of
+) -> PPOPolicy:
+    """A ppo policy on the 3-slot, 3-blueprint test context (2 minibatches and no minimum of
     decisions per update unless told otherwise)."""
     options.setdefault("num_minibatches", 2)
     options.setdefault("min_decisions_per_update", 0)  # the tests count rounds_per_update rounds exactly
-    return PPOController(PPOConfig(**options), build_context(n_envs=n_envs, seed=seed, episode_length=episode_length))
+    return PPOPolicy(PPOConfig(**options), build_context(n_envs=n_envs, seed=seed, episode_length=episode_length))
 
 
 def slot_report(index: int, stage: SeedStage, *, blueprint: int = 0, blend_out: bool = False,
@@ -89,29 +89,29 @@ def random_batch(rng: random.Random, epoch: int, n_envs: int) -> tuple[list[EnvO
     return observations, action_masks(observations, max_seeds=3)
 
 
-def play_round(controller: PPOController, *, seed: int = 0, round_index: int = 0,
+def play_round(policy: PPOPolicy, *, seed: int = 0, round_index: int = 0,
                episode_length: int = EPISODE_LENGTH, close: bool = True) -> list[list]:
     """One synthetic round (episode_length - 1 decisions, rewards from the seeded RNG); returns the actions.
     ``close`` False stops before ``end_episode``."""
     rng = random.Random(seed)
-    n_envs = controller.context.n_envs
-    controller.begin_episode(round_index, n_envs)
+    n_envs = policy.context.n_envs
+    policy.begin_episode(round_index, n_envs)
     actions = []
     for epoch in range(episode_length - 1):
         observations, masks = random_batch(rng, epoch, n_envs)
-        actions.append(controller.act(observations, masks))
-        controller.record([rng.uniform(-1.0, 1.0) for _ in range(n_envs)], terminal=epoch == episode_length - 2)
+        actions.append(policy.act(observations, masks))
+        policy.record([rng.uniform(-1.0, 1.0) for _ in range(n_envs)], terminal=epoch == episode_length - 2)
     if close:
-        controller.end_episode(round_index)
+        policy.end_episode(round_index)
     return actions
 
 
-def rollout_batch(controller: PPOController, *, seed: int = 0):
+def rollout_batch(policy: PPOPolicy, *, seed: int = 0):
     """A closed round turned into a SequenceBatch (without updating)."""
-    play_round(controller, seed=seed, close=False)
-    controller.buffer.close_round()
-    config = controller.config
-    return controller.buffer.sequences(config.gamma, config.gae_lambda, config.sequence_length)
+    play_round(policy, seed=seed, close=False)
+    policy.buffer.close_round()
+    config = policy.config
+    return policy.buffer.sequences(config.gamma, config.gae_lambda, config.sequence_length)
 
 
 # -- engine helpers -----------------------------------------------------------------------------------
@@ -149,7 +149,7 @@ class Kit:
     blueprints = BLUEPRINTS
     episode_length = EPISODE_LENGTH
     context = staticmethod(build_context)
-    controller = staticmethod(build_controller)
+    policy = staticmethod(build_policy)
     slot_report = staticmethod(slot_report)
     observation = staticmethod(observation)
     random_batch = staticmethod(random_batch)

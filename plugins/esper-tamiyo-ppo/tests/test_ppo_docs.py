@@ -56,9 +56,9 @@ def test_readme_parameter_counts_are_current():
 def test_readme_names_every_metric_a_round_reports(kit):
     """Every key ``end_episode`` returns (heads and feature names folded into their placeholders) is
     documented in the README's metrics section."""
-    controller = kit.controller(seed=1)
-    kit.play_round(controller, seed=1, close=False)
-    metrics = controller.end_episode(0)
+    policy = kit.policy(seed=1)
+    kit.play_round(policy, seed=1, close=False)
+    metrics = policy.end_episode(0)
     assert "value_loss" in metrics  # the round updated
     for key in metrics:
         documented = re.sub(r"^(entropy|charts/entropy_norm|charts/entropy_floor_boosted)/\w+$", r"\1/<head>", key)

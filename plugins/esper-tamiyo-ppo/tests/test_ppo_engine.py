@@ -11,7 +11,7 @@ from esper_core.errors import RunAborted
 from esper_core.runs import CHECKPOINT_DIR, LATEST_CHECKPOINT, load_checkpoint
 from esper_core.tamiyo import BASE_FEATURES, SLOT_FEATURES, build_features
 from esper_core.testing import resume_run, start_run
-from esper_tamiyo_ppo import PPOController
+from esper_tamiyo_ppo import PPOPolicy
 from esper_tamiyo_ppo.normalizer import BINARY_FEATURES
 
 
@@ -58,13 +58,13 @@ def test_a_saved_policy_evaluates_a_run_without_changing(manager, run_config, ki
 def test_binary_feature_columns_really_are_binary_on_engine_observations(manager, run_config, monkeypatch):
     """The normaliser leaves BINARY_FEATURES alone; they must hold only 0 and 1 in real observations."""
     seen = []
-    original = PPOController.act
+    original = PPOPolicy.act
 
     def spy(self, observations, masks):
         seen.extend(observations)
         return original(self, observations, masks)
 
-    monkeypatch.setattr(PPOController, "act", spy)
+    monkeypatch.setattr(PPOPolicy, "act", spy)
     start_run(run_config(policy={"learning_rate": 1e-2}, run={"rounds": 2}), manager)
     features = build_features(seen)
     assert len(seen) == 2 * 2 * 7

@@ -11,7 +11,7 @@ import torch
 
 from esper_core.leyline import HEADS
 from esper_tamiyo_ppo import PPOConfig, ppo_losses
-from esper_tamiyo_ppo.controller import rounds_per_update
+from esper_tamiyo_ppo.policy import rounds_per_update
 from esper_tamiyo_ppo.network import HEAD_INDEX, N_OPS, StepMasks
 from esper_tamiyo_ppo.ppo import entropy_boosts, normalized_entropy
 
@@ -25,13 +25,13 @@ def test_rounds_per_update_reach_the_minimum_of_decisions():
     assert rounds_per_update(attrs.evolve(config, min_decisions_per_update=0), n_envs=1, episode_length=2) == 1
 
 
-def test_the_controller_accumulates_rounds_until_the_minimum(kit):
-    controller = kit.controller(seed=3, min_decisions_per_update=15)  # 2 envs x 5 decisions a round -> 2 rounds
-    assert controller.rounds_per_update == 2
-    kit.play_round(controller, seed=1, round_index=0)
-    assert controller.updates == 0 and len(controller.buffer.rounds) == 1
-    kit.play_round(controller, seed=2, round_index=1)
-    assert controller.updates == 1 and controller.buffer.rounds == []
+def test_the_policy_accumulates_rounds_until_the_minimum(kit):
+    policy = kit.policy(seed=3, min_decisions_per_update=15)  # 2 envs x 5 decisions a round -> 2 rounds
+    assert policy.rounds_per_update == 2
+    kit.play_round(policy, seed=1, round_index=0)
+    assert policy.updates == 0 and len(policy.buffer.rounds) == 1
+    kit.play_round(policy, seed=2, round_index=1)
+    assert policy.updates == 1 and policy.buffer.rounds == []
 
 
 def test_entropy_boosts_act_only_below_the_floor_and_only_on_that_head():
@@ -49,7 +49,7 @@ def test_entropy_boosts_act_only_below_the_floor_and_only_on_that_head():
 
 
 def test_normalized_entropy_counts_relevant_heads_with_a_choice_only(kit):
-    network = kit.controller(seed=0).network
+    network = kit.policy(seed=0).network
     n_ops, n_slots, n_blueprints = network.head_sizes["op"], network.head_sizes["slot"], network.head_sizes["blueprint"]
     actions = torch.zeros(2, len(HEADS), dtype=torch.long)
     actions[0, HEAD_INDEX["op"]] = 1  # GERMINATE: every head but alpha_speed is relevant
@@ -70,16 +70,16 @@ def test_normalized_entropy_counts_relevant_heads_with_a_choice_only(kit):
 
 
 def test_the_floor_raises_only_the_collapsed_heads_bonus_in_the_loss(kit):
-    controller = kit.controller(seed=5, entropy_coef=0.01, entropy_floor=0.25, entropy_floor_boost=5.0)
-    batch = kit.rollout_batch(controller, seed=5)
-    network = controller.network
+    policy = kit.policy(seed=5, entropy_coef=0.01, entropy_floor=0.25, entropy_floor_boost=5.0)
+    batch = kit.rollout_batch(policy, seed=5)
+    network = policy.network
     with torch.no_grad():  # collapse the op head: one op's logit far above the others
         final = network.policy_heads["op"][-1]
         final.weight.zero_()
         final.bias.zero_()
         final.bias[0] = 8.0
-    boosted = ppo_losses(network, batch, controller.config)
-    plain = ppo_losses(network, batch, attrs.evolve(controller.config, entropy_floor=0.0))
+    boosted = ppo_losses(network, batch, policy.config)
+    plain = ppo_losses(network, batch, attrs.evolve(policy.config, entropy_floor=0.0))
     floor_hits = boosted.entropy_below_floor
     assert floor_hits[HEAD_INDEX["op"]] == 1.0
     assert float(floor_hits.sum()) == 1.0, {head: float(floor_hits[i]) for head, i in HEAD_INDEX.items()}
@@ -92,7 +92,7 @@ def test_the_floor_raises_only_the_collapsed_heads_bonus_in_the_loss(kit):
 
 
 def test_update_metrics_report_normalised_entropy_per_head(kit):
-    learner = kit.controller(seed=2)
+    learner = kit.policy(seed=2)
     kit.play_round(learner, seed=2, close=False)
     results = learner.end_episode(0)
     assert results["entropy"] > 0.0  # the sampled action's entropy over its relevant heads, in nats

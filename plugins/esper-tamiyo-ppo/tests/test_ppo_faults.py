@@ -17,66 +17,66 @@ NAN = float("nan")
 INF = float("inf")
 
 
-def parameters_finite(controller) -> bool:
-    return all(bool(torch.isfinite(parameter).all()) for parameter in controller.network.parameters())
+def parameters_finite(policy) -> bool:
+    return all(bool(torch.isfinite(parameter).all()) for parameter in policy.network.parameters())
 
 
-def snapshot(controller) -> dict[str, torch.Tensor]:
-    return {name: tensor.clone() for name, tensor in controller.network.state_dict().items()}
+def snapshot(policy) -> dict[str, torch.Tensor]:
+    return {name: tensor.clone() for name, tensor in policy.network.state_dict().items()}
 
 
-def play_corrupted_round(kit, controller, *, seed: int, round_index: int) -> dict[str, float]:
+def play_corrupted_round(kit, policy, *, seed: int, round_index: int) -> dict[str, float]:
     """A round in which environment 0 observes NaN and +inf losses at epoch 2 and environment 1 is paid
     a NaN reward at epoch 3."""
     rng = random.Random(seed)
-    controller.begin_episode(round_index, 2)
+    policy.begin_episode(round_index, 2)
     for epoch in range(kit.episode_length - 1):
         observations, masks = kit.random_batch(rng, epoch, 2)
         if epoch == 2:
             observations[0] = attrs.evolve(observations[0], val_loss=NAN, train_loss=INF)
-        controller.act(observations, masks)
+        policy.act(observations, masks)
         rewards = [rng.uniform(-1.0, 1.0), NAN if epoch == 3 else rng.uniform(-1.0, 1.0)]
-        controller.record(rewards, terminal=epoch == kit.episode_length - 2)
-    return controller.end_episode(round_index)
+        policy.record(rewards, terminal=epoch == kit.episode_length - 2)
+    return policy.end_episode(round_index)
 
 
 def test_a_nan_observation_and_a_nan_reward_mid_episode_leave_the_policy_finite_and_acting(kit):
-    controller = kit.controller(seed=5, learning_rate=1e-3)
-    metrics = play_corrupted_round(kit, controller, seed=5, round_index=0)
+    policy = kit.policy(seed=5, learning_rate=1e-3)
+    metrics = play_corrupted_round(kit, policy, seed=5, round_index=0)
     assert metrics["anomalies/non_finite_observations"] == 1.0
     assert metrics["anomalies/non_finite_rewards"] == 1.0
     assert metrics["anomalies/non_finite_skipped"] == 2.0
-    assert controller.updates == 1 and metrics["charts/minibatch_steps"] == 8.0  # the update still ran
+    assert policy.updates == 1 and metrics["charts/minibatch_steps"] == 8.0  # the update still ran
     assert all(value == value for value in (metrics["value_loss"], metrics["policy_loss"], metrics["approx_kl"]))
-    assert parameters_finite(controller)
-    for stats in (controller.normalizer.base, controller.normalizer.slot):
+    assert parameters_finite(policy)
+    for stats in (policy.normalizer.base, policy.normalizer.slot):
         assert bool(torch.isfinite(stats.mean).all() and torch.isfinite(stats.var).all())
     assert torch.isfinite(torch.tensor(metrics["charts/episode_return"]))
 
-    second = play_corrupted_round(kit, controller, seed=6, round_index=1)
-    assert second["anomalies/non_finite_skipped"] == 2.0 and parameters_finite(controller)
+    second = play_corrupted_round(kit, policy, seed=6, round_index=1)
+    assert second["anomalies/non_finite_skipped"] == 2.0 and parameters_finite(policy)
     # the policy still decides: a clean round after two corrupted updates is not all WAIT
-    actions = kit.play_round(controller, seed=7, round_index=2)
+    actions = kit.play_round(policy, seed=7, round_index=2)
     ops = [action.op for step in actions for action in step]
     assert any(op is not LifecycleOp.WAIT for op in ops), ops
-    assert parameters_finite(controller)
+    assert parameters_finite(policy)
 
 
 def test_a_batch_with_a_non_finite_advantage_is_not_learned_from(kit):
-    controller = kit.controller(seed=1)
-    batch = kit.rollout_batch(controller, seed=1)
+    policy = kit.policy(seed=1)
+    batch = kit.rollout_batch(policy, seed=1)
     corrupted = attrs.evolve(batch, advantages=batch.advantages.clone().index_fill_(1, torch.tensor([0]), NAN))
-    before = snapshot(controller)
-    metrics = ppo_update(controller.network, controller.optimizer, corrupted, controller.config, controller.generator)
+    before = snapshot(policy)
+    metrics = ppo_update(policy.network, policy.optimizer, corrupted, policy.config, policy.generator)
     assert metrics["anomalies/non_finite_batches"] == 1.0 and metrics["charts/minibatch_steps"] == 0.0
     assert "value_loss" not in metrics  # nothing was evaluated
-    after = controller.network.state_dict()
+    after = policy.network.state_dict()
     assert all(torch.equal(before[name], after[name]) for name in before)
 
 
 def test_a_minibatch_with_a_non_finite_loss_is_skipped(kit, monkeypatch):
-    controller = kit.controller(seed=2)
-    batch = kit.rollout_batch(controller, seed=2)
+    policy = kit.policy(seed=2)
+    batch = kit.rollout_batch(policy, seed=2)
     original = ppo_module.ppo_losses
     calls = []
 
@@ -86,22 +86,22 @@ def test_a_minibatch_with_a_non_finite_loss_is_skipped(kit, monkeypatch):
         return attrs.evolve(terms, loss=terms.loss * NAN) if len(calls) == 3 else terms
 
     monkeypatch.setattr(ppo_module, "ppo_losses", nan_on_third_call)
-    metrics = ppo_update(controller.network, controller.optimizer, batch, controller.config, controller.generator)
+    metrics = ppo_update(policy.network, policy.optimizer, batch, policy.config, policy.generator)
     assert len(calls) == 8  # 4 epochs x 2 minibatches, all evaluated
     assert metrics["anomalies/non_finite_minibatches"] == 1.0
     assert metrics["charts/minibatch_steps"] == 7.0
-    assert parameters_finite(controller)
-    assert all(bool(torch.isfinite(value).all()) for state in controller.optimizer.state.values()
+    assert parameters_finite(policy)
+    assert all(bool(torch.isfinite(value).all()) for state in policy.optimizer.state.values()
                for value in state.values() if isinstance(value, torch.Tensor))
 
 
 def test_an_update_that_leaves_a_non_finite_parameter_is_reverted(kit, monkeypatch):
-    controller = kit.controller(seed=3)
-    batch = kit.rollout_batch(controller, seed=3)
-    before = snapshot(controller)
-    optimizer_before = controller.optimizer.state_dict()["state"]
+    policy = kit.policy(seed=3)
+    batch = kit.rollout_batch(policy, seed=3)
+    before = snapshot(policy)
+    optimizer_before = policy.optimizer.state_dict()["state"]
     assert optimizer_before == {}  # a fresh Adam: the revert must also bring this back
-    real_step = controller.optimizer.step
+    real_step = policy.optimizer.step
     steps = []
 
     def poisoned_step(*args, **kwargs):
@@ -109,15 +109,15 @@ def test_an_update_that_leaves_a_non_finite_parameter_is_reverted(kit, monkeypat
         steps.append(1)
         if len(steps) == 5:
             with torch.no_grad():
-                next(controller.network.parameters()).fill_(INF)
+                next(policy.network.parameters()).fill_(INF)
         return result
 
-    monkeypatch.setattr(controller.optimizer, "step", poisoned_step)
-    metrics = ppo_update(controller.network, controller.optimizer, batch, controller.config, controller.generator)
+    monkeypatch.setattr(policy.optimizer, "step", poisoned_step)
+    metrics = ppo_update(policy.network, policy.optimizer, batch, policy.config, policy.generator)
     assert metrics["anomalies/non_finite_updates_reverted"] == 1.0
-    after = controller.network.state_dict()
+    after = policy.network.state_dict()
     assert all(torch.equal(before[name], after[name]) for name in before)
-    assert controller.optimizer.state_dict()["state"] == {}
+    assert policy.optimizer.state_dict()["state"] == {}
 
 
 def test_with_the_governor_off_a_nan_host_does_not_poison_the_policy(manager, run_config, kit):

@@ -37,18 +37,18 @@ def test_one_update_on_engine_rollouts_clips_moves_kl_and_changes_the_weights(ma
 
 
 def test_target_kl_stops_the_update_early(kit):
-    controller = kit.controller(seed=2, target_kl=1e-6, learning_rate=1e-2, update_epochs=10)
-    kit.play_round(controller, seed=2, close=False)
-    metrics = controller.end_episode(0)
+    policy = kit.policy(seed=2, target_kl=1e-6, learning_rate=1e-2, update_epochs=10)
+    kit.play_round(policy, seed=2, close=False)
+    metrics = policy.end_episode(0)
     assert metrics["ppo/kl_early_stop"] == 1.0
     assert metrics["charts/minibatch_steps"] < 20
     assert metrics["charts/update_epochs_run"] < 10
 
 
 def test_the_q_head_loss_does_not_move_the_trunk(kit):
-    controller = kit.controller(seed=4)
-    batch = kit.rollout_batch(controller, seed=4)
-    network = controller.network
+    policy = kit.policy(seed=4)
+    batch = kit.rollout_batch(policy, seed=4)
+    network = policy.network
     network.zero_grad(set_to_none=True)
     state = (batch.h0.unsqueeze(0), batch.c0.unsqueeze(0))
     z, _ = network.encode(batch.base, batch.slots, batch.blueprint_ids, state)
@@ -60,7 +60,7 @@ def test_the_q_head_loss_does_not_move_the_trunk(kit):
     # through the whole update: the Q loss's weight changes the Q head only, never anything else
     results = {}
     for q_coef in (0.0, 5.0):
-        learner = kit.controller(seed=4, q_coef=q_coef, max_grad_norm=0.05)
+        learner = kit.policy(seed=4, q_coef=q_coef, max_grad_norm=0.05)
         kit.play_round(learner, seed=4)
         results[q_coef] = {name: tensor.clone() for name, tensor in learner.network.state_dict().items()}
     for name, tensor in results[0.0].items():
@@ -69,11 +69,11 @@ def test_the_q_head_loss_does_not_move_the_trunk(kit):
 
 
 def test_state_dict_round_trips_through_a_weights_only_checkpoint_mid_round(kit, tmp_path):
-    reference = kit.controller(seed=7, rounds_per_update=2)
+    reference = kit.policy(seed=7, rounds_per_update=2)
     kit.play_round(reference, seed=1, round_index=0)
     reference_actions = kit.play_round(reference, seed=2, round_index=1)
 
-    interrupted = kit.controller(seed=7, rounds_per_update=2)
+    interrupted = kit.policy(seed=7, rounds_per_update=2)
     kit.play_round(interrupted, seed=1, round_index=0)
     # stop after two decisions of round 1 (one reward still pending), save and restore into a fresh policy
     rng = random.Random(2)
@@ -86,7 +86,7 @@ def test_state_dict_round_trips_through_a_weights_only_checkpoint_mid_round(kit,
             interrupted.record([rng.uniform(-1.0, 1.0) for _ in range(2)], terminal=False)
     save_checkpoint(tmp_path / "state.pt", {"policy": interrupted.state_dict()})
     state = load_checkpoint(tmp_path / "state.pt")["policy"]
-    resumed = kit.controller(seed=99, rounds_per_update=2)
+    resumed = kit.policy(seed=99, rounds_per_update=2)
     resumed.load_state_dict(state)
     resumed.record([rng.uniform(-1.0, 1.0) for _ in range(2)], terminal=False)
     for epoch in range(2, kit.episode_length - 1):
@@ -103,30 +103,30 @@ def test_state_dict_round_trips_through_a_weights_only_checkpoint_mid_round(kit,
 
 @pytest.mark.parametrize("reward_clip", [2.0, None])
 def test_rewards_are_clipped_before_learning_but_returns_are_reported_whole(kit, reward_clip):
-    controller = kit.controller(seed=3, reward_clip=reward_clip)
+    policy = kit.policy(seed=3, reward_clip=reward_clip)
     rng = random.Random(0)
-    controller.begin_episode(0, 2)
+    policy.begin_episode(0, 2)
     observations, masks = kit.random_batch(rng, 0, 2)
-    controller.act(observations, masks)
-    controller.record([1e6, -0.5], terminal=False)
-    stored = controller.buffer.rewards[-1].tolist()
+    policy.act(observations, masks)
+    policy.record([1e6, -0.5], terminal=False)
+    stored = policy.buffer.rewards[-1].tolist()
     expected_first = 1e6 if reward_clip is None else reward_clip
     assert stored == pytest.approx([expected_first, -0.5])
-    assert controller._episode["returns"].tolist() == pytest.approx([1e6, -0.5])
+    assert policy._episode["returns"].tolist() == pytest.approx([1e6, -0.5])
 
 
 def test_each_round_reports_the_mean_raw_observation_per_feature(kit):
     """obs/base/* and obs/slot/* are the round's means of the unnormalised Obs V3 features."""
-    controller = kit.controller(n_envs=2)
-    controller.begin_episode(0, 2)
+    policy = kit.policy(n_envs=2)
+    policy.begin_episode(0, 2)
     holding = [kit.slot_report(0, SeedStage.HOLDING), kit.slot_report(1, SeedStage.DORMANT),
                kit.slot_report(2, SeedStage.DORMANT)]
     for epoch in range(2):
         observations = [kit.observation(epoch, holding, env_id=env, metric=0.25 + 0.5 * env) for env in range(2)]
         masks = compute_masks([obs.slots for obs in observations], num_blueprints=3, max_seeds=3)
-        controller.act(observations, masks)
-        controller.record([0.0, 0.0], terminal=epoch == 1)
-    metrics = controller.end_episode(0)
+        policy.act(observations, masks)
+        policy.record([0.0, 0.0], terminal=epoch == 1)
+    metrics = policy.end_episode(0)
     assert metrics["obs/slot/alpha"] == pytest.approx(0.5 / 3)  # one slot of three at alpha 0.5
     assert metrics["obs/slot/slot_order_norm"] == pytest.approx(0.5)  # orders 0, 1, 2 of span 2
     assert metrics["obs/slot/internal_level_norm"] == 0.0

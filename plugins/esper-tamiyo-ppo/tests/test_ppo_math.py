@@ -67,9 +67,9 @@ def test_explained_variance():
     assert math.isnan(explained_variance(returns, torch.ones(4)))
 
 
-def _at_current_policy(controller, batch):
+def _at_current_policy(policy, batch):
     """The batch with its stored log-probs replaced by the current network's (ratio exactly 1)."""
-    network = controller.network
+    network = policy.network
     with torch.no_grad():
         state = (batch.h0.unsqueeze(0), batch.c0.unsqueeze(0))
         z, _ = network.encode(batch.base, batch.slots, batch.blueprint_ids, state)
@@ -80,18 +80,18 @@ def _at_current_policy(controller, batch):
 
 
 def test_advantages_are_normalised_per_minibatch(kit):
-    controller = kit.controller(seed=5)
-    batch = _at_current_policy(controller, kit.rollout_batch(controller, seed=5))
+    policy = kit.policy(seed=5)
+    batch = _at_current_policy(policy, kit.rollout_batch(policy, seed=5))
     advantages = batch.advantages.clone()
     advantages[0] = 10.0  # sequence 0: constant advantages
     advantages[1] = torch.linspace(-1.0, 3.0, advantages.shape[1])
     batch = attrs.evolve(batch, advantages=advantages)
     first = batch.select(torch.tensor([0]))
     # at ratio 1 the surrogate is -mean(normalised advantages): 0 within any minibatch
-    assert abs(float(ppo_losses(controller.network, first, controller.config).policy_loss)) < 1e-5
-    assert abs(float(ppo_losses(controller.network, batch, controller.config).policy_loss)) < 1e-5
-    raw = attrs.evolve(controller.config, normalize_advantages=False)
-    assert float(ppo_losses(controller.network, first, raw).policy_loss) == pytest.approx(-10.0, abs=1e-4)
+    assert abs(float(ppo_losses(policy.network, first, policy.config).policy_loss)) < 1e-5
+    assert abs(float(ppo_losses(policy.network, batch, policy.config).policy_loss)) < 1e-5
+    raw = attrs.evolve(policy.config, normalize_advantages=False)
+    assert float(ppo_losses(policy.network, first, raw).policy_loss) == pytest.approx(-10.0, abs=1e-4)
 
 
 def _fake_step(t: int, n_envs: int = 2, hidden: int = 4) -> dict[str, torch.Tensor]:
@@ -171,9 +171,9 @@ def test_normaliser_leaves_flags_alone_and_clips():
 
 def test_normaliser_statistics_move_only_while_learning(kit):
     for learn, moves in ((True, True), (False, False)):
-        controller = kit.controller(learn=learn)
-        before = controller.normalizer.state_dict()
-        kit.play_round(controller)
-        after = controller.normalizer.state_dict()
+        policy = kit.policy(learn=learn)
+        before = policy.normalizer.state_dict()
+        kit.play_round(policy)
+        after = policy.normalizer.state_dict()
         assert (not torch.equal(before["base"]["mean"], after["base"]["mean"])) is moves
         assert (not torch.equal(before["slot"]["var"], after["slot"]["var"])) is moves

@@ -11,11 +11,11 @@ from esper_core.config import parse_config
 from esper_core.errors import CheckpointError, ConfigError
 from esper_core.plugins import PluginManager
 from esper_core.runs import load_checkpoint, save_checkpoint
-from esper_core.tamiyo import Controller
+from esper_core.tamiyo import Policy
 from esper_core.tamiyo import SLOT_FEATURES
 from esper_core.testing import engine_policy, policy_context, start_run
 from esper_core.validators import InvalidValue
-from esper_tamiyo_ppo import PRESETS, PolicyNetwork, PPOConfig, PPOController, parameter_count
+from esper_tamiyo_ppo import PRESETS, PolicyNetwork, PPOConfig, PPOPolicy, parameter_count
 
 
 def test_entry_point_registers_a_learning_ppo_policy(kit):
@@ -25,8 +25,8 @@ def test_entry_point_registers_a_learning_ppo_policy(kit):
     assert kind.learns is True
     assert kind.config_class is PPOConfig
     assert manager.registry.owner("policies", "ppo") == "ppo"
-    controller = kind.build(PPOConfig(num_minibatches=2), kit.context())
-    assert isinstance(controller, PPOController) and isinstance(controller, Controller)
+    policy = kind.build(PPOConfig(num_minibatches=2), kit.context())
+    assert isinstance(policy, PPOPolicy) and isinstance(policy, Policy)
 
 
 def _problems(manager, policy: dict) -> list[str]:
@@ -104,16 +104,16 @@ def test_preset_parameter_counts_on_three_slots(preset, expected):
 
 def test_missing_or_foreign_checkpoints_are_refused_in_one_line(kit, tmp_path, run_config, manager):
     with pytest.raises(CheckpointError, match=r"^\[policy\] checkpoint: checkpoint '.*nowhere.pt' does not exist$"):
-        kit.controller(checkpoint=str(tmp_path / "nowhere.pt"))
+        kit.policy(checkpoint=str(tmp_path / "nowhere.pt"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match=r"latest.pt' does not exist"):
-        kit.controller(checkpoint=str(tmp_path / "empty"))
+        kit.policy(checkpoint=str(tmp_path / "empty"))
     scripted = start_run(run_config(policy={"name": "scripted", "script": {}}), manager)
     with pytest.raises(CheckpointError, match="was not written by the ppo policy"):
-        kit.controller(checkpoint=str(scripted))
+        kit.policy(checkpoint=str(scripted))
     save_checkpoint(tmp_path / "bare.pt", {"round": 1})
     with pytest.raises(CheckpointError, match="holds no policy state"):
-        kit.controller(checkpoint=str(tmp_path / "bare.pt"))
+        kit.policy(checkpoint=str(tmp_path / "bare.pt"))
 
 
 def test_incompatible_checkpoints_name_the_differences(kit, run_config, manager):
@@ -132,12 +132,12 @@ def test_a_checkpoint_seeds_a_learning_run_with_its_weights(kit, run_config, man
     trained = start_run(run_config(), manager)
     saved = kit.final_policy_state(trained)
     config = run_config(policy={"checkpoint": str(trained / "checkpoints" / "latest.pt")})
-    controller = engine_policy(config, manager)
-    assert kit.same_state(dict(controller.network.state_dict()), saved["network"])
-    assert kit.same_state(controller.normalizer.state_dict(), saved["normalizer"])
-    assert controller.updates == 0 and saved["counters"]["updates"] == 1  # optimizer, counters, RNG start fresh
+    policy = engine_policy(config, manager)
+    assert kit.same_state(dict(policy.network.state_dict()), saved["network"])
+    assert kit.same_state(policy.normalizer.state_dict(), saved["normalizer"])
+    assert policy.updates == 0 and saved["counters"]["updates"] == 1  # optimizer, counters, RNG start fresh
     fresh = engine_policy(run_config(), manager)
-    assert not torch.equal(fresh.network.lstm.weight_hh_l0, controller.network.lstm.weight_hh_l0)
+    assert not torch.equal(fresh.network.lstm.weight_hh_l0, policy.network.lstm.weight_hh_l0)
 
 
 def _narrowed(state: dict, drop: str) -> dict:
@@ -161,14 +161,14 @@ def _narrowed(state: dict, drop: str) -> dict:
 def test_a_checkpoint_of_the_previous_layout_is_widened_and_decides_as_before(kit, tmp_path):
     """A version 3 network (no ladder_kind_norm) loads as a checkpoint: the new feature's column enters
     with zero weight, so the widened policy gives the saved policy's outputs whatever the feature says."""
-    trained = kit.controller(seed=4, learning_rate=1e-2)
+    trained = kit.policy(seed=4, learning_rate=1e-2)
     kit.play_round(trained, seed=4)
     offset = sum(feature.size for feature in SLOT_FEATURES[: [f.name for f in SLOT_FEATURES].index("ladder_kind_norm")])
     with torch.no_grad():
         trained.network.slot_encoder[0].weight[:, offset] = 0.0  # what the old network could not read
     state = trained.state_dict()
     save_checkpoint(tmp_path / "v3.pt", {"policy": _narrowed(state, "ladder_kind_norm")})
-    widened = kit.controller(seed=9, checkpoint=str(tmp_path / "v3.pt"), learn=False, deterministic=True)
+    widened = kit.policy(seed=9, checkpoint=str(tmp_path / "v3.pt"), learn=False, deterministic=True)
     assert kit.same_state(dict(widened.network.state_dict()), dict(trained.network.state_dict()))
     assert kit.same_state(widened.normalizer.state_dict()["slot"]["count"], trained.normalizer.state_dict()["slot"]["count"])
     assert float(widened.normalizer.slot.mean[offset]) == 0.0 and float(widened.normalizer.slot.var[offset]) == 1.0
@@ -178,8 +178,8 @@ def test_a_checkpoint_of_the_previous_layout_is_widened_and_decides_as_before(ki
     save_checkpoint(tmp_path / "odd.pt", {"policy": broken})
     with pytest.raises(CheckpointError, match="cannot be widened to this one: it has features this layout lacks "
                                               r"\(no_such_feature\); retrain"):
-        kit.controller(checkpoint=str(tmp_path / "odd.pt"))
-    resumed = kit.controller(seed=4)
+        kit.policy(checkpoint=str(tmp_path / "odd.pt"))
+    resumed = kit.policy(seed=4)
     with pytest.raises(CheckpointError, match="has ppo state version 3; this plugin reads 4"):
         resumed.load_state_dict(_narrowed(state, "ladder_kind_norm"))
 
@@ -191,5 +191,5 @@ def test_the_shipped_growth_policy_loads(kit):
         pytest.skip("runs inside the Esper repository only")
     architecture = load_checkpoint(path)["policy"]["architecture"]
     context = policy_context(n_envs=1, slot_ids=architecture["slot_ids"], seed_families=architecture["blueprints"])
-    controller = PPOController(PPOConfig(checkpoint=str(path), learn=False), context)
-    assert controller.architecture()["slot_features"] == [[f.name, f.size] for f in SLOT_FEATURES]
+    policy = PPOPolicy(PPOConfig(checkpoint=str(path), learn=False), context)
+    assert policy.architecture()["slot_features"] == [[f.name, f.size] for f in SLOT_FEATURES]

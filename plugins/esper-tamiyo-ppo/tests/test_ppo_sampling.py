@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from esper_core.leyline import CAUSAL_RELEVANCE, HEADS, FactoredAction, LifecycleOp, SeedStage
 from esper_core.tamiyo import compute_masks
-from esper_tamiyo_ppo import PPOConfig, PPOController, choose, masked_entropy, masked_log_probs, ppo_losses
+from esper_tamiyo_ppo import PPOConfig, PPOPolicy, choose, masked_entropy, masked_log_probs, ppo_losses
 from esper_tamiyo_ppo.network import HEAD_INDEX, StepMasks
 
 STAGES = list(SeedStage)
@@ -46,12 +46,12 @@ def test_sampled_actions_are_allowed_and_irrelevant_heads_pinned(kit, determinis
         observations.append(kit.observation(epoch, reports, env_id=env, max_seeds=max_seeds))
     masks = compute_masks([obs.slots for obs in observations], num_blueprints=3, max_seeds=max_seeds,
                           blueprint_allowed=allowed)
-    controller = PPOController(
+    policy = PPOPolicy(
         PPOConfig(learn=False, deterministic=deterministic),
         kit.context(n_envs=n_envs, seed=seed, max_seeds=max_seeds),
     )
-    controller.begin_episode(0, n_envs)
-    actions = controller.act(observations, masks)
+    policy.begin_episode(0, n_envs)
+    actions = policy.act(observations, masks)
     assert len(actions) == n_envs
     for env, action in enumerate(actions):
         assert isinstance(action, FactoredAction)
@@ -70,13 +70,13 @@ def test_every_op_the_masks_allow_is_eventually_sampled(kit):
     ]
     obs = [kit.observation(2, reports, env_id=env) for env in range(2)]
     masks = compute_masks([o.slots for o in obs], num_blueprints=3, max_seeds=3)
-    controller = PPOController(PPOConfig(learn=False), kit.context(n_envs=2))
+    policy = PPOPolicy(PPOConfig(learn=False), kit.context(n_envs=2))
     seen = set()
     for _ in range(60):
-        controller.begin_episode(0, 2)
-        seen.update(action.op for action in controller.act(obs, masks))
-        controller.record([0.0, 0.0], terminal=True)
-        controller.end_episode(0)
+        policy.begin_episode(0, 2)
+        seen.update(action.op for action in policy.act(obs, masks))
+        policy.record([0.0, 0.0], terminal=True)
+        policy.end_episode(0)
     allowed = {LifecycleOp(index) for index in torch.nonzero(masks.op[0]).flatten().tolist()}
     assert seen == allowed
 
@@ -120,9 +120,9 @@ def _all_allowed(n: int, n_slots: int = 3, n_blueprints: int = 3) -> StepMasks:
 
 
 def test_irrelevant_heads_add_no_log_prob_or_entropy(kit):
-    controller = kit.controller()
-    network = controller.network
-    z = torch.randn(len(LifecycleOp), controller.sizes.lstm_hidden)
+    policy = kit.policy()
+    network = policy.network
+    z = torch.randn(len(LifecycleOp), policy.sizes.lstm_hidden)
     actions = torch.zeros(len(LifecycleOp), len(HEADS), dtype=torch.long)
     actions[:, HEAD_INDEX["op"]] = torch.arange(len(LifecycleOp))
     with torch.no_grad():
@@ -140,8 +140,8 @@ def test_irrelevant_heads_add_no_log_prob_or_entropy(kit):
 
 @pytest.mark.parametrize("head", ["style", "blueprint", "alpha_speed"])
 def test_changing_an_irrelevant_heads_logits_does_not_change_the_loss(kit, head):
-    controller = kit.controller(seed=3)
-    batch = kit.rollout_batch(controller, seed=3)
+    policy = kit.policy(seed=3)
+    batch = kit.rollout_batch(policy, seed=3)
     # every step takes one of the ops for which `head` is irrelevant, yet holds a non-zero value in it
     irrelevant_ops = torch.tensor([int(op) for op in LifecycleOp if head not in CAUSAL_RELEVANCE[op]])
     relevant_op = next(op for op in LifecycleOp if head in CAUSAL_RELEVANCE[op])
@@ -158,18 +158,18 @@ def test_changing_an_irrelevant_heads_logits_does_not_change_the_loss(kit, head)
     relevant_actions[0, 0, HEAD_INDEX["op"]] = int(relevant_op)
     relevant_batch = attrs.evolve(irrelevant_batch, actions=relevant_actions)
 
-    network = controller.network
-    ppo_losses(network, irrelevant_batch, controller.config).loss.backward()
+    network = policy.network
+    ppo_losses(network, irrelevant_batch, policy.config).loss.backward()
     head_grads = [p.grad for p in network.policy_heads[head].parameters()]
     assert all(g is None or float(g.abs().max()) == 0.0 for g in head_grads)
     with torch.no_grad():  # compared without autograd on both sides: CPU kernels may differ in the last bit
-        before = ppo_losses(network, irrelevant_batch, controller.config)
-        before_relevant = ppo_losses(network, relevant_batch, controller.config)
+        before = ppo_losses(network, irrelevant_batch, policy.config)
+        before_relevant = ppo_losses(network, relevant_batch, policy.config)
         last = network.policy_heads[head][-1]
         last.bias.add_(torch.linspace(-3.0, 3.0, last.bias.numel()))
         last.weight.mul_(25.0)
-        after = ppo_losses(network, irrelevant_batch, controller.config)
-        after_relevant = ppo_losses(network, relevant_batch, controller.config)
+        after = ppo_losses(network, irrelevant_batch, policy.config)
+        after_relevant = ppo_losses(network, relevant_batch, policy.config)
     assert torch.equal(after.loss, before.loss)
     assert torch.equal(after.entropy, before.entropy)
     assert float(after.approx_kl) == float(before.approx_kl)

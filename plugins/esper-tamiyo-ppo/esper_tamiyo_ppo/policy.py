@@ -1,4 +1,4 @@
-"""The ``ppo`` controller: acts with Policy V2, collects rounds, updates by PPO and resumes exactly."""
+"""The ``ppo`` policy: acts with Policy V2, collects rounds, updates by PPO and resumes exactly."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ STATE_FORMAT = "esper-tamiyo-ppo"
 STATE_VERSION = 4
 #: The oldest state version whose network ``checkpoint`` can widen to this layout.
 OLDEST_WIDENABLE_VERSION = 3
-#: Per-round counters of the non-finite values the controller kept away from its network (see act/record).
+#: Per-round counters of the non-finite values the policy kept away from its network (see act/record).
 _EPISODE_ANOMALIES: tuple[str, ...] = ("non_finite_observations", "non_finite_rewards")
 #: Streams of the run seed: network initialisation and the sampling/shuffling generator.
 _INIT_STREAM = 0x7070_0001
@@ -163,8 +163,8 @@ def _plain(value: Any) -> Any:
     return value
 
 
-class PPOController:
-    """Tamiyo's learned controller (see the README for the network and the update)."""
+class PPOPolicy:
+    """Tamiyo's learned policy (see the README for the network and the update)."""
 
     def __init__(self, config: PPOConfig, context: PolicyContext) -> None:
         check_context(config, context)
@@ -195,7 +195,7 @@ class PPOController:
         if config.checkpoint is not None:
             self.load_pretrained(Path(config.checkpoint))
 
-    # -- Controller protocol -----------------------------------------------------------------------
+    # -- Policy protocol -----------------------------------------------------------------------
 
     def begin_episode(self, round_index: int, n_envs: int) -> None:
         """Reset every environment's LSTM state and the round's bookkeeping."""
