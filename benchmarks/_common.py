@@ -234,8 +234,8 @@ def seed_builder(manager, topology: str, seed: int) -> Callable[[str, int], torc
     """Builds seed modules from the registered seed families with default options, deterministically."""
     counter = [0]
 
-    def build(blueprint: str, channels: int) -> torch.nn.Module:
-        family = manager.registry.get("seed_families", blueprint)
+    def build(name: str, channels: int) -> torch.nn.Module:
+        family = manager.registry.get("seed_families", name)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed * 1000 + counter[0])
             counter[0] += 1
@@ -244,7 +244,7 @@ def seed_builder(manager, topology: str, seed: int) -> Callable[[str, int], torc
     return build
 
 
-def morphogenetic_model(host: torch.nn.Module, manager, *, blueprints: Sequence[str], seed: int, topology: str = "image"):
+def morphogenetic_model(host: torch.nn.Module, manager, *, seed_families: Sequence[str], seed: int, topology: str = "image"):
     """A MorphogeneticModel with every slot the host exposes enabled, all DORMANT."""
     from esper_core.kasmina import LifecycleSettings, MorphogeneticModel
     from esper_core.leyline import SlotConfig
@@ -254,30 +254,30 @@ def morphogenetic_model(host: torch.nn.Module, manager, *, blueprints: Sequence[
         host,
         slot_config,
         topology=topology,
-        blueprints=tuple(blueprints),
+        seed_families=tuple(seed_families),
         build_seed=seed_builder(manager, topology, seed),
         settings=LifecycleSettings(embargo_epochs=1, min_training_epochs=1),
         max_seeds=slot_config.num_slots,
     )
 
 
-def germinate(slot, blueprint: str, *, style=None, blend_epochs: int = 1) -> None:
-    """Germinate ``blueprint`` in a DORMANT slot through the public slot API (alpha target 1.0)."""
+def germinate(slot, seed_family: str, *, style=None, blend_epochs: int = 1) -> None:
+    """Germinate seed family ``seed_family`` in a DORMANT slot through the public slot API (alpha target 1.0)."""
     from esper_core.leyline import AlphaCurve, BlendStyle
 
     result = slot.germinate(
-        seed_id=f"bench-{slot.slot_id}", blueprint=blueprint, style=style or BlendStyle.ADD,
-        blend_epochs=blend_epochs, alpha_target=1.0, alpha_curve=AlphaCurve.LINEAR, metric_now=None,
+        seed_id=f"bench-{slot.slot_id}", seed_family=seed_family, style=style or BlendStyle.ADD,
+        blend_epochs=blend_epochs, alpha_target=1.0, alpha_curve=AlphaCurve.LINEAR, score_now=None,
     )
     if not result.success:
         raise RuntimeError(f"germinate in {slot.slot_id} failed: {result.reason}")
 
 
-def grow_to_holding(slot, blueprint: str, *, style=None) -> None:
+def grow_to_holding(slot, seed_family: str, *, style=None) -> None:
     """DORMANT -> GERMINATED -> TRAINING -> BLENDING -> HOLDING with the slot's own tick/advance."""
     from esper_core.leyline import SeedStage
 
-    germinate(slot, blueprint, style=style, blend_epochs=1)
+    germinate(slot, seed_family, style=style, blend_epochs=1)
     for _ in range(slot.settings.min_training_epochs + 1):
         slot.tick()
         if slot.stage is SeedStage.TRAINING and slot.seed_age >= slot.settings.min_training_epochs:

@@ -24,10 +24,10 @@ def build_environment(args, manager, task, slots: tuple[str, ...]):
     from esper_core.tolaria.environment import Environment
 
     host = c.build_host(manager, "cnn", {"preset": args.preset}, task.info, seed=args.seed)
-    model = c.morphogenetic_model(host, manager, blueprints=[args.blueprint], seed=args.seed)
+    model = c.morphogenetic_model(host, manager, seed_families=[args.seed_family], seed=args.seed)
     style = BlendStyle[args.style.upper()]
     for slot_id in slots:
-        c.grow_to_holding(model.slots[slot_id], args.blueprint, style=style)
+        c.grow_to_holding(model.slots[slot_id], args.seed_family, style=style)
         c.perturb_zero_parameters(model.slots[slot_id])  # a seed that changes the output
     if model.ablatable_slots() != list(slots):
         raise RuntimeError(f"expected blended seeds in {slots}, got {model.ablatable_slots()}")
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4], help="blended seed counts")
     parser.add_argument("--placement", choices=[*PLACEMENTS, "all"], default="spread",
                         help="which slots carry the seeds (default spread; all = spread, early and late)")
-    parser.add_argument("--blueprint", default="conv_light", help="seed family (default conv_light)")
+    parser.add_argument("--seed-family", default="conv_light", help="seed family (default conv_light)")
     parser.add_argument("--style", default="add", choices=["add", "multiply", "gate"], help="blend style")
     parser.add_argument("--val-size", type=int, default=512, help="validation images (shapes task; default 512, as in the quickstart)")
     parser.add_argument("--eval-batch", type=int, default=512, help="validation batch size (engine default 512)")
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     task = c.build_task(manager, "shapes", {"train_size": 10, "val_size": args.val_size}, seed=args.seed)
     batches = task.validation_batches(args.eval_batch)
     placements = list(PLACEMENTS) if args.placement == "all" else [args.placement]
-    print(f"   host cnn/{args.preset}, seeds {args.blueprint} ({args.style} blend) HOLDING at alpha 1, "
+    print(f"   host cnn/{args.preset}, seeds {args.seed_family} ({args.style} blend) HOLDING at alpha 1, "
           f"{args.val_size} shapes validation images in batches of {args.eval_batch}; "
           f"{args.warmup} warm-up, {args.repeats} interleaved repetitions")
     print("   shared = Environment.validate (forward_with_ablations: full model + every single-seed ablation in one pass)")

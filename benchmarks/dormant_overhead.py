@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=5, help="warm-up calls per case (default 5)")
     parser.add_argument("--inner", type=int, default=1, help="calls per timed repetition (default 1)")
     parser.add_argument("--fixed-calls", type=int, default=5000, help="calls per repetition for the fixed-cost line (model around a no-op host)")
-    parser.add_argument("--blueprint", default="conv_light", help="seed family for the TRAINING-seed row")
+    parser.add_argument("--seed-family", default="conv_light", help="seed family for the TRAINING-seed row")
     parser.add_argument("--no-extras", action="store_true", help="only bare vs dormant (skip routed and TRAINING rows)")
     args = parser.parse_args(argv)
     if args.quick:
@@ -56,12 +56,12 @@ def main(argv: list[str] | None = None) -> int:
         host = c.build_host(manager, "cnn", {"preset": preset}, task_info, seed=args.seed)
         host.train()
         # Every model below wraps the *same* host module: identical parameters and compute.
-        dormant = c.morphogenetic_model(host, manager, blueprints=[args.blueprint], seed=args.seed)
-        routed = c.morphogenetic_model(host, manager, blueprints=[args.blueprint], seed=args.seed)
+        dormant = c.morphogenetic_model(host, manager, seed_families=[args.seed_family], seed=args.seed)
+        routed = c.morphogenetic_model(host, manager, seed_families=[args.seed_family], seed=args.seed)
         force_routed(routed)
-        training = c.morphogenetic_model(host, manager, blueprints=[args.blueprint], seed=args.seed)
+        training = c.morphogenetic_model(host, manager, seed_families=[args.seed_family], seed=args.seed)
         middle = training.slot_ids[len(training.slot_ids) // 2]
-        c.germinate(training.slots[middle], args.blueprint)
+        c.germinate(training.slots[middle], args.seed_family)
         training.tick()  # GERMINATED -> TRAINING
         with torch.no_grad():  # sanity: dormant and routed models compute exactly the host's function
             for model in (dormant, routed):
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         cases = {"bare host": lambda: step(host), "dormant model": lambda: step(dormant)}
         if not args.no_extras:
             cases["routed (forced)"] = lambda: step(routed)
-            cases[f"1 TRAINING seed ({args.blueprint} @ {middle})"] = lambda: step(training, seed_params)
+            cases[f"1 TRAINING seed ({args.seed_family} @ {middle})"] = lambda: step(training, seed_params)
         times = c.interleaved(cases, warmup=args.warmup, repeats=args.repeats, inner=args.inner)
 
         slots = ", ".join(f"{s}({dormant.slots[s].spec.channels}ch)" for s in dormant.slot_ids)
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         # whose forward returns its input, many calls per repetition. The difference between calling
         # that model and calling the no-op host directly is all MorphogeneticModel adds per call.
         noop_host = _NoOpHost(host)
-        noop_model = c.morphogenetic_model(noop_host, manager, blueprints=[args.blueprint], seed=args.seed)
+        noop_model = c.morphogenetic_model(noop_host, manager, seed_families=[args.seed_family], seed=args.seed)
         calls = {"no-op host": lambda: noop_host(x), "dormant model around it": lambda: noop_model(x)}
         small = c.interleaved(calls, warmup=100, repeats=args.repeats, inner=args.fixed_calls)
         added = [d - b for d, b in zip(small["dormant model around it"], small["no-op host"])]

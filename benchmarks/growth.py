@@ -44,11 +44,11 @@ SETTINGS: dict[str, dict[str, Any]] = {
         # where the seed families' architectures sit against the frontier when trained from scratch: the
         # most any growth with them could reach (growth starts them later and smaller)
         "seed_architectures": {
-            "conv_small@r0c1": [{"slot": "r0c1", "blueprint": "conv_small"}],
-            "conv_small@both": [{"slot": "r0c0", "blueprint": "conv_small"}, {"slot": "r0c1", "blueprint": "conv_small"}],
-            "conv_light@r0c1": [{"slot": "r0c1", "blueprint": "conv_light"}],
-            "conv_light@both": [{"slot": "r0c0", "blueprint": "conv_light"}, {"slot": "r0c1", "blueprint": "conv_light"}],
-            "conv_heavy@both": [{"slot": "r0c0", "blueprint": "conv_heavy"}, {"slot": "r0c1", "blueprint": "conv_heavy"}],
+            "conv_small@r0c1": [{"slot": "r0c1", "seed_family": "conv_small"}],
+            "conv_small@both": [{"slot": "r0c0", "seed_family": "conv_small"}, {"slot": "r0c1", "seed_family": "conv_small"}],
+            "conv_light@r0c1": [{"slot": "r0c1", "seed_family": "conv_light"}],
+            "conv_light@both": [{"slot": "r0c0", "seed_family": "conv_light"}, {"slot": "r0c1", "seed_family": "conv_light"}],
+            "conv_heavy@both": [{"slot": "r0c0", "seed_family": "conv_heavy"}, {"slot": "r0c1", "seed_family": "conv_heavy"}],
         },
     },
     "shapes_deep": {
@@ -346,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
             common = collections.Counter(grown_ones).most_common(1)[0][0] if grown_ones else ()
             mean_params = round(statistics.fmean(e["params"] for seed in args.seeds for e in results[grown][seed]))
             if common:
-                implants = [{"slot": slot, "blueprint": bp, **({"level": level} if level else {})}
+                implants = [{"slot": slot, "seed_family": bp, **({"level": level} if level else {})}
                             for slot, bp, level in common]
                 key = f"{grown}_architecture_from_scratch"
                 alternatives[key] = {}

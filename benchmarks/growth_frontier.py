@@ -21,7 +21,7 @@ OUT_DIR = c.REPO / "docs" / "data" / "growth"
 
 
 def static_policy(episode_length: int) -> tuple[dict[str, Any], str]:
-    """The never-growing controller: `static` where registered, else a `heuristic` whose warm-up outlasts the episode."""
+    """The never-growing policy: `static` where registered, else a `heuristic` whose warm-up outlasts the episode."""
     from esper_core.plugins import PluginManager
 
     manager = PluginManager()
@@ -69,8 +69,8 @@ def run_one(data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def blueprint_sizes(regime: Regime) -> dict[str, dict[str, int]]:
-    """Each allowed blueprint's size at birth at each of the small host's slots (the engine's own rule)."""
+def seed_family_sizes(regime: Regime) -> dict[str, dict[str, int]]:
+    """Each allowed seed family's size at birth at each of the small host's slots (the engine's own rule)."""
     from esper_core.config import parse_config
     from esper_core.plugins import PluginManager
     from esper_core.tolaria.engine import prepare
@@ -79,8 +79,8 @@ def blueprint_sizes(regime: Regime) -> dict[str, dict[str, int]]:
     data = regime.config(policy={"name": "random"}, sinks={})
     setup = prepare(parse_config(data, manager, source="growth_frontier"), manager)
     return {
-        slot: dict(zip(setup.blueprints, sizes))
-        for slot, sizes in zip(setup.slot_config.slot_ids, setup.blueprint_params)
+        slot: dict(zip(setup.seed_families, sizes))
+        for slot, sizes in zip(setup.slot_config.slot_ids, setup.seed_family_params)
     } | {"_host_params": setup.host_params}  # type: ignore[operator]
 
 
@@ -102,8 +102,8 @@ def run_regime(regime: Regime, seeds: list[int], threads: int, hosts: list[str] 
     epochs = regime.base["run"]["episode_length"]
     print(f"== regime {regime.name}: {regime.description}")
     print(f"   {epochs} epochs, seeds {seeds}, policy {policy_note}, hosts {', '.join(names)}")
-    sizes = blueprint_sizes(regime)
-    print(f"   small host: {sizes.pop('_host_params'):,} params; blueprint sizes at birth per slot: {sizes}")
+    sizes = seed_family_sizes(regime)
+    print(f"   small host: {sizes.pop('_host_params'):,} params; seed family sizes at birth per slot: {sizes}")
     rows: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="growth-frontier-") as tmp:
         for name in names:

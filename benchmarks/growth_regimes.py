@@ -13,7 +13,7 @@ class Regime:
     """One growth regime.
 
     ``base`` is a run configuration as the dict a TOML file parses to (``task``, ``training``, ``run``
-    with ``episode_length``, ``morphogenesis`` with the blueprints a controller may use and
+    with ``episode_length``, ``morphogenesis`` with the seed families a policy may use and
     ``max_seeds``); it has no ``[host]`` or ``[policy]``. ``small_host`` is the capacity-limited host's
     ``[host]`` table; ``frontier`` names the static hosts (``[host]`` tables, the small host first)
     trained from scratch for the same epochs to measure the headroom growth could claim.
@@ -62,7 +62,7 @@ DIGITS = Regime(
         "training": {"batch_size": 64, "host_lr": 0.05, "seed_lr": 0.05, "lr_schedule": "cosine"},
         "run": {"episode_length": 20},
         "morphogenesis": {
-            "blueprints": ["conv_small", "conv_light", "conv_heavy"],
+            "seed_families": ["conv_small", "conv_light", "conv_heavy"],
             "max_seeds": 2,
             "min_training_epochs": 2,
             "embargo_epochs": 2,
@@ -99,7 +99,7 @@ SHAPES_DEEP = Regime(
                      "warmup_steps": 50},
         "run": {"episode_length": 6},
         "morphogenesis": {
-            "blueprints": ["conv_small", "conv_light", "conv_heavy"],
+            "seed_families": ["conv_small", "conv_light", "conv_heavy"],
             "max_seeds": 3,
             "min_training_epochs": 1,
             "embargo_epochs": 1,
@@ -133,7 +133,7 @@ PYDOC = Regime(
                      "lr_schedule": "cosine", "warmup_steps": 30},
         "run": {"episode_length": 12},
         "morphogenesis": {
-            "blueprints": ["lora", "mlp_small", "mlp", "causal_attention"],
+            "seed_families": ["lora", "mlp_small", "mlp", "causal_attention"],
             "max_seeds": 2,
             "min_training_epochs": 2,
             "embargo_epochs": 2,

@@ -21,7 +21,7 @@ def run_config(envs: int, args, output_dir: str) -> dict[str, Any]:
         "task": {"name": "shapes", "train_size": args.train_size, "val_size": 512},
         "host": {"name": "cnn", "preset": "cifar_baseline", "channels": [16, 32, 48]},
         "training": {"batch_size": 64},
-        "morphogenesis": {"blueprints": ["conv_light", "attention", "depthwise", "conv_heavy"], "max_seeds": 2},
+        "morphogenesis": {"seed_families": ["conv_light", "attention", "depthwise", "conv_heavy"], "max_seeds": 2},
         "policy": {"name": "ppo", "preset": args.preset, "num_minibatches": 2},
         "reward": {"name": "shaped"},
         "sinks": {},

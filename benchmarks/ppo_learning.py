@@ -1,4 +1,4 @@
-"""Does the `ppo` controller learn? Train it on `shapes` for a bounded CPU budget and compare its return and
+"""Does the `ppo` policy learn? Train it on `shapes` for a bounded CPU budget and compare its return and
 accuracy per rent, round by round, with `random` and `heuristic` on the same seeds."""
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def experiment_data(args) -> dict[str, Any]:
         "training": {"batch_size": 64},
         "morphogenesis": {
             # cheapest first: the heuristic's preference order is the run's order
-            "blueprints": ["norm", "attention", "conv_small", "conv_light"],
+            "seed_families": ["norm", "attention", "conv_small", "conv_light"],
             "max_seeds": 2,
             "min_training_epochs": 2,
             "embargo_epochs": 2,
@@ -442,7 +442,7 @@ def describe_settings(data: dict[str, Any], jobs: int | None) -> None:
     channels = "/".join(str(width) for width in data["host"]["channels"])
     processes = f"; {jobs} process(es) x {run['torch_threads']} torch thread(s)" if jobs else ""
     print(f"   task shapes ({task['train_size']} train / {task['val_size']} val), host cnn channels {channels}, "
-          f"blueprints {', '.join(morph['blueprints'])} (max {morph['max_seeds']} seeds), reward {data['reward']['name']}; "
+          f"seed families {', '.join(morph['seed_families'])} (max {morph['max_seeds']} seeds), reward {data['reward']['name']}; "
           f"{run['rounds']} rounds x {run['envs']} envs x {run['episode_length']} epochs per arm; seed {run['seed']}{processes}")
     for name, overrides in arms.items():
         options = ", ".join(f"{key.removeprefix('policy.')} {value}" for key, value in overrides.items() if key != "policy.name")

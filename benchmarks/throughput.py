@@ -32,7 +32,7 @@ def process_age() -> float | None:
 
 
 def load_config(args, manager, output_dir: Path):
-    """The base config with a controller that always WAITs (hosts only, every slot dormant), no sinks."""
+    """The base config with a policy that always WAITs (hosts only, every slot dormant), no sinks."""
     from esper_core.config import parse_config, read_toml
 
     data = read_toml(Path(args.config))

@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=30, help="timed repetitions per case (default 30)")
     parser.add_argument("--warmup", type=int, default=5, help="warm-up calls per case (default 5)")
     parser.add_argument("--fixed-calls", type=int, default=5000, help="calls per repetition for the fixed-cost line (model around a no-op host)")
-    parser.add_argument("--blueprint", default="lora", help="seed family for the TRAINING-seed row (default lora)")
+    parser.add_argument("--seed-family", default="lora", help="seed family for the TRAINING-seed row (default lora)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu; on cuda every timed call ends with a synchronize)")
     parser.add_argument("--no-extras", action="store_true", help="only bare vs dormant (skip routed and TRAINING rows)")
     args = parser.parse_args(argv)
@@ -82,14 +82,14 @@ def main(argv: list[str] | None = None) -> int:
         host.train()
         # Every model below wraps the *same* host module: identical parameters and compute.
         build = lambda: c.morphogenetic_model(  # noqa: E731
-            host, manager, blueprints=[args.blueprint], seed=args.seed, topology="sequence"
+            host, manager, seed_families=[args.seed_family], seed=args.seed, topology="sequence"
         )
         dormant = build()
         routed = build()
         force_routed(routed)
         training = build()
         middle = training.slot_ids[len(training.slot_ids) // 2]
-        c.germinate(training.slots[middle], args.blueprint)
+        c.germinate(training.slots[middle], args.seed_family)
         training.tick()  # GERMINATED -> TRAINING
         for model in (dormant, routed, training):
             model.to(device)
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         cases = {"bare host": lambda: step(host), "dormant model": lambda: step(dormant)}
         if not args.no_extras:
             cases["routed (forced)"] = lambda: step(routed)
-            cases[f"1 TRAINING seed ({args.blueprint} @ {middle})"] = lambda: step(training, seed_params)
+            cases[f"1 TRAINING seed ({args.seed_family} @ {middle})"] = lambda: step(training, seed_params)
         times = c.interleaved(cases, warmup=args.warmup, repeats=args.repeats)
 
         slots = ", ".join(dormant.slot_ids)
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         # The dormant path's fixed cost, isolated from the host's compute: the same slots around a host
         # whose forward returns its input, many calls per repetition.
         noop_host = _NoOpHost(host)
-        noop_model = c.morphogenetic_model(noop_host, manager, blueprints=[args.blueprint], seed=args.seed, topology="sequence").to(device)
+        noop_model = c.morphogenetic_model(noop_host, manager, seed_families=[args.seed_family], seed=args.seed, topology="sequence").to(device)
         calls = {"no-op host": lambda: noop_host(x), "dormant model around it": lambda: noop_model(x)}
         small = c.interleaved(calls, warmup=100, repeats=args.repeats, inner=args.fixed_calls)
         added = [d - b for d, b in zip(small["dormant model around it"], small["no-op host"])]

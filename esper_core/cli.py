@@ -136,11 +136,11 @@ def _print_comparison(exp_dir: Path, console: Console) -> None:
         ("rollbacks", lambda a: str(a["rollbacks"])),
         ("invalid action rate", lambda a: _fmt(a["invalid_action_rate"], ".3f")),
         ("prune / fossil ratio", lambda a: _fmt(a["prune_fossil_ratio"], ".2f")),
-        ("heavy blueprint share", lambda a: _fmt(a["heavy_share"], ".2f")),
+        ("heavy seed family share", lambda a: _fmt(a["heavy_share"], ".2f")),
         ("internal ops (grow / shrink)", lambda a: f"{a['internal_grows']} / {a['internal_shrinks']}"),
         ("internal op rate", lambda a: _fmt(a["internal_op_rate"], ".3f")),
         ("mean level at fossilization", lambda a: _fmt(a["mean_level_at_fossilization"], ".2f")),
-        ("blueprint usage", lambda a: ", ".join(f"{k} {v}" for k, v in a["blueprint_usage"].items()) or "-"),
+        ("seed family usage", lambda a: ", ".join(f"{k} {v}" for k, v in a["seed_family_usage"].items()) or "-"),
         ("surface usage", lambda a: ", ".join(f"{k} {v}" for k, v in a["surface_usage"].items() if v) or "-"),
         ("final head entropies", lambda a: ", ".join(f"{k} {v:.2f}" for k, v in a["final_head_entropy"].items()) or "-"),
         ("mean head entropies", lambda a: ", ".join(f"{k} {v:.2f}" for k, v in a["mean_head_entropy"].items()) or "-"),
@@ -168,7 +168,7 @@ def cmd_validate(args: argparse.Namespace, console: Console) -> int:
         console.print(
             f"ok: {args.config}{label}: task {config.task.name} ({setup.task.info.train_size} train / "
             f"{setup.task.info.val_size} val), host {config.host.name} ({setup.host_params:,} params, "
-            f"slots {', '.join(setup.slot_config.slot_ids)}), blueprints {', '.join(setup.blueprints)}, "
+            f"slots {', '.join(setup.slot_config.slot_ids)}), seed families {', '.join(setup.seed_families)}, "
             f"policy {config.policy.name}, reward {config.reward.name}, "
             f"{config.run.rounds} round(s) x {config.run.envs} env(s) x {config.run.episode_length} epochs",
             highlight=False,
@@ -227,10 +227,10 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
     console.print(outcomes)
     if lifecycle["prune_reasons"]:
         console.print("prune reasons: " + ", ".join(f"{k} {v}" for k, v in lifecycle["prune_reasons"].items()), highlight=False)
-    usage = Table(title="Blueprint usage")
-    for column in ("blueprint", "germinated", "blended", "fossilized", "pruned", "mean contribution at fossilization"):
-        usage.add_column(column, justify="right" if column != "blueprint" else "left")
-    for name, counts in summary["blueprints"].items():
+    usage = Table(title="Seed family usage")
+    for column in ("seed family", "germinated", "blended", "fossilized", "pruned", "mean contribution at fossilization"):
+        usage.add_column(column, justify="right" if column != "seed family" else "left")
+    for name, counts in summary["seed_families"].items():
         contribution = counts["mean_fossil_contribution"]
         usage.add_row(
             name, str(counts["germinated"]), str(counts["blended"]), str(counts["fossilized"]), str(counts["pruned"]),

@@ -8,7 +8,7 @@ import sys
 import typing
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 import cattrs
@@ -150,26 +150,32 @@ class TrainingSection:
 
 @attrs.frozen
 class Implant:
-    """One seed that is part of the host from birth: ``{slot = "r0c1", blueprint = "conv_light", level = 1}``."""
+    """One seed that is part of the host from birth: ``{slot = "r0c1", seed_family = "conv_light", level = 1}``."""
+
+    #: keys renamed in 0.2.0: the old key is an error that names the new one
+    RENAMED_KEYS: ClassVar[dict[str, str]] = {"blueprint": "seed_family"}
 
     slot: str
-    blueprint: str
+    seed_family: str
     level: int | None = attrs.field(default=None, validator=optional(non_negative_int()))
 
 
 @attrs.frozen
 class MorphogenesisSection:
-    """``[morphogenesis]``: which slots and blueprints the controller may use, and lifecycle rules.
+    """``[morphogenesis]``: which slots and seed families the policy may use, and lifecycle rules.
 
-    Empty ``slots`` means every slot the host exposes; empty ``blueprints`` means every registered
+    Empty ``slots`` means every slot the host exposes; empty ``seed_families`` means every registered
     seed family that supports the host's topology. ``max_seeds`` caps occupied slots (live plus
     fossilized) per environment; unset means one per slot. ``implants`` are seeds built into the host
     from birth (fossilized at alpha 1, trained with the host from the first step): a static network with
     a grown network's final architecture, trained from scratch.
     """
 
+    #: keys renamed in 0.2.0: the old key is an error that names the new one
+    RENAMED_KEYS: ClassVar[dict[str, str]] = {"blueprints": "seed_families"}
+
     slots: tuple[str, ...] = ()
-    blueprints: tuple[str, ...] = ()
+    seed_families: tuple[str, ...] = ()
     max_seeds: int | None = attrs.field(default=None, validator=optional(positive_int()))
     embargo_epochs: int = attrs.field(default=3, validator=non_negative_int())
     min_training_epochs: int = attrs.field(default=2, validator=non_negative_int())
@@ -232,7 +238,7 @@ class RunConfig:
     host: PluginChoice
     policy: PluginChoice
     reward: PluginChoice
-    blueprint_options: dict[str, Any]
+    seed_family_options: dict[str, Any]
     sinks: dict[str, Any]
     source: str | None = None
 
@@ -246,7 +252,9 @@ CORE_SECTIONS: dict[str, type] = {
     "anomalies": AnomalyThresholds,
 }
 PLUGIN_SECTIONS: dict[str, str] = {"task": "tasks", "host": "hosts", "policy": "policies", "reward": "rewards"}
-TABLE_SECTIONS: dict[str, str] = {"blueprints": "seed_families", "sinks": "telemetry_sinks"}
+TABLE_SECTIONS: dict[str, str] = {"seed_families": "seed_families", "sinks": "telemetry_sinks"}
+#: sections renamed in 0.2.0: the old name is an error that names the new one
+RENAMED_SECTIONS: dict[str, str] = {"blueprints": "seed_families"}
 DEFAULT_REWARD = "basic"
 #: The sink a config without a ``[sinks]`` section gets, when a plugin registers it; without it, a run
 #: has no sinks (``events.jsonl`` is written by the core whatever the sinks).
@@ -346,7 +354,11 @@ def _walk_errors(exc: BaseException, section: str, path: list[str], cls: type | 
     if isinstance(exc, ForbiddenExtraKeysError):
         known = [field.name for field in attrs.fields(exc.cl)] if attrs.has(exc.cl) else []
         prefix = f"[{section}]" + (f" {'.'.join(path)}:" if path else "")
+        renamed = getattr(exc.cl, "RENAMED_KEYS", {})
         for key in sorted(exc.extra_fields):
+            if key in renamed:
+                yield f"{prefix} '{key}' was renamed to '{renamed[key]}' in 0.2.0"
+                continue
             close = difflib.get_close_matches(key, known, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             yield f"{prefix} unknown key '{key}'{hint}"
@@ -413,10 +425,31 @@ def _raw_field_problems(data: dict[str, Any], cls: type, section: str) -> list[s
     return problems
 
 
+def _renamed_key_problems(data: dict[str, Any], cls: type, where: str) -> Iterator[str]:
+    """A key ``cls`` declares renamed (``RENAMED_KEYS``, old -> new), here or in a list of nested records."""
+    renamed = getattr(cls, "RENAMED_KEYS", {})
+    for key in data:
+        if key in renamed:
+            yield f"{where} '{key}' was renamed to '{renamed[key]}' in 0.2.0"
+    if not attrs.has(cls):
+        return
+    for field in attrs.fields(cls):
+        value = data.get(field.name)
+        item_types = [arg for arg in getattr(field.type, "__args__", ()) if attrs.has(arg)]
+        if item_types and isinstance(value, (list, tuple)):
+            for index, item in enumerate(value):
+                if isinstance(item, dict):
+                    inner = f"{where[:-1]} {field.name}[{index}]:" if where.endswith(":") else f"{where} {field.name}[{index}]:"
+                    yield from _renamed_key_problems(item, item_types[0], inner)
+
+
 def structure_section(data: Any, cls: type, section: str) -> tuple[Any | None, list[str]]:
     """Structure ``data`` into ``cls``; return (instance or None, problems with paths)."""
     if not isinstance(data, dict):
         return None, [f"[{section}] must be a table, got {type(data).__name__}"]
+    renamed = list(_renamed_key_problems(data, cls, f"[{section}]"))
+    if renamed:
+        return None, renamed
     across_fields: Exception | None = None
     with attrs.validators.disabled():
         try:
@@ -508,7 +541,10 @@ def parse_config(data: dict[str, Any], manager: PluginManager, source: str | Non
     if "experiment" in data:
         problems.append("[experiment] describes several runs: run it with `esper run` (it is handled before this parser)")
     for key in data:
-        if key not in known_sections:
+        if key in RENAMED_SECTIONS:
+            problems.append(f"section [{key}] was renamed to [{RENAMED_SECTIONS[key]}] in 0.2.0 "
+                            f"(write [{RENAMED_SECTIONS[key]}.NAME])")
+        elif key not in known_sections:
             close = difflib.get_close_matches(key, known_sections, n=1)
             hint = f" (did you mean [{close[0]}]?)" if close else ""
             problems.append(f"unknown section [{key}]{hint}; sections: {', '.join(known_sections)}")
@@ -584,14 +620,14 @@ def parse_config(data: dict[str, Any], manager: PluginManager, source: str | Non
     morphogenesis = core.get("morphogenesis")
     if morphogenesis is not None:
         families = []
-        for blueprint in morphogenesis.blueprints:
-            family, problem = _registered(manager, "seed_families", blueprint)
+        for name in morphogenesis.seed_families:
+            family, problem = _registered(manager, "seed_families", name)
             if problem is not None:
-                problems.append(f"[morphogenesis] blueprints: {problem}")
+                problems.append(f"[morphogenesis] seed_families: {problem}")
             else:
                 families.append(id(family))
-        if len(set(morphogenesis.blueprints)) != len(morphogenesis.blueprints) or len(set(families)) != len(families):
-            problems.append("[morphogenesis] blueprints: names must be unique (a plugin:name spelling counts as its name)")
+        if len(set(morphogenesis.seed_families)) != len(morphogenesis.seed_families) or len(set(families)) != len(families):
+            problems.append("[morphogenesis] seed_families: names must be unique (a plugin:name spelling counts as its name)")
         if len(set(morphogenesis.slots)) != len(morphogenesis.slots):
             problems.append("[morphogenesis] slots: slot ids must be unique")
 
@@ -602,7 +638,7 @@ def parse_config(data: dict[str, Any], manager: PluginManager, source: str | Non
         host=chosen["host"],
         policy=chosen["policy"],
         reward=chosen["reward"],
-        blueprint_options=tables["blueprints"],
+        seed_family_options=tables["seed_families"],
         sinks=tables["sinks"],
         source=source,
         **core,
@@ -629,7 +665,7 @@ def config_to_dict(config: RunConfig) -> dict[str, Any]:
     for section in PLUGIN_SECTIONS:
         choice: PluginChoice = getattr(config, section)
         data[section] = {"name": choice.name, **converter.unstructure(choice.options)}
-    data["blueprints"] = {name: converter.unstructure(opts) for name, opts in config.blueprint_options.items()}
+    data["seed_families"] = {name: converter.unstructure(opts) for name, opts in config.seed_family_options.items()}
     data["sinks"] = {name: converter.unstructure(opts) for name, opts in config.sinks.items()}
     return _drop_none(data)
 

@@ -166,7 +166,7 @@ def arm_metrics(run_dir: Path, heavy_seed_families: tuple[str, ...] = ()) -> dic
     decisions = sum(actions["by_op"].values())
     lifecycle = summary["lifecycle"]
     internal = summary["internal"]
-    usage = {name: counts["germinated"] for name, counts in summary["blueprints"].items()}
+    usage = {name: counts["germinated"] for name, counts in summary["seed_families"].items()}
     surfaces: dict[str, int] = defaultdict(int)
     for slot in summary["slots"].values():
         surfaces[slot["surface"]] += slot["germinated"]
@@ -185,7 +185,7 @@ def arm_metrics(run_dir: Path, heavy_seed_families: tuple[str, ...] = ()) -> dic
         "rollbacks": lifecycle["governor_rollbacks"],
         "invalid_action_rate": actions["failed"] / decisions if decisions else 0.0,
         "op_rates": {op: count / decisions for op, count in sorted(actions["by_op"].items())} if decisions else {},
-        "blueprint_usage": usage,
+        "seed_family_usage": usage,
         "slot_usage": {slot: counts["germinated"] for slot, counts in summary["slots"].items()},
         "surface_usage": dict(sorted(surfaces.items())),
         "heavy_share": (
@@ -235,7 +235,7 @@ def level_trajectories(run_dir: Path) -> dict[str, list[tuple[int, int]]]:
 
 
 def plot_comparison(exp_dir: Path, comparison: dict[str, Any]) -> Path:
-    """``comparison.png``: the arms side by side (metric, accuracy per rent, blueprint mix, levels)."""
+    """``comparison.png``: the arms side by side (metric, accuracy per rent, seed family mix, levels)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -253,19 +253,19 @@ def plot_comparison(exp_dir: Path, comparison: dict[str, Any]) -> Path:
     metric_axis.set_xticks(list(positions), names)
     metric_axis.set_title("accuracy and accuracy per rent")
     metric_axis.legend(fontsize=8)
-    blueprints = sorted({bp for arm in arms.values() for bp in arm["blueprint_usage"]})
+    families = sorted({name for arm in arms.values() for name in arm["seed_family_usage"]})
     bottoms = [0.0] * len(names)
-    for blueprint in blueprints:
+    for family in families:
         shares = []
         for name in names:
-            usage = arms[name]["blueprint_usage"]
+            usage = arms[name]["seed_family_usage"]
             total = sum(usage.values())
-            shares.append(usage.get(blueprint, 0) / total if total else 0.0)
-        mix_axis.bar(list(positions), shares, 0.6, bottom=bottoms, label=blueprint)
+            shares.append(usage.get(family, 0) / total if total else 0.0)
+        mix_axis.bar(list(positions), shares, 0.6, bottom=bottoms, label=family)
         bottoms = [b + s for b, s in zip(bottoms, shares)]
     mix_axis.set_xticks(list(positions), names)
-    mix_axis.set_title("blueprint selection share")
-    if blueprints:
+    mix_axis.set_title("seed family selection share")
+    if families:
         mix_axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the bars, not on them
     _stacked_shares(surface_axis, names, [arms[n]["surface_usage"] for n in names])
     surface_axis.set_title("germinations per injection surface")

@@ -138,10 +138,6 @@ class Task(abc.ABC):
         contributions and rewards use is ``TaskInfo.score`` of the resulting mean metric and loss.)
         """
 
-    def score(self, outputs: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # TEMPORARY (issue 11 rename in progress): the engine still calls the old name.
-        return self.metric_sums(outputs, target)
-
 
 class TensorClassificationTask(Task):
     """A classification task over preloaded tensors: cross-entropy loss, accuracy metric."""

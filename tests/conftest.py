@@ -51,7 +51,7 @@ def make_model(seed: int = 0, blocks: int = 3, max_seeds: int | None = None, eve
     host = toy_plugin.ToyHost(toy_plugin.ToyHostConfig(blocks=blocks), TOY_INFO)
     slot_config = SlotConfig.from_specs(host.injection_specs(), enabled=slots)
     return MorphogeneticModel(
-        host, slot_config, topology="image", blueprints=("toy_conv", "toy_ladder"), build_seed=toy_seed_builder,
+        host, slot_config, topology="image", seed_families=("toy_conv", "toy_ladder"), build_seed=toy_seed_builder,
         settings=LifecycleSettings(embargo_epochs=2, min_training_epochs=1),
         max_seeds=max_seeds or slot_config.num_slots, emit=None if events is None else events.append,
     )

@@ -1,5 +1,5 @@
 """Anomaly detection on synthetic numbers: gradient pathologies per seed and host segment, and the
-controller's entropy collapse, value-loss blow-up and KL spikes (read by the metrics contract)."""
+policy's entropy collapse, value-loss blow-up and KL spikes (read by the metrics contract)."""
 
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ def test_gradient_norm_records_need_a_stage_exactly_for_seeds() -> None:
 
 
 def test_entropy_collapse_is_judged_against_the_head_size() -> None:
-    sizes = action_head_sizes(n_slots=1, n_blueprints=4)
+    sizes = action_head_sizes(n_slots=1, n_seed_families=4)
     assert sizes["op"] == 8 and sizes["slot"] == 1 and sizes["blueprint"] == 4
     metrics = {
         "entropy/op": 0.05,         # bound 0.05 * ln 8 = 0.104: collapsed
@@ -115,7 +115,7 @@ def test_kl_spike() -> None:
     assert detect_policy_anomalies({"approx_kl": 0.1}, [], DEFAULTS, round_index=0) == []
     found = detect_policy_anomalies({"approx_kl": 0.3, "clip_fraction": 0.4}, [], DEFAULTS, round_index=0)
     assert found == [PolicyAnomalyPayload(round=0, kind="kl_spike", value=0.3, threshold=0.1)]
-    assert detect_policy_anomalies({}, [1.0, 2.0, 3.0], DEFAULTS, round_index=0) == [], "a controller that does not learn"
+    assert detect_policy_anomalies({}, [1.0, 2.0, 3.0], DEFAULTS, round_index=0) == [], "a policy that does not learn"
 
 
 def test_payloads_become_events_of_their_type() -> None:

@@ -1,4 +1,4 @@
-"""Anomaly telemetry through the engine: gradient and controller anomalies as events, thresholds from config,
+"""Anomaly telemetry through the engine: gradient and policy anomalies as events, thresholds from config,
 counted in the summary and ``esper report``, exact across a resume; and a run on a plugin's own topology."""
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def test_thresholds_from_config_decide_what_fires(manager, tmp_path):
     assert seeds and all(a["name"] == "r0c0" and a["seed_id"] for a in seeds)
 
 
-def test_a_collapsed_controller_emits_policy_anomalies_counted_by_the_report(manager, tmp_path, capsys):
+def test_a_collapsed_policy_emits_policy_anomalies_counted_by_the_report(manager, tmp_path, capsys):
     from esper_core.cli import main
 
     run_dir = start_run(config(manager, tmp_path, run={"rounds": 5, "episode_length": 2}, policy={"name": "collapsed"}),
@@ -171,7 +171,7 @@ def test_a_host_on_a_plugin_topology_runs_through_the_engine(tmp_path):
     script = {"1": {"op": 1, "slot": 0, "style": 2}}  # germinate audio_conv with a learned (topology) gate
     data = toy_run_data(tmp_path / "runs", task={"name": "clips"}, run={"episode_length": 3, "envs": 1},
                         policy={"name": "recording", "script": script},
-                        morphogenesis={"blueprints": ["audio_conv"], "slots": ["r0c0", "r0c1"]})
+                        morphogenesis={"seed_families": ["audio_conv"], "slots": ["r0c0", "r0c1"]})
     run_dir = start_run(parse_config(data, manager), manager)
     records = events_of(run_dir)
     assert [r["data"]["epoch"] for r in records if r["event"] == "EPOCH_COMPLETED"] == [0, 1, 2]

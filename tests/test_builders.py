@@ -56,8 +56,8 @@ def test_toy_run_data_merges_tables_and_a_policy_of_another_name_replaces_the_ta
 
 def test_slot_reports_observations_and_masks_fit_the_policy_context():
     context = policy_context(n_envs=2, episode_length=12)
-    assert context.slot_config.slot_ids == SLOT_IDS and context.blueprints == SEED_FAMILIES
-    assert context.blueprint_params == ((100, 200, 300),) * 3
+    assert context.slot_config.slot_ids == SLOT_IDS and context.seed_families == SEED_FAMILIES
+    assert context.seed_family_params == ((100, 200, 300),) * 3
     training = slot_report(1, SeedStage.TRAINING, family="conv_heavy", epochs_in_stage=2)
     assert (training.seed_id, training.seed_params, training.metrics.seed_age_epochs) == ("seed-r0c1", 200, 2)
     assert slot_report(0).seed_id is None and slot_report(0).seed_params == 0

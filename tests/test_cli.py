@@ -46,7 +46,7 @@ def test_run_then_report(write_config):
     assert "run directory:" in result.stdout
     report = esper("report", str(run_dir))
     assert report.returncode == 0, report.stderr
-    assert "Lifecycle outcomes" in report.stdout and "Blueprint usage" in report.stdout
+    assert "Lifecycle outcomes" in report.stdout and "Seed family usage" in report.stdout
     assert "toy_conv" in report.stdout
     assert (run_dir / "report.png").stat().st_size > 10_000
     assert json.loads((run_dir / "summary.json").read_text())["run"]["envs"] == 1
@@ -83,8 +83,10 @@ def test_validate_accepts_a_good_config_and_explains_a_bad_one(write_config):
         ("[run]\nenvs = 'two'\n[task]\nname = 'toy'\n[policy]\nname = 'scripted'", "[run] envs: expected an integer"),
         ("[task]\nname = 'cifar100'\n[policy]\nname = 'scripted'", "[task] unknown task 'cifar100'"),
         ("[task]\nname = 'toy'\n[host]\nname = 'resnet'\n[policy]\nname = 'scripted'", "[host] unknown host 'resnet'"),
-        ("[task]\nname = 'toy'\n[policy]\nname = 'scripted'\n[morphogenesis]\nblueprints = ['conv_mega']",
+        ("[task]\nname = 'toy'\n[policy]\nname = 'scripted'\n[morphogenesis]\nseed_families = ['conv_mega']",
          "unknown seed family 'conv_mega'"),
+        ("[task]\nname = 'toy'\n[policy]\nname = 'scripted'\n[morphogenesis]\nblueprints = ['toy_conv']",
+         "[morphogenesis] 'blueprints' was renamed to 'seed_families' in 0.2.0"),
     ],
 )
 def test_bad_configs_exit_2_with_one_clear_message(tmp_path, content, expected):

@@ -59,24 +59,53 @@ def test_wrong_types_are_not_coerced(toy_manager, toy_run_data):
 
 def test_unknown_plugin_names_are_reported_with_suggestions(toy_manager, toy_run_data):
     data = toy_run_data(task={"name": "toi"}, policy={"name": "scriptd"}, sinks={"memroy": {}})
-    data["morphogenesis"]["blueprints"] = ["toy_conv", "nope"]
+    data["morphogenesis"]["seed_families"] = ["toy_conv", "nope"]
     problems = problems_of(data, toy_manager)
     assert any(p.startswith("[task] unknown task 'toi' (did you mean 'toy'?)") for p in problems)
     assert any(p.startswith("[policy] unknown policy 'scriptd' (did you mean 'scripted'?)") for p in problems)
     assert any(p.startswith("[sinks.memroy] unknown telemetry sink 'memroy'") for p in problems)
-    assert any(p.startswith("[morphogenesis] blueprints: unknown seed family 'nope'") for p in problems)
+    assert any(p.startswith("[morphogenesis] seed_families: unknown seed family 'nope'") for p in problems)
     assert not any(p.startswith("[host]") for p in problems)  # no cascade from the bad task
 
 
 def test_nested_plugin_sections_are_structured_into_their_classes(toy_manager, toy_run_data):
-    data = toy_run_data(blueprints={"toy_conv": {"hidden": 9}}, host={"channels": 4})
+    data = toy_run_data(seed_families={"toy_conv": {"hidden": 9}}, host={"channels": 4})
     config = parse_config(data, toy_manager)
-    assert config.blueprint_options["toy_conv"].hidden == 9
+    assert config.seed_family_options["toy_conv"].hidden == 9
     assert config.host.name == "toy" and config.host.options.channels == 4  # host defaults to the task's
     assert config.reward.name == "basic"
-    bad = toy_run_data(blueprints={"toy_conv": {"hidden": 0, "width": 3}})
+    bad = toy_run_data(seed_families={"toy_conv": {"hidden": 0, "width": 3}})
     problems = problems_of(bad, toy_manager)
-    assert "[blueprints.toy_conv] unknown key 'width'" in problems
+    assert "[seed_families.toy_conv] unknown key 'width'" in problems
+
+
+def test_keys_renamed_in_0_2_0_are_errors_that_name_the_new_key(toy_manager, toy_run_data):
+    data = toy_run_data(
+        blueprints={"toy_conv": {"hidden": 9}},
+        morphogenesis={"blueprints": ["toy_conv"], "implants": [{"slot": "r0c1", "blueprint": "toy_conv"}]},
+    )
+    assert problems_of(data, toy_manager) == [
+        "section [blueprints] was renamed to [seed_families] in 0.2.0 (write [seed_families.NAME])",
+        "[morphogenesis] 'blueprints' was renamed to 'seed_families' in 0.2.0",
+        "[morphogenesis] implants[0]: 'blueprint' was renamed to 'seed_family' in 0.2.0",
+    ]
+
+
+def test_the_heuristic_and_experiment_keys_renamed_in_0_2_0_name_the_new_key():
+    from esper_core.config import structure_section
+    from esper_core.experiments import ExperimentSection
+    from esper_heuristic import HeuristicConfig
+
+    _config, problems = structure_section({"blueprints": ["a"], "blueprint_cooldown_epochs": 3}, HeuristicConfig, "policy")
+    assert problems == [
+        "[policy] 'blueprints' was renamed to 'seed_families' in 0.2.0",
+        "[policy] 'blueprint_cooldown_epochs' was renamed to 'seed_family_cooldown_epochs' in 0.2.0",
+    ]
+    arms = [{"name": "a"}, {"name": "b"}]
+    _section, problems = structure_section(
+        {"name": "x", "arms": arms, "heavy_blueprints": ["a"]}, ExperimentSection, "experiment"
+    )
+    assert problems == ["[experiment] 'heavy_blueprints' was renamed to 'heavy_seed_families' in 0.2.0"]
 
 
 def test_fault_points_report_their_index(toy_manager, toy_run_data):
@@ -136,8 +165,8 @@ def test_command_line_overrides_use_toml_values():
 
 
 def test_a_string_is_not_taken_for_a_list(toy_manager, toy_run_data):
-    problems = problems_of(toy_run_data(morphogenesis={"blueprints": "toy_conv"}), toy_manager)
-    assert problems == ["[morphogenesis] blueprints: expected an array, got 'toy_conv'"]
+    problems = problems_of(toy_run_data(morphogenesis={"seed_families": "toy_conv"}), toy_manager)
+    assert problems == ["[morphogenesis] seed_families: expected an array, got 'toy_conv'"]
     problems = problems_of(toy_run_data(morphogenesis={"slots": ["r0c0", 3]}), toy_manager)
     assert problems == ["[morphogenesis] slots[1]: expected a string, got 3"]
 
@@ -275,16 +304,16 @@ def test_qualified_names_pick_between_plugins_that_register_the_same_name(toy_ru
     # a name only one plugin registers works plain and qualified, in every place config names one
     data = toy_run_data(task={"name": "tests.toy_plugin:toy"}, reward={"name": "esper_core:basic"})
     data["sinks"] = {"tests.toy_plugin:memory": {}}
-    data["morphogenesis"]["blueprints"] = ["tests.toy_plugin:toy_conv"]
+    data["morphogenesis"]["seed_families"] = ["tests.toy_plugin:toy_conv"]
     config = parse_config(data, manager)
     assert config.task.name == "tests.toy_plugin:toy" and config.host.name == "toy"
     assert list(config.sinks) == ["tests.toy_plugin:memory"]
     # one item under two spellings is one item named twice
     data["sinks"] = {"memory": {}, "tests.toy_plugin:memory": {}}
-    data["morphogenesis"]["blueprints"] = ["toy_conv", "tests.toy_plugin:toy_conv"]
+    data["morphogenesis"]["seed_families"] = ["toy_conv", "tests.toy_plugin:toy_conv"]
     problems = problems_of(data, manager)
     assert "[sinks.tests.toy_plugin:memory] names the same telemetry sink as [sinks.memory]" in problems
-    assert any(p.startswith("[morphogenesis] blueprints: names must be unique") for p in problems)
+    assert any(p.startswith("[morphogenesis] seed_families: names must be unique") for p in problems)
 
 
 def test_without_a_console_sink_a_config_without_sinks_has_none(toy_manager, toy_run_data):
@@ -320,7 +349,7 @@ def test_the_console_default_follows_the_installed_sink_plugins(monkeypatch, plu
 # -- property: every float option of every registered config class refuses NaN and infinities -------
 
 _KIND_SECTIONS = {"tasks": "task", "hosts": "host", "policies": "policy", "rewards": "reward",
-                  "seed_families": "blueprints.{name}", "telemetry_sinks": "sinks.{name}"}
+                  "seed_families": "seed_families.{name}", "telemetry_sinks": "sinks.{name}"}
 
 
 def _float_shaped(annotation) -> str | None:

@@ -62,7 +62,7 @@ class HostCase:
     name: str
     task: dict[str, Any]
     host: dict[str, Any]
-    blueprint: str
+    seed_family: str
     #: the task's score is -ln(validation loss) (language modelling) rather than its metric
     loss_based: bool
 
@@ -72,14 +72,14 @@ HOSTS = {
         name="cnn",
         task={"name": "shapes", "train_size": 64, "val_size": 64},
         host={"name": "cnn", "channels": [8, 8, 8], "pool": [True, True, False]},
-        blueprint="conv_light",
+        seed_family="conv_light",
         loss_based=False,
     ),
     "transformer": HostCase(
         name="transformer",
         task={"name": "pydoc", "context_length": 16, "max_train_windows": 64, "max_val_windows": 32},
         host={"name": "transformer", "n_layer": 2, "d_model": 16, "n_head": 2, "slot_layout": "lattice"},
-        blueprint="mlp_small",
+        seed_family="mlp_small",
         loss_based=True,
     ),
 }
@@ -102,7 +102,7 @@ def run_data(case: HostCase, output_dir: Path, *, policy: dict[str, Any], envs: 
         "host": dict(case.host),
         "training": {"batch_size": 32, "batches_per_epoch": 2, "eval_batch_size": 128, "lr_schedule": "constant",
                      "host_lr": HOST_LR, "seed_lr": SEED_LR},
-        "morphogenesis": {"blueprints": [case.blueprint], "min_training_epochs": 1, "embargo_epochs": EMBARGO_EPOCHS},
+        "morphogenesis": {"seed_families": [case.seed_family], "min_training_epochs": 1, "embargo_epochs": EMBARGO_EPOCHS},
         "policy": policy,
         "reward": {"name": reward},
         "sinks": {"memory": {}},

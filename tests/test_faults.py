@@ -107,7 +107,7 @@ ROLLBACK_CASES = {
     "germinated_then_nan": ({"1": {"op": 1, "slot": 0}}, [{"epoch": 2, "env": 0}]),
     # a seed live in the snapshot
     "live_then_nan": ({"1": {"op": 1, "slot": 0}}, [{"epoch": 3, "env": 0}]),
-    # pruned by the controller after the snapshot: pruned once, not again by the rollback
+    # pruned by the policy after the snapshot: pruned once, not again by the rollback
     "pruned_then_nan": ({"1": {"op": 1, "slot": 0}, "3": {"op": 4, "slot": 0}}, [{"epoch": 4, "env": 0}]),
     # fossilized after the snapshot: a fossilization is never undone
     "fossilized_then_nan": (
@@ -343,7 +343,7 @@ def test_a_wrong_shaped_seed_fails_its_germination_with_an_event_and_the_run_goe
 
     config = parse_config(
         {**toy_run_config(tmp_path), "policy": {"name": "scripted", "script": script},
-         "morphogenesis": {"blueprints": ["hostile", "toy_conv"], "min_training_epochs": 1}},
+         "morphogenesis": {"seed_families": ["hostile", "toy_conv"], "min_training_epochs": 1}},
         manager,
     )
     run_dir = start_run(config, manager)
@@ -370,7 +370,7 @@ def test_a_seed_family_whose_build_returns_none_stops_the_run_before_its_directo
     manager = PluginManager(autoload=False, extra=[toy_plugin, plugin])
     from esper_core.config import parse_config
 
-    config = parse_config({**toy_run_config(tmp_path), "morphogenesis": {"blueprints": ["hostile"]}}, manager)
+    config = parse_config({**toy_run_config(tmp_path), "morphogenesis": {"seed_families": ["hostile"]}}, manager)
     with pytest.raises(SeedContractError) as excinfo:
         start_run(config, manager)
     message = one_line(str(excinfo.value))

@@ -44,7 +44,7 @@ def observation(slots, *, history=(0.3, 0.35, 0.4), last_action=None, success=Tr
         env_id=0, round=0, epoch=len(history) - 1, episode_length=10, val_metric=history[-1], val_loss=1.2,
         train_loss=1.0, metric_history=tuple(history), loss_history=tuple(1.5 - 0.1 * i for i in range(len(history))),
         host_params=1000, slots=tuple(slots), slot_config=SlotConfig.from_specs(SPECS, enabled=[r.slot_id for r in slots]), surface_codes={"segment_boundary": 0, "post_mlp": 2},
-        blueprints=("a", "b"), max_seeds=2, last_action=last_action,
+        seed_families=("a", "b"), max_seeds=2, last_action=last_action,
         last_action_success=success, last_action_reason="", rolled_back=False,
     )
 
@@ -54,7 +54,7 @@ HOLDING = SeedStateReport(
     env_id=0, slot_id="r0c1", stage=SeedStage.HOLDING, seed_id="s", blueprint_id="b", alpha=1.0, alpha_target=1.0,
     seed_params=100, effective_params=100.0,
     metrics=SeedMetrics(counterfactual_contribution=0.04, contribution_velocity=0.01, epochs_since_measured=0,
-                        metric_at_germination=0.3, metric_delta_since_germination=0.1, seed_grad_norm=0.5,
+                        score_at_germination=0.3, score_delta_since_germination=0.1, seed_grad_norm=0.5,
                         host_grad_norm=2.0, epochs_in_stage=2, seed_age_epochs=7),
 )
 

@@ -243,7 +243,7 @@ def test_implants_build_a_static_network_with_seeds_from_birth(toy_manager, toy_
     from esper_core.tolaria.engine import start_run
 
     plain = _events(start_run(toy_config(), toy_manager))
-    implanted_config = toy_config(morphogenesis={"implants": [{"slot": "r0c1", "blueprint": "toy_ladder", "level": 2}]})
+    implanted_config = toy_config(morphogenesis={"implants": [{"slot": "r0c1", "seed_family": "toy_ladder", "level": 2}]})
     implanted = _events(start_run(implanted_config, toy_manager))
     size = lambda records: next(r["data"] for r in records if r["event"] == "ROUND_COMPLETED")["final_params"]
     host = next(r["data"] for r in plain if r["event"] == "RUN_STARTED")["host_params"]
@@ -265,8 +265,8 @@ def test_a_bad_implant_is_a_config_error_naming_it(toy_manager, toy_config):
     from esper_core.tolaria.engine import prepare
 
     config = toy_config(morphogenesis={"implants": [
-        {"slot": "r9c9", "blueprint": "toy_ladder"}, {"slot": "r0c1", "blueprint": "nope"},
-        {"slot": "r0c0", "blueprint": "toy_ladder", "level": 9}]})
+        {"slot": "r9c9", "seed_family": "toy_ladder"}, {"slot": "r0c1", "seed_family": "nope"},
+        {"slot": "r0c0", "seed_family": "toy_ladder", "level": 9}]})
     with pytest.raises(ConfigError) as caught:
         prepare(config, toy_manager)
     text = "\n".join(caught.value.problems)
@@ -292,7 +292,7 @@ def test_the_control_of_an_implanted_run_is_the_bare_host(toy_manager, toy_confi
     plain = _events(start_run(toy_config(reward={"name": "frontier"}), toy_manager))
     implanted = _events(start_run(toy_config(
         reward={"name": "frontier"},
-        morphogenesis={"implants": [{"slot": "r0c1", "blueprint": "toy_ladder", "level": 2}]}), toy_manager))
+        morphogenesis={"implants": [{"slot": "r0c1", "seed_family": "toy_ladder", "level": 2}]}), toy_manager))
     round_of = lambda records: next(r["data"] for r in records if r["event"] == "ROUND_COMPLETED")
     assert round_of(implanted)["control_metric"] == round_of(plain)["control_metric"] == round_of(plain)["final_metrics"][0]
     assert round_of(implanted)["final_params"][0] > round_of(plain)["final_params"][0]
@@ -306,7 +306,7 @@ def test_an_implanted_network_is_charged_its_parameters_and_paid_its_lead_from_t
     price = 0.02
     records = _events(start_run(toy_config(
         reward={"name": "frontier", "price_per_kparam": price},
-        morphogenesis={"implants": [{"slot": "r0c1", "blueprint": "toy_ladder", "level": 2}]}), toy_manager))
+        morphogenesis={"implants": [{"slot": "r0c1", "seed_family": "toy_ladder", "level": 2}]}), toy_manager))
     finished = next(r["data"] for r in records if r["event"] == "ROUND_COMPLETED")
     last = {r["data"]["env_id"]: r["data"] for r in records if r["event"] == "EPOCH_COMPLETED"}
     for env_id in (0, 1):

@@ -34,7 +34,7 @@ def tiny_config(tmp_path: Path, **changes) -> Path:
         "task": {"name": "shapes", "train_size": 256, "val_size": 128},
         "host": {"name": "cnn", "preset": "tiny"},
         "training": {"batch_size": 32},
-        "morphogenesis": {"blueprints": ["conv_light", "attention"], "min_training_epochs": 1},
+        "morphogenesis": {"seed_families": ["conv_light", "attention"], "min_training_epochs": 1},
         "policy": {"name": "heuristic", "warmup_epochs": 1, "plateau_window": 1, "plateau_delta": 1.0,
                    "min_training_epochs": 1, "holding_patience": 1, "tempo": "fast",
                    "fossilize_threshold": -0.01},

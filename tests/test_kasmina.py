@@ -42,8 +42,8 @@ from tests.conftest import make_model, make_slot, toy_seed_builder
 
 def germinate(slot, *, style=BlendStyle.ADD, target=1.0, blend_epochs=2, curve=AlphaCurve.LINEAR):
     return slot.germinate(
-        seed_id="s", blueprint="toy_conv", style=style, blend_epochs=blend_epochs,
-        alpha_target=target, alpha_curve=curve, metric_now=0.5,
+        seed_id="s", seed_family="toy_conv", style=style, blend_epochs=blend_epochs,
+        alpha_target=target, alpha_curve=curve, score_now=0.5,
     )
 
 
@@ -222,7 +222,7 @@ def test_fossilizing_at_a_partial_alpha_keeps_that_alpha():
     x = torch.randn(4, 1, 6, 6, generator=torch.Generator().manual_seed(12))
     with torch.no_grad():
         before = model(x)
-    assert model.apply(FactoredAction(op=LifecycleOp.FOSSILIZE, slot=1), metric_now=0.5).success
+    assert model.apply(FactoredAction(op=LifecycleOp.FOSSILIZE, slot=1), score_now=0.5).success
     assert slot.stage is SeedStage.FOSSILIZED and slot.alpha == pytest.approx(0.5)
     (fossilized,) = [e.payload for e in events if e.event_type is TelemetryEventType.SEED_FOSSILIZED]
     assert fossilized.alpha == pytest.approx(0.5)
@@ -339,24 +339,24 @@ def test_forward_with_ablations_refuses_train_mode():
 def test_apply_respects_max_seeds_and_failed_ops_change_nothing():
     model = make_model(max_seeds=1)
     germ = FactoredAction(op=LifecycleOp.GERMINATE, slot=0, blueprint=0)
-    assert model.apply(germ, metric_now=0.1).success
-    second = model.apply(FactoredAction(op=LifecycleOp.GERMINATE, slot=1, blueprint=0), metric_now=0.1)
+    assert model.apply(germ, score_now=0.1).success
+    second = model.apply(FactoredAction(op=LifecycleOp.GERMINATE, slot=1, blueprint=0), score_now=0.1)
     assert not second.success and "max_seeds" in second.reason
     assert model.slots["r0c1"].stage is SeedStage.DORMANT
-    fossil = model.apply(FactoredAction(op=LifecycleOp.FOSSILIZE, slot=0), metric_now=0.1)
+    fossil = model.apply(FactoredAction(op=LifecycleOp.FOSSILIZE, slot=0), score_now=0.1)
     assert not fossil.success and model.slots["r0c0"].stage is SeedStage.GERMINATED
 
 
 def test_masks_allow_exactly_the_possible_moves():
     model = make_model(max_seeds=2)
-    model.apply(FactoredAction(op=LifecycleOp.GERMINATE, slot=0, blueprint=0), metric_now=0.1)
+    model.apply(FactoredAction(op=LifecycleOp.GERMINATE, slot=0, blueprint=0), score_now=0.1)
     model.tick()
-    masks = compute_masks([model.reports()], num_blueprints=1, max_seeds=2)
+    masks = compute_masks([model.reports()], num_seed_families=1, max_seeds=2)
     assert masks.op[0].tolist() == [True, True, True, False, True, False, False, False]
     assert masks.slot[0, LifecycleOp.GERMINATE].tolist() == [False, True, True]
     assert masks.slot[0, LifecycleOp.ADVANCE].tolist() == [True, False, False]
-    model.apply(FactoredAction(op=LifecycleOp.GERMINATE, slot=1, blueprint=0), metric_now=0.1)
-    masks = compute_masks([model.reports()], num_blueprints=1, max_seeds=2)
+    model.apply(FactoredAction(op=LifecycleOp.GERMINATE, slot=1, blueprint=0), score_now=0.1)
+    masks = compute_masks([model.reports()], num_seed_families=1, max_seeds=2)
     assert not masks.op[0, LifecycleOp.GERMINATE]
     assert not masks.allows(0, FactoredAction(op=LifecycleOp.GERMINATE, slot=2, blueprint=0))
     assert masks.allows(0, FactoredAction(op=LifecycleOp.PRUNE, slot=1, alpha_speed=AlphaSpeed.FAST))
@@ -366,7 +366,7 @@ def test_germinate_action_carries_its_heads_into_the_slot():
     model = make_model()
     action = FactoredAction(op=LifecycleOp.GERMINATE, slot=2, blueprint=0, style=BlendStyle.GATE,
                             tempo=Tempo.SLOW, alpha_target=AlphaTarget.HALF, alpha_curve=AlphaCurve.SIGMOID)
-    assert model.apply(action, metric_now=0.3).success
+    assert model.apply(action, score_now=0.3).success
     slot = model.slots["r0c2"]
     assert (slot.style, slot.blend_epochs, slot.planned_alpha_target, slot.planned_curve) == (
         BlendStyle.GATE, 8, 0.5, AlphaCurve.SIGMOID)
@@ -378,7 +378,7 @@ def test_germinate_action_carries_its_heads_into_the_slot():
 def test_lifecycle_state_round_trip_restores_reports_and_outputs():
     model = make_model(seed=7)
     grow_to_holding(model.slots["r0c1"], target=0.75)
-    model.apply(FactoredAction(op=LifecycleOp.GERMINATE, slot=0, blueprint=0, style=BlendStyle.GATE), metric_now=0.2)
+    model.apply(FactoredAction(op=LifecycleOp.GERMINATE, slot=0, blueprint=0, style=BlendStyle.GATE), score_now=0.2)
     model.tick()
     state = model.lifecycle_record()
     weights = model.state_dict()
@@ -488,7 +488,7 @@ def test_the_model_names_the_plugin_of_a_broken_family():
     model.slots["r0c0"]._build_seed = lambda blueprint, channels: toy_seed_builder(blueprint, channels + 1)
     model.slots["r0c0"]._seed_plugin = {"toy_conv": "toy_plugin"}.get
     with pytest.raises(SeedContractError, match="seed family 'toy_conv' \\(plugin 'toy_plugin'\\)"):
-        model.apply(FactoredAction(op=LifecycleOp.GERMINATE, slot=0, blueprint=0), metric_now=0.1)
+        model.apply(FactoredAction(op=LifecycleOp.GERMINATE, slot=0, blueprint=0), score_now=0.1)
     assert model.germination_count == 0 and model.slots["r0c0"].stage is SeedStage.DORMANT
 
 
@@ -504,8 +504,8 @@ def test_a_slot_keeps_no_lifecycle_attribute_outside_its_record():
     module_internals = set(vars(torch.nn.Module()))
     model = make_model()
     slot = model.slots["r0c0"]
-    model.apply(FactoredAction(op=LifecycleOp.GERMINATE, slot=0, blueprint=1, style=BlendStyle.GATE), metric_now=0.2)
-    model.apply(FactoredAction(op=LifecycleOp.GROW_INTERNAL, slot=0), metric_now=0.2)
+    model.apply(FactoredAction(op=LifecycleOp.GERMINATE, slot=0, blueprint=1, style=BlendStyle.GATE), score_now=0.2)
+    model.apply(FactoredAction(op=LifecycleOp.GROW_INTERNAL, slot=0), score_now=0.2)
     slot.tick(); slot.tick()
     slot.record_gradients(0.1, 0.2)
     slot.record_validation(0.3, None)
@@ -521,8 +521,8 @@ def test_lifecycle_records_round_trip_through_the_checkpoint_converter_as_plain_
     grow_to_holding(model.slots["r0c1"], target=0.75)
     assert model.slots["r0c1"].set_alpha_target(1.0, epochs=4, curve=AlphaCurve.SIGMOID).success
     model.slots["r0c1"].tick()
-    model.apply(FactoredAction(op=LifecycleOp.GERMINATE, slot=0, blueprint=1, style=BlendStyle.GATE), metric_now=0.2)
-    model.apply(FactoredAction(op=LifecycleOp.GROW_INTERNAL, slot=0), metric_now=0.2)
+    model.apply(FactoredAction(op=LifecycleOp.GERMINATE, slot=0, blueprint=1, style=BlendStyle.GATE), score_now=0.2)
+    model.apply(FactoredAction(op=LifecycleOp.GROW_INTERNAL, slot=0), score_now=0.2)
     record = model.lifecycle_record()
     converter = state_converter()
     state = converter.unstructure(record)

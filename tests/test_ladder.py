@@ -68,7 +68,7 @@ def test_conformance_catches_a_wrong_declaration_and_the_engine_too():
 
 def germinate_ladder(model, slot=0):
     action = FactoredAction(op=LifecycleOp.GERMINATE, slot=slot, blueprint=LADDER, alpha_target=AlphaTarget.FULL)
-    assert model.apply(action, metric_now=0.1).success
+    assert model.apply(action, score_now=0.1).success
     return model.slots[model.slot_ids[slot]]
 
 
@@ -79,11 +79,11 @@ def test_grow_and_shrink_move_the_level_and_emit_one_event_each():
     report = slot.report()
     assert (report.internal_kind, report.internal_level, report.internal_max_level) == ("conv_stages", 1, 3)
     assert report.internal_effective_params == slot.ladder.internal_effective_params(1) < report.built_params
-    assert model.apply(FactoredAction(op=GROW, slot=0), metric_now=0.1).success
-    assert model.apply(FactoredAction(op=GROW, slot=0), metric_now=0.1).success
-    failed = model.apply(FactoredAction(op=GROW, slot=0), metric_now=0.1)
+    assert model.apply(FactoredAction(op=GROW, slot=0), score_now=0.1).success
+    assert model.apply(FactoredAction(op=GROW, slot=0), score_now=0.1).success
+    failed = model.apply(FactoredAction(op=GROW, slot=0), score_now=0.1)
     assert not failed.success and "outside the ladder 0..3" in failed.reason
-    assert model.apply(FactoredAction(op=SHRINK, slot=0), metric_now=0.1).success
+    assert model.apply(FactoredAction(op=SHRINK, slot=0), score_now=0.1).success
     changes = [e.payload for e in events if e.event_type is TelemetryEventType.SEED_INTERNAL_LEVEL_CHANGED]
     assert [(c.from_level, c.to_level) for c in changes] == [(1, 2), (2, 3), (3, 2)]
     assert changes[0].internal_effective_params == slot.ladder.internal_effective_params(2)
@@ -94,9 +94,9 @@ def test_grow_and_shrink_move_the_level_and_emit_one_event_each():
 
 def test_internal_ops_fail_on_dormant_plain_and_fossilized_seeds():
     model = make_model()
-    assert "needs a live seed" in model.apply(FactoredAction(op=GROW, slot=1), metric_now=0.1).reason
-    model.apply(FactoredAction(op=LifecycleOp.GERMINATE, slot=1, blueprint=0), metric_now=0.1)
-    assert "no internal ladder" in model.apply(FactoredAction(op=GROW, slot=1), metric_now=0.1).reason
+    assert "needs a live seed" in model.apply(FactoredAction(op=GROW, slot=1), score_now=0.1).reason
+    model.apply(FactoredAction(op=LifecycleOp.GERMINATE, slot=1, blueprint=0), score_now=0.1)
+    assert "no internal ladder" in model.apply(FactoredAction(op=GROW, slot=1), score_now=0.1).reason
     slot = germinate_ladder(model, slot=2)
     slot.tick(); slot.tick()
     assert slot.advance().success
@@ -107,20 +107,20 @@ def test_internal_ops_fail_on_dormant_plain_and_fossilized_seeds():
     else:
         raise AssertionError("the blend never reached HOLDING")
     assert slot.fossilize().success
-    frozen = model.apply(FactoredAction(op=SHRINK, slot=2), metric_now=0.1)
+    frozen = model.apply(FactoredAction(op=SHRINK, slot=2), score_now=0.1)
     assert not frozen.success and slot.ladder.internal_level == 1
 
 
 def test_masks_allow_internal_ops_only_where_they_can_succeed():
     model = make_model()
     germinate_ladder(model, slot=0)
-    model.apply(FactoredAction(op=LifecycleOp.GERMINATE, slot=1, blueprint=0), metric_now=0.1)
-    masks = compute_masks([model.reports()], num_blueprints=2, max_seeds=3)
+    model.apply(FactoredAction(op=LifecycleOp.GERMINATE, slot=1, blueprint=0), score_now=0.1)
+    masks = compute_masks([model.reports()], num_seed_families=2, max_seeds=3)
     assert masks.slot[0, GROW].tolist() == [True, False, False]
     assert masks.slot[0, SHRINK].tolist() == [True, False, False]
     for _ in range(2):
-        model.apply(FactoredAction(op=GROW, slot=0), metric_now=0.1)
-    masks = compute_masks([model.reports()], num_blueprints=2, max_seeds=3)
+        model.apply(FactoredAction(op=GROW, slot=0), score_now=0.1)
+    masks = compute_masks([model.reports()], num_seed_families=2, max_seeds=3)
     assert not masks.op[0, GROW] and masks.op[0, SHRINK]
 
 
@@ -130,7 +130,7 @@ def test_rent_follows_the_capacity_in_use():
     slot._set_alpha(1.0)
     slot.stage = SeedStage.HOLDING  # direct state for the arithmetic only
     at_one = slot.effective_params
-    model.apply(FactoredAction(op=GROW, slot=0), metric_now=0.1)
+    model.apply(FactoredAction(op=GROW, slot=0), score_now=0.1)
     assert slot.effective_params == pytest.approx(2 * at_one)
     assert slot.effective_params < slot.built_params
 
@@ -138,7 +138,7 @@ def test_rent_follows_the_capacity_in_use():
 def test_level_survives_a_lifecycle_round_trip():
     model = make_model(seed=3)
     germinate_ladder(model)
-    model.apply(FactoredAction(op=GROW, slot=0), metric_now=0.1)
+    model.apply(FactoredAction(op=GROW, slot=0), score_now=0.1)
     state, weights = model.lifecycle_record(), model.state_dict()
     clone = make_model(seed=4)
     clone.load_lifecycle_record(state)
@@ -195,9 +195,9 @@ def test_events_and_reports_count_parameters_in_use_the_same_way():
     model = make_model(events=events)
     gated = FactoredAction(op=LifecycleOp.GERMINATE, slot=0, blueprint=LADDER, style=BlendStyle.GATE,
                            alpha_target=AlphaTarget.FULL)
-    assert model.apply(gated, metric_now=0.1).success
+    assert model.apply(gated, score_now=0.1).success
     slot = model.slots[model.slot_ids[0]]
-    assert model.apply(FactoredAction(op=GROW, slot=0), metric_now=0.1).success
+    assert model.apply(FactoredAction(op=GROW, slot=0), score_now=0.1).success
     gate_params = sum(p.numel() for p in slot.gate.parameters())
     assert gate_params > 0
     in_use = slot.report().internal_effective_params
@@ -205,7 +205,7 @@ def test_events_and_reports_count_parameters_in_use_the_same_way():
     changed = [e.payload for e in events if e.event_type is TelemetryEventType.SEED_INTERNAL_LEVEL_CHANGED]
     assert changed[-1].internal_effective_params == in_use
     plain = FactoredAction(op=LifecycleOp.GERMINATE, slot=1, blueprint=0)
-    assert model.apply(plain, metric_now=0.1).success
+    assert model.apply(plain, score_now=0.1).success
     germinated = [e.payload for e in events if e.event_type is TelemetryEventType.SEED_GERMINATED]
     plain_slot = model.slots[model.slot_ids[1]]
     assert germinated[-1].internal_effective_params == plain_slot.seed_params == plain_slot.report().internal_effective_params
@@ -222,7 +222,7 @@ def test_every_size_counts_the_capacity_in_use_not_what_is_built():
     assert model.seed_params() == level_one
     slot._set_alpha(1.0)
     slot.stage = SeedStage.HOLDING  # direct state for the arithmetic only
-    assert model.apply(FactoredAction(op=LifecycleOp.FOSSILIZE, slot=0), metric_now=0.1).success
+    assert model.apply(FactoredAction(op=LifecycleOp.FOSSILIZE, slot=0), score_now=0.1).success
     assert model.fossilized_params() == level_one
     assert model.seed_params() == 0
     report = slot.report()

@@ -37,7 +37,7 @@ def slot(stage=SeedStage.DORMANT, *, seed_id=None, alpha=0.0, params=0, contribu
         internal_effective_params=params if in_use is None else in_use, internal_level=level,
         internal_kind="conv_stages" if level or last_direction else None, internal_max_level=4,
         internal_last_direction=last_direction, epochs_since_internal_change=since_change,
-        metrics=SeedMetrics(counterfactual_contribution=contribution, metric_delta_since_germination=progress,
+        metrics=SeedMetrics(counterfactual_contribution=contribution, score_delta_since_germination=progress,
                             seed_age_epochs=age),
     )
 

@@ -44,7 +44,7 @@ def slot_row(slot) -> torch.Tensor:
         env_id=0, round=0, epoch=0, episode_length=10, val_metric=0.5, val_loss=1.0, train_loss=1.0,
         metric_history=(0.5,), loss_history=(1.0,), host_params=1000, slots=(report,),
         slot_config=SlotConfig.from_specs((slot.spec,)), surface_codes={slot.spec.surface: 0},
-        blueprints=("toy_conv",), max_seeds=1, last_action=None, last_action_success=True,
+        seed_families=("toy_conv",), max_seeds=1, last_action=None, last_action_success=True,
         last_action_reason="", rolled_back=False,
     )
     row = build_features([observation]).slots[0, 0]
@@ -55,8 +55,8 @@ def slot_row(slot) -> torch.Tensor:
 def germinated(*, style=BlendStyle.ADD, tempo=Tempo.FAST, target=AlphaTarget.FULL, curve=AlphaCurve.LINEAR):
     slot = make_slot(min_training=1)
     assert slot.germinate(
-        seed_id="s", blueprint="toy_conv", style=style, blend_epochs=tempo.epochs,
-        alpha_target=target.value_, alpha_curve=curve, metric_now=0.5,
+        seed_id="s", seed_family="toy_conv", style=style, blend_epochs=tempo.epochs,
+        alpha_target=target.value_, alpha_curve=curve, score_now=0.5,
     ).success
     return slot
 
@@ -160,8 +160,8 @@ def test_a_fossils_contribution_is_remeasured_every_epoch():
     model = make_model(seed=1)
     slot = model.slots["r0c1"]
     assert slot.germinate(
-        seed_id="s", blueprint="toy_conv", style=BlendStyle.ADD, blend_epochs=1, alpha_target=1.0,
-        alpha_curve=AlphaCurve.LINEAR, metric_now=0.5,
+        seed_id="s", seed_family="toy_conv", style=BlendStyle.ADD, blend_epochs=1, alpha_target=1.0,
+        alpha_curve=AlphaCurve.LINEAR, score_now=0.5,
     ).success
     slot.tick()
     slot.tick()
@@ -173,7 +173,7 @@ def test_a_fossils_contribution_is_remeasured_every_epoch():
     env = Environment(env_id=0, env_seed=1, model=model, task=task, training=TrainingSection(),
                       governor=GovernorSection(), episode_length=5, device=torch.device("cpu"))
     env.record_validation(env.validate(64))
-    assert model.apply(FactoredAction(op=LifecycleOp.FOSSILIZE, slot=1), metric_now=None).success
+    assert model.apply(FactoredAction(op=LifecycleOp.FOSSILIZE, slot=1), score_now=None).success
     assert slot.stage is SeedStage.FOSSILIZED
     slot.tick()
 
@@ -206,6 +206,6 @@ def _observation(env: Environment, model) -> EnvObservation:
         val_loss=env.loss_history[-1], train_loss=None, metric_history=tuple(env.metric_history),
         loss_history=tuple(env.loss_history), host_params=sum(p.numel() for p in model.host.parameters()),
         slots=tuple(model.slots[slot_id].report() for slot_id in model.slot_ids), slot_config=model.slot_config,
-        surface_codes={"segment_boundary": 0}, blueprints=tuple(model.blueprints), max_seeds=3,
+        surface_codes={"segment_boundary": 0}, seed_families=tuple(model.seed_families), max_seeds=3,
         last_action=None, last_action_success=True, last_action_reason="", rolled_back=False,
     )

@@ -50,7 +50,7 @@ class MorphogeneticModel(nn.Module):
 
     ``topology`` is the host's registered ``TopologyKind`` (a bare name only for the core's own
     ``image`` / ``sequence``); slots use its layout for learned blend gates and the seed-contract probe.
-    ``seed_plugin`` names the plugin that registered a blueprint, for seed-contract errors.
+    ``seed_plugin`` names the plugin that registered a seed family, for seed-contract errors.
     """
 
     def __init__(
@@ -59,7 +59,7 @@ class MorphogeneticModel(nn.Module):
         slot_config: SlotConfig,
         *,
         topology: ActivationLayout | str,
-        blueprints: Sequence[str],
+        seed_families: Sequence[str],
         build_seed: SeedBuilder,
         settings: LifecycleSettings,
         max_seeds: int,
@@ -71,7 +71,7 @@ class MorphogeneticModel(nn.Module):
         super().__init__()
         self.host = host
         self.slot_config = slot_config
-        self.blueprints = tuple(blueprints)
+        self.seed_families = tuple(seed_families)
         self.max_seeds = max_seeds
         self.env_id = env_id
         self._clock = clock or (lambda: (0, 0))
@@ -144,7 +144,7 @@ class MorphogeneticModel(nn.Module):
     def occupied_count(self) -> int:
         return sum(1 for slot in self.slots.values() if slot.stage in OCCUPIED_STAGES)
 
-    def apply(self, action: FactoredAction, *, metric_now: float | None) -> OpResult:
+    def apply(self, action: FactoredAction, *, score_now: float | None) -> OpResult:
         """Execute one factored action. A failed op changes nothing (it is a WAIT) and says why."""
         op = action.op
         if op is LifecycleOp.WAIT:
@@ -153,7 +153,7 @@ class MorphogeneticModel(nn.Module):
             return OpResult(False, f"slot index {action.slot} out of range")
         slot = self.slots[self.slot_ids[action.slot]]
         if op is LifecycleOp.GERMINATE:
-            if not 0 <= action.blueprint < len(self.blueprints):
+            if not 0 <= action.blueprint < len(self.seed_families):
                 return OpResult(False, f"blueprint index {action.blueprint} out of range")
             if self.occupied_count >= self.max_seeds:
                 return OpResult(False, f"max_seeds {self.max_seeds} reached")
@@ -161,12 +161,12 @@ class MorphogeneticModel(nn.Module):
             seed_id = f"r{round_}e{self.env_id}-{slot.slot_id}-{self.germination_count}"
             result = slot.germinate(
                 seed_id=seed_id,
-                blueprint=self.blueprints[action.blueprint],
+                seed_family=self.seed_families[action.blueprint],
                 style=action.style,
                 blend_epochs=action.tempo.epochs,
                 alpha_target=action.alpha_target.value_,
                 alpha_curve=action.alpha_curve,
-                metric_now=metric_now,
+                score_now=score_now,
             )
             if result.success:
                 self.germination_count += 1
@@ -190,8 +190,8 @@ class MorphogeneticModel(nn.Module):
             return result
         raise ValueError(f"unhandled lifecycle op {op!r}")
 
-    def implant(self, slot_id: str, blueprint: str, level: int | None = None) -> None:
-        """Static architecture: make a seed of ``blueprint`` part of the host from birth.
+    def implant(self, slot_id: str, seed_family: str, level: int | None = None) -> None:
+        """Static architecture: make a seed of ``seed_family`` part of the host from birth.
 
         The seed sits in ``slot_id`` fossilized at alpha 1 (ADD blend; a ladder at ``level``), so it
         trains with the host optimizer from the first step; no lifecycle, no events. This is how a grown
@@ -199,7 +199,7 @@ class MorphogeneticModel(nn.Module):
         identity at birth (their output layer starts at zero), so the implanted network starts as the
         host does and learns to use the extra capacity, as a zero-initialised residual branch would.
         """
-        self.slots[slot_id].implant(blueprint, level)
+        self.slots[slot_id].implant(seed_family, level)
         self.fossilization_order.append(slot_id)
         self.germination_count += 1
 

@@ -44,7 +44,7 @@ from esper_core.leyline.telemetry import (
     SeedStageChangedPayload,
 )
 
-#: Builds a seed module: (blueprint name, channels) -> module.
+#: Builds a seed module: (seed family name, channels) -> module.
 SeedBuilder = Callable[[str, int], nn.Module]
 #: Receives the typed events a slot emits.
 EventSink = Callable[[TelemetryEvent], None]
@@ -57,7 +57,7 @@ SeedPluginLookup = Callable[[str], "str | None"]
 @attrs.frozen
 class LifecycleSettings:
     """Lifecycle rules shared by every slot of a run. ``auto_advance``: a TRAINING seed moves to
-    BLENDING by itself at the first tick at which ADVANCE would pass gate G1 (the controller then decides
+    BLENDING by itself at the first tick at which ADVANCE would pass gate G1 (the policy then decides
     only GERMINATE, the blend's settings and FOSSILIZE/PRUNE; ADVANCE stays available)."""
 
     embargo_epochs: int = 3
@@ -105,8 +105,8 @@ class SlotLifecycleState:
     contribution: float | None = None
     contribution_velocity: float | None = None
     epochs_since_measured: int | None = None
-    metric_at_germination: float | None = None
-    last_metric: float | None = None
+    score_at_germination: float | None = None
+    last_score: float | None = None
     seed_grad_norm: float | None = None
     host_grad_norm: float | None = None
     grad_finite: bool = True
@@ -136,7 +136,7 @@ class SeedSlot(nn.Module):
     ``topology`` is the host's registered ``TopologyKind`` (a bare name only for the core's own
     ``image`` / ``sequence``): a learned blend gate uses its layout, and a germinated seed is probed
     once on its ``example_shape`` (the seed contract). ``seed_plugin`` names the plugin that
-    registered a blueprint, for the errors that contract raises.
+    registered a seed family, for the errors that contract raises.
     """
 
     def __init__(
@@ -184,8 +184,8 @@ class SeedSlot(nn.Module):
     contribution: float | None
     contribution_velocity: float | None
     epochs_since_measured: int | None
-    metric_at_germination: float | None
-    last_metric: float | None
+    score_at_germination: float | None
+    last_score: float | None
     seed_grad_norm: float | None
     host_grad_norm: float | None
     grad_finite: bool
@@ -226,27 +226,27 @@ class SeedSlot(nn.Module):
         self,
         *,
         seed_id: str,
-        blueprint: str,
+        seed_family: str,
         style: BlendStyle,
         blend_epochs: int,
         alpha_target: float,
         alpha_curve: AlphaCurve,
-        metric_now: float | None,
+        score_now: float | None,
     ) -> OpResult:
         if self.stage is not SeedStage.DORMANT:
             return OpResult(False, f"slot {self.slot_id} is {self.stage.name}, not DORMANT")
         if not 0.0 < alpha_target <= 1.0:
             raise LifecycleError(f"slot {self.slot_id}: alpha target {alpha_target} not in (0, 1]")
-        self.seed = self._new_seed(blueprint)  # raises SeedContractError before anything changes
+        self.seed = self._new_seed(seed_family)  # raises SeedContractError before anything changes
         self.gate = self._build_gate() if style is BlendStyle.GATE else None
         self.seed_id = seed_id
-        self.blueprint_id = blueprint
+        self.blueprint_id = seed_family
         self.style = style
         self.blend_epochs = blend_epochs
         self.planned_alpha_target = alpha_target
         self.planned_curve = alpha_curve
-        self.metric_at_germination = metric_now
-        self.last_metric = metric_now
+        self.score_at_germination = score_now
+        self.last_score = score_now
         self.seed_age = 0
         self._transition(SeedStage.GERMINATED)
         round_, epoch = self._clock()
@@ -254,7 +254,7 @@ class SeedSlot(nn.Module):
             TelemetryEventType.SEED_GERMINATED,
             SeedGerminatedPayload(
                 env_id=self.env_id, round=round_, epoch=epoch, slot_id=self.slot_id,
-                seed_id=seed_id, blueprint_id=blueprint, style=style.name,
+                seed_id=seed_id, blueprint_id=seed_family, style=style.name,
                 alpha_target=alpha_target, seed_params=self.seed_params, built_params=self.built_params,
                 internal_level=self.ladder.internal_level if self.ladder is not None else 0,
                 internal_effective_params=self.internal_effective_params,
@@ -412,8 +412,8 @@ class SeedSlot(nn.Module):
 
     # -- measurements (written by Tolaria) ---------------------------------------------------------
 
-    def record_validation(self, metric: float, contribution: float | None) -> None:
-        self.last_metric = metric
+    def record_validation(self, score: float, contribution: float | None) -> None:
+        self.last_score = score
         if self.stage not in LIVE_STAGES and self.stage is not SeedStage.FOSSILIZED:
             return
         if contribution is not None:
@@ -469,8 +469,8 @@ class SeedSlot(nn.Module):
     def report(self) -> SeedStateReport:
         has_seed = self.seed is not None
         delta = None
-        if has_seed and self.metric_at_germination is not None and self.last_metric is not None:
-            delta = self.last_metric - self.metric_at_germination
+        if has_seed and self.score_at_germination is not None and self.last_score is not None:
+            delta = self.last_score - self.score_at_germination
         if self.schedule is not None:
             alpha_target, alpha_curve = self.schedule.target, self.schedule.curve
         elif has_seed:
@@ -505,8 +505,8 @@ class SeedSlot(nn.Module):
                 counterfactual_contribution=self.contribution,
                 contribution_velocity=self.contribution_velocity,
                 epochs_since_measured=self.epochs_since_measured,
-                metric_at_germination=self.metric_at_germination if has_seed else None,
-                metric_delta_since_germination=delta,
+                score_at_germination=self.score_at_germination if has_seed else None,
+                score_delta_since_germination=delta,
                 seed_grad_norm=self.seed_grad_norm,
                 host_grad_norm=self.host_grad_norm,
                 grad_finite=self.grad_finite,
@@ -535,23 +535,23 @@ class SeedSlot(nn.Module):
         if state.internal_level is not None:
             self.ladder.set_internal_level(state.internal_level)
 
-    def implant(self, blueprint: str, level: int | None = None) -> None:
-        """Make a seed of ``blueprint`` part of the host from birth: FOSSILIZED at alpha 1 with an ADD
+    def implant(self, seed_family: str, level: int | None = None) -> None:
+        """Make a seed of ``seed_family`` part of the host from birth: FOSSILIZED at alpha 1 with an ADD
         blend (a ladder at ``level``), no lifecycle, no events (see ``MorphogeneticModel.implant``)."""
         if self.stage is not SeedStage.DORMANT:
-            raise ValueError(f"cannot implant {blueprint} in {self.slot_id}: the slot is {self.stage.name}")
-        seed = self._new_seed(blueprint)
+            raise ValueError(f"cannot implant {seed_family} in {self.slot_id}: the slot is {self.stage.name}")
+        seed = self._new_seed(seed_family)
         ladder = seed if isinstance(seed, LadderModule) else None
         if level is not None:
             if ladder is None:
-                raise ValueError(f"cannot implant {blueprint} at level {level}: it has no ladder")
+                raise ValueError(f"cannot implant {seed_family} at level {level}: it has no ladder")
             if not 0 <= level <= ladder.internal_max_level:
-                raise ValueError(f"level {level} of {blueprint} is outside its ladder 0..{ladder.internal_max_level}")
+                raise ValueError(f"level {level} of {seed_family} is outside its ladder 0..{ladder.internal_max_level}")
             ladder.set_internal_level(level)
         self.seed = seed
         self.gate = None
         self.seed_id = f"implant-{self.slot_id}"
-        self.blueprint_id = blueprint
+        self.blueprint_id = seed_family
         self.style = BlendStyle.ADD
         self.stage = SeedStage.FOSSILIZED
         self._set_alpha(1.0)
@@ -568,23 +568,23 @@ class SeedSlot(nn.Module):
         """Where the slot's tensors live (its device and floating dtype), for new seed modules."""
         return {"device": self.alpha_tensor.device, "dtype": self.alpha_tensor.dtype}
 
-    def _new_seed(self, blueprint: str) -> nn.Module:
-        """Build a seed of ``blueprint`` on the slot's device and check the seed contract once.
+    def _new_seed(self, family: str) -> nn.Module:
+        """Build a seed of seed family ``family`` on the slot's device and check the seed contract once.
 
         One forward on a probe batch (the topology's example shape at this slot's channels, in eval
         mode, without gradient, the global RNG untouched) checks that ``build`` returned an
         ``nn.Module`` whose output has the input's shape, dtype and device. Any failure raises
         ``SeedContractError`` naming the family and its plugin; the slot has not changed then.
         """
-        plugin = self._seed_plugin(blueprint) if self._seed_plugin is not None else None
-        who = f"seed family '{blueprint}'" + (f" (plugin '{plugin}')" if plugin else "")
+        plugin = self._seed_plugin(family) if self._seed_plugin is not None else None
+        who = f"seed family '{family}'" + (f" (plugin '{plugin}')" if plugin else "")
         where = f"in slot {self.slot_id}"
 
         def broken(problem: str) -> SeedContractError:
-            return SeedContractError(f"{who} {problem} {where}", family=blueprint, plugin=plugin)
+            return SeedContractError(f"{who} {problem} {where}", family=family, plugin=plugin)
 
         try:
-            seed = self._build_seed(blueprint, self.spec.channels)
+            seed = self._build_seed(family, self.spec.channels)
         except EsperError:
             raise
         except Exception as exc:

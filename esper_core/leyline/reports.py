@@ -17,15 +17,15 @@ class SeedMetrics:
     for a seed that is blended in (BLENDING, HOLDING) and for a fossil (FOSSILIZED), so a fossil's
     contribution stays current; an incubating seed has none. The score is the validation
     metric, or minus the validation loss for a task with ``score_basis = "loss"`` (language models):
-    either way positive means the seed helps. ``metric_at_germination`` and
-    ``metric_delta_since_germination`` are on the same score.
+    either way positive means the seed helps. ``score_at_germination`` and
+    ``score_delta_since_germination`` are on the same score.
     """
 
     counterfactual_contribution: float | None = None
     contribution_velocity: float | None = None
     epochs_since_measured: int | None = None
-    metric_at_germination: float | None = None
-    metric_delta_since_germination: float | None = None
+    score_at_germination: float | None = None
+    score_delta_since_germination: float | None = None
     seed_grad_norm: float | None = None
     host_grad_norm: float | None = None
     grad_finite: bool = True

@@ -102,7 +102,7 @@ def bounded_attribution(report: SeedStateReport) -> float:
         return 0.0
     if contribution <= 0:
         return contribution
-    progress = report.metrics.metric_delta_since_germination
+    progress = report.metrics.score_delta_since_germination
     return min(contribution, max(progress if progress is not None else 0.0, 0.0))
 
 

@@ -1,6 +1,5 @@
 """Tamiyo: the deciding side (observations, action masks and the ``Policy`` interface)."""
 
-from esper_core.tamiyo.policy import Controller, Policy, PolicyContext
 from esper_core.tamiyo.features import (
     BASE_FEATURES,
     BASE_SIZE,
@@ -12,6 +11,7 @@ from esper_core.tamiyo.features import (
 )
 from esper_core.tamiyo.masks import ActionMasks, compute_masks, slot_valid_for
 from esper_core.tamiyo.observation import EnvObservation
+from esper_core.tamiyo.policy import Policy, PolicyContext
 
 __all__ = [
     "BASE_FEATURES",
@@ -20,5 +20,11 @@ __all__ = [
     "SLOT_SIZE",
     "Feature",
     "FeatureBatch",
+    "ActionMasks",
+    "EnvObservation",
+    "Policy",
+    "PolicyContext",
     "build_features",
-    "ActionMasks", "Controller", "EnvObservation", "Policy", "PolicyContext", "compute_masks", "slot_valid_for"]
+    "compute_masks",
+    "slot_valid_for",
+]

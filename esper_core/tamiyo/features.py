@@ -1,9 +1,9 @@
 """Obs V3: turns observations into fixed-layout feature tensors for learned policies; the layout is documented from here.
 
 Every feature is a float. A value that has not been measured is never a silent 0: it is written as
-``UNMEASURED`` and paired with a ``*_measured`` flag (1.0 measured, 0.0 not). Blueprint identity is
+``UNMEASURED`` and paired with a ``*_measured`` flag (1.0 measured, 0.0 not). Seed family identity is
 not in the vectors: ``blueprint_ids`` carries it as integers for a learned embedding (0 = no seed,
-``k + 1`` = the run's blueprint ``k``).
+``k + 1`` = the run's seed family ``k``, index ``k`` of the blueprint head).
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ SLOT_FEATURES: tuple[Feature, ...] = (
     Feature("contribution_velocity", 1, "change of the contribution between its last two measurements, UNMEASURED if fewer"),
     Feature("contribution_velocity_measured", 1, "1 if contribution_velocity is measured"),
     Feature("contribution_staleness", 1, "epochs since the contribution was last measured / episode_length, UNMEASURED if never"),
-    Feature("metric_delta_since_germination", 1, "val_metric now minus at germination, UNMEASURED with no seed"),
+    Feature("metric_delta_since_germination", 1, "the score now minus at germination (SeedMetrics.score_delta_since_germination), UNMEASURED with no seed"),
     Feature("metric_delta_since_germination_measured", 1, "1 if metric_delta_since_germination is measured"),
     Feature("seed_grad_norm", 1, "log1p of the seed's gradient norm on the epoch's last batch, UNMEASURED if not measured"),
     Feature("grad_ratio", 1, "log1p(seed grad norm / host grad norm), UNMEASURED if not measured"),
@@ -209,7 +209,7 @@ def slot_features(
     )
     velocity, velocity_flag = _measured(metrics.contribution_velocity)
     staleness, _ = _measured(metrics.epochs_since_measured, lambda epochs: epochs / episode_length)
-    delta, delta_flag = _measured(metrics.metric_delta_since_germination if has_seed else None)
+    delta, delta_flag = _measured(metrics.score_delta_since_germination if has_seed else None)
     if has_seed and metrics.seed_grad_norm is not None and metrics.host_grad_norm is not None:
         grad_norm = math.log1p(metrics.seed_grad_norm) if math.isfinite(metrics.seed_grad_norm) else UNMEASURED
         ratio = metrics.seed_grad_norm / metrics.host_grad_norm if metrics.host_grad_norm > 0 else 0.0
@@ -259,7 +259,7 @@ class FeatureBatch:
 
     - ``base``: (E, BASE_SIZE)
     - ``slots``: (E, n_slots, SLOT_SIZE), slots in SlotConfig order
-    - ``blueprint_ids``: (E, n_slots) long, 0 = no seed, k + 1 = blueprint k of the run
+    - ``blueprint_ids``: (E, n_slots) long, 0 = no seed, k + 1 = seed family k of the run
     """
 
     base: torch.Tensor
@@ -285,7 +285,7 @@ def build_features(observations: Sequence[EnvObservation], device: torch.device 
     """Obs V3 features for every environment (one host-to-device copy per tensor)."""
     base, slots, ids = [], [], []
     for observation in observations:
-        index = {name: position for position, name in enumerate(observation.blueprints)}
+        index = {name: position for position, name in enumerate(observation.seed_families)}
         base.append(base_features(observation))
         slot_config = observation.slot_config
         slots.append(
@@ -340,7 +340,7 @@ def layout_markdown() -> str:
         "a test keeps this page identical to the code.",
         "",
         f"Unmeasured values are written as `{UNMEASURED}` and paired with a `*_measured` flag (never a silent 0).",
-        "Blueprint identity is not a feature: `blueprint_ids` (0 = no seed, k + 1 = the run's blueprint k) feeds",
+        "Seed family identity is not a feature: `blueprint_ids` (0 = no seed, k + 1 = the run's seed family k) feeds",
         "a learned embedding.",
         "",
         *READS_CONTRACT,

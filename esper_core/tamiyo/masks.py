@@ -1,4 +1,4 @@
-"""Action masks: per environment, which ops, slots and blueprints are possible right now.
+"""Action masks: per environment, which ops, slots and seed families are possible right now.
 
 Masks forbid only the impossible. A move that is possible but may fail a gate (ADVANCE before the
 incubation minimum) stays allowed; it fails and is observed as ``last_action_success = False``.
@@ -28,7 +28,8 @@ class ActionMasks:
 
     - ``op``: (E, n_ops)
     - ``slot``: (E, n_ops, n_slots): slots valid for each op
-    - ``blueprint``: (E, n_slots, n_blueprints): blueprints that can be germinated in each slot
+    - ``blueprint``: (E, n_slots, n_seed_families): the seed families that can be germinated in each slot (the
+      ``blueprint`` head picks one)
     Heads with a fixed vocabulary (style, tempo, alpha_*) are always fully allowed.
     Row ``e`` belongs to the ``e``-th observation of the batch; the engine keeps ``env_id == e``.
     """
@@ -83,13 +84,13 @@ def slot_valid_for(op: LifecycleOp, report: SeedStateReport, *, seeds_available:
 def compute_masks(
     slot_reports: Sequence[Sequence[SeedStateReport]],
     *,
-    num_blueprints: int,
+    num_seed_families: int,
     max_seeds: int,
-    blueprint_allowed: Sequence[Sequence[bool]] | None = None,
+    seed_family_allowed: Sequence[Sequence[bool]] | None = None,
 ) -> ActionMasks:
     """Masks for a batch of environments from their slot reports.
 
-    ``blueprint_allowed[s][b]`` says whether blueprint ``b`` can be planted in slot ``s`` at all
+    ``seed_family_allowed[s][f]`` says whether seed family ``f`` can be planted in slot ``s`` at all
     (topology and size compatibility); default: everywhere.
     """
     n_envs = len(slot_reports)
@@ -97,10 +98,10 @@ def compute_masks(
     n_ops = ENUM_HEAD_SIZES["op"]
     op_mask = torch.zeros(n_envs, n_ops, dtype=torch.bool)
     slot_mask = torch.zeros(n_envs, n_ops, n_slots, dtype=torch.bool)
-    if blueprint_allowed is None:
-        bp_row = torch.ones(n_slots, num_blueprints, dtype=torch.bool)
+    if seed_family_allowed is None:
+        bp_row = torch.ones(n_slots, num_seed_families, dtype=torch.bool)
     else:
-        bp_row = torch.tensor(blueprint_allowed, dtype=torch.bool).view(n_slots, num_blueprints)
+        bp_row = torch.tensor(seed_family_allowed, dtype=torch.bool).view(n_slots, num_seed_families)
     blueprint_mask = bp_row.unsqueeze(0).repeat(n_envs, 1, 1)
     for env, reports in enumerate(slot_reports):
         occupied = sum(1 for report in reports if report.is_occupied)

@@ -51,7 +51,7 @@ class EnvObservation:
     slots: tuple[SeedStateReport, ...]
     slot_config: SlotConfig
     surface_codes: dict[str, int]
-    blueprints: tuple[str, ...]
+    seed_families: tuple[str, ...]
     max_seeds: int
     last_action: FactoredAction | None
     last_action_success: bool

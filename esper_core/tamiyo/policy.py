@@ -26,7 +26,7 @@ class PolicyContext:
     """Handed to a policy's ``build``: the run's action space and where to compute."""
 
     slot_config: SlotConfig
-    blueprints: tuple[str, ...]
+    seed_families: tuple[str, ...]
     surface_codes: dict[str, int]
     n_envs: int
     episode_length: int
@@ -35,9 +35,9 @@ class PolicyContext:
     task_info: TaskInfo
     device: torch.device
     seed: int
-    #: the size (parameters in use, the size rule) each blueprint has at birth in each enabled slot:
-    #: ``blueprint_params[slot][blueprint]``, in slot order and ``blueprints`` order
-    blueprint_params: tuple[tuple[int, ...], ...]
+    #: the size (parameters in use, the size rule) each seed family has at birth in each enabled slot:
+    #: ``seed_family_params[slot][family]``, in slot order and ``seed_families`` order
+    seed_family_params: tuple[tuple[int, ...], ...]
 
 
 @runtime_checkable
@@ -80,5 +80,3 @@ class Policy(Protocol):
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
-
-Controller = Policy  # TEMPORARY (issue 11 rename in progress): the engine still imports the old name

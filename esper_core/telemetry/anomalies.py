@@ -1,11 +1,11 @@
-"""Anomaly detection: gradient and controller pathologies, judged on numbers already measured, as typed events.
+"""Anomaly detection: gradient and policy pathologies, judged on numbers already measured, as typed events.
 
 The functions are pure: they read numbers the engine has already brought to the host (the gradient
-norms after an epoch's training, one device sync for all of them; the controller's ``end_episode``
+norms after an epoch's training, one device sync for all of them; the policy's ``end_episode``
 metrics) and return event payloads; they never touch a tensor, so they add no host-device sync.
 
 How the engine calls them (once per environment per epoch, after ``Environment.finish_training``, and
-once per round, after ``Controller.end_episode``)::
+once per round, after ``Policy.end_episode``)::
 
     from esper_core.telemetry.anomalies import (
         AnomalyThresholds, GradientNorm, action_head_sizes, anomaly_events,
@@ -21,13 +21,13 @@ once per round, after ``Controller.end_episode``)::
     )):
         hub.emit(event)
 
-    metrics = controller.end_episode(round_index)
+    metrics = policy.end_episode(round_index)
     for event in anomaly_events(detect_policy_anomalies(
         metrics, value_loss_history, thresholds, round_index=round_index,
-        head_sizes=action_head_sizes(len(slot_ids), len(blueprints)),
+        head_sizes=action_head_sizes(len(slot_ids), len(seed_families)),
     )):
         hub.emit(event)
-    value_loss_history.append(metrics["value_loss"])  # when the controller reports one
+    value_loss_history.append(metrics["value_loss"])  # when the policy reports one
 
 ``value_loss_history`` is the caller's list of earlier rounds' value losses (it belongs in the
 checkpoint, so a resumed run judges exactly as an uninterrupted one).
@@ -43,7 +43,7 @@ import attrs
 
 from esper_core.leyline import ENUM_HEAD_SIZES, SeedStage, TelemetryEvent, TelemetryEventType
 from esper_core.leyline.telemetry import GRADIENT_SITES, GradientAnomalyPayload, PolicyAnomalyPayload
-from esper_core.tamiyo.controller import APPROX_KL_METRIC, ENTROPY_METRIC_PREFIX, VALUE_LOSS_METRIC
+from esper_core.tamiyo.policy import APPROX_KL_METRIC, ENTROPY_METRIC_PREFIX, VALUE_LOSS_METRIC
 from esper_core.validators import in_range, positive, positive_int
 
 
@@ -141,9 +141,9 @@ def detect_gradient_anomalies(
     return found
 
 
-def action_head_sizes(n_slots: int, n_blueprints: int) -> dict[str, int]:
+def action_head_sizes(n_slots: int, n_seed_families: int) -> dict[str, int]:
     """How many choices each action head has in a run (``slot`` and ``blueprint`` depend on the run)."""
-    return {**ENUM_HEAD_SIZES, "slot": n_slots, "blueprint": n_blueprints}
+    return {**ENUM_HEAD_SIZES, "slot": n_slots, "blueprint": n_seed_families}
 
 
 def detect_policy_anomalies(
@@ -154,8 +154,8 @@ def detect_policy_anomalies(
     round_index: int,
     head_sizes: Mapping[str, int] | None = None,
 ) -> list[PolicyAnomalyPayload]:
-    """Anomalies in one update's metrics, read by the controller metrics contract
-    (``Controller.end_episode``); a key the controller does not report is not judged.
+    """Anomalies in one update's metrics, read by the policy metrics contract
+    (``Policy.end_episode``); a key the policy does not report is not judged.
 
     - ``entropy_collapse`` per ``entropy/<head>``: below ``entropy_collapse_fraction * ln(size)`` nats when
       ``head_sizes`` gives the head's size (a head with one choice is not judged: its entropy is always 0),

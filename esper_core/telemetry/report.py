@@ -208,7 +208,7 @@ def summarize_events(events: Events) -> dict[str, Any]:
     finished: list[payloads.RunFinishedPayload] = _of_type(events, TelemetryEventType.RUN_FINISHED)
     lifecycle: Counter[str] = Counter()
     prune_reasons: Counter[str] = Counter()
-    blueprints: dict[str, Counter[str]] = defaultdict(Counter)
+    families: dict[str, Counter[str]] = defaultdict(Counter)
     fossil_contributions: dict[str, list[float]] = defaultdict(list)
     rounds: dict[int, dict[str, Any]] = {}
     rollbacks = 0
@@ -224,7 +224,7 @@ def summarize_events(events: Events) -> dict[str, Any]:
         kind, data = event.event_type, event.payload
         if kind is TelemetryEventType.SEED_GERMINATED:
             lifecycle["germinated"] += 1
-            blueprints[data.blueprint_id]["germinated"] += 1
+            families[data.blueprint_id]["germinated"] += 1
             slot_germinations[data.slot_id] += 1
         elif kind is TelemetryEventType.SEED_INTERNAL_LEVEL_CHANGED:
             internal["grow" if data.to_level > data.from_level else "shrink"] += 1
@@ -232,19 +232,19 @@ def summarize_events(events: Events) -> dict[str, Any]:
             lifecycle["fossilized"] += 1
             if data.internal_level:
                 fossil_levels.append(data.internal_level)
-            blueprints[data.blueprint_id]["fossilized"] += 1
+            families[data.blueprint_id]["fossilized"] += 1
             if data.contribution is not None:
                 fossil_contributions[data.blueprint_id].append(data.contribution)
         elif kind is TelemetryEventType.SEED_PRUNED:
             lifecycle["pruned"] += 1
             prune_reasons[data.reason] += 1
-            blueprints[data.blueprint_id]["pruned"] += 1
+            families[data.blueprint_id]["pruned"] += 1
         elif (
             kind is TelemetryEventType.SEED_STAGE_CHANGED
             and data.from_stage is SeedStage.TRAINING and data.to_stage is SeedStage.BLENDING
         ):
             lifecycle["blended"] += 1
-            blueprints[data.blueprint_id]["blended"] += 1
+            families[data.blueprint_id]["blended"] += 1
         elif kind is TelemetryEventType.GOVERNOR_ROLLBACK:
             rollbacks += 1
         elif kind is TelemetryEventType.ACTION_TAKEN:
@@ -298,7 +298,7 @@ def summarize_events(events: Events) -> dict[str, Any]:
         },
         "stage_durations": stage_durations(events),
         "anomalies": anomaly_counts(events),
-        "blueprints": {
+        "seed_families": {
             name: {
                 "germinated": counts["germinated"],
                 "blended": counts["blended"],
@@ -310,7 +310,7 @@ def summarize_events(events: Events) -> dict[str, Any]:
                     else None
                 ),
             }
-            for name, counts in sorted(blueprints.items())
+            for name, counts in sorted(families.items())
         },
         "actions": {"by_op": dict(actions), "failed": failed_actions},
         "internal": {

@@ -70,7 +70,7 @@ __all__ = [
 
 #: The slots of ``policy_context`` and ``observation``: one segment boundary after each of three blocks.
 SLOT_IDS: tuple[str, ...] = ("r0c0", "r0c1", "r0c2")
-#: The seed families of ``policy_context`` (its ``blueprints``), smallest first (see ``family_params``).
+#: The seed families of ``policy_context`` (its ``seed_families``), smallest first (see ``family_params``).
 SEED_FAMILIES: tuple[str, ...] = ("conv_light", "conv_heavy", "attention")
 
 # -- a policy on its own -------------------------------------------------------------------------------
@@ -105,7 +105,7 @@ def policy_context(
     per_family = family_params(seed_families) if sizes is None else tuple(sizes)
     return PolicyContext(
         slot_config=slot_config(slot_ids),
-        blueprints=tuple(seed_families),
+        seed_families=tuple(seed_families),
         surface_codes={SEGMENT_BOUNDARY: 0},
         n_envs=n_envs,
         episode_length=episode_length,
@@ -117,7 +117,7 @@ def policy_context(
         ),
         device=torch.device(device),
         seed=seed,
-        blueprint_params=tuple(per_family for _ in slot_ids),
+        seed_family_params=tuple(per_family for _ in slot_ids),
     )
 
 
@@ -215,7 +215,7 @@ def observation(
         slots=reports,
         slot_config=slot_config(slot_ids),
         surface_codes={SEGMENT_BOUNDARY: 0},
-        blueprints=tuple(seed_families),
+        seed_families=tuple(seed_families),
         max_seeds=max_seeds,
         last_action=None,
         last_action_success=True,
@@ -228,15 +228,15 @@ def action_masks(
     observations: Sequence[EnvObservation],
     *,
     max_seeds: int = 3,
-    blueprint_allowed: Sequence[Sequence[bool]] | None = None,
+    seed_family_allowed: Sequence[Sequence[bool]] | None = None,
 ) -> ActionMasks:
-    """The masks the engine would compute for ``observations`` (``blueprint_allowed[slot][family]``
+    """The masks the engine would compute for ``observations`` (``seed_family_allowed[slot][family]``
     forbids seed families per slot, as the engine does for families that do not fit)."""
     return compute_masks(
         [item.slots for item in observations],
-        num_blueprints=len(observations[0].blueprints),
+        num_seed_families=len(observations[0].seed_families),
         max_seeds=max_seeds,
-        blueprint_allowed=blueprint_allowed,
+        seed_family_allowed=seed_family_allowed,
     )
 
 

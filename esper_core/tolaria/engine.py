@@ -61,8 +61,8 @@ from esper_core.runs import (
     write_json,
 )
 from esper_core.simic import RewardContext, RewardFunction, RewardSignals
-from esper_core.tamiyo import Controller, EnvObservation, PolicyContext, compute_masks
-from esper_core.tamiyo.controller import VALUE_LOSS_METRIC
+from esper_core.tamiyo import EnvObservation, Policy, PolicyContext, compute_masks
+from esper_core.tamiyo.policy import VALUE_LOSS_METRIC
 from esper_core.tasks import Task, TaskContext
 from esper_core.telemetry import SinkContext, TelemetryHub
 from esper_core.telemetry.anomalies import (
@@ -100,15 +100,15 @@ class RunSetup:
     task_kind: TaskKind
     host_family: HostFamily
     slot_config: SlotConfig
-    blueprints: tuple[str, ...]
-    blueprint_allowed: tuple[tuple[bool, ...], ...]
+    seed_families: tuple[str, ...]
+    seed_family_allowed: tuple[tuple[bool, ...], ...]
     max_seeds: int
     host_params: int
     surface_codes: dict[str, int]
     all_surface_codes: dict[str, int]
     #: every registered ladder kind's stable code (what observations encode a seed's ladder kind with)
     ladder_kind_codes: dict[str, int]
-    blueprint_params: tuple[tuple[int, ...], ...]
+    seed_family_params: tuple[tuple[int, ...], ...]
     #: the reward needs a paired static control environment (``RewardKind.needs_control``)
     uses_control: bool
 
@@ -142,7 +142,7 @@ def family_plugin(manager: PluginManager, name: str) -> str | None:
 def seed_size_at_birth(
     family: SeedFamily, channels: int, topology: str, config: Any, plugin: str | None = None
 ) -> int:
-    """A blueprint's size at birth in a slot of ``channels``: its parameters in use (the size rule).
+    """A seed family's size at birth in a slot of ``channels``: its parameters in use (the size rule).
     A ``build`` that raises or returns no module is a ``SeedContractError`` naming family and plugin."""
     who = f"seed family '{family.name}'" + (f" (plugin '{plugin}')" if plugin else "")
     try:
@@ -191,7 +191,7 @@ def build_host(setup_or_family: HostFamily, config: RunConfig, task: Task, seed:
 
 
 def prepare(config: RunConfig, manager: PluginManager) -> RunSetup:
-    """Build the task and a probe host, resolve slots and blueprints; raise ConfigError on mismatches."""
+    """Build the task and a probe host, resolve slots and seed families; raise ConfigError on mismatches."""
     try:
         device = resolve_device(config.run.device)
     except ConfigError as exc:
@@ -227,23 +227,23 @@ def prepare(config: RunConfig, manager: PluginManager) -> RunSetup:
         problems.append(f"[morphogenesis] slots: {exc}")
         slot_config = None
     topology = host_family.topology
-    if config.morphogenesis.blueprints:
-        blueprints = tuple(config.morphogenesis.blueprints)
-        for name in blueprints:
+    if config.morphogenesis.seed_families:
+        seed_families = tuple(config.morphogenesis.seed_families)
+        for name in seed_families:
             family = manager.registry.get("seed_families", name)
             if topology not in family.topologies:
                 problems.append(
-                    f"[morphogenesis] blueprints: '{name}' supports {', '.join(family.topologies)}, "
+                    f"[morphogenesis] seed_families: '{name}' supports {', '.join(family.topologies)}, "
                     f"not this host's {topology} activations"
                 )
     else:
-        blueprints = tuple(
+        seed_families = tuple(
             name
             for name in manager.registry.names("seed_families")
             if topology in manager.registry.get("seed_families", name).topologies
         )
-        if not blueprints:
-            problems.append(f"[morphogenesis] blueprints: no registered seed family supports {topology} activations")
+        if not seed_families:
+            problems.append(f"[morphogenesis] seed_families: no registered seed family supports {topology} activations")
     if task.info.train_size // config.training.batch_size == 0:
         problems.append(
             f"[training] batch_size {config.training.batch_size} exceeds the {task.info.train_size} training samples"
@@ -258,9 +258,9 @@ def prepare(config: RunConfig, manager: PluginManager) -> RunSetup:
     abort = config.faults.abort
     if abort is not None and (abort.round, abort.epoch) == (config.run.rounds - 1, config.run.episode_length - 1):
         problems.append("[faults] abort: at the run's very last epoch there is nothing left to abort")
-    for name in config.blueprint_options:
-        if name not in blueprints:
-            problems.append(f"[blueprints.{name}] options given for a blueprint this run does not use")
+    for name in config.seed_family_options:
+        if name not in seed_families:
+            problems.append(f"[seed_families.{name}] options given for a seed family this run does not use")
     max_seeds = 0
     if slot_config is not None:
         max_seeds = config.morphogenesis.max_seeds or slot_config.num_slots
@@ -273,30 +273,30 @@ def prepare(config: RunConfig, manager: PluginManager) -> RunSetup:
             where = f"[morphogenesis] implants[{index}]"
             if implant.slot not in slot_config.slot_ids:
                 problems.append(f"{where}: slot '{implant.slot}' is not one of {', '.join(slot_config.slot_ids)}")
-            if implant.blueprint not in manager.registry.entries["seed_families"]:
-                problems.append(f"{where}: {manager.registry.unknown_message('seed_families', implant.blueprint)}")
+            if implant.seed_family not in manager.registry.entries["seed_families"]:
+                problems.append(f"{where}: {manager.registry.unknown_message('seed_families', implant.seed_family)}")
                 continue
-            family = manager.registry.get("seed_families", implant.blueprint)
+            family = manager.registry.get("seed_families", implant.seed_family)
             if topology not in family.topologies:
-                problems.append(f"{where}: '{implant.blueprint}' does not support {topology} activations")
+                problems.append(f"{where}: '{implant.seed_family}' does not support {topology} activations")
             if implant.level is not None and (family.ladder is None or implant.level > family.ladder.max_level):
                 ladder = "no ladder" if family.ladder is None else f"levels 0..{family.ladder.max_level}"
-                problems.append(f"{where}: level {implant.level} but '{implant.blueprint}' has {ladder}")
+                problems.append(f"{where}: level {implant.level} but '{implant.seed_family}' has {ladder}")
         implanted = [implant.slot for implant in config.morphogenesis.implants]
         if len(set(implanted)) != len(implanted):
             problems.append(f"[morphogenesis] implants: a slot is named twice in {implanted}")
     if problems:
         raise ConfigError(problems, source=config.source)
-    allowed = tuple(tuple(True for _ in blueprints) for _ in range(slot_config.num_slots))
+    allowed = tuple(tuple(True for _ in seed_families) for _ in range(slot_config.num_slots))
     channels = slot_config.channels_map
     sizes: dict[tuple[str, int], int] = {}
-    for name in blueprints:
+    for name in seed_families:
         family = manager.registry.get("seed_families", name)
-        options = config.blueprint_options.get(name, family.config_class())
+        options = config.seed_family_options.get(name, family.config_class())
         for width in sorted(set(channels.values())):
             sizes[name, width] = seed_size_at_birth(family, width, topology, options, family_plugin(manager, name))
-    blueprint_params = tuple(
-        tuple(sizes[name, channels[slot_id]] for name in blueprints) for slot_id in slot_config.slot_ids
+    seed_family_params = tuple(
+        tuple(sizes[name, channels[slot_id]] for name in seed_families) for slot_id in slot_config.slot_ids
     )
     return RunSetup(
         config=config,
@@ -305,14 +305,14 @@ def prepare(config: RunConfig, manager: PluginManager) -> RunSetup:
         task_kind=task_kind,
         host_family=host_family,
         slot_config=slot_config,
-        blueprints=blueprints,
-        blueprint_allowed=allowed,
+        seed_families=seed_families,
+        seed_family_allowed=allowed,
         max_seeds=max_seeds,
         host_params=sum(p.numel() for p in probe.parameters()),
         surface_codes=surface_codes,
         all_surface_codes={name: entry.code for name, entry in manager.registry.entries["surfaces"].items()},
         ladder_kind_codes={name: entry.code for _plugin, name, entry in manager.registry.items("ladder_kinds")},
-        blueprint_params=blueprint_params,
+        seed_family_params=seed_family_params,
         uses_control=manager.registry.get("rewards", config.reward.name).needs_control,
     )
 
@@ -329,7 +329,7 @@ class Engine:
 
     Per epoch: every environment trains on each batch index in turn (the data batch drives the
     environments), then validates with batched counterfactual ablations and passes its governor;
-    rewards for the previous decisions are paid; the controller decides for all environments at
+    rewards for the previous decisions are paid; the policy decides for all environments at
     once (no decision after the final epoch: nothing would train on it); actions are applied; the
     lifecycle clock ticks once; telemetry is emitted; a checkpoint is written when due.
 
@@ -347,7 +347,7 @@ class Engine:
         manager: PluginManager,
         run_dir: Path,
         hub: TelemetryHub,
-        policy: Controller,
+        policy: Policy,
         reward: RewardFunction,
     ) -> None:
         self.setup = setup
@@ -377,11 +377,11 @@ class Engine:
     def _seed_builder(self, env_seed: int, model_ref: list[MorphogeneticModel]) -> Callable[[str, int], torch.nn.Module]:
         registry = self.manager.registry
         topology = self.setup.host_family.topology
-        options = self.config.blueprint_options
+        options = self.config.seed_family_options
 
-        def build_seed(blueprint: str, channels: int) -> torch.nn.Module:
-            family = registry.get("seed_families", blueprint)
-            config = options.get(blueprint, family.config_class())
+        def build_seed(name: str, channels: int) -> torch.nn.Module:
+            family = registry.get("seed_families", name)
+            config = options.get(name, family.config_class())
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(derive_seed(env_seed, model_ref[0].germination_count))
                 seed = family.build(channels, topology, config)
@@ -411,7 +411,7 @@ class Engine:
                 host,
                 self.setup.slot_config,
                 topology=self.manager.registry.topology(self.setup.host_family.topology),
-                blueprints=self.setup.blueprints,
+                seed_families=self.setup.seed_families,
                 build_seed=self._seed_builder(env_seed, model_ref),
                 seed_plugin=lambda name: family_plugin(self.manager, name),
                 settings=LifecycleSettings(
@@ -427,7 +427,7 @@ class Engine:
             model_ref.append(model)
             if env_id < config.run.envs:  # the control is always the bare host
                 for implant in config.morphogenesis.implants:
-                    model.implant(implant.slot, implant.blueprint, implant.level)
+                    model.implant(implant.slot, implant.seed_family, implant.level)
             envs.append(
                 Environment(
                     env_id=env_id,
@@ -672,7 +672,7 @@ class Engine:
                 slot_config=self.setup.slot_config,
                 surface_codes=self.setup.all_surface_codes,
                 ladder_kind_codes=self.setup.ladder_kind_codes,
-                blueprints=self.setup.blueprints,
+                seed_families=self.setup.seed_families,
                 max_seeds=self.setup.max_seeds,
                 last_action=env.last_action,
                 last_action_success=env.last_action_success,
@@ -686,9 +686,9 @@ class Engine:
         observations = self.observations(round_index, epoch)
         masks = compute_masks(
             [observation.slots for observation in observations],
-            num_blueprints=len(self.setup.blueprints),
+            num_seed_families=len(self.setup.seed_families),
             max_seeds=self.setup.max_seeds,
-            blueprint_allowed=self.setup.blueprint_allowed,
+            seed_family_allowed=self.setup.seed_family_allowed,
         )
         started = time.perf_counter()
         actions = self.policy.act(observations, masks)
@@ -702,7 +702,7 @@ class Engine:
                 raise RuntimeError(f"policy '{self.config.policy.name}' returned {action!r}, not a FactoredAction")
             if masks.allows(env.env_id, action):
                 try:
-                    result = env.model.apply(action, metric_now=env.score_history[-1])
+                    result = env.model.apply(action, score_now=env.score_history[-1])
                 except SeedContractError as exc:  # the seed family broke its contract: the action fails
                     result = OpResult(False, f"seed contract: {exc}")
             else:
@@ -724,7 +724,7 @@ class Engine:
                     TelemetryEventType.ACTION_TAKEN,
                     payloads.ActionTakenPayload(
                         env_id=env.env_id, round=round_index, epoch=epoch,
-                        action=action.describe(self.setup.slot_config.slot_ids, self.setup.blueprints),
+                        action=action.describe(self.setup.slot_config.slot_ids, self.setup.seed_families),
                         success=success, reason=reason,
                     ),
                 )
@@ -789,7 +789,7 @@ class Engine:
             )
             found = detect_policy_anomalies(
                 metrics, self.value_losses, self.config.anomalies, round_index=round_index,
-                head_sizes=action_head_sizes(len(self.setup.slot_config.slot_ids), len(self.setup.blueprints)),
+                head_sizes=action_head_sizes(len(self.setup.slot_config.slot_ids), len(self.setup.seed_families)),
             )
             for event in anomaly_events(found):
                 self.hub.emit(event)
@@ -860,14 +860,14 @@ def _build_sinks(config: RunConfig, manager: PluginManager, context: SinkContext
     return sinks
 
 
-def build_policy_and_reward(setup: RunSetup, manager: PluginManager) -> tuple[Controller, RewardFunction]:
+def build_policy_and_reward(setup: RunSetup, manager: PluginManager) -> tuple[Policy, RewardFunction]:
     config = setup.config
     policy_kind = manager.lookup("policies", config.policy.name)
     policy = policy_kind.build(
         config.policy.options,
         PolicyContext(
             slot_config=setup.slot_config,
-            blueprints=setup.blueprints,
+            seed_families=setup.seed_families,
             surface_codes=setup.surface_codes,
             n_envs=config.run.envs,
             episode_length=config.run.episode_length,
@@ -880,7 +880,7 @@ def build_policy_and_reward(setup: RunSetup, manager: PluginManager) -> tuple[Co
             task_info=setup.task.info,
             device=setup.device,
             seed=config.run.seed,
-            blueprint_params=setup.blueprint_params,
+            seed_family_params=setup.seed_family_params,
         ),
     )
     reward_kind = manager.lookup("rewards", config.reward.name)
@@ -1000,7 +1000,7 @@ def start_run(config: RunConfig, manager: PluginManager, *, on_run_dir: Callable
                 host=config.host.name, policy=config.policy.name, reward=config.reward.name,
                 seed=config.run.seed, rounds=config.run.rounds, envs=config.run.envs,
                 episode_length=config.run.episode_length, slots=setup.slot_config.slot_ids,
-                blueprints=setup.blueprints, host_params=setup.host_params, device=str(setup.device),
+                blueprints=setup.seed_families, host_params=setup.host_params, device=str(setup.device),
                 slot_surfaces=tuple(spec.surface for spec in setup.slot_config.specs),
                 score_basis=setup.task.info.score_basis,
                 torch_threads=torch.get_num_threads(),
@@ -1015,7 +1015,7 @@ def resume_run(run_dir: Path, manager: PluginManager) -> Path:
 
     The run directory is locked first (a second resume exits naming this one's PID); then everything is
     checked — the saved config, environment.json, the checkpoint's hash and schema, events.jsonl against
-    the checkpoint's record of it, the controller's and every environment's state — before anything on
+    the checkpoint's record of it, the policy's and every environment's state — before anything on
     disk changes."""
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).is_file():

@@ -41,7 +41,7 @@ class PendingDecision:
 
 
 #: A state dict as torch (or a plugin) made it, kept exactly as it is in checkpoints (tuples stay tuples):
-#: its schema belongs to its owner (``torch.optim``, the controller), which checks it when loading it.
+#: its schema belongs to its owner (``torch.optim``, the policy), which checks it when loading it.
 OpaqueState = NewType("OpaqueState", dict)
 
 
@@ -307,7 +307,7 @@ class Environment:
                     outputs = self.model.forward_with_ablations(inputs, ablate)
                 else:
                     outputs = self.model(inputs).unsqueeze(0)
-                batch_loss, batch_metric = self.task.score(outputs, targets)
+                batch_loss, batch_metric = self.task.metric_sums(outputs, targets)
                 loss_sums += batch_loss
                 metric_sums += batch_metric
                 count += int(targets.shape[0])

@@ -38,7 +38,7 @@ class RngState:
 class EngineCheckpoint:
     """What a run checkpoint holds: the next ``round`` and ``epoch`` to run, each environment's state
     when the checkpoint is mid-round (None at a round boundary), the event record mark, the
-    controller's own state (its ``state_dict``, opaque to the core), the RNG states and the value-loss
+    policy's own state (its ``state_dict``, opaque to the core), the RNG states and the value-loss
     history that policy anomalies are judged on."""
 
     round: int
@@ -47,7 +47,7 @@ class EngineCheckpoint:
     events: EventRecordMark
     policy: OpaqueState
     rng: RngState
-    #: every finished round's value loss, oldest first (the controller's anomaly history)
+    #: every finished round's value loss, oldest first (the policy's anomaly history)
     value_losses: list[float] = attrs.Factory(list)
 
 
@@ -81,7 +81,30 @@ def state_converter() -> cattrs.Converter:
     converter.register_unstructure_hook(torch.Tensor, lambda tensor: tensor)
     converter.register_structure_hook(OpaqueState, _structure_opaque)
     converter.register_unstructure_hook(OpaqueState, lambda state: state)
+    from esper_core.kasmina.slot import SlotLifecycleState
+    from esper_core.leyline import SeedMetrics
+
+    for record, renamed in ((SlotLifecycleState, _RENAMED_SLOT_FIELDS), (SeedMetrics, _RENAMED_METRIC_FIELDS)):
+        converter.register_structure_hook(record, _reading_old_names(converter.get_structure_hook(record), renamed))
     return converter
+
+
+#: fields renamed in 0.2.0 (metric -> score: they hold the score), read under their old names from
+#: checkpoints written before
+_RENAMED_SLOT_FIELDS = {"metric_at_germination": "score_at_germination", "last_metric": "last_score"}
+_RENAMED_METRIC_FIELDS = {
+    "metric_at_germination": "score_at_germination",
+    "metric_delta_since_germination": "score_delta_since_germination",
+}
+
+
+def _reading_old_names(structure: Any, renamed: dict[str, str]) -> Any:
+    def read(value: Any, type_: Any) -> Any:
+        if isinstance(value, dict) and any(old in value for old in renamed):
+            value = {renamed.get(key, key): item for key, item in value.items()}
+        return structure(value, type_)
+
+    return read
 
 
 def checkpoint_to_dict(checkpoint: EngineCheckpoint) -> dict[str, Any]:

@@ -39,7 +39,7 @@ class LoraLadderSeed(nn.Module):
     weights, level 2 computes what a default ``lora`` seed computes and level 4 what ``lora_large`` does.
 
     Initial level 1 (rank 4): the smallest step up from the identity, at half the rent of ``lora``
-    (rent is charged on ``internal_effective_params``); the controller grows the rank while growth pays.
+    (rent is charged on ``internal_effective_params``); the policy grows the rank while growth pays.
     """
 
     internal_kind = LADDER.kind

@@ -71,8 +71,8 @@ def slot_with_a_lora_ladder(events: list) -> SeedSlot:
         emit=events.append,
     )
     result = slot.germinate(
-        seed_id="seed-0", blueprint="lora_ladder", style=BlendStyle.ADD, blend_epochs=1,
-        alpha_target=1.0, alpha_curve=AlphaCurve.LINEAR, metric_now=None,
+        seed_id="seed-0", seed_family="lora_ladder", style=BlendStyle.ADD, blend_epochs=1,
+        alpha_target=1.0, alpha_curve=AlphaCurve.LINEAR, score_now=None,
     )
     assert result.success, result.reason
     return slot

@@ -48,14 +48,14 @@ def planted_model(blueprint: str, manager: PluginManager) -> MorphogeneticModel:
         host,
         SlotConfig.from_specs(host.injection_specs()),
         topology=manager.registry.topology("image"),
-        blueprints=[blueprint],
+        seed_families=[blueprint],
         build_seed=build_seed,
         settings=LifecycleSettings(embargo_epochs=0, min_training_epochs=1),
         max_seeds=1,
     )
     result = model.apply(
         FactoredAction(op=LifecycleOp.GERMINATE, slot=0, blueprint=0, tempo=Tempo.FAST, alpha_target=AlphaTarget.FULL),
-        metric_now=0.0,
+        score_now=0.0,
     )
     assert result.success, result.reason
     return model
@@ -101,7 +101,7 @@ def test_planted_seed_trains_in_incubation_and_after_blending(blueprint: str) ->
 
     # Blend to alpha 1, then train the seed alone: the loss falls through the seed's own capacity.
     model.tick()
-    assert model.apply(FactoredAction(op=LifecycleOp.ADVANCE, slot=0), metric_now=0.0).success
+    assert model.apply(FactoredAction(op=LifecycleOp.ADVANCE, slot=0), score_now=0.0).success
     for _ in range(100):  # a blend lasts a few epochs; fail rather than loop forever
         if not (slot.stage is SeedStage.BLENDING):
             break

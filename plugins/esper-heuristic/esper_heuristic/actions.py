@@ -32,20 +32,20 @@ def check_batch(
             f"masks cover {masks.num_envs} environments but {len(observations)} observations were given"
         )
     num_slots = context.slot_config.num_slots
-    num_blueprints = len(context.blueprints)
+    num_families = len(context.seed_families)
     if tuple(masks.slot.shape[1:]) != (len(LifecycleOp), num_slots):
         raise ValueError(
             f"slot mask has shape {tuple(masks.slot.shape)}; expected (E, {len(LifecycleOp)}, {num_slots})"
         )
-    if tuple(masks.blueprint.shape[1:]) != (num_slots, num_blueprints):
+    if tuple(masks.blueprint.shape[1:]) != (num_slots, num_families):
         raise ValueError(
-            f"blueprint mask has shape {tuple(masks.blueprint.shape)}; expected (E, {num_slots}, {num_blueprints})"
+            f"blueprint mask has shape {tuple(masks.blueprint.shape)}; expected (E, {num_slots}, {num_families})"
         )
     for observation in observations:
-        if observation.blueprints != context.blueprints:
+        if observation.seed_families != context.seed_families:
             raise ValueError(
-                f"environment {observation.env_id} observes blueprints {observation.blueprints}; "
-                f"the policy was built for {context.blueprints}"
+                f"environment {observation.env_id} observes seed families {observation.seed_families}; "
+                f"the policy was built for {context.seed_families}"
             )
         slot_ids = tuple(report.slot_id for report in observation.slots)
         if slot_ids != context.slot_config.slot_ids:

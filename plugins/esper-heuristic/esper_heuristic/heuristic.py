@@ -186,12 +186,12 @@ def resolve_seed_family_order(config: HeuristicConfig, run_families: tuple[str, 
 
 def seed_family_rungs(order: tuple[int, ...], context: PolicyContext) -> tuple[tuple[int, ...], ...]:
     """Per slot, the candidate seed families (indices into the run's list) from cheapest to largest by
-    their size at birth in that slot (``context.blueprint_params``); equal sizes keep ``order``."""
+    their size at birth in that slot (``context.seed_family_params``); equal sizes keep ``order``."""
     slot_ids = context.slot_config.slot_ids
-    sizes = context.blueprint_params
-    if len(sizes) != len(slot_ids) or any(len(row) != len(context.blueprints) for row in sizes):
+    sizes = context.seed_family_params
+    if len(sizes) != len(slot_ids) or any(len(row) != len(context.seed_families) for row in sizes):
         raise ValueError(
-            f"blueprint_params must give one size per seed family ({len(context.blueprints)}) for each slot "
+            f"seed_family_params must give one size per seed family ({len(context.seed_families)}) for each slot "
             f"({len(slot_ids)}); got {[len(row) for row in sizes]}"
         )
     return tuple(
@@ -409,7 +409,7 @@ class HeuristicPolicy:
     def __init__(self, config: HeuristicConfig, context: PolicyContext) -> None:
         self.config = config
         self.context = context
-        self._seed_family_order = resolve_seed_family_order(config, context.blueprints)
+        self._seed_family_order = resolve_seed_family_order(config, context.seed_families)
         self._rungs = seed_family_rungs(self._seed_family_order, context)
         #: slot id -> what this run has learned about germinating there (survives begin_episode)
         self._evidence: dict[str, SlotEvidence] = {slot_id: SlotEvidence() for slot_id in context.slot_config.slot_ids}
@@ -486,7 +486,7 @@ class HeuristicPolicy:
         evidence = {slot_id: SlotEvidence.from_state(state["evidence"][slot_id]) for slot_id in slot_ids}
         for slot, slot_id in enumerate(slot_ids):
             target = evidence[slot_id].target
-            if target is not None and target not in [self.context.blueprints[i] for i in self._rungs[slot]]:
+            if target is not None and target not in [self.context.seed_families[i] for i in self._rungs[slot]]:
                 raise ValueError(f"heuristic evidence for slot {slot_id} targets {target!r}, not a candidate seed family")
         self._memories = {
             int(entry["env_id"]): EnvMemory.from_state(entry["memory"]) for entry in state["envs"]
@@ -527,13 +527,13 @@ class HeuristicPolicy:
     def target_rung(self, slot: int) -> int:
         """The position, in the slot's rungs (candidates from cheapest to largest), the next germination aims for."""
         target = self._evidence[self.context.slot_config.slot_ids[slot]].target
-        names = [self.context.blueprints[index] for index in self._rungs[slot]]
+        names = [self.context.seed_families[index] for index in self._rungs[slot]]
         return 0 if target is None else names.index(target)
 
     def _weigh(self, ended: EndedSeed) -> None:
         """Move the slot's target by one ended seed: a rung up if it paid a lot, stay if it paid, a rung
         down if it did not. Seeds of seed families that are not candidates teach nothing."""
-        names = [self.context.blueprints[index] for index in self._rungs[ended.slot]]
+        names = [self.context.seed_families[index] for index in self._rungs[ended.slot]]
         if ended.seed_family not in names:
             return
         rung = names.index(ended.seed_family)
@@ -748,7 +748,7 @@ class HeuristicPolicy:
             return None
         if not self.plateaued(observation):
             return None
-        run_families = self.context.blueprints
+        run_families = self.context.seed_families
         for slot in range(len(observation.slots)):
             choice = self._choose_seed_family(observation, masks, env_index, memory, slot)
             if choice is None:
@@ -785,7 +785,7 @@ class HeuristicPolicy:
             for rung, index in enumerate(self._rungs[slot])
             if masks.allows(env_index, self._germinate_action(slot, index))
             and not memory.cooling_down(
-                self.context.blueprints[index], observation.epoch, self.config.seed_family_cooldown_epochs
+                self.context.seed_families[index], observation.epoch, self.config.seed_family_cooldown_epochs
             )
         ]
         if not usable:

@@ -20,7 +20,6 @@ from esper_core.testing import observation as shared_observation
 from esper_core.testing import slot_report as shared_slot_report
 from esper_heuristic import Decision, HeuristicConfig, HeuristicPolicy
 
-BLUEPRINTS: tuple[str, ...] = SEED_FAMILIES
 EPISODE_LENGTH = 40
 
 
@@ -31,14 +30,14 @@ def build_context(
     max_seeds: int = 3,
     episode_length: int = EPISODE_LENGTH,
     slot_ids: Sequence[str] = SLOT_IDS,
-    blueprints: Sequence[str] = BLUEPRINTS,
-    blueprint_params: Sequence[int] | None = None,
+    seed_families: Sequence[str] = SEED_FAMILIES,
+    seed_family_params: Sequence[int] | None = None,
 ) -> PolicyContext:
-    """A policy context; ``blueprint_params`` (one size per blueprint, the same in every slot) defaults
+    """A policy context; ``seed_family_params`` (one size per seed family, the same in every slot) defaults
     to 100 * (index + 1)."""
     return policy_context(
         n_envs=n_envs, seed=seed, max_seeds=max_seeds, episode_length=episode_length, slot_ids=slot_ids,
-        seed_families=blueprints, sizes=blueprint_params,
+        seed_families=seed_families, sizes=seed_family_params,
     )
 
 
@@ -48,16 +47,16 @@ def build_slot(
     *,
     contribution: float | None = None,
     epochs_in_stage: int = 0,
-    blueprint: str | None = None,
+    seed_family: str | None = None,
     seed_id: str | None = None,
     blend_out: bool = False,
     env_id: int = 0,
     seed_params: int | None = None,
 ) -> SeedStateReport:
-    """A slot report; any stage but DORMANT carries a seed (id and blueprint default from the slot;
-    ``seed_params`` defaults to the blueprint's size in ``build_context``: 100 * (its index + 1))."""
+    """A slot report; any stage but DORMANT carries a seed (id and seed family default from the slot;
+    ``seed_params`` defaults to the seed family's size in ``build_context``: 100 * (its index + 1))."""
     return shared_slot_report(
-        slot, stage, env_id=env_id, family=blueprint, seed_id=seed_id, blend_out=blend_out,
+        slot, stage, env_id=env_id, family=seed_family, seed_id=seed_id, blend_out=blend_out,
         seed_params=seed_params, contribution=contribution, epochs_in_stage=epochs_in_stage,
     )
 
@@ -70,12 +69,12 @@ def build_observation(
     env_id: int = 0,
     episode_length: int = EPISODE_LENGTH,
     max_seeds: int = 3,
-    blueprints: Sequence[str] = BLUEPRINTS,
+    seed_families: Sequence[str] = SEED_FAMILIES,
 ) -> EnvObservation:
     """An observation; slots not given are DORMANT; the history defaults to a plateau."""
     return shared_observation(
         epoch, slots or {}, env_id=env_id, metric_history=metric_history, episode_length=episode_length,
-        max_seeds=max_seeds, seed_families=blueprints,
+        max_seeds=max_seeds, seed_families=seed_families,
     )
 
 
@@ -83,21 +82,21 @@ def build_masks(
     observations: Sequence[EnvObservation],
     *,
     max_seeds: int = 3,
-    blueprint_allowed: Sequence[Sequence[bool]] | None = None,
+    seed_family_allowed: Sequence[Sequence[bool]] | None = None,
 ) -> ActionMasks:
-    return action_masks(observations, max_seeds=max_seeds, blueprint_allowed=blueprint_allowed)
+    return action_masks(observations, max_seeds=max_seeds, seed_family_allowed=seed_family_allowed)
 
 
 def build_heuristic(
     *,
     n_envs: int = 1,
     max_seeds: int = 3,
-    blueprint_params: Sequence[int] | None = None,
+    seed_family_params: Sequence[int] | None = None,
     **options: object,
 ) -> HeuristicPolicy:
-    """A heuristic policy with ``options`` as its config, its episode begun (``blueprint_params``
+    """A heuristic policy with ``options`` as its config, its episode begun (``seed_family_params``
     goes to ``build_context``)."""
-    context = build_context(n_envs=n_envs, max_seeds=max_seeds, blueprint_params=blueprint_params)
+    context = build_context(n_envs=n_envs, max_seeds=max_seeds, seed_family_params=seed_family_params)
     policy = HeuristicPolicy(HeuristicConfig(**options), context)
     policy.begin_episode(0, n_envs)
     return policy
@@ -108,10 +107,10 @@ def decide_one(
     observation: EnvObservation,
     *,
     max_seeds: int = 3,
-    blueprint_allowed: Sequence[Sequence[bool]] | None = None,
+    seed_family_allowed: Sequence[Sequence[bool]] | None = None,
 ) -> Decision:
     """Run one ``act`` for a single environment and return its decision (action, rule, reason)."""
-    masks = build_masks([observation], max_seeds=max_seeds, blueprint_allowed=blueprint_allowed)
+    masks = build_masks([observation], max_seeds=max_seeds, seed_family_allowed=seed_family_allowed)
     actions = policy.act([observation], masks)
     decision = policy.last_decisions[0]
     assert actions == [decision.action]
@@ -122,7 +121,7 @@ class ScenarioKit:
     """The builders above, handed to tests as the ``kit`` fixture."""
 
     slot_ids = SLOT_IDS
-    blueprints = BLUEPRINTS
+    seed_families = SEED_FAMILIES
     episode_length = EPISODE_LENGTH
     context = staticmethod(build_context)
     slot = staticmethod(build_slot)

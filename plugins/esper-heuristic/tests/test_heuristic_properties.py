@@ -15,7 +15,7 @@ from esper_heuristic import HeuristicConfig, HeuristicPolicy, RandomPolicy, Rand
 PROPERTY_SETTINGS = settings(max_examples=80, deadline=None)
 #: The scenario kit's action space (checked against the ``kit`` fixture in every test).
 NUM_SLOTS = 3
-NUM_BLUEPRINTS = 3
+NUM_SEED_FAMILIES = 3
 EPISODE_LENGTH = 40
 
 # Strategies draw plain descriptions (indices, numbers); ``materialize`` turns them into observations
@@ -30,7 +30,7 @@ def slot_states(draw: st.DrawFn, slot: int, env_id: int) -> dict[str, Any]:
         "stage": stage,
         "contribution": draw(st.none() | st.floats(-0.3, 0.3, allow_nan=False)),
         "epochs_in_stage": draw(st.integers(0, 8)),
-        "blueprint_index": draw(st.integers(0, NUM_BLUEPRINTS - 1)),
+        "family_index": draw(st.integers(0, NUM_SEED_FAMILIES - 1)),
         "seed_id": f"e{env_id}-s{slot}-{draw(st.integers(0, 2))}",
         "blend_out": stage is SeedStage.BLENDING and draw(st.booleans()),
         "env_id": env_id,
@@ -45,10 +45,10 @@ def environment_batches(draw: st.DrawFn, n_envs: int) -> dict[str, Any]:
     return {
         "epoch": epoch,
         "max_seeds": draw(st.integers(1, NUM_SLOTS)),
-        "blueprint_allowed": draw(
+        "seed_family_allowed": draw(
             st.none()
             | st.lists(
-                st.lists(st.booleans(), min_size=NUM_BLUEPRINTS, max_size=NUM_BLUEPRINTS),
+                st.lists(st.booleans(), min_size=NUM_SEED_FAMILIES, max_size=NUM_SEED_FAMILIES),
                 min_size=NUM_SLOTS, max_size=NUM_SLOTS,
             )
         ),
@@ -82,19 +82,19 @@ heuristic_options = st.fixed_dictionaries(
         "seed_family_cooldown_epochs": st.integers(0, 5),
     }
 )
-blueprint_preferences = st.permutations(range(NUM_BLUEPRINTS)).flatmap(
-    lambda order: st.integers(0, NUM_BLUEPRINTS).map(lambda count: tuple(order[:count]))
+blueprint_preferences = st.permutations(range(NUM_SEED_FAMILIES)).flatmap(
+    lambda order: st.integers(0, NUM_SEED_FAMILIES).map(lambda count: tuple(order[:count]))
 )
 
 
 def materialize(kit, batch: dict[str, Any]) -> tuple[list[EnvObservation], ActionMasks]:
-    assert (len(kit.slot_ids), len(kit.blueprints), kit.episode_length) == (NUM_SLOTS, NUM_BLUEPRINTS, EPISODE_LENGTH)
+    assert (len(kit.slot_ids), len(kit.seed_families), kit.episode_length) == (NUM_SLOTS, NUM_SEED_FAMILIES, EPISODE_LENGTH)
     observations = []
     for env_id, env in enumerate(batch["envs"]):
         slots = {}
         for state in env["slots"]:
             options = dict(state)
-            options["blueprint"] = kit.blueprints[options.pop("blueprint_index")]
+            options["seed_family"] = kit.seed_families[options.pop("family_index")]
             slots[state["slot"]] = kit.slot(options.pop("slot"), options.pop("stage"), **options)
         observations.append(
             kit.observation(
@@ -102,7 +102,7 @@ def materialize(kit, batch: dict[str, Any]) -> tuple[list[EnvObservation], Actio
                 max_seeds=batch["max_seeds"],
             )
         )
-    masks = kit.masks(observations, max_seeds=batch["max_seeds"], blueprint_allowed=batch["blueprint_allowed"])
+    masks = kit.masks(observations, max_seeds=batch["max_seeds"], seed_family_allowed=batch["seed_family_allowed"])
     return observations, masks
 
 
@@ -119,7 +119,7 @@ def _assert_allowed_and_pinned(actions, masks: ActionMasks) -> None:
 @given(options=heuristic_options, preference=blueprint_preferences, episode=episodes())
 def test_heuristic_only_emits_allowed_actions(kit, options, preference, episode):
     n_envs, batches = episode
-    config = HeuristicConfig(seed_families=tuple(kit.blueprints[index] for index in preference), **options)
+    config = HeuristicConfig(seed_families=tuple(kit.seed_families[index] for index in preference), **options)
     policy = HeuristicPolicy(config, kit.context(n_envs=n_envs))
     policy.begin_episode(0, n_envs)
     for batch in batches:

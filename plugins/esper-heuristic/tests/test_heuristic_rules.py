@@ -49,24 +49,24 @@ def test_germination_picks_the_cheapest_configured_blueprint_not_the_first_liste
     action = kit.decide(policy, kit.observation(epoch=10, slots=occupied)).action
     assert action.op is LifecycleOp.GERMINATE
     assert action.slot == 1
-    assert kit.blueprints[action.blueprint] == "conv_light"
+    assert kit.seed_families[action.blueprint] == "conv_light"
     assert (action.style, action.tempo) == (BlendStyle.GATE, Tempo.SLOW)
     assert (action.alpha_target, action.alpha_curve) == (AlphaTarget.THREE_QUARTERS, AlphaCurve.COSINE)
     # the configured list still restricts the candidates: conv_light left out, conv_heavy is the cheapest
     restricted = kit.heuristic(seed_families=("attention", "conv_heavy"))
     action = kit.decide(restricted, kit.observation(epoch=10, slots=occupied)).action
-    assert kit.blueprints[action.blueprint] == "conv_heavy"
+    assert kit.seed_families[action.blueprint] == "conv_heavy"
 
 
 def test_germination_respects_the_blueprint_mask_per_slot(kit):
     policy = kit.heuristic()
     # slot 0 accepts only 'attention'; slot 1 accepts everything
     allowed = [[False, False, True], [True, True, True], [True, True, True]]
-    action = kit.decide(policy, kit.observation(epoch=10), blueprint_allowed=allowed).action
-    assert (action.op, action.slot, kit.blueprints[action.blueprint]) == (LifecycleOp.GERMINATE, 0, "attention")
+    action = kit.decide(policy, kit.observation(epoch=10), seed_family_allowed=allowed).action
+    assert (action.op, action.slot, kit.seed_families[action.blueprint]) == (LifecycleOp.GERMINATE, 0, "attention")
     # slot 0 accepts nothing: the next slot is used
     allowed = [[False, False, False], [True, True, True], [True, True, True]]
-    action = kit.decide(policy, kit.observation(epoch=11), blueprint_allowed=allowed).action
+    action = kit.decide(policy, kit.observation(epoch=11), seed_family_allowed=allowed).action
     assert (action.op, action.slot, action.blueprint) == (LifecycleOp.GERMINATE, 1, 0)
 
 
@@ -261,11 +261,11 @@ def test_recently_pruned_blueprint_is_skipped_until_its_cooldown_ends(kit):
     chosen = {}
     for epoch in range(10, 18):
         stage = _pruned_slot_stage(epoch, pruned_seen_at=10)
-        slots = {} if stage is None else {0: kit.slot(0, stage, blueprint="conv_light", seed_id="gone")}
-        slots[1] = kit.slot(1, SeedStage.FOSSILIZED, blueprint="attention")
+        slots = {} if stage is None else {0: kit.slot(0, stage, seed_family="conv_light", seed_id="gone")}
+        slots[1] = kit.slot(1, SeedStage.FOSSILIZED, seed_family="attention")
         action = kit.decide(policy, kit.observation(epoch=epoch, slots=slots)).action
         assert action.op is LifecycleOp.GERMINATE
-        chosen[epoch] = kit.blueprints[action.blueprint]
+        chosen[epoch] = kit.seed_families[action.blueprint]
     assert [chosen[epoch] for epoch in range(10, 16)] == ["conv_heavy"] * 6
     assert [chosen[epoch] for epoch in (16, 17)] == ["conv_light"] * 2
 
@@ -273,10 +273,10 @@ def test_recently_pruned_blueprint_is_skipped_until_its_cooldown_ends(kit):
 def test_a_long_embargo_counts_the_prune_once(kit):
     policy = kit.heuristic(seed_family_cooldown_epochs=2)
     for epoch in range(10, 13):
-        slots = {0: kit.slot(0, SeedStage.EMBARGOED, blueprint="conv_light", seed_id="gone")}
+        slots = {0: kit.slot(0, SeedStage.EMBARGOED, seed_family="conv_light", seed_id="gone")}
         action = kit.decide(policy, kit.observation(epoch=epoch, slots=slots)).action
         expected = "conv_heavy" if epoch < 12 else "conv_light"
-        assert kit.blueprints[action.blueprint] == expected, epoch
+        assert kit.seed_families[action.blueprint] == expected, epoch
 
 
 def test_when_every_allowed_blueprint_cools_down_the_heuristic_waits(kit):
@@ -284,7 +284,7 @@ def test_when_every_allowed_blueprint_cools_down_the_heuristic_waits(kit):
     rules = []
     for epoch in range(10, 14):
         stage = _pruned_slot_stage(epoch, pruned_seen_at=10)
-        slots = {} if stage is None else {0: kit.slot(0, stage, blueprint="conv_light", seed_id="gone")}
+        slots = {} if stage is None else {0: kit.slot(0, stage, seed_family="conv_light", seed_id="gone")}
         rules.append(kit.decide(policy, kit.observation(epoch=epoch, slots=slots)).rule)
     assert rules == [Rule.WAIT, Rule.WAIT, Rule.WAIT, Rule.GERMINATE]
 
@@ -292,20 +292,20 @@ def test_when_every_allowed_blueprint_cools_down_the_heuristic_waits(kit):
 def test_prunes_are_remembered_per_environment(kit):
     policy = kit.heuristic(n_envs=2, seed_family_cooldown_epochs=10)
     pruned = kit.observation(epoch=10, env_id=0,
-                             slots={0: kit.slot(0, SeedStage.EMBARGOED, blueprint="conv_light", seed_id="x")})
+                             slots={0: kit.slot(0, SeedStage.EMBARGOED, seed_family="conv_light", seed_id="x")})
     clean = kit.observation(epoch=10, env_id=1)
     policy.act([pruned, clean], kit.masks([pruned, clean]))
     first, second = policy.last_decisions
-    assert kit.blueprints[first.action.blueprint] == "conv_heavy"
-    assert (second.action.slot, kit.blueprints[second.action.blueprint]) == (0, "conv_light")
+    assert kit.seed_families[first.action.blueprint] == "conv_heavy"
+    assert (second.action.slot, kit.seed_families[second.action.blueprint]) == (0, "conv_light")
 
 
 def test_begin_episode_forgets_prunes(kit):
     policy = kit.heuristic(seed_family_cooldown_epochs=10)
-    slots = {0: kit.slot(0, SeedStage.EMBARGOED, blueprint="conv_light", seed_id="x")}
-    assert kit.blueprints[kit.decide(policy, kit.observation(epoch=10, slots=slots)).action.blueprint] == "conv_heavy"
+    slots = {0: kit.slot(0, SeedStage.EMBARGOED, seed_family="conv_light", seed_id="x")}
+    assert kit.seed_families[kit.decide(policy, kit.observation(epoch=10, slots=slots)).action.blueprint] == "conv_heavy"
     policy.begin_episode(1, 1)
-    assert kit.blueprints[kit.decide(policy, kit.observation(epoch=11)).action.blueprint] == "conv_light"
+    assert kit.seed_families[kit.decide(policy, kit.observation(epoch=11)).action.blueprint] == "conv_light"
 
 
 # -- state -----------------------------------------------------------------------------------------
@@ -313,9 +313,9 @@ def test_begin_episode_forgets_prunes(kit):
 
 def _scripted_epoch(kit, epoch):
     """An environment where a conv_light seed was pruned at 10 and a seed in slot 1 holds from 11 on."""
-    slots = {1: kit.slot(1, HOLDING, contribution=0.0, seed_id="holder", blueprint="attention")}
+    slots = {1: kit.slot(1, HOLDING, contribution=0.0, seed_id="holder", seed_family="attention")}
     if epoch <= 12:
-        slots[0] = kit.slot(0, SeedStage.EMBARGOED, blueprint="conv_light", seed_id="gone")
+        slots[0] = kit.slot(0, SeedStage.EMBARGOED, seed_family="conv_light", seed_id="gone")
     return kit.observation(epoch=epoch, slots=slots)
 
 
@@ -347,7 +347,7 @@ def test_state_dict_round_trip_keeps_memory_and_resumes_exactly(kit):
         assert resumed.state_dict() == original.state_dict()
     # conv_light cools down until epoch 15; the holder runs out of patience at its 6th holding epoch (15)
     summary = [
-        (decision.rule, kit.blueprints[decision.action.blueprint] if decision.rule is Rule.GERMINATE else None)
+        (decision.rule, kit.seed_families[decision.action.blueprint] if decision.rule is Rule.GERMINATE else None)
         for decision in resumed_decisions
     ]
     assert summary == [
@@ -358,7 +358,7 @@ def test_state_dict_round_trip_keeps_memory_and_resumes_exactly(kit):
     ]
     # without the memory the decision differs (this would catch a state_dict that forgot it)
     forgetful = kit.decide(fresh, _scripted_epoch(kit, 13))
-    assert kit.blueprints[forgetful.action.blueprint] == "conv_light"
+    assert kit.seed_families[forgetful.action.blueprint] == "conv_light"
 
 
 def test_load_state_dict_rejects_foreign_state(kit):
@@ -391,7 +391,7 @@ def test_record_and_end_episode(kit):
 
 def test_act_rejects_observations_from_another_action_space(kit):
     policy = kit.heuristic()
-    observation = kit.observation(epoch=1, blueprints=("conv_light", "conv_heavy", "other"))
+    observation = kit.observation(epoch=1, seed_families=("conv_light", "conv_heavy", "other"))
     with pytest.raises(ValueError, match="built for"):
         policy.act([observation], kit.masks([observation]))
 

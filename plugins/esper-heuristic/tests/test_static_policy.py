@@ -45,6 +45,6 @@ def test_static_state_round_trips_and_rejects_foreign_state(kit):
 def test_static_rejects_observations_from_another_action_space(kit):
     policy = StaticPolicy(StaticPolicyConfig(), kit.context())
     policy.begin_episode(0, 1)
-    observation = kit.observation(epoch=1, blueprints=("conv_light", "conv_heavy", "other"))
+    observation = kit.observation(epoch=1, seed_families=("conv_light", "conv_heavy", "other"))
     with pytest.raises(ValueError, match="built for"):
         policy.act([observation], kit.masks([observation]))

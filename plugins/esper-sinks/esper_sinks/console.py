@@ -352,7 +352,7 @@ class ConsoleSink:
     def _on_policy_anomaly(self, payload: payloads.PolicyAnomalyPayload) -> None:
         subject = f" of head {payload.head}" if payload.head is not None else ""
         line = Text("ANOMALY ", style="bold yellow")
-        line.append(f"[{self._round_label(payload.round)}] controller: ", style="yellow")
+        line.append(f"[{self._round_label(payload.round)}] policy: ", style="yellow")
         line.append(f"{payload.kind.replace('_', ' ')}{subject}: {payload.value:.4g}{_bound(payload)}", style="yellow")
         self._print_line(line)
 

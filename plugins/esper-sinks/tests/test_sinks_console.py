@@ -317,5 +317,5 @@ def test_anomalies_are_printed_even_when_quiet(tmp_path: Path) -> None:
     assert lines == [
         "ANOMALY [round 1/2 epoch 3/3] env 1: exploding gradient, seed r0e1-r0c1-0 in r0c1: norm 2.5e+03 (above 1e+03)",
         "ANOMALY [round 2/2 epoch 1/3] env 0: non finite gradient, host segment host: norm nan",
-        "ANOMALY [round 2/2] controller: entropy collapse of head op: 0.0031 (below 0.104)",
+        "ANOMALY [round 2/2] policy: entropy collapse of head op: 0.0031 (below 0.104)",
     ]

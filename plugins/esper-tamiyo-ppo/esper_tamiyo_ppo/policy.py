@@ -173,11 +173,11 @@ class PPOPolicy:
         self.device = context.device
         self.sizes = config.sizes()
         self.slot_ids = tuple(context.slot_config.slot_ids)
-        self.blueprints = tuple(context.blueprints)
+        self.seed_families = tuple(context.seed_families)
         # Initial weights depend on the run seed alone; the global RNG is left as it was.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(context.seed, _INIT_STREAM))
-            network = PolicyNetwork(self.sizes, len(self.slot_ids), len(self.blueprints))
+            network = PolicyNetwork(self.sizes, len(self.slot_ids), len(self.seed_families))
         self.network = network.to(self.device)
         self.normalizer = ObservationNormalizer(config.observation_clip, self.device)
         self.optimizer = torch.optim.Adam(self.network.parameters(), lr=config.learning_rate, eps=1e-5)
@@ -331,7 +331,7 @@ class PPOPolicy:
         return {
             "sizes": self.sizes.as_dict(),
             "slot_ids": list(self.slot_ids),
-            "blueprints": list(self.blueprints),
+            "blueprints": list(self.seed_families),  # the checkpoint key keeps its name
             "n_ops": N_OPS,
             "base_features": [[feature.name, feature.size] for feature in BASE_FEATURES],
             "slot_features": [[feature.name, feature.size] for feature in SLOT_FEATURES],
@@ -439,7 +439,7 @@ class PPOPolicy:
                 f"act() got {len(observations)} observations and masks for {masks.num_envs} environments; "
                 f"the episode has {n_envs}"
             )
-        n_slots, n_blueprints = len(self.slot_ids), len(self.blueprints)
+        n_slots, n_blueprints = len(self.slot_ids), len(self.seed_families)
         slot_shape, blueprint_shape = tuple(masks.slot.shape[1:]), tuple(masks.blueprint.shape[1:])
         if slot_shape != (N_OPS, n_slots) or blueprint_shape != (n_slots, n_blueprints):
             raise ValueError(
@@ -447,9 +447,9 @@ class PPOPolicy:
                 f"expected (E, {N_OPS}, {n_slots}) and (E, {n_slots}, {n_blueprints})"
             )
         for observation in observations:
-            if observation.blueprints != self.blueprints:
-                raise ValueError(f"environment {observation.env_id} observes blueprints {observation.blueprints}; "
-                                 f"the policy was built for {self.blueprints}")
+            if observation.seed_families != self.seed_families:
+                raise ValueError(f"environment {observation.env_id} observes seed families {observation.seed_families}; "
+                                 f"the policy was built for {self.seed_families}")
             if tuple(report.slot_id for report in observation.slots) != self.slot_ids:
                 raise ValueError(f"environment {observation.env_id} reports other slots than {self.slot_ids}")
 

@@ -32,7 +32,6 @@ from esper_core.testing import slot_report as build_slot_report
 from esper_tamiyo_ppo import PPOConfig, PPOPolicy
 from esper_tamiyo_ppo import plugin as ppo_plugin
 
-BLUEPRINTS: tuple[str, ...] = SEED_FAMILIES
 EPISODE_LENGTH = 6
 
 
@@ -45,18 +44,18 @@ def build_context(
 def build_policy(
     *, n_envs: int = 2, seed: int = 0, episode_length: int = EPISODE_LENGTH, **options: Any
 ) -> PPOPolicy:
-    """A ppo policy on the 3-slot, 3-blueprint test context (2 minibatches and no minimum of
+    """A ppo policy on the 3-slot, 3-seed-family test context (2 minibatches and no minimum of
     decisions per update unless told otherwise)."""
     options.setdefault("num_minibatches", 2)
     options.setdefault("min_decisions_per_update", 0)  # the tests count rounds_per_update rounds exactly
     return PPOPolicy(PPOConfig(**options), build_context(n_envs=n_envs, seed=seed, episode_length=episode_length))
 
 
-def slot_report(index: int, stage: SeedStage, *, blueprint: int = 0, blend_out: bool = False,
+def slot_report(index: int, stage: SeedStage, *, family: int = 0, blend_out: bool = False,
                 contribution: float | None = None, env_id: int = 0) -> SeedStateReport:
-    """A slot report with seed family number ``blueprint``; blending and holding seeds are at alpha 0.5."""
+    """A slot report with seed family number ``family``; blending and holding seeds are at alpha 0.5."""
     return build_slot_report(
-        index, stage, env_id=env_id, family=BLUEPRINTS[blueprint], seed_id=f"seed-{index}",
+        index, stage, env_id=env_id, family=SEED_FAMILIES[family], seed_id=f"seed-{index}",
         alpha=0.5 if stage in (SeedStage.BLENDING, SeedStage.HOLDING) else 0.0, blend_out=blend_out,
         seed_params=100, effective_params=50.0 if stage is not SeedStage.DORMANT else 0.0,
         contribution=contribution, epochs_in_stage=1, seed_age_epochs=0,
@@ -80,7 +79,7 @@ def random_batch(rng: random.Random, epoch: int, n_envs: int) -> tuple[list[EnvO
     observations = []
     for env in range(n_envs):
         reports = [
-            slot_report(index, rng.choice(stages), blueprint=rng.randrange(len(BLUEPRINTS)),
+            slot_report(index, rng.choice(stages), family=rng.randrange(len(SEED_FAMILIES)),
                         blend_out=rng.random() < 0.2, contribution=rng.choice([None, rng.uniform(-0.1, 0.1)]),
                         env_id=env)
             for index in range(len(SLOT_IDS))
@@ -146,7 +145,7 @@ class Kit:
     """The builders above, handed to tests as the ``kit`` fixture (test modules cannot import conftest)."""
 
     slot_ids = SLOT_IDS
-    blueprints = BLUEPRINTS
+    seed_families = SEED_FAMILIES
     episode_length = EPISODE_LENGTH
     context = staticmethod(build_context)
     policy = staticmethod(build_policy)

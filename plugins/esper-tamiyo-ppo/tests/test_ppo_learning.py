@@ -123,7 +123,7 @@ def test_each_round_reports_the_mean_raw_observation_per_feature(kit):
                kit.slot_report(2, SeedStage.DORMANT)]
     for epoch in range(2):
         observations = [kit.observation(epoch, holding, env_id=env, metric=0.25 + 0.5 * env) for env in range(2)]
-        masks = compute_masks([obs.slots for obs in observations], num_blueprints=3, max_seeds=3)
+        masks = compute_masks([obs.slots for obs in observations], num_seed_families=3, max_seeds=3)
         policy.act(observations, masks)
         policy.record([0.0, 0.0], terminal=epoch == 1)
     metrics = policy.end_episode(0)

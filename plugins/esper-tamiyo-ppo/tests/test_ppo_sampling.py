@@ -39,13 +39,13 @@ def test_sampled_actions_are_allowed_and_irrelevant_heads_pinned(kit, determinis
     for env in range(n_envs):
         reports = [
             kit.slot_report(
-                index, rng.choice(STAGES), blueprint=rng.randrange(3), blend_out=rng.random() < 0.3, env_id=env
+                index, rng.choice(STAGES), family=rng.randrange(3), blend_out=rng.random() < 0.3, env_id=env
             )
             for index in range(3)
         ]
         observations.append(kit.observation(epoch, reports, env_id=env, max_seeds=max_seeds))
-    masks = compute_masks([obs.slots for obs in observations], num_blueprints=3, max_seeds=max_seeds,
-                          blueprint_allowed=allowed)
+    masks = compute_masks([obs.slots for obs in observations], num_seed_families=3, max_seeds=max_seeds,
+                          seed_family_allowed=allowed)
     policy = PPOPolicy(
         PPOConfig(learn=False, deterministic=deterministic),
         kit.context(n_envs=n_envs, seed=seed, max_seeds=max_seeds),
@@ -69,7 +69,7 @@ def test_every_op_the_masks_allow_is_eventually_sampled(kit):
         kit.slot_report(2, SeedStage.HOLDING),
     ]
     obs = [kit.observation(2, reports, env_id=env) for env in range(2)]
-    masks = compute_masks([o.slots for o in obs], num_blueprints=3, max_seeds=3)
+    masks = compute_masks([o.slots for o in obs], num_seed_families=3, max_seeds=3)
     policy = PPOPolicy(PPOConfig(learn=False), kit.context(n_envs=2))
     seen = set()
     for _ in range(60):

@@ -142,7 +142,7 @@ def build_causal_attention(channels: int, topology: str, config: AttentionSeedCo
         divisors = [n for n in range(1, min(channels, 16) + 1) if channels % n == 0]
         raise ValueError(
             f"seed family 'causal_attention': n_head {config.n_head} does not divide the slot's {channels} channels; "
-            f"set [blueprints.causal_attention] n_head to a divisor of {channels} (e.g. {', '.join(map(str, divisors))})"
+            f"set [seed_families.causal_attention] n_head to a divisor of {channels} (e.g. {', '.join(map(str, divisors))})"
         )
     return CausalAttentionSeed(channels, config.n_head)
 

@@ -74,7 +74,7 @@ def model_with_seeds(blueprint: str, slots: list[int], manager: PluginManager) -
         host,
         SlotConfig.from_specs(host.injection_specs()),
         topology=manager.registry.topology("sequence"),
-        blueprints=[blueprint],
+        seed_families=[blueprint],
         build_seed=build_seed,
         settings=LifecycleSettings(embargo_epochs=0, min_training_epochs=1),
         max_seeds=len(slots),
@@ -82,7 +82,7 @@ def model_with_seeds(blueprint: str, slots: list[int], manager: PluginManager) -
     for slot in slots:
         result = model.apply(
             FactoredAction(op=LifecycleOp.GERMINATE, slot=slot, blueprint=0, tempo=Tempo.FAST, alpha_target=AlphaTarget.FULL),
-            metric_now=0.0,
+            score_now=0.0,
         )
         assert result.success, result.reason
     return model
@@ -137,7 +137,7 @@ def test_seed_in_a_lattice_slot_trains_in_incubation_and_after_blending(blueprin
 
     # Blend to alpha 1, then train the seed alone: the loss falls through the seed's own capacity.
     model.tick()
-    assert model.apply(FactoredAction(op=LifecycleOp.ADVANCE, slot=2), metric_now=0.0).success
+    assert model.apply(FactoredAction(op=LifecycleOp.ADVANCE, slot=2), score_now=0.0).success
     for _ in range(100):  # a blend lasts a few epochs; fail rather than loop forever
         if not (slot.stage is SeedStage.BLENDING):
             break
@@ -161,7 +161,7 @@ def test_counterfactual_ablation_through_lattice_slots(manager: PluginManager) -
                 parameter.add_(0.1 * torch.randn(parameter.shape, generator=generator))
     model.tick()
     for index in (1, 2):
-        assert model.apply(FactoredAction(op=LifecycleOp.ADVANCE, slot=index), metric_now=0.0).success
+        assert model.apply(FactoredAction(op=LifecycleOp.ADVANCE, slot=index), score_now=0.0).success
     for _ in range(100):  # a blend lasts a few epochs; fail rather than loop forever
         if not (any(model.slots[s].stage is SeedStage.BLENDING for s in ("r0c2", "r1c1"))):
             break
