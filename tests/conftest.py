@@ -30,8 +30,8 @@ def toy_manager() -> PluginManager:
     return PluginManager(autoload=False, extra=[toy_plugin])
 
 
-def toy_seed_builder(blueprint: str, channels: int) -> torch.nn.Module:
-    if blueprint == "toy_ladder":
+def toy_seed_builder(family: str, channels: int) -> torch.nn.Module:
+    if family == "toy_ladder":
         return toy_plugin.build_toy_ladder(channels, "image", None)
     return toy_plugin.build_toy_seed(channels, "image", toy_plugin.ToySeedConfig())
 

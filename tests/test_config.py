@@ -133,7 +133,7 @@ def test_resolved_config_round_trips(tmp_path, toy_manager, toy_run_data):
     assert again.faults.host_nan[0].env == 1
 
 
-def test_prepare_reports_slot_and_blueprint_mismatches(toy_manager, toy_run_data):
+def test_prepare_reports_slot_and_seed_family_mismatches(toy_manager, toy_run_data):
     data = toy_run_data(morphogenesis={"slots": ["r0c0", "r9c9"], "max_seeds": 5})
     config = parse_config(data, toy_manager)
     with pytest.raises(ConfigError) as excinfo:

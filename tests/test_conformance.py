@@ -257,7 +257,7 @@ def test_the_blend_gate_keeps_the_builtin_layouts(toy_manager):
 def test_a_slot_blends_a_gated_seed_on_a_plugin_topology():
     spec = InjectionSpec(slot_id="r0c0", channels=4, surface="segment_boundary", order=0, host_block=0)
     slot = SeedSlot(spec, topology=AUDIO, settings=LifecycleSettings(min_training_epochs=1),
-                    build_seed=lambda blueprint, channels: AudioSeed(channels))
+                    build_seed=lambda family, channels: AudioSeed(channels))
     assert slot.germinate(seed_id="s", seed_family="audio_conv", style=BlendStyle.GATE, blend_epochs=2,
                           alpha_target=1.0, alpha_curve=AlphaCurve.LINEAR, score_now=None).success
     slot.tick()
@@ -278,7 +278,7 @@ def test_a_model_for_a_plugin_topology_needs_the_registered_record():
                                                  host_block=0)])
     with pytest.raises(ValueError, match="topology 'audio' is not one the core registers.*registered TopologyKind"):
         MorphogeneticModel(nn.Identity(), slots, topology="audio", seed_families=("audio_conv",),
-                           build_seed=lambda blueprint, channels: AudioSeed(channels),
+                           build_seed=lambda family, channels: AudioSeed(channels),
                            settings=LifecycleSettings(), max_seeds=1)
 
 

@@ -1,4 +1,4 @@
-"""Obs V3 features: layout sizes, explicit sentinels for unmeasured values, blueprint ids, generated docs."""
+"""Obs V3 features: layout sizes, explicit sentinels for unmeasured values, seed family ids, generated docs."""
 
 from __future__ import annotations
 

@@ -398,7 +398,7 @@ def contract_slot(build, events=None, plugin="toyplug"):
     spec = InjectionSpec(slot_id="r0c0", channels=6, surface=SEGMENT_BOUNDARY, order=0, host_block=0)
     return SeedSlot(spec, topology="image", settings=LifecycleSettings(min_training_epochs=1),
                     build_seed=build, emit=None if events is None else events.append,
-                    seed_plugin=lambda blueprint: plugin)
+                    seed_plugin=lambda family: plugin)
 
 
 class Counting(torch.nn.Module):
@@ -425,7 +425,7 @@ class Counting(torch.nn.Module):
 )
 def test_a_seed_breaking_the_contract_fails_germination_and_leaves_the_slot_empty(transform, problem):
     events = []
-    slot = contract_slot(lambda blueprint, channels: Counting(toy_seed_builder("toy_conv", channels), transform), events)
+    slot = contract_slot(lambda family, channels: Counting(toy_seed_builder("toy_conv", channels), transform), events)
     with pytest.raises(SeedContractError, match=rf"seed family 'toy_conv' \(plugin 'toyplug'\) {problem} in slot r0c0") as caught:
         germinate(slot)
     assert (caught.value.family, caught.value.plugin) == ("toy_conv", "toyplug")
@@ -436,11 +436,11 @@ def test_a_seed_breaking_the_contract_fails_germination_and_leaves_the_slot_empt
 
 
 def test_a_build_returning_none_or_raising_is_a_contract_error_naming_family_and_plugin():
-    slot = contract_slot(lambda blueprint, channels: None)
+    slot = contract_slot(lambda family, channels: None)
     with pytest.raises(SeedContractError, match="seed family 'toy_conv' \\(plugin 'toyplug'\\) built a NoneType, not a torch.nn.Module"):
         germinate(slot)
 
-    def fails(blueprint, channels):
+    def fails(family, channels):
         raise IndexError("width table")
 
     slot = contract_slot(fails)
@@ -465,7 +465,7 @@ def test_the_contract_is_probed_once_at_germination_without_side_effects():
 
     built = []
 
-    def build(blueprint, channels):
+    def build(family, channels):
         with torch.random.fork_rng(devices=[]):  # as the engine builds seeds
             built.append(Counting(Normed(channels)))
         return built[-1]
@@ -485,7 +485,7 @@ def test_the_contract_is_probed_once_at_germination_without_side_effects():
 
 def test_the_model_names_the_plugin_of_a_broken_family():
     model = make_model()
-    model.slots["r0c0"]._build_seed = lambda blueprint, channels: toy_seed_builder(blueprint, channels + 1)
+    model.slots["r0c0"]._build_seed = lambda family, channels: toy_seed_builder(family, channels + 1)
     model.slots["r0c0"]._seed_plugin = {"toy_conv": "toy_plugin"}.get
     with pytest.raises(SeedContractError, match="seed family 'toy_conv' \\(plugin 'toy_plugin'\\)"):
         model.apply(FactoredAction(op=LifecycleOp.GERMINATE, slot=0, blueprint=0), score_now=0.1)

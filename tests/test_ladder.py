@@ -27,7 +27,7 @@ from tests.conftest import make_model
 
 GROW = LifecycleOp.GROW_INTERNAL
 SHRINK = LifecycleOp.SHRINK_INTERNAL
-LADDER = 1  # blueprint index of toy_ladder in make_model
+LADDER = 1  # seed family (blueprint head) index of toy_ladder in make_model
 
 
 def ladder_family(build=toy_plugin.build_toy_ladder, ladder=toy_plugin.TOY_LADDER) -> SeedFamily:

@@ -67,7 +67,7 @@ def slot_with_a_lora_ladder(events: list) -> SeedSlot:
         spec,
         topology="sequence",
         settings=LifecycleSettings(embargo_epochs=1, min_training_epochs=1),
-        build_seed=lambda blueprint, channels: SEED_FAMILY.build(channels, "sequence", SEED_FAMILY.config_class()),
+        build_seed=lambda family, channels: SEED_FAMILY.build(channels, "sequence", SEED_FAMILY.config_class()),
         emit=events.append,
     )
     result = slot.germinate(

@@ -35,8 +35,8 @@ def test_entry_point_registers_host_and_seed_families() -> None:
     assert sorted(info.registered["seed_families"]) == sorted(FAMILY_NAMES)
 
 
-def planted_model(blueprint: str, manager: PluginManager) -> MorphogeneticModel:
-    """A tiny cnn host with one seed of ``blueprint`` germinated in its first slot (ADD style, fast blend)."""
+def planted_model(family: str, manager: PluginManager) -> MorphogeneticModel:
+    """A tiny cnn host with one seed of ``family`` germinated in its first slot (ADD style, fast blend)."""
     torch.manual_seed(0)
     host = build_cnn_host(CNNHostConfig(preset="tiny"), TINY_DIGITS)
 
@@ -48,7 +48,7 @@ def planted_model(blueprint: str, manager: PluginManager) -> MorphogeneticModel:
         host,
         SlotConfig.from_specs(host.injection_specs()),
         topology=manager.registry.topology("image"),
-        seed_families=[blueprint],
+        seed_families=[family],
         build_seed=build_seed,
         settings=LifecycleSettings(embargo_epochs=0, min_training_epochs=1),
         max_seeds=1,
@@ -76,19 +76,19 @@ def sgd_losses(model: torch.nn.Module, parameters: list[torch.nn.Parameter], ste
     return losses
 
 
-@pytest.mark.parametrize("blueprint", FAMILY_NAMES)
-def test_newborn_seed_leaves_the_host_output_unchanged(blueprint: str) -> None:
-    model = planted_model(blueprint, PluginManager()).eval()
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_newborn_seed_leaves_the_host_output_unchanged(family: str) -> None:
+    model = planted_model(family, PluginManager()).eval()
     x = torch.randn(4, 1, 8, 8)
     assert model.slots["r0c0"].stage is SeedStage.GERMINATED
     with torch.no_grad():
         assert torch.allclose(model(x), model.host(x), atol=1e-6)
 
 
-@pytest.mark.parametrize("blueprint", FAMILY_NAMES)
-def test_planted_seed_trains_in_incubation_and_after_blending(blueprint: str) -> None:
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_planted_seed_trains_in_incubation_and_after_blending(family: str) -> None:
     manager = PluginManager()
-    model = planted_model(blueprint, manager).train()
+    model = planted_model(family, manager).train()
     slot = model.slots["r0c0"]
     model.tick()
     assert slot.stage is SeedStage.TRAINING

@@ -31,7 +31,7 @@ class RandomPolicyConfig:
 
 
 class RandomPolicy:
-    """Draws, per environment: the op, then a slot valid for it, then a blueprint allowed in that
+    """Draws, per environment: the op, then a slot valid for it, then a seed family (the blueprint head) allowed in that
     slot, then every other head relevant to the op, each uniformly; irrelevant heads are 0."""
 
     def __init__(self, config: RandomPolicyConfig, context: PolicyContext) -> None:

@@ -1,4 +1,4 @@
-"""Config tests: validators, blueprint names checked at build time, and the README's TOML example."""
+"""Config tests: validators, seed family names checked at build time, and the README's TOML example."""
 
 from __future__ import annotations
 
@@ -149,7 +149,7 @@ def test_readme_toml_examples_load_with_the_run_config_loader(kit):
         assert problems == []
         seen.add(name)
         if name == "heuristic":
-            HeuristicPolicy(config, kit.context())  # its blueprint names exist in the test run
+            HeuristicPolicy(config, kit.context())  # its seed family names exist in the test run
     assert seen == {"heuristic", "random", "static"}
 
 

@@ -54,22 +54,22 @@ def test_a_size_tie_follows_the_configured_preference_order(kit):
 
 
 @pytest.mark.parametrize(
-    ("contribution", "next_blueprint", "verdict"),
+    ("contribution", "next_family", "verdict"),
     [(0.05, "conv_heavy", "paid_well"), (0.0015, "conv_light", "paid")],  # price 0.001, escalate above 0.002
 )
 def test_a_fossilized_seed_that_paid_a_lot_escalates_its_slot_and_a_modest_one_stays(
-    kit, contribution, next_blueprint, verdict
+    kit, contribution, next_family, verdict
 ):
     policy = kit.heuristic(fossilize_threshold=0.001)
     decision = end_a_seed(kit, policy, family="conv_light", contribution=contribution, fossilize=True)
     assert decision.rule is Rule.FOSSILIZE
     evidence = policy.evidence("r0c0")
-    assert (evidence.target, evidence.ended) == (next_blueprint, 1)
+    assert (evidence.target, evidence.ended) == (next_family, 1)
     assert evidence.last == ["s", "conv_light", contribution, pytest.approx(0.001), verdict]
     policy.begin_episode(1, 1)  # the evidence outlives the episode
-    assert germinated(kit, policy, epoch=12) == (0, next_blueprint)
+    assert germinated(kit, policy, epoch=12) == (0, next_family)
     # evidence is per slot: slot 1 has seen nothing and starts cheap
-    slot_0_busy = {0: kit.slot(0, SeedStage.TRAINING, epochs_in_stage=0, seed_family=next_blueprint)}
+    slot_0_busy = {0: kit.slot(0, SeedStage.TRAINING, epochs_in_stage=0, seed_family=next_family)}
     assert germinated(kit, policy, epoch=12, slots=slot_0_busy) == (1, "conv_light")
 
 

@@ -82,7 +82,7 @@ heuristic_options = st.fixed_dictionaries(
         "seed_family_cooldown_epochs": st.integers(0, 5),
     }
 )
-blueprint_preferences = st.permutations(range(NUM_SEED_FAMILIES)).flatmap(
+family_preferences = st.permutations(range(NUM_SEED_FAMILIES)).flatmap(
     lambda order: st.integers(0, NUM_SEED_FAMILIES).map(lambda count: tuple(order[:count]))
 )
 
@@ -116,7 +116,7 @@ def _assert_allowed_and_pinned(actions, masks: ActionMasks) -> None:
 
 
 @PROPERTY_SETTINGS
-@given(options=heuristic_options, preference=blueprint_preferences, episode=episodes())
+@given(options=heuristic_options, preference=family_preferences, episode=episodes())
 def test_heuristic_only_emits_allowed_actions(kit, options, preference, episode):
     n_envs, batches = episode
     config = HeuristicConfig(seed_families=tuple(kit.seed_families[index] for index in preference), **options)

@@ -25,7 +25,7 @@ HOLDING = SeedStage.HOLDING
 # -- (d) germinate on plateau ----------------------------------------------------------------------
 
 
-def test_plateau_germinates_the_cheapest_blueprint_in_earliest_dormant_slot_with_configured_heads(kit):
+def test_plateau_germinates_the_cheapest_seed_family_in_earliest_dormant_slot_with_configured_heads(kit):
     policy = kit.heuristic()
     decision = kit.decide(policy, kit.observation(epoch=10))
     action = decision.action
@@ -39,7 +39,7 @@ def test_plateau_germinates_the_cheapest_blueprint_in_earliest_dormant_slot_with
     assert action.alpha_speed is AlphaSpeed.INSTANT  # irrelevant to GERMINATE: pinned to 0
 
 
-def test_germination_picks_the_cheapest_configured_blueprint_not_the_first_listed_and_configured_heads(kit):
+def test_germination_picks_the_cheapest_configured_seed_family_not_the_first_listed_and_configured_heads(kit):
     # sizes: conv_light 100, conv_heavy 200, attention 300; listing attention first does not make it first
     policy = kit.heuristic(
         seed_families=("attention", "conv_light"), style="gate", tempo="slow",
@@ -243,7 +243,7 @@ def test_a_seed_already_blending_out_is_not_pruned_again(kit):
     assert kit.decide(policy, observation).rule is Rule.WAIT
 
 
-# -- blueprint cooldown ---------------------------------------------------------------------------
+# -- seed family cooldown -------------------------------------------------------------------------
 
 
 def _pruned_slot_stage(epoch: int, pruned_seen_at: int) -> SeedStage | None:
@@ -256,7 +256,7 @@ def _pruned_slot_stage(epoch: int, pruned_seen_at: int) -> SeedStage | None:
     return None
 
 
-def test_recently_pruned_blueprint_is_skipped_until_its_cooldown_ends(kit):
+def test_recently_pruned_seed_family_is_skipped_until_its_cooldown_ends(kit):
     policy = kit.heuristic(seed_family_cooldown_epochs=6)
     chosen = {}
     for epoch in range(10, 18):
@@ -279,7 +279,7 @@ def test_a_long_embargo_counts_the_prune_once(kit):
         assert kit.seed_families[action.blueprint] == expected, epoch
 
 
-def test_when_every_allowed_blueprint_cools_down_the_heuristic_waits(kit):
+def test_when_every_allowed_seed_family_cools_down_the_heuristic_waits(kit):
     policy = kit.heuristic(seed_families=("conv_light",), seed_family_cooldown_epochs=3)
     rules = []
     for epoch in range(10, 14):

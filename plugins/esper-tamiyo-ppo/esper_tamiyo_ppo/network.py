@@ -181,7 +181,7 @@ class PolicyNetwork(nn.Module):
         uniform: dict[str, torch.Tensor] | None,
     ) -> Decisions:
         """Sample every head for a batch of states ``z`` (N, H): op first, then a slot valid for it, then
-        a blueprint allowed in that slot, then the remaining heads unmasked. Heads irrelevant to the
+        a seed family (blueprint head) allowed in that slot, then the remaining heads unmasked. Heads irrelevant to the
         sampled op are pinned to 0 and add nothing to the log-probability.
 
         Masks: ``op_mask`` (N, n_ops), ``slot_mask`` (N, n_ops, n_slots), ``blueprint_mask``
@@ -213,7 +213,7 @@ class PolicyNetwork(nn.Module):
         blueprint_relevant = relevant[:, HEAD_INDEX["blueprint"]]
         step_blueprint_mask = blueprint_mask[rows, slot] | ~blueprint_relevant.unsqueeze(-1)
         if not bool(step_blueprint_mask.any(dim=-1).all()):
-            raise ValueError("the masks allow GERMINATE in a slot where no blueprint is allowed")
+            raise ValueError("the masks allow GERMINATE in a slot where no seed family is allowed")
         details = self.detail_logits(z, op, slot)
         for head in DETAIL_HEADS:
             mask = step_blueprint_mask if head == "blueprint" else None

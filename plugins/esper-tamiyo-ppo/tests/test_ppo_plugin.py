@@ -98,7 +98,7 @@ def test_explicit_sizes_override_the_preset():
 
 @pytest.mark.parametrize("preset, expected", [("cpu", 99_519), ("baseline", 3_971_735)])
 def test_preset_parameter_counts_on_three_slots(preset, expected):
-    """The README's numbers (3 slots, 3 blueprints); a change to the network must update them."""
+    """The README's numbers (3 slots, 3 seed families); a change to the network must update them."""
     assert parameter_count(PolicyNetwork(PRESETS[preset], n_slots=3, n_blueprints=3)) == expected
 
 

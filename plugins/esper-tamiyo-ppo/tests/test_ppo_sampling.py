@@ -20,7 +20,7 @@ STAGES = list(SeedStage)
 
 @st.composite
 def observation_batches(draw):
-    """1-3 environments with arbitrary slot stages, blend-outs, seed budgets and blueprint topology."""
+    """1-3 environments with arbitrary slot stages, blend-outs, seed budgets and seed family topology."""
     seed = draw(st.integers(0, 2**32 - 1))
     n_envs = draw(st.integers(1, 3))
     max_seeds = draw(st.integers(1, 3))

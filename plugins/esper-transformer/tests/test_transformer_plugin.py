@@ -62,8 +62,8 @@ def tiny_lattice_host() -> TransformerHost:
     )
 
 
-def model_with_seeds(blueprint: str, slots: list[int], manager: PluginManager) -> MorphogeneticModel:
-    """A tiny lattice host (4 slots) with a ``blueprint`` seed germinated in each of ``slots`` (ADD, fast blend)."""
+def model_with_seeds(family: str, slots: list[int], manager: PluginManager) -> MorphogeneticModel:
+    """A tiny lattice host (4 slots) with a ``family`` seed germinated in each of ``slots`` (ADD, fast blend)."""
     host = tiny_lattice_host()
 
     def build_seed(name: str, channels: int) -> torch.nn.Module:
@@ -74,7 +74,7 @@ def model_with_seeds(blueprint: str, slots: list[int], manager: PluginManager) -
         host,
         SlotConfig.from_specs(host.injection_specs()),
         topology=manager.registry.topology("sequence"),
-        seed_families=[blueprint],
+        seed_families=[family],
         build_seed=build_seed,
         settings=LifecycleSettings(embargo_epochs=0, min_training_epochs=1),
         max_seeds=len(slots),
@@ -113,18 +113,18 @@ def test_lattice_slot_ids_in_the_model(manager: PluginManager) -> None:
     assert model.slot_config.surface_map == {"r0c1": "post_attn", "r0c2": "post_mlp", "r1c1": "post_attn", "r1c2": "post_mlp"}
 
 
-@pytest.mark.parametrize("blueprint", FAMILY_NAMES)
-def test_newborn_seeds_in_every_lattice_slot_leave_the_output_unchanged(blueprint: str, manager: PluginManager) -> None:
-    model = model_with_seeds(blueprint, [0, 1, 2, 3], manager).eval()
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_newborn_seeds_in_every_lattice_slot_leave_the_output_unchanged(family: str, manager: PluginManager) -> None:
+    model = model_with_seeds(family, [0, 1, 2, 3], manager).eval()
     x, _ = random_tokens(4)
     assert all(model.slots[slot_id].stage is SeedStage.GERMINATED for slot_id in model.slot_ids)
     with torch.no_grad():
         assert torch.allclose(model(x), model.host(x), atol=1e-6)
 
 
-@pytest.mark.parametrize("blueprint", FAMILY_NAMES)
-def test_seed_in_a_lattice_slot_trains_in_incubation_and_after_blending(blueprint: str, manager: PluginManager) -> None:
-    model = model_with_seeds(blueprint, [2], manager).train()  # r1c1: post-attention of layer 1
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_seed_in_a_lattice_slot_trains_in_incubation_and_after_blending(family: str, manager: PluginManager) -> None:
+    model = model_with_seeds(family, [2], manager).train()  # r1c1: post-attention of layer 1
     slot = model.slots["r1c1"]
     model.tick()
     assert slot.stage is SeedStage.TRAINING
