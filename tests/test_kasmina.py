@@ -534,3 +534,22 @@ def test_lifecycle_records_round_trip_through_the_checkpoint_converter_as_plain_
     assert state["slots"]["r0c0"]["internal_level"] == 2 and state["slots"]["r0c0"]["style"] == "GATE"
     model.tick()  # the record is a snapshot: later ticks do not move it
     assert converter.structure(state, ModelLifecycleState) == record and model.lifecycle_record() != record
+
+
+def test_checkpoints_written_before_the_score_renames_still_load():
+    """0.2.0 renamed the score fields (they hold the score, not the metric); older checkpoints name them
+    ``metric_at_germination`` / ``last_metric`` / ``metric_delta_since_germination``."""
+    from esper_core.kasmina.slot import SlotLifecycleState
+    from esper_core.leyline import SeedMetrics
+
+    slot = make_slot()
+    assert germinate(slot).success
+    converter = state_converter()
+    state = converter.unstructure(slot.lifecycle_record())
+    old_names = {"score_at_germination": "metric_at_germination", "last_score": "last_metric"}
+    old = {old_names.get(key, key): value for key, value in state.items()}
+    assert "metric_at_germination" in old and "score_at_germination" not in old
+    restored = converter.structure(old, SlotLifecycleState)
+    assert restored == slot.lifecycle_record() and restored.score_at_germination == 0.5
+    metrics = converter.structure({"metric_at_germination": 0.25, "metric_delta_since_germination": 0.5}, SeedMetrics)
+    assert (metrics.score_at_germination, metrics.score_delta_since_germination) == (0.25, 0.5)
