@@ -7,6 +7,7 @@ from esper_core.tamiyo.features import (
     SLOT_SIZE,
     Feature,
     FeatureBatch,
+    RENAMED_FEATURES,
     build_features,
 )
 from esper_core.tamiyo.masks import ActionMasks, compute_masks, slot_valid_for
@@ -20,6 +21,7 @@ __all__ = [
     "SLOT_SIZE",
     "Feature",
     "FeatureBatch",
+    "RENAMED_FEATURES",
     "ActionMasks",
     "EnvObservation",
     "Policy",

@@ -90,8 +90,8 @@ SLOT_FEATURES: tuple[Feature, ...] = (
     Feature("contribution_velocity", 1, "change of the contribution between its last two measurements, UNMEASURED if fewer"),
     Feature("contribution_velocity_measured", 1, "1 if contribution_velocity is measured"),
     Feature("contribution_staleness", 1, "epochs since the contribution was last measured / episode_length, UNMEASURED if never"),
-    Feature("metric_delta_since_germination", 1, "the score now minus at germination (SeedMetrics.score_delta_since_germination), UNMEASURED with no seed"),
-    Feature("metric_delta_since_germination_measured", 1, "1 if metric_delta_since_germination is measured"),
+    Feature("score_delta_since_germination", 1, "the score now minus at germination, UNMEASURED with no seed"),
+    Feature("score_delta_since_germination_measured", 1, "1 if score_delta_since_germination is measured"),
     Feature("seed_grad_norm", 1, "log1p of the seed's gradient norm on the epoch's last batch, UNMEASURED if not measured"),
     Feature("grad_ratio", 1, "log1p(seed grad norm / host grad norm), UNMEASURED if not measured"),
     Feature("grad_measured", 1, "1 if the seed's gradient norms are measured"),
@@ -115,6 +115,12 @@ def layout_size(features: Sequence[Feature]) -> int:
 
 BASE_SIZE = layout_size(BASE_FEATURES)
 SLOT_SIZE = layout_size(SLOT_FEATURES)
+
+#: Features renamed in 0.2.0 (old name -> name), for readers of layouts saved before (they hold the score)
+RENAMED_FEATURES: dict[str, str] = {
+    "metric_delta_since_germination": "score_delta_since_germination",
+    "metric_delta_since_germination_measured": "score_delta_since_germination_measured",
+}
 
 
 def _one_hot(index: int, size: int) -> list[float]:

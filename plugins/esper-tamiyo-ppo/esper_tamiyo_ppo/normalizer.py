@@ -28,7 +28,7 @@ BINARY_FEATURES: frozenset[str] = frozenset(
         "alpha_curve",
         "contribution_measured",
         "contribution_velocity_measured",
-        "metric_delta_since_germination_measured",
+        "score_delta_since_germination_measured",
         "grad_measured",
         "grad_finite",
     }

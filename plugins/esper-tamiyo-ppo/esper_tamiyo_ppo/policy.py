@@ -14,7 +14,15 @@ from esper_core.errors import CheckpointError, ConfigError
 from esper_core.leyline import HEADS, FactoredAction
 from esper_core.runs import CHECKPOINT_DIR, LATEST_CHECKPOINT, derive_seed, load_checkpoint
 from esper_core.tamiyo import ActionMasks, EnvObservation, PolicyContext
-from esper_core.tamiyo import BASE_FEATURES, BASE_SIZE, SLOT_FEATURES, SLOT_SIZE, FeatureBatch, build_features
+from esper_core.tamiyo import (
+    BASE_FEATURES,
+    BASE_SIZE,
+    RENAMED_FEATURES,
+    SLOT_FEATURES,
+    SLOT_SIZE,
+    FeatureBatch,
+    build_features,
+)
 
 from esper_tamiyo_ppo.buffer import RolloutBuffer
 from esper_tamiyo_ppo.config import PPOConfig
@@ -120,6 +128,21 @@ def _widened_columns(saved: list[list[Any]], layout: Sequence[Any], what: str) -
             columns.extend(range(offset, offset + feature.size))
         offset += feature.size
     return torch.tensor(columns, dtype=torch.long), offset
+
+
+def with_current_feature_names(state: Any) -> Any:
+    """``state`` with its saved layout's feature names as this version spells them (``RENAMED_FEATURES``:
+    states written before 0.2.0 name the score delta ``metric_delta_since_germination``)."""
+    if not isinstance(state, dict) or not isinstance(state.get("architecture"), dict):
+        return state
+    architecture = dict(state["architecture"])
+    for key in ("base_features", "slot_features"):
+        if isinstance(architecture.get(key), list):
+            architecture[key] = [
+                [RENAMED_FEATURES.get(entry[0], entry[0]), *entry[1:]] if isinstance(entry, list) and entry else entry
+                for entry in architecture[key]
+            ]
+    return {**state, "architecture": architecture}
 
 
 def widen_to_layout(state: dict[str, Any], what: str) -> dict[str, Any]:
@@ -356,6 +379,7 @@ class PPOPolicy:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore everything ``state_dict`` captured (exact resume)."""
+        state = with_current_feature_names(state)
         self._check_state(state, "resume state")
         self.network.load_state_dict(state["network"])
         self.normalizer.load_state_dict(state["normalizer"])
@@ -390,7 +414,7 @@ class PPOPolicy:
             raise CheckpointError(f"[policy] checkpoint: {exc}") from None
         if "policy" not in payload:
             raise CheckpointError(f"[policy] checkpoint: '{file}' holds no policy state")
-        state = payload["policy"]
+        state = with_current_feature_names(payload["policy"])
         what = f"checkpoint '{file}'"
         version = state.get("version") if isinstance(state, dict) else None
         if (

@@ -12,7 +12,7 @@ from esper_core.errors import CheckpointError, ConfigError
 from esper_core.plugins import PluginManager
 from esper_core.runs import load_checkpoint, save_checkpoint
 from esper_core.tamiyo import Policy
-from esper_core.tamiyo import SLOT_FEATURES
+from esper_core.tamiyo import RENAMED_FEATURES, SLOT_FEATURES
 from esper_core.testing import engine_policy, policy_context, start_run
 from esper_core.validators import InvalidValue
 from esper_tamiyo_ppo import PRESETS, PolicyNetwork, PPOConfig, PPOPolicy, parameter_count
@@ -193,3 +193,19 @@ def test_the_shipped_growth_policy_loads(kit):
     context = policy_context(n_envs=1, slot_ids=architecture["slot_ids"], seed_families=architecture["blueprints"])
     policy = PPOPolicy(PPOConfig(checkpoint=str(path), learn=False), context)
     assert policy.architecture()["slot_features"] == [[f.name, f.size] for f in SLOT_FEATURES]
+
+
+def test_a_state_naming_features_as_before_0_2_0_resumes(kit):
+    """0.2.0 renamed metric_delta_since_germination to score_delta_since_germination (it holds the score);
+    a resume state that still names the old feature loads, and decides as the policy that wrote it."""
+    policy = kit.policy(seed=6)
+    state = policy.state_dict()
+    old_names = {new: old for old, new in RENAMED_FEATURES.items()}
+    architecture = dict(state["architecture"])
+    architecture["slot_features"] = [[old_names.get(name, name), size] for name, size in architecture["slot_features"]]
+    assert architecture["slot_features"] != state["architecture"]["slot_features"]
+    resumed = kit.policy(seed=9)
+    resumed.load_state_dict({**state, "architecture": architecture})
+    assert resumed.architecture()["slot_features"] == state["architecture"]["slot_features"]
+    for mine, theirs in zip(resumed.network.parameters(), policy.network.parameters()):
+        assert torch.equal(mine, theirs)
