@@ -404,7 +404,7 @@ class Decision:
 
 
 class HeuristicPolicy:
-    """A rule-based Tamiyo policy that does not learn. See the package README for the rules."""
+    """A rule-based policy that does not learn. See the package README for the rules."""
 
     def __init__(self, config: HeuristicConfig, context: PolicyContext) -> None:
         self.config = config

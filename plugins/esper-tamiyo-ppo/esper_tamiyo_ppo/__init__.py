@@ -1,4 +1,4 @@
-"""esper-tamiyo-ppo: Tamiyo's learned policy, an LSTM policy with factored masked heads trained by PPO."""
+"""esper-tamiyo-ppo: Esper's learned policy, an LSTM network with factored masked heads trained by PPO."""
 
 from esper_tamiyo_ppo.buffer import RolloutBuffer, SequenceBatch, compute_gae
 from esper_tamiyo_ppo.config import PRESETS, NetworkSizes, PPOConfig

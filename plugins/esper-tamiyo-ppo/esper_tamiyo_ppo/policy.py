@@ -187,7 +187,7 @@ def _plain(value: Any) -> Any:
 
 
 class PPOPolicy:
-    """Tamiyo's learned policy (see the README for the network and the update)."""
+    """The learned ``ppo`` policy (see the README for the network and the update)."""
 
     def __init__(self, config: PPOConfig, context: PolicyContext) -> None:
         check_context(config, context)
