@@ -8,33 +8,23 @@ import torch
 
 from esper_core.errors import ConfigError
 from esper_core.leyline import SEGMENT_BOUNDARY
-from esper_core.registry import HostFamily
 from esper_core.tasks import TaskInfo
-from esper_core.testing import check_host_family
+from esper_core.testing import check_host_family, registered_records, task_info
 
 from esper_cnn import plugin
 from esper_cnn.host import PRESETS, CNNHost, CNNHostConfig, build_cnn_host
 
 
-def registered_host() -> HostFamily:
-    hosts: list[HostFamily] = []
-    plugin.esper_register_hosts(hosts.append)
-    assert [host.name for host in hosts] == ["cnn"]
-    return hosts[0]
-
-
-CNN = registered_host()
-
-
-def task_info(input_shape: tuple[int, ...] = (3, 32, 32), topology: str = "image") -> TaskInfo:
-    return TaskInfo(
-        name="t", topology=topology, input_shape=input_shape, num_classes=10,
-        metric_name="accuracy", train_size=10, val_size=10,
-    )
+HOSTS = registered_records(plugin, "hosts")
+CNN = HOSTS["cnn"]
 
 
 def host_for(input_shape: tuple[int, ...] = (3, 32, 32), **options: object) -> CNNHost:
-    return build_cnn_host(CNNHostConfig(**options), task_info(input_shape))
+    return build_cnn_host(CNNHostConfig(**options), task_info(input_shape=input_shape))
+
+
+def test_plugin_registers_exactly_the_cnn_host() -> None:
+    assert list(HOSTS) == ["cnn"]
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
@@ -43,17 +33,17 @@ def test_host_conforms_on_cifar_shapes(preset: str) -> None:
 
 
 def test_tiny_host_conforms_on_8x8_digits() -> None:
-    check_host_family(CNN, task_info((1, 8, 8)), config=CNNHostConfig(preset="tiny"))
+    check_host_family(CNN, task_info(input_shape=(1, 8, 8)), config=CNNHostConfig(preset="tiny"))
 
 
 def test_host_conforms_with_overrides_and_deeper_blocks() -> None:
     config = CNNHostConfig(channels=(8, 12, 16, 24), pool=(False, True, False, True), convs_per_block=2)
-    check_host_family(CNN, task_info((3, 16, 16)), config=config)
+    check_host_family(CNN, task_info(input_shape=(3, 16, 16)), config=config)
 
 
 def test_single_block_host_conforms() -> None:
     config = CNNHostConfig(channels=(8,), pool=(False,))
-    check_host_family(CNN, task_info((3, 4, 4)), config=config)
+    check_host_family(CNN, task_info(input_shape=(3, 4, 4)), config=config)
     assert host_for((3, 4, 4), channels=(8,), pool=(False,)).injection_specs()[0].position == 0.0
 
 
@@ -152,18 +142,18 @@ def test_channels_override_without_pool_names_the_preset() -> None:
 
 
 def test_pooling_below_one_pixel() -> None:
-    error = config_error(CNNHostConfig(preset="cifar_baseline"), task_info((1, 4, 4)))
+    error = config_error(CNNHostConfig(preset="cifar_baseline"), task_info(input_shape=(1, 4, 4)))
     assert "block 2" in str(error) and "below 1x1" in str(error)
 
 
 def test_tiny_fits_8x8_but_cifar_scale_does_not_fit_2x2() -> None:
-    build_cnn_host(CNNHostConfig(preset="tiny"), task_info((1, 8, 8)))
-    build_cnn_host(CNNHostConfig(preset="tiny"), task_info((1, 4, 4)))
-    config_error(CNNHostConfig(preset="cifar_scale"), task_info((1, 2, 2)))
+    build_cnn_host(CNNHostConfig(preset="tiny"), task_info(input_shape=(1, 8, 8)))
+    build_cnn_host(CNNHostConfig(preset="tiny"), task_info(input_shape=(1, 4, 4)))
+    config_error(CNNHostConfig(preset="cifar_scale"), task_info(input_shape=(1, 2, 2)))
 
 
 def test_non_image_task_reports_every_problem() -> None:
-    error = config_error(CNNHostConfig(), task_info((16, 32), topology="sequence"))
+    error = config_error(CNNHostConfig(), task_info(input_shape=(16, 32), topology="sequence"))
     assert len(error.problems) == 2
     assert "topology 'sequence'" in error.problems[0]
     assert "(C, H, W)" in error.problems[1]

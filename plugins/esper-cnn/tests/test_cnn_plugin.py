@@ -9,15 +9,12 @@ import torch.nn.functional as F
 from esper_core.kasmina import LifecycleSettings, MorphogeneticModel
 from esper_core.leyline import AlphaTarget, FactoredAction, LifecycleOp, SeedStage, SlotConfig, Tempo
 from esper_core.plugins import PluginManager
-from esper_core.tasks import TaskInfo
+from esper_core.testing import task_info
 
 from esper_cnn.host import CNNHostConfig, build_cnn_host
 
 FAMILY_NAMES = ("norm", "attention", "depthwise", "bottleneck", "conv_small", "conv_light", "conv_heavy", "conv_ladder")
-TINY_DIGITS = TaskInfo(
-    name="digits", topology="image", input_shape=(1, 8, 8), num_classes=10,
-    metric_name="accuracy", train_size=32, val_size=32,
-)
+TINY_DIGITS = task_info(name="digits", input_shape=(1, 8, 8), train_size=32, val_size=32)
 
 
 def test_entry_point_registers_host_and_seed_families() -> None:

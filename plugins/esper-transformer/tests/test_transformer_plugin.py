@@ -9,15 +9,15 @@ import torch.nn.functional as F
 from esper_core.kasmina import LifecycleSettings, MorphogeneticModel
 from esper_core.leyline import AlphaTarget, FactoredAction, LifecycleOp, SeedStage, SlotConfig, Tempo
 from esper_core.plugins import PluginManager
-from esper_core.tasks import TaskInfo
+from esper_core.testing import task_info
 
 from esper_transformer.host import TransformerHost, TransformerHostConfig, build_transformer_host
 
 FAMILY_NAMES = ("layer_norm", "lora", "lora_large", "causal_attention", "mlp_small", "mlp")
 VOCAB = 17
-TOKENS = TaskInfo(
-    name="tokens", topology="sequence", input_shape=(12,), num_classes=VOCAB,
-    metric_name="accuracy", train_size=32, val_size=32, score_basis="loss",
+TOKENS = task_info(
+    name="tokens", topology="sequence", input_shape=(12,), num_classes=VOCAB, train_size=32, val_size=32,
+    score_basis="loss",
 )
 
 
