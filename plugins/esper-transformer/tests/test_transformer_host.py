@@ -10,9 +10,8 @@ import torch
 from esper_core.config import structure_section
 from esper_core.errors import ConfigError
 from esper_core.leyline import SEGMENT_BOUNDARY
-from esper_core.registry import HostFamily
 from esper_core.tasks import TaskInfo
-from esper_core.testing import check_host_family
+from esper_core.testing import check_host_family, registered_records, task_info
 
 from esper_transformer import plugin
 from esper_transformer.host import SLOT_LAYOUTS, TransformerHost, TransformerHostConfig, build_transformer_host
@@ -21,21 +20,14 @@ VOCAB = 11
 CONTEXT = 8
 
 
-def registered_host() -> HostFamily:
-    hosts: list[HostFamily] = []
-    plugin.esper_register_hosts(hosts.append)
-    assert [host.name for host in hosts] == ["transformer"]
-    return hosts[0]
+HOSTS = registered_records(plugin, "hosts")
+TRANSFORMER = HOSTS["transformer"]
+#: A language task of ``CONTEXT`` tokens over ``VOCAB`` characters, scored on its loss.
+TOKENS = task_info(topology="sequence", input_shape=(CONTEXT,), num_classes=VOCAB, score_basis="loss")
 
 
-TRANSFORMER = registered_host()
-
-
-def task_info(input_shape: tuple[int, ...] = (CONTEXT,), topology: str = "sequence", vocab: int = VOCAB) -> TaskInfo:
-    return TaskInfo(
-        name="t", topology=topology, input_shape=input_shape, num_classes=vocab,
-        metric_name="accuracy", train_size=10, val_size=10, score_basis="loss",
-    )
+def test_plugin_registers_exactly_the_transformer_host() -> None:
+    assert list(HOSTS) == ["transformer"]
 
 
 def small(**options: object) -> TransformerHostConfig:
@@ -45,7 +37,7 @@ def small(**options: object) -> TransformerHostConfig:
 
 def host_for(seed: int = 0, info: TaskInfo | None = None, **options: object) -> TransformerHost:
     torch.manual_seed(seed)
-    return build_transformer_host(small(**options), info or task_info())
+    return build_transformer_host(small(**options), info or TOKENS)
 
 
 def tokens(batch: int = 3, time: int = CONTEXT, seed: int = 1) -> torch.Tensor:
@@ -66,16 +58,18 @@ def routed(host: TransformerHost, x: torch.Tensor, slot_ids: list[str]) -> torch
 
 @pytest.mark.parametrize("layout", SLOT_LAYOUTS)
 def test_host_conforms_for_every_layout(layout: str) -> None:
-    check_host_family(TRANSFORMER, task_info(), config=small(slot_layout=layout))
+    check_host_family(TRANSFORMER, TOKENS, config=small(slot_layout=layout))
 
 
 def test_default_host_conforms() -> None:
-    check_host_family(TRANSFORMER, task_info((16,), vocab=50))
+    check_host_family(
+        TRANSFORMER, task_info(topology="sequence", input_shape=(16,), num_classes=50, score_basis="loss")
+    )
 
 
 @pytest.mark.parametrize("options", [{"n_layer": 1, "num_segments": 1}, {"n_layer": 1, "slot_layout": "layers"}, {"n_layer": 4, "num_segments": 2}, {"n_layer": 1, "slot_layout": "lattice"}])
 def test_other_depths_conform(options: dict[str, object]) -> None:
-    check_host_family(TRANSFORMER, task_info(), config=small(**options))
+    check_host_family(TRANSFORMER, TOKENS, config=small(**options))
 
 
 @pytest.mark.parametrize("layout", SLOT_LAYOUTS)
@@ -101,7 +95,7 @@ def test_routing_through_every_subset_shape_equals_forward(layout: str) -> None:
 @pytest.mark.parametrize(("layout", "count"), [("segments", 3), ("layers", 6), ("lattice", 12)])
 def test_slot_counts_for_six_layers(layout: str, count: int) -> None:
     assert len(host_for(slot_layout=layout).injection_specs()) == count
-    assert len(build_transformer_host(TransformerHostConfig(slot_layout=layout), task_info()).injection_specs()) == count
+    assert len(build_transformer_host(TransformerHostConfig(slot_layout=layout), TOKENS).injection_specs()) == count
 
 
 def test_segment_specs() -> None:
@@ -257,7 +251,10 @@ def test_tied_and_untied_embeddings() -> None:
 
 
 def test_default_parameter_count() -> None:
-    host = build_transformer_host(TransformerHostConfig(), task_info((128,), vocab=256))
+    host = build_transformer_host(
+        TransformerHostConfig(),
+        task_info(topology="sequence", input_shape=(128,), num_classes=256, score_basis="loss"),
+    )
     d = 128
     per_layer = 12 * d * d + 13 * d
     assert sum(p.numel() for p in host.parameters()) == 6 * per_layer + 2 * d + 256 * d + 128 * d == 1_239_040
@@ -277,7 +274,7 @@ def test_dropout_is_active_in_training_only() -> None:
 
 def config_error(config: TransformerHostConfig, info: TaskInfo | None = None) -> ConfigError:
     with pytest.raises(ConfigError) as caught:
-        build_transformer_host(config, info or task_info())
+        build_transformer_host(config, info or TOKENS)
     assert caught.value.problems and all(problem.startswith("[host]") for problem in caught.value.problems)
     return caught.value
 
@@ -301,9 +298,8 @@ def test_num_segments_belongs_to_segments(layout: str) -> None:
 
 
 def test_every_problem_is_reported_at_once() -> None:
-    error = config_error(
-        TransformerHostConfig(n_layer=5, d_model=10, n_head=3), task_info((3, 8, 8), topology="image")
-    )
+    image = task_info(input_shape=(3, 8, 8), num_classes=VOCAB, score_basis="loss")
+    error = config_error(TransformerHostConfig(n_layer=5, d_model=10, n_head=3), image)
     assert len(error.problems) == 4
     assert "topology 'image'" in error.problems[0]
     assert "(T,)" in error.problems[1]

@@ -7,25 +7,14 @@ import pytest
 import torch
 
 from esper_core.kasmina import count_parameters
-from esper_core.registry import SeedFamily
-from esper_core.testing import check_seed_family
+from esper_core.testing import check_seed_family, registered_records
 
 from esper_transformer import plugin, seeds
 
 FAMILY_NAMES = ("layer_norm", "lora", "lora_large", "causal_attention", "mlp_small", "mlp")
 
 
-def registered_families() -> dict[str, SeedFamily]:
-    families: dict[str, SeedFamily] = {}
-
-    def register(entry: SeedFamily) -> None:
-        families[entry.name] = entry
-
-    plugin.esper_register_seed_families(register)
-    return families
-
-
-FAMILIES = registered_families()
+FAMILIES = registered_records(plugin, "seed_families")
 
 
 def build(name: str, channels: int, **options: object) -> torch.nn.Module:
