@@ -14,9 +14,7 @@ import attrs
 import cattrs
 from cattrs.errors import (
     BaseValidationError,
-    ClassValidationError,
     ForbiddenExtraKeysError,
-    IterableValidationError,
 )
 from cattrs.errors import AttributeValidationNote, IterableValidationNote
 

@@ -23,7 +23,7 @@ from esper_core.errors import ConfigError, DataError, TrainingUnstable
 from esper_core.leyline import TelemetryEventType
 from esper_core.leyline.telemetry import _json_converter
 from esper_core.plugins import PluginManager
-from esper_core.runs import EVENTS_FILE, _slug, create_run_dir, write_json
+from esper_core.runs import EVENTS_FILE, create_run_dir, slug, write_json
 from esper_core.tamiyo.policy import ENTROPY_METRIC_PREFIX
 from esper_core.leyline import epoch_step
 from esper_core.telemetry.report import load_events, summarize_events
@@ -113,14 +113,14 @@ def _arm_name_problems(names: list[str]) -> list[str]:
     problems = []
     by_slug: dict[str, list[str]] = defaultdict(list)
     for name in names:
-        by_slug[_slug(name).casefold()].append(name)
-        if "__" in _slug(name):
+        by_slug[slug(name).casefold()].append(name)
+        if "__" in slug(name):
             problems.append(f"[experiment] arm name {name!r} contains '__', which separates the parts of run directory names")
-    for slug, clashing in by_slug.items():
+    for directory_part, clashing in by_slug.items():
         if len(clashing) > 1:
             listed = ", ".join(repr(name) for name in clashing)
             problems.append(
-                f"[experiment] arm names {listed} cannot be told apart in run directory names (all become {slug!r}); "
+                f"[experiment] arm names {listed} cannot be told apart in run directory names (all become {directory_part!r}); "
                 "rename them"
                 if len(set(clashing)) > 1
                 else f"[experiment] arm name {clashing[0]!r} is given {len(clashing)} times; arm names must be unique"

@@ -473,9 +473,6 @@ class Registry:
             return plugin
         return next(owner for (owner, other), item in self._items[kind].items() if other == plain and item is entry)
 
-    def surface_code(self, name: str) -> int:
-        return self.get("surfaces", name).code
-
     def topology(self, name: str) -> TopologyKind:
         """The registered topology called ``name`` (``KeyError`` with suggestions when absent)."""
         return self.get("topologies", name)

@@ -44,6 +44,7 @@ __all__ = [
     "save_checkpoint",
     "seed_everything",
     "set_rng_state",
+    "slug",
     "write_json",
 ]
 
@@ -68,7 +69,7 @@ _UNSAFE = re.compile(r"[^\w.-]+")
 _SLUG_LENGTH = 64
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
     """A file-name-safe form of ``text``: unicode letters and digits kept (NFC), no separators, no dot-only names."""
     slug = _UNSAFE.sub("-", unicodedata.normalize("NFC", text)).strip("-.")[:_SLUG_LENGTH].strip("-.")
     return slug or "run"
@@ -79,7 +80,7 @@ def create_run_dir(
 ) -> Path:
     """Make ``{output_dir}/{task}__{name}__{seed}__{time}``; a clash gets a ``-2``, ``-3`` suffix."""
     now = now or _dt.datetime.now()
-    stem = f"{_slug(task)}__{_slug(name)}__{seed}__{now.strftime('%Y%m%d-%H%M%S')}"
+    stem = f"{slug(task)}__{slug(name)}__{seed}__{now.strftime('%Y%m%d-%H%M%S')}"
     check_output_dir(output_dir)
     try:
         output_dir.mkdir(parents=True, exist_ok=True)

@@ -95,7 +95,7 @@ def lifecycle_stream() -> list[TelemetryEvent]:
         changed(SeedStage.GERMINATED, SeedStage.TRAINING, 4, **c),
         *germinated(7, **d),
         changed(SeedStage.GERMINATED, SeedStage.TRAINING, 7, **d),
-        pruned(8, reason="governor_rollback", **c),
+        pruned(8, reason="rollback", **c),
         round_completed(1),
     ]
 
@@ -130,7 +130,7 @@ def test_the_summary_counts_anomalies_by_kind_and_prune_reasons() -> None:
     assert summary["anomalies"]["gradient"] == {"non_finite": 0, "exploding": 1, "vanishing": 0, "dead_seed": 2}
     assert summary["anomalies"]["policy"] == {"entropy_collapse": 0, "value_loss_blowup": 0, "kl_spike": 1}
     assert describe_anomalies(summary) == "anomalies: exploding 1, dead_seed 2, kl_spike 1"
-    assert summary["lifecycle"]["prune_reasons"] == {"policy": 1, "governor_rollback": 1}
+    assert summary["lifecycle"]["prune_reasons"] == {"policy": 1, "rollback": 1}
     assert summary["lifecycle"]["germinated"] == 4 and summary["lifecycle"]["blended"] == 1
     assert summary["stage_durations"] == stage_durations(events)
     assert summary["run"]["torch_threads"] == 1

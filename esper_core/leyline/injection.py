@@ -87,10 +87,6 @@ class SlotConfig:
     def channels_map(self) -> dict[str, int]:
         return {spec.slot_id: spec.channels for spec in self.specs}
 
-    @property
-    def order_map(self) -> dict[str, int]:
-        return {spec.slot_id: spec.order for spec in self.specs}
-
     def order_norm(self, slot_id: str) -> float:
         """The slot's ``order`` scaled to 0..1 over the host's whole order span (0 with one slot)."""
         low, high = self.host_order_span

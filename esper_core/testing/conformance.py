@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import attrs
 import torch
 
 from esper_core.errors import PluginError
@@ -502,7 +501,3 @@ def check_sink_kind(kind: SinkKind, run_dir: Path, *, config: Any = None) -> Any
     sink.close()
     return sink
 
-
-def config_with(config_class: type, **changes: Any) -> Any:
-    """An instance of ``config_class`` with defaults and ``changes`` (a small test helper)."""
-    return attrs.evolve(config_class(), **changes)
