@@ -8,18 +8,16 @@ import pytest
 import torch
 from torch import nn
 
-from esper_core.registry import TaskKind
 from esper_core.tasks import TaskContext
-from esper_core.testing import check_task_kind
-from esper_text.plugin import DEFAULT_HOST
+from esper_core.testing import check_task_kind, registered_records
+from esper_text import plugin
 from esper_text.pydoc_task import PydocConfig, build_pydoc, pydoc_text, split_text
 from esper_text.sequence_task import TokenWindowTask
 
 CPU = torch.device("cpu")
 
 
-def _kind() -> TaskKind:
-    return TaskKind(name="pydoc", build=build_pydoc, default_host=DEFAULT_HOST, config_class=PydocConfig)
+PYDOC = registered_records(plugin, "tasks")["pydoc"]
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +26,7 @@ def task() -> TokenWindowTask:
 
 
 def test_pydoc_passes_the_conformance_kit() -> None:
-    task = check_task_kind(_kind(), config=PydocConfig(max_train_windows=64, max_val_windows=16))
+    task = check_task_kind(PYDOC, config=PydocConfig(max_train_windows=64, max_val_windows=16))
     assert task.info.train_size == 64 and task.info.val_size == 16
 
 

@@ -9,10 +9,9 @@ import pytest
 import torch
 
 from esper_core.errors import DataError
-from esper_core.registry import TaskKind
 from esper_core.tasks import TaskContext
-from esper_core.testing import check_task_kind
-from esper_text.plugin import DEFAULT_HOST
+from esper_core.testing import check_task_kind, registered_records
+from esper_text import plugin
 from esper_text.sequence_task import TokenWindowTask
 from esper_text.tinystories import TinyStoriesConfig, build_tinystories, read_stories
 from esper_text.vocabulary import END_OF_TEXT, UNKNOWN
@@ -65,8 +64,7 @@ def test_every_format_reads_the_same_stories(tmp_path: Path, name: str) -> None:
 @pytest.mark.parametrize("name", sorted(WRITERS))
 def test_every_format_builds_a_conforming_task(tmp_path: Path, name: str) -> None:
     path = WRITERS[name](tmp_path / name)
-    kind = TaskKind(name="tinystories", build=build_tinystories, default_host=DEFAULT_HOST,
-                    config_class=TinyStoriesConfig)
+    kind = registered_records(plugin, "tasks")["tinystories"]
     task = check_task_kind(kind, config=TinyStoriesConfig(path=str(path), context_length=CONTEXT), batch_size=4)
     info = task.info
     assert info.topology == "sequence" and info.score_basis == "loss"

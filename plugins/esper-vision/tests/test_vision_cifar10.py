@@ -11,11 +11,10 @@ import pytest
 import torch
 
 from esper_core.errors import DataError
-from esper_core.registry import TaskKind
 from esper_core.tasks import TaskContext
-from esper_core.testing import check_task_kind
+from esper_core.testing import check_task_kind, registered_records
+from esper_vision import plugin
 from esper_vision.cifar10 import FOLDER_NAME, Cifar10Config, build_cifar10
-from esper_vision.plugin import DEFAULT_HOST
 
 IMAGES_PER_BATCH = 20
 CPU = torch.device("cpu")
@@ -53,15 +52,14 @@ def write_cifar_folder(
     return folder
 
 
-def _kind() -> TaskKind:
-    return TaskKind(name="cifar10", build=build_cifar10, default_host=DEFAULT_HOST, config_class=Cifar10Config)
+CIFAR10 = registered_records(plugin, "tasks")["cifar10"]
 
 
 @pytest.mark.parametrize("keys", ["bytes", "str"])
 @pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
 def test_cifar10_passes_conformance_on_a_generated_folder(tmp_path: Path, protocol: int, keys: str) -> None:
     write_cifar_folder(tmp_path, protocol=protocol, keys=keys)
-    task = check_task_kind(_kind(), config=Cifar10Config(root=str(tmp_path)))
+    task = check_task_kind(CIFAR10, config=Cifar10Config(root=str(tmp_path)))
     assert task.info.input_shape == (3, 32, 32)
     assert task.info.num_classes == 10
     assert task.info.train_size == 5 * IMAGES_PER_BATCH

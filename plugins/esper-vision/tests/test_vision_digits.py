@@ -5,21 +5,19 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from esper_core.registry import TaskKind
 from esper_core.tasks import TaskContext
-from esper_core.testing import check_task_kind
+from esper_core.testing import check_task_kind, registered_records
+from esper_vision import plugin
 from esper_vision.digits import DigitsConfig, build_digits, split_digits
-from esper_vision.plugin import DEFAULT_HOST
 
 CPU = torch.device("cpu")
 
 
-def _kind() -> TaskKind:
-    return TaskKind(name="digits", build=build_digits, default_host=DEFAULT_HOST, config_class=DigitsConfig)
+DIGITS = registered_records(plugin, "tasks")["digits"]
 
 
 def test_digits_passes_conformance() -> None:
-    task = check_task_kind(_kind())
+    task = check_task_kind(DIGITS)
     assert task.info.input_shape == (1, 8, 8)
     assert task.info.num_classes == 10
     assert task.info.topology == "image"

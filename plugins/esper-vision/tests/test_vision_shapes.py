@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from esper_core.registry import TaskKind
 from esper_core.tasks import TaskContext
-from esper_core.testing import check_task_kind
-from esper_vision.plugin import DEFAULT_HOST
+from esper_core.testing import check_task_kind, registered_records
+from esper_vision import plugin
 from esper_vision.shapes import (
     CLASS_NAMES,
     NUM_CLASSES,
@@ -28,8 +27,7 @@ def _generate(seed: int, count: int = 300, **options: float) -> tuple[torch.Tens
 
 
 def test_shapes_passes_conformance() -> None:
-    kind = TaskKind(name="shapes", build=build_shapes, default_host=DEFAULT_HOST, config_class=ShapesConfig)
-    task = check_task_kind(kind, config=SMALL)
+    task = check_task_kind(registered_records(plugin, "tasks")["shapes"], config=SMALL)
     assert task.info.input_shape == (3, 32, 32)
     assert task.info.num_classes == NUM_CLASSES == len(CLASS_NAMES) == 10
     assert (task.info.train_size, task.info.val_size) == (200, 60)
