@@ -45,7 +45,8 @@ def _record(event: TelemetryEvent, *, round_index: int, epoch: int | None, env_i
 class JsonlSink:
     """Appends one flat JSON object per line to ``<run_dir>/<filename>``; every line is flushed as written.
 
-    Records: ``EPOCH_COMPLETED``, ``REWARD_COMPUTED``, ``POLICY_UPDATED`` and ``ROUND_COMPLETED``. Each
+    Records: ``EPOCH_COMPLETED``, ``REWARD_COMPUTED``, ``POLICY_UPDATED``, ``ROUND_COMPLETED``,
+    ``GRADIENT_ANOMALY`` and ``POLICY_ANOMALY`` (``anomaly`` is the kind; ``value``, ``threshold``). Each
     starts with ``event``, ``time``, ``round``, ``epoch``, ``env_id`` and ``step`` (``null`` where a
     field does not apply); ``step`` is the epoch step ``round * episode_length + epoch``, and
     round-level records carry the step of the round's last epoch. The numeric fields follow, flattened:
@@ -67,6 +68,8 @@ class JsonlSink:
             TelemetryEventType.REWARD_COMPUTED: self._reward_record,
             TelemetryEventType.POLICY_UPDATED: self._policy_record,
             TelemetryEventType.ROUND_COMPLETED: self._round_record,
+            TelemetryEventType.GRADIENT_ANOMALY: self._gradient_anomaly_record,
+            TelemetryEventType.POLICY_ANOMALY: self._policy_anomaly_record,
         }
 
     def _open(self) -> IO[str]:
@@ -202,4 +205,31 @@ class JsonlSink:
         for env_id, (metric, params) in enumerate(zip(payload.final_metrics, payload.final_params)):
             record[f"env{env_id}/final_metric"] = metric
             record[f"env{env_id}/final_params"] = params
+        return record
+
+    def _gradient_anomaly_record(self, event: TelemetryEvent) -> dict[str, Any]:
+        payload: payloads.GradientAnomalyPayload = event.payload
+        record = _record(
+            event,
+            round_index=payload.round,
+            epoch=payload.epoch,
+            env_id=payload.env_id,
+            step=epoch_step(payload.round, payload.epoch, self.context.episode_length),
+        )
+        record.update(
+            anomaly=payload.kind, where=payload.where, name=payload.name, seed_id=payload.seed_id,
+            value=payload.value, threshold=payload.threshold,
+        )
+        return record
+
+    def _policy_anomaly_record(self, event: TelemetryEvent) -> dict[str, Any]:
+        payload: payloads.PolicyAnomalyPayload = event.payload
+        record = _record(
+            event,
+            round_index=payload.round,
+            epoch=None,
+            env_id=None,
+            step=round_step(payload.round, self.context.episode_length),
+        )
+        record.update(anomaly=payload.kind, head=payload.head, value=payload.value, threshold=payload.threshold)
         return record

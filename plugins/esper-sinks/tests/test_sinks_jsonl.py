@@ -107,8 +107,30 @@ def test_only_scalar_events_are_written(tmp_path: Path) -> None:
         sink.handle(event)
     sink.close()
     assert [record["event"] for record in read_records(tmp_path / "scalars.jsonl")] == [
-        "ROUND_COMPLETED", "EPOCH_COMPLETED", "REWARD_COMPUTED", "POLICY_UPDATED"
+        "ROUND_COMPLETED", "EPOCH_COMPLETED", "REWARD_COMPUTED", "POLICY_UPDATED", "GRADIENT_ANOMALY", "POLICY_ANOMALY"
     ]
+
+
+def test_anomalies_are_written_with_their_kind_site_value_and_threshold(tmp_path: Path) -> None:
+    sink = JsonlSink(JsonlSinkConfig(), make_context(tmp_path))
+    sink.handle(TelemetryEvent(
+        event_type=TelemetryEventType.GRADIENT_ANOMALY,
+        payload=payloads.GradientAnomalyPayload(
+            env_id=1, round=2, epoch=3, where="seed", name="r0c1", kind="exploding", value=5e3, threshold=1e3,
+            seed_id="s7",
+        ),
+    ))
+    sink.handle(TelemetryEvent(
+        event_type=TelemetryEventType.POLICY_ANOMALY,
+        payload=payloads.PolicyAnomalyPayload(round=2, kind="entropy_collapse", value=0.001, threshold=0.01, head="op"),
+    ))
+    sink.close()
+    gradient, policy = read_records(tmp_path / "scalars.jsonl")
+    assert gradient["step"] == 2 * EPISODE_LENGTH + 3 and gradient["env_id"] == 1
+    assert (gradient["anomaly"], gradient["where"], gradient["name"], gradient["seed_id"]) == ("exploding", "seed", "r0c1", "s7")
+    assert (gradient["value"], gradient["threshold"]) == (5e3, 1e3)
+    assert policy["step"] == 2 * EPISODE_LENGTH + EPISODE_LENGTH - 1 and policy["epoch"] is None
+    assert (policy["anomaly"], policy["head"], policy["value"], policy["threshold"]) == ("entropy_collapse", "op", 0.001, 0.01)
 
 
 def test_a_second_run_appends(tmp_path: Path) -> None:
