@@ -26,8 +26,8 @@ from esper_core.errors import CheckpointError, ConfigError, RunAborted, RunLocke
 from esper_core.plugins import PluginManager
 from esper_core.registry import SeedFamily
 from esper_core.runs import CHECKPOINT_DIR, LATEST_CHECKPOINT, RunLock, load_checkpoint, save_checkpoint
-from esper_core.telemetry.report import read_events
 from esper_core.tolaria.engine import resume_run, start_run
+from esper_core.testing import comparable, events_of
 from tests import toy_plugin
 
 ESPER = Path(sys.executable).with_name("esper")
@@ -35,22 +35,6 @@ ROOT = Path(__file__).resolve().parents[1]
 LIVE = ("GERMINATED", "TRAINING", "BLENDING", "HOLDING")
 
 # -- helpers -------------------------------------------------------------------------------------------
-
-
-def events_of(run_dir: Path) -> list[dict]:
-    return read_events(run_dir / "events.jsonl")
-
-
-def comparable(records: list[dict]) -> list[tuple]:
-    """Events without wall-clock fields or resume bookkeeping."""
-    skip = {"RUN_STARTED", "RUN_RESUMED", "RUN_FINISHED"}
-    out = []
-    for record in records:
-        if record["event"] in skip:
-            continue
-        data = {k: v for k, v in record["data"].items() if not k.endswith("_seconds") and k != "seconds"}
-        out.append((record["event"], json.dumps(data, sort_keys=True)))
-    return out
 
 
 def assert_counts_reconcile(run_dir: Path) -> dict:

@@ -14,9 +14,9 @@ import torch
 from esper_core.config import GovernorSection
 from esper_core.errors import CheckpointError, RunAborted, TrainingUnstable
 from esper_core.runs import CHECKPOINT_DIR, LATEST_CHECKPOINT, create_run_dir, load_checkpoint
-from esper_core.telemetry.report import read_events
 from esper_core.tolaria.engine import resume_run, start_run
 from esper_core.tolaria.governor import Governor
+from esper_core.testing import comparable, events_of
 from tests import toy_plugin
 
 LIFECYCLE_SCRIPT = {
@@ -24,22 +24,6 @@ LIFECYCLE_SCRIPT = {
     "3": {"op": 2, "slot": 1},  # ADVANCE
     "6": {"op": 5, "slot": 1},  # FOSSILIZE (HOLDING after 3 blend epochs)
 }
-
-
-def events_of(run_dir: Path) -> list[dict]:
-    return read_events(run_dir / "events.jsonl")
-
-
-def comparable(records: list[dict]) -> list[tuple]:
-    """Events without wall-clock fields, run-directory names or resume bookkeeping."""
-    skip = {"RUN_STARTED", "RUN_RESUMED", "RUN_FINISHED"}
-    out = []
-    for record in records:
-        if record["event"] in skip:
-            continue
-        data = {k: v for k, v in record["data"].items() if not k.endswith("_seconds") and k != "seconds"}
-        out.append((record["event"], json.dumps(data, sort_keys=True)))
-    return out
 
 
 def test_scripted_lifecycle_runs_through_the_engine(toy_manager, toy_config):
