@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import statistics
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,23 +22,33 @@ REPORT_PLOT = "report.png"
 Events = Sequence[TelemetryEvent]
 
 
-def read_events(path: Path) -> list[dict[str, Any]]:
-    """Every event record in ``path`` as raw JSON objects (for scripts and tests that look at the file
-    itself; readers use ``load_events``). A torn final line (a run killed mid-write) is skipped; a
-    malformed line elsewhere raises ``DataError`` naming the line."""
+def _json_lines(path: Path) -> Iterator[tuple[int, Any]]:
+    """``(line number, parsed JSON)`` for every non-blank line of an event record. A torn final line (a
+    run killed mid-write) is skipped; a missing file, non-UTF-8 text or a malformed line elsewhere is a
+    ``DataError`` naming the file and the line."""
     if not path.exists():
         raise DataError(f"no event record at '{path}' (is this an Esper run directory?)")
-    lines = path.read_text(encoding="utf-8").splitlines()
-    records = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise DataError(f"'{path}' is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            yield number, json.loads(line)
         except json.JSONDecodeError as exc:
             if number == len(lines):
-                break
+                return
             raise DataError(f"'{path}' line {number} is not valid JSON: {exc.msg}") from None
+
+
+def read_events(path: Path) -> list[dict[str, Any]]:
+    """Every event record in ``path`` as raw JSON objects (for scripts and tests that look at the file
+    itself; readers use ``load_events``). A torn final line (a run killed mid-write) is skipped; a
+    malformed line elsewhere raises ``DataError`` naming the line."""
+    records = []
+    for number, record in _json_lines(path):
         if not isinstance(record, dict) or "event" not in record or "data" not in record:
             raise DataError(f"'{path}' line {number} is not an Esper event record")
         records.append(record)
@@ -51,22 +61,8 @@ def load_events(path: Path) -> list[TelemetryEvent]:
     otherwise ``DataError`` names the file, the line and the fields. A torn final line (a run killed
     mid-write) is skipped. Records written by an Esper whose event schema differed (a field added,
     removed or retyped since) are refused the same way: the message names the field."""
-    if not path.exists():
-        raise DataError(f"no event record at '{path}' (is this an Esper run directory?)")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        raise DataError(f"'{path}' is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     events: list[TelemetryEvent] = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            if number == len(lines):
-                break
-            raise DataError(f"'{path}' line {number} is not valid JSON: {exc.msg}") from None
+    for number, record in _json_lines(path):
         try:
             event = event_from_dict(record)
         except DataError as exc:
