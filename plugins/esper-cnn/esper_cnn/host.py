@@ -14,6 +14,17 @@ from esper_core.validators import one_of, positive_int
 #: The activation layout this host produces at its slots.
 TOPOLOGY = "image"
 
+#: The host family's name (what ``[host] name`` selects).
+HOST_FAMILY = "cnn"
+
+#: Roadmap A2 surfaces: after a block's conv body, before its pool; and after the pool.
+PRE_POOL = "pre_pool"
+POST_POOL = "post_pool"
+
+#: Stable surface codes (0..MAX_SURFACE_CODE, shared by every plugin: the core's segment_boundary is 0,
+#: the transformer's post_attn and post_mlp are 1 and 2).
+SURFACE_CODES: dict[str, int] = {PRE_POOL: 3, POST_POOL: 4}
+
 
 @attrs.frozen
 class HostPreset:

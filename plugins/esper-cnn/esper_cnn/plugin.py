@@ -2,23 +2,43 @@
 
 from __future__ import annotations
 
-from esper_core.hookspecs import HostRegistrar, SeedFamilyRegistrar, hookimpl
-from esper_core.registry import HostFamily, SeedFamily
+from esper_core.hookspecs import HostRegistrar, SeedFamilyRegistrar, SurfaceRegistrar, hookimpl
+from esper_core.registry import HostFamily, SeedFamily, SurfaceKind
 
 from esper_cnn import seeds
 from esper_cnn.ladder import CONV_LADDER, build_conv_ladder
-from esper_cnn.host import TOPOLOGY, CNNHostConfig, build_cnn_host
+from esper_cnn.host import HOST_FAMILY, POST_POOL, PRE_POOL, SURFACE_CODES, TOPOLOGY, CNNHostConfig, build_cnn_host
 
 
 @hookimpl
 def esper_register_hosts(register: HostRegistrar) -> None:
     register(
         HostFamily(
-            name="cnn",
+            name=HOST_FAMILY,
             build=build_cnn_host,
             topology=TOPOLOGY,
             config_class=CNNHostConfig,
             description="conv blocks (conv3x3-BN-ReLU, optional max-pool) with a slot after each block",
+        )
+    )
+
+
+@hookimpl
+def esper_register_surfaces(register: SurfaceRegistrar) -> None:
+    register(
+        SurfaceKind(
+            name=PRE_POOL,
+            code=SURFACE_CODES[PRE_POOL],
+            host_families=(HOST_FAMILY,),
+            description="after a conv block's body, before its pool: the full-resolution activation (roadmap A2)",
+        )
+    )
+    register(
+        SurfaceKind(
+            name=POST_POOL,
+            code=SURFACE_CODES[POST_POOL],
+            host_families=(HOST_FAMILY,),
+            description="after a conv block's 2x2 max-pool: the pooled activation (roadmap A2)",
         )
     )
 
