@@ -386,6 +386,7 @@ class Rule(enum.Enum):
 
     PRUNE_DAMAGE = "prune_damage"
     SHRINK_UNPAID = "shrink_unpaid"
+    SHRINK_RENT = "shrink_rent"
     GROW_RISING = "grow_rising"
     FOSSILIZE = "fossilize"
     PRUNE_PATIENCE = "prune_patience"
@@ -558,6 +559,7 @@ class HeuristicPolicy:
         rules = (
             self._prune_damage,
             self._shrink_unpaid,
+            self._shrink_rent,
             self._grow_rising,
             self._fossilize,
             self._prune_patience,
@@ -626,6 +628,31 @@ class HeuristicPolicy:
                     action, Rule.SHRINK_UNPAID,
                     f"{report.slot_id}: level {report.internal_level} raised the contribution by only {gain:.4g}",
                 )
+        return None
+
+    def _shrink_rent(
+        self, observation: EnvObservation, masks: ActionMasks, env_index: int, memory: EnvMemory
+    ) -> Decision | None:
+        """Ladder rule: a HOLDING ladder seed above level 1 whose measured contribution no longer pays the
+        rent of its current level (its price at the parameters in use) gives back one level instead of
+        being pruned, and is not grown back past the level below; at level 1 rule 3 prunes it as before.
+        A growth on trial is left to the trial's verdict."""
+        for slot, report in enumerate(observation.slots):
+            if report.stage is not SeedStage.HOLDING or report.internal_kind is None or report.internal_level <= 1:
+                continue
+            contribution = report.metrics.counterfactual_contribution
+            if contribution is None or report.seed_id in memory.ladder_trials or self.pays(report):
+                continue
+            action = pinned_action(LifecycleOp.SHRINK_INTERNAL, slot=slot)
+            if not masks.allows(env_index, action):
+                continue
+            memory.ladder_ceiling[report.seed_id] = report.internal_level - 1
+            return Decision(
+                action, Rule.SHRINK_RENT,
+                f"{report.slot_id}: contribution {contribution:.4g} does not pay the rent "
+                f"{self.price(report.seed_params):.4g} of level {report.internal_level}; "
+                f"level {report.internal_level} -> {report.internal_level - 1}",
+            )
         return None
 
     def _grow_rising(
