@@ -15,6 +15,7 @@ from esper_core.leyline import (
     LifecycleOp,
     SeedStage,
     TelemetryEventType,
+    event_from_dict,
 )
 from esper_core.registry import LadderSpec, SeedFamily
 from esper_core.runs import CHECKPOINT_DIR, LATEST_CHECKPOINT, load_checkpoint
@@ -232,3 +233,66 @@ def test_every_size_counts_the_capacity_in_use_not_what_is_built():
     germinated = [e.payload for e in events if e.event_type is TelemetryEventType.SEED_GERMINATED]
     assert fossilized[-1].seed_params == level_one
     assert (germinated[-1].seed_params, germinated[-1].built_params) == (level_one, slot.built_params)
+
+
+def test_a_grouped_ladder_reports_its_group_size_and_active_groups(monkeypatch):
+    """A ladder with the optional ``internal_group_size`` member: the report and the germinate, level-change
+    and fossilize events carry the group size and active groups (== level); a ladder without it and a seed
+    without a ladder carry None (not meaningful), never 0."""
+    monkeypatch.setattr(toy_plugin.ToyLadder, "internal_group_size", 3, raising=False)
+    events = []
+    model = make_model(events=events)
+    slot = germinate_ladder(model)
+    report = slot.report()
+    assert (report.internal_group_size, report.internal_active_groups, report.internal_level) == (3, 1, 1)
+    assert model.apply(FactoredAction(op=GROW, slot=0), score_now=0.1).success
+    assert (slot.report().internal_group_size, slot.report().internal_active_groups) == (3, 2)
+    assert model.apply(FactoredAction(op=SHRINK, slot=0), score_now=0.1).success
+    assert slot.report().internal_active_groups == 1
+    changes = [e.payload for e in events if e.event_type is TelemetryEventType.SEED_INTERNAL_LEVEL_CHANGED]
+    assert [(c.to_level, c.internal_group_size, c.internal_active_groups) for c in changes] == [(2, 3, 2), (1, 3, 1)]
+    (germinated,) = [e.payload for e in events if e.event_type is TelemetryEventType.SEED_GERMINATED]
+    assert (germinated.internal_group_size, germinated.internal_active_groups) == (3, 1)
+    slot._set_alpha(1.0)
+    slot.stage = SeedStage.HOLDING  # direct state: fossilize without running a blend
+    assert model.apply(FactoredAction(op=LifecycleOp.FOSSILIZE, slot=0), score_now=0.1).success
+    (fossilized,) = [e.payload for e in events if e.event_type is TelemetryEventType.SEED_FOSSILIZED]
+    assert (fossilized.internal_group_size, fossilized.internal_active_groups) == (3, 1)
+    frozen = model.apply(FactoredAction(op=GROW, slot=0), score_now=0.1)
+    assert not frozen.success and slot.report().internal_active_groups == 1
+    model.apply(FactoredAction(op=LifecycleOp.GERMINATE, slot=1, blueprint=0), score_now=0.1)
+    plain = model.slots[model.slot_ids[1]].report()
+    empty = model.slots[model.slot_ids[2]].report()
+    assert (plain.internal_group_size, plain.internal_active_groups) == (None, None)
+    assert (empty.internal_group_size, empty.internal_active_groups) == (None, None)
+
+
+def test_a_ladder_without_groups_reports_none_for_the_group_fields():
+    events = []
+    model = make_model(events=events)
+    slot = germinate_ladder(model)
+    assert model.apply(FactoredAction(op=GROW, slot=0), score_now=0.1).success
+    report = slot.report()
+    assert report.internal_level == 2 and (report.internal_group_size, report.internal_active_groups) == (None, None)
+    grouped = [e.payload for e in events if e.event_type in (TelemetryEventType.SEED_GERMINATED,
+                                                             TelemetryEventType.SEED_INTERNAL_LEVEL_CHANGED)]
+    assert len(grouped) == 2
+    assert all((p.internal_group_size, p.internal_active_groups) == (None, None) for p in grouped)
+
+
+def test_event_records_written_before_the_group_fields_still_load():
+    """An events.jsonl line from 0.2.0 has no internal_group_size / internal_active_groups: it reads as None."""
+    common = {"env_id": 0, "round": 0, "epoch": 3, "slot_id": "r0c0", "seed_id": "s1", "blueprint_id": "conv_ladder"}
+    old = [
+        ("SEED_INTERNAL_LEVEL_CHANGED", {**common, "from_level": 1, "to_level": 2, "internal_effective_params": 10}),
+        ("SEED_GERMINATED", {**common, "style": "ADD", "alpha_target": 1.0, "seed_params": 5, "built_params": 9,
+                             "internal_level": 1, "internal_effective_params": 5}),
+        ("SEED_FOSSILIZED", {**common, "seed_params": 5, "alpha": 1.0, "contribution": 0.1, "seed_age_epochs": 7,
+                             "internal_level": 1, "internal_effective_params": 5}),
+    ]
+    for name, data in old:
+        payload = event_from_dict({"event": name, "time": 1.0, "data": data}).payload
+        assert (payload.internal_group_size, payload.internal_active_groups) == (None, None)
+    data = {**old[0][1], "internal_group_size": 16, "internal_active_groups": 2}
+    payload = event_from_dict({"event": old[0][0], "time": 1.0, "data": data}).payload
+    assert (payload.internal_group_size, payload.internal_active_groups) == (16, 2)

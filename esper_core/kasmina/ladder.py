@@ -21,6 +21,13 @@ class LadderModule(Protocol):
     - raising the level does not change the output at that moment (new capacity enters at zero);
     - ``internal_effective_params(level)`` is the parameter count in use at ``level``, non-decreasing
       in ``level`` and 0 at level 0.
+
+    Optional member (not part of the structural check): a ladder whose levels count equal groups of
+    units (channel groups, rank blocks, head groups; level ``k`` runs the first ``k`` groups) has an
+    attribute ``internal_group_size: int``, the units per group (a last group may hold fewer). Kasmina
+    reads it with ``getattr(module, "internal_group_size", None)`` and reports it as
+    ``SeedStateReport.internal_group_size``, with ``internal_active_groups`` equal to the level; for a
+    ladder without it both are None.
     """
 
     internal_kind: str

@@ -258,6 +258,7 @@ class SeedSlot(nn.Module):
                 alpha_target=alpha_target, seed_params=self.seed_params, built_params=self.built_params,
                 internal_level=self.ladder.internal_level if self.ladder is not None else 0,
                 internal_effective_params=self.internal_effective_params,
+                internal_group_size=self.internal_group_size, internal_active_groups=self.internal_active_groups,
             ),
         )
         return OK
@@ -349,6 +350,7 @@ class SeedSlot(nn.Module):
                 slot_id=self.slot_id, env_id=self.env_id, seed_id=self.seed_id, blueprint_id=self.blueprint_id,
                 from_level=source, to_level=target,
                 internal_effective_params=self.internal_effective_params,  # the same count reports and rent use
+                internal_group_size=self.internal_group_size, internal_active_groups=self.internal_active_groups,
                 round=round_, epoch=epoch,
             ),
         )
@@ -367,6 +369,7 @@ class SeedSlot(nn.Module):
                 alpha=self.alpha, contribution=self.contribution, seed_age_epochs=self.seed_age,
                 internal_level=self.ladder.internal_level if self.ladder is not None else 0,
                 internal_effective_params=self.internal_effective_params,
+                internal_group_size=self.internal_group_size, internal_active_groups=self.internal_active_groups,
             ),
         )
         return OK
@@ -458,6 +461,18 @@ class SeedSlot(nn.Module):
         return ladder.internal_effective_params(ladder.internal_level) + count_parameters(self.gate)
 
     @property
+    def internal_group_size(self) -> int | None:
+        """Units per group of a grouped ladder (its optional ``internal_group_size``); None for a seed
+        whose ladder does not count groups, a seed without a ladder, or no seed."""
+        ladder = self.ladder
+        return getattr(ladder, "internal_group_size", None) if ladder is not None else None
+
+    @property
+    def internal_active_groups(self) -> int | None:
+        """Groups in use (the level) of a grouped ladder; None where ``internal_group_size`` is None."""
+        return self.ladder.internal_level if self.internal_group_size is not None else None
+
+    @property
     def effective_params(self) -> float:
         """Rent base: alpha x the capacity in use while live, the capacity in use once fossilized."""
         if self.stage is SeedStage.FOSSILIZED:
@@ -499,6 +514,8 @@ class SeedSlot(nn.Module):
             internal_level=self.ladder.internal_level if self.ladder is not None else 0,
             internal_max_level=self.ladder.internal_max_level if self.ladder is not None else 0,
             internal_effective_params=self.internal_effective_params if has_seed else 0,
+            internal_group_size=self.internal_group_size,
+            internal_active_groups=self.internal_active_groups,
             internal_last_direction=self.internal_last_direction,
             epochs_since_internal_change=self.epochs_since_internal_change,
             metrics=SeedMetrics(

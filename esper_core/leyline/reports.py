@@ -47,7 +47,12 @@ class SeedStateReport:
     ladder, ``internal_kind`` names its registered ladder kind (a ``LadderKind``; None without a
     ladder), ``internal_level`` of ``internal_max_level`` is the capacity in use;
     ``internal_last_direction`` (+1 grow, -1 shrink, 0 never) and ``epochs_since_internal_change``
-    describe the last level change.
+    describe the last level change. For a ladder whose levels count equal groups of units (a
+    ``LadderModule`` with ``internal_group_size``, e.g. the ``channel_groups`` kind),
+    ``internal_group_size`` is the units per group (the last group may hold fewer) and
+    ``internal_active_groups`` the groups in use, equal to ``internal_level``; for any other ladder, and
+    for a slot without a ladder or without a seed, both are None: *not meaningful*, never a
+    measurement of zero.
 
     **The levers** (what the action heads set, so a policy can see what it pulled): ``style`` is the
     blend style chosen at germination (the style head); ``blend_epochs`` the blend-in length in epochs
@@ -80,6 +85,8 @@ class SeedStateReport:
     internal_level: int = 0
     internal_max_level: int = 0
     internal_effective_params: int = 0
+    internal_group_size: int | None = None
+    internal_active_groups: int | None = None
     internal_last_direction: int = 0
     epochs_since_internal_change: int | None = None
     metrics: SeedMetrics = attrs.Factory(SeedMetrics)

@@ -197,6 +197,10 @@ class SeedGerminatedPayload:
     internal_level: int = 0
     #: a ladder seed's parameters in use at ``internal_level`` (what rent is charged on); 0 without a ladder
     internal_effective_params: int = 0
+    #: units per group of a grouped ladder (``LadderModule.internal_group_size``); None for other seeds
+    internal_group_size: int | None = None
+    #: groups in use (== ``internal_level``) of a grouped ladder; None for other seeds
+    internal_active_groups: int | None = None
 
 
 @attrs.frozen
@@ -226,6 +230,10 @@ class SeedFossilizedPayload:
     internal_level: int = 0
     #: a ladder seed's parameters in use at its frozen level (what the host keeps paying for); 0 without a ladder
     internal_effective_params: int = 0
+    #: units per group of a grouped ladder (``LadderModule.internal_group_size``); None for other seeds
+    internal_group_size: int | None = None
+    #: groups in use (== ``internal_level``) of a grouped ladder; None for other seeds
+    internal_active_groups: int | None = None
 
 
 @attrs.frozen
@@ -257,6 +265,10 @@ class SeedInternalLevelChangedPayload:
     internal_effective_params: int
     round: int
     epoch: int
+    #: units per group of a grouped ladder (``LadderModule.internal_group_size``); None for other ladders
+    internal_group_size: int | None = None
+    #: groups in use after the change (== ``to_level``) for a grouped ladder; None for other ladders
+    internal_active_groups: int | None = None
 
 
 @attrs.frozen

@@ -1,4 +1,4 @@
-"""The esper-cnn plugin module (entry point `cnn`): registers the `cnn` host and eight image seed families (one with a ladder)."""
+"""The esper-cnn plugin module (entry point `cnn`): registers the `cnn` host and nine image seed families (two with a ladder)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from esper_core.hookspecs import HostRegistrar, SeedFamilyRegistrar, SurfaceRegi
 from esper_core.registry import HostFamily, SeedFamily, SurfaceKind
 
 from esper_cnn import seeds
+from esper_cnn.channel_ladder import CHANNEL_LADDER, ChannelLadderConfig, build_channel_ladder
 from esper_cnn.ladder import CONV_LADDER, build_conv_ladder
 from esper_cnn.host import HOST_FAMILY, POST_POOL, PRE_POOL, SURFACE_CODES, TOPOLOGY, CNNHostConfig, build_cnn_host
 
@@ -113,5 +114,16 @@ def esper_register_seed_families(register: SeedFamilyRegistrar) -> None:
             ladder=CONV_LADDER,
             description="1 to 4 full-width 3x3 conv-BN-ReLU stages chosen by the internal level (GROW/SHRINK_INTERNAL), "
             "each with a zero-initialised projection; level 1 ~ conv_light, level 2 ~ conv_heavy",
+        )
+    )
+    register(
+        SeedFamily(
+            name="channel_ladder",
+            build=build_channel_ladder,
+            topologies=image,
+            config_class=ChannelLadderConfig,
+            ladder=CHANNEL_LADDER,
+            description="3x3 conv-BN-ReLU over 4 groups of hidden channels (group_size each) + zero-initialised "
+            "projection, residual; the internal level is the number of groups that run (GROW/SHRINK_INTERNAL)",
         )
     )

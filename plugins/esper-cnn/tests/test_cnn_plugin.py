@@ -13,7 +13,8 @@ from esper_core.testing import task_info
 
 from esper_cnn.host import CNNHostConfig, build_cnn_host
 
-FAMILY_NAMES = ("norm", "attention", "depthwise", "bottleneck", "conv_small", "conv_light", "conv_heavy", "conv_ladder")
+FAMILY_NAMES = ("norm", "attention", "depthwise", "bottleneck", "conv_small", "conv_light", "conv_heavy", "conv_ladder",
+                "channel_ladder")
 TINY_DIGITS = task_info(name="digits", input_shape=(1, 8, 8), train_size=32, val_size=32)
 
 

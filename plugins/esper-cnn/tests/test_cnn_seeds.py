@@ -11,7 +11,8 @@ from esper_core.testing import check_seed_family, registered_records
 
 from esper_cnn import plugin, seeds
 
-FAMILY_NAMES = ("norm", "attention", "depthwise", "bottleneck", "conv_small", "conv_light", "conv_heavy", "conv_ladder")
+FAMILY_NAMES = ("norm", "attention", "depthwise", "bottleneck", "conv_small", "conv_light", "conv_heavy", "conv_ladder",
+                "channel_ladder")
 
 
 FAMILIES = registered_records(plugin, "seed_families")
@@ -22,7 +23,7 @@ def build(name: str, channels: int, **options: int) -> torch.nn.Module:
     return family.build(channels, "image", attrs.evolve(family.config_class(), **options))
 
 
-def test_plugin_registers_exactly_the_eight_families() -> None:
+def test_plugin_registers_exactly_the_nine_families() -> None:
     assert sorted(FAMILIES) == sorted(FAMILY_NAMES)
     assert all(family.topologies == ("image",) for family in FAMILIES.values())
 
