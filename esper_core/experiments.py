@@ -147,7 +147,13 @@ def arm_metrics(run_dir: Path, heavy_seed_families: tuple[str, ...] = ()) -> dic
     ``accuracy_per_rent`` divides the final metric by ``1 + ln(1 + added / host params)`` (higher is
     better); ``val_loss_times_rent`` multiplies the final validation loss by the same factor (lower is
     better: the loss-based ROI for language tasks). ``surface_usage`` counts germinations per injection
-    surface.
+    surface and ``surface_fossils`` the surviving fossils per surface (see ``surviving_fossils``).
+    ``fossilize_prune_ratio`` is fossilized / pruned (None when nothing was pruned; every prune counts,
+    like ``prune_fossil_ratio``, its inverse). ``overshoot_prunes`` counts seeds that grew their internal
+    level and were later pruned by the policy or a gate (``overshoot_prune_rate`` per germination; see
+    ``overshoot_prunes``). ``level_time_series`` is ``mean_level_series``; ``mean_params_in_use`` the mean
+    model size (host plus live and fossilized seeds, each by its parameters in use) over every
+    environment's epochs.
     """
     events = load_events(run_dir / EVENTS_FILE)
     summary = summarize_events(events)
@@ -171,6 +177,16 @@ def arm_metrics(run_dir: Path, heavy_seed_families: tuple[str, ...] = ()) -> dic
     for slot in summary["slots"].values():
         surfaces[slot["surface"]] += slot["germinated"]
     val_loss = None if final is None else final["mean_val_loss"]
+    started = events[0].payload  # load_events: the record starts with RUN_STARTED
+    surface_of = dict(zip(started.slots, started.slot_surfaces, strict=True))
+    fossils: dict[str, int] = {surface: 0 for surface in surfaces}
+    for slot_id in surviving_fossils(events):
+        fossils[surface_of[slot_id]] = fossils.get(surface_of[slot_id], 0) + 1
+    overshoots = overshoot_prunes(events)
+    sizes = [
+        e.payload.host_params + e.payload.seed_params + e.payload.fossilized_params
+        for e in events if e.event_type is TelemetryEventType.EPOCH_COMPLETED
+    ]
     return {
         "run_dir": str(run_dir),
         "status": summary["run"]["status"],
@@ -188,6 +204,7 @@ def arm_metrics(run_dir: Path, heavy_seed_families: tuple[str, ...] = ()) -> dic
         "seed_family_usage": usage,
         "slot_usage": {slot: counts["germinated"] for slot, counts in summary["slots"].items()},
         "surface_usage": dict(sorted(surfaces.items())),
+        "surface_fossils": dict(sorted(fossils.items())),
         "heavy_share": (
             sum(usage.get(name, 0) for name in heavy_seed_families) / lifecycle["germinated"]
             if lifecycle["germinated"] and heavy_seed_families else None
@@ -197,10 +214,129 @@ def arm_metrics(run_dir: Path, heavy_seed_families: tuple[str, ...] = ()) -> dic
         "internal_op_rate": (internal["grow"] + internal["shrink"]) / decisions if decisions else 0.0,
         "mean_level_at_fossilization": internal["mean_level_at_fossilization"],
         "prune_fossil_ratio": lifecycle["pruned"] / lifecycle["fossilized"] if lifecycle["fossilized"] else None,
+        "fossilize_prune_ratio": lifecycle["fossilized"] / lifecycle["pruned"] if lifecycle["pruned"] else None,
+        "overshoot_prunes": overshoots,
+        "overshoot_prune_rate": overshoots / lifecycle["germinated"] if lifecycle["germinated"] else None,
+        "level_time_series": mean_level_series(events),
+        "mean_params_in_use": sum(sizes) / len(sizes) if sizes else None,
         "final_head_entropy": {head: values[-1] for head, values in sorted(entropies.items())},
         "mean_head_entropy": {head: sum(values) / len(values) for head, values in sorted(entropies.items())},
         "mean_return": _mean([r["mean_return"] for r in summary["rounds"].values()]),  # per episode
     }
+
+
+def _seed_key(data: Any) -> tuple[int, int, str]:
+    """A seed's identity in a record: (environment, round, seed id)."""
+    return (data.env_id, data.round, data.seed_id)
+
+
+def surviving_fossils(events: list[Any]) -> list[str]:
+    """The slot id of every fossil in the record that was not later removed (a SEED_PRUNED of the same
+    seed, e.g. by a governor rollback), in the order they fossilized."""
+    fossils: dict[tuple[int, int, str], str] = {}
+    for event in events:
+        if event.event_type is TelemetryEventType.SEED_FOSSILIZED:
+            fossils[_seed_key(event.payload)] = event.payload.slot_id
+        elif event.event_type is TelemetryEventType.SEED_PRUNED:
+            fossils.pop(_seed_key(event.payload), None)
+    return list(fossils.values())
+
+
+def overshoot_prunes(events: list[Any]) -> int:
+    """Seeds that grew their internal level at least once (a GROW_INTERNAL that succeeded) and were later
+    pruned by the policy or a lifecycle gate (prunes by a governor rollback are not the seed's verdict
+    and do not count)."""
+    grown: set[tuple[int, int, str]] = set()
+    count = 0
+    for event in events:
+        data = event.payload
+        if event.event_type is TelemetryEventType.SEED_INTERNAL_LEVEL_CHANGED and data.to_level > data.from_level:
+            grown.add(_seed_key(data))
+        elif event.event_type is TelemetryEventType.SEED_PRUNED and data.reason != "rollback" and _seed_key(data) in grown:
+            grown.discard(_seed_key(data))
+            count += 1
+    return count
+
+
+def mean_level_series(events: list[Any]) -> list[list[float]]:
+    """``[epoch step, mean internal level, live ladder seeds]`` for every epoch step at which some
+    environment had a live ladder seed: the levels the seeds trained at in that epoch (changes decided
+    at an epoch's end count from the next epoch), averaged over every live ladder seed of every
+    environment. A ladder seed is one germinated at a level above 0 or whose level changed; it stops
+    being live when it is fossilized or pruned."""
+    started = events[0].payload  # load_events: the record starts with RUN_STARTED
+    live: dict[tuple[int, int], dict[str, int]] = defaultdict(dict)  # (env, round) -> seed id -> level
+    totals: dict[int, list[int]] = {}
+    for event in events:
+        kind, data = event.event_type, event.payload
+        if kind is TelemetryEventType.SEED_GERMINATED and data.internal_level:
+            live[(data.env_id, data.round)][data.seed_id] = data.internal_level
+        elif kind is TelemetryEventType.SEED_INTERNAL_LEVEL_CHANGED:
+            live[(data.env_id, data.round)][data.seed_id] = data.to_level
+        elif kind in (TelemetryEventType.SEED_FOSSILIZED, TelemetryEventType.SEED_PRUNED):
+            live[(data.env_id, data.round)].pop(data.seed_id, None)
+        elif kind is TelemetryEventType.EPOCH_COMPLETED:
+            levels = live.get((data.env_id, data.round), {})
+            if levels:
+                total = totals.setdefault(epoch_step(data.round, data.epoch, started.episode_length), [0, 0])
+                total[0] += sum(levels.values())
+                total[1] += len(levels)
+    return [[step, level_sum / seeds, seeds] for step, (level_sum, seeds) in sorted(totals.items())]
+
+
+def _fmt(value: object, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _counts(counts: dict[str, Any]) -> str:
+    return ", ".join(f"{key} {value}" for key, value in counts.items()) or "-"
+
+
+def _level_path(series: list[list[float]]) -> str:
+    """The mean ladder level at (up to) five evenly spaced epoch steps: ``step:level`` pairs."""
+    if not series:
+        return "-"
+    picks = sorted({round(index * (len(series) - 1) / 4) for index in range(5)})
+    return " ".join(f"{int(series[index][0])}:{series[index][1]:.2f}" for index in picks)
+
+
+#: The comparison table (``esper run`` of an experiment, ``esper report`` of its directory): one row per
+#: entry, a label and how to show an arm's value (an ``arm_metrics`` dictionary) as text.
+COMPARISON_ROWS: tuple[tuple[str, Callable[[dict[str, Any]], str]], ...] = (
+    ("status", lambda a: a["status"]),
+    ("final metric", lambda a: _fmt(a["final_metric"], ".4f")),
+    ("added params", lambda a: _fmt(a["added_params"], ",.0f")),
+    ("mean params in use", lambda a: _fmt(a["mean_params_in_use"], ",.0f")),
+    ("accuracy per rent", lambda a: _fmt(a["accuracy_per_rent"], ".4f")),
+    ("final validation loss", lambda a: _fmt(a["final_val_loss"], ".4f")),
+    ("val loss x rent", lambda a: _fmt(a["val_loss_times_rent"], ".4f")),
+    ("mean return", lambda a: _fmt(a["mean_return"], ".3f")),
+    ("germinated", lambda a: str(a["germinated"])),
+    ("fossilized", lambda a: str(a["fossilized"])),
+    ("pruned", lambda a: str(a["pruned"])),
+    ("rollbacks", lambda a: str(a["rollbacks"])),
+    ("invalid action rate", lambda a: _fmt(a["invalid_action_rate"], ".3f")),
+    ("prune / fossil ratio", lambda a: _fmt(a["prune_fossil_ratio"], ".2f")),
+    ("fossilize / prune ratio", lambda a: _fmt(a["fossilize_prune_ratio"], ".2f")),
+    ("heavy seed family share", lambda a: _fmt(a["heavy_share"], ".2f")),
+    ("internal ops (grow / shrink)", lambda a: f"{a['internal_grows']} / {a['internal_shrinks']}"),
+    ("internal op rate", lambda a: _fmt(a["internal_op_rate"], ".3f")),
+    ("prunes after overshoot (rate)", lambda a: f"{a['overshoot_prunes']} ({_fmt(a['overshoot_prune_rate'], '.2f')})"),
+    ("mean level at fossilization", lambda a: _fmt(a["mean_level_at_fossilization"], ".2f")),
+    ("mean ladder level (step:level)", lambda a: _level_path(a["level_time_series"])),
+    ("seed family usage", lambda a: _counts(a["seed_family_usage"])),
+    ("surface usage (germinations)", lambda a: _counts({k: v for k, v in a["surface_usage"].items() if v})),
+    ("surviving fossils per surface", lambda a: _counts(a["surface_fossils"])),
+    ("final head entropies", lambda a: ", ".join(f"{k} {v:.2f}" for k, v in a["final_head_entropy"].items()) or "-"),
+    ("mean head entropies", lambda a: ", ".join(f"{k} {v:.2f}" for k, v in a["mean_head_entropy"].items()) or "-"),
+)
+
+
+def comparison_table(comparison: dict[str, Any]) -> list[list[str]]:
+    """The comparison table as text: a header row (``metric`` and the arm names), then one row per
+    ``COMPARISON_ROWS`` entry."""
+    arms = comparison["arms"]
+    return [["metric", *arms]] + [[label, *(show(arm) for arm in arms.values())] for label, show in COMPARISON_ROWS]
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -267,8 +403,10 @@ def plot_comparison(exp_dir: Path, comparison: dict[str, Any]) -> Path:
     mix_axis.set_title("seed family selection share")
     if families:
         mix_axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the bars, not on them
-    _stacked_shares(surface_axis, names, [arms[n]["surface_usage"] for n in names])
-    surface_axis.set_title("germinations per injection surface")
+    _stacked_shares(
+        surface_axis, names, [arms[n]["surface_usage"] for n in names], [arms[n]["surface_fossils"] for n in names]
+    )
+    surface_axis.set_title("injection surface share: germinations (plain), surviving fossils (hatched)", fontsize=9)
     loss_axis.bar([p - width / 2 for p in positions], [arms[n]["final_val_loss"] or 0 for n in names], width,
                   label="final validation loss")
     loss_axis.bar([p + width / 2 for p in positions], [arms[n]["val_loss_times_rent"] or 0 for n in names], width,
@@ -287,12 +425,17 @@ def plot_comparison(exp_dir: Path, comparison: dict[str, Any]) -> Path:
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for index, name in enumerate(names):
         labelled = False
+        colour = colours[index % len(colours)]
         for seed_id, path in level_trajectories(Path(arms[name]["run_dir"])).items():
             steps, levels = zip(*path)
-            level_axis.step(steps, levels, where="post", alpha=0.6, color=colours[index % len(colours)],
-                            label=None if labelled else name)
+            level_axis.step(steps, levels, where="post", alpha=0.35, color=colour, label=None if labelled else name)
             labelled = plotted = True
-    level_axis.set_title("internal level of ladder seeds (each line a seed)")
+        series = arms[name].get("level_time_series") or []
+        if series:
+            level_axis.plot([row[0] for row in series], [row[1] for row in series], color=colour, linewidth=2.2,
+                            label=f"{name} (mean of live seeds)")
+            plotted = True
+    level_axis.set_title("internal level of ladder seeds (thin: each seed; thick: mean)")
     level_axis.set_xlabel("epoch (all rounds)")
     if plotted:
         level_axis.legend(fontsize=8)
@@ -306,14 +449,23 @@ def plot_comparison(exp_dir: Path, comparison: dict[str, Any]) -> Path:
     return path
 
 
-def _stacked_shares(axis: Any, names: list[str], usages: list[dict[str, int]]) -> None:
-    """One stacked bar per arm: the share of each key in that arm's counts."""
-    keys = sorted({key for usage in usages for key, count in usage.items() if count})
-    bottoms = [0.0] * len(names)
-    for key in keys:
-        shares = [usage.get(key, 0) / sum(usage.values()) if sum(usage.values()) else 0.0 for usage in usages]
-        axis.bar(range(len(names)), shares, 0.6, bottom=bottoms, label=key)
-        bottoms = [b + s for b, s in zip(bottoms, shares)]
+def _stacked_shares(
+    axis: Any, names: list[str], usages: list[dict[str, int]], second: list[dict[str, int]] | None = None
+) -> None:
+    """One stacked bar per arm: the share of each key in that arm's counts; with ``second``, a hatched
+    bar of its shares beside each (same colour per key)."""
+    groups = [usages] if second is None else [usages, second]
+    keys = sorted({key for group in groups for usage in group for key, count in usage.items() if count})
+    colours = {key: f"C{index % 10}" for index, key in enumerate(keys)}
+    width = 0.6 / len(groups)
+    for index, group in enumerate(groups):
+        positions = [p + (index - (len(groups) - 1) / 2) * width for p in range(len(names))]
+        bottoms = [0.0] * len(names)
+        for key in keys:
+            shares = [usage.get(key, 0) / sum(usage.values()) if sum(usage.values()) else 0.0 for usage in group]
+            axis.bar(positions, shares, width, bottom=bottoms, color=colours[key], hatch="//" if index else None,
+                     label=None if index else key)
+            bottoms = [b + s for b, s in zip(bottoms, shares)]
     axis.set_xticks(list(range(len(names))), names)
     if keys:
         axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))

@@ -9,12 +9,20 @@ import pytest
 from esper_core.errors import ConfigError, DataError, RunAborted, TrainingUnstable
 from esper_core.experiments import (
     COMPARISON_FILE,
+    COMPARISON_ROWS,
     MANIFEST_FILE,
+    arm_metrics,
     arm_run_dirs,
+    comparison_table,
     parse_experiment,
+    plot_comparison,
     resume_experiment,
     run_experiment,
+    surviving_fossils,
 )
+from esper_core.leyline import TelemetryEvent, TelemetryEventType
+from esper_core.leyline import telemetry as payloads
+from esper_core.leyline.telemetry import event_to_json
 from esper_core.telemetry.report import read_events
 
 SCRIPT = {"1": {"op": 1, "slot": 0, "alpha_target": 2}, "3": {"op": 2, "slot": 0}}
@@ -167,3 +175,152 @@ def test_an_experiment_without_its_record_is_refused_with_one_line(toy_manager, 
     (exp_dir / MANIFEST_FILE).write_text('{"format": "esper-experiment", "version": 1, "name": "pair"}')
     with pytest.raises(DataError, match="is not an Esper experiment record: required field missing @ \\$.heavy_seed_families"):
         arm_run_dirs(exp_dir)
+
+
+# -- Phase 2 comparison metrics, from a synthetic record ------------------------------------------
+
+HOST_PARAMS = 1000
+
+
+def record(*payload_events):
+    """Typed events from ``(event type, payload)`` pairs."""
+    return [TelemetryEvent(kind, payload) for kind, payload in payload_events]
+
+
+def run_started(episode_length=6):
+    return (TelemetryEventType.RUN_STARTED, payloads.RunStartedPayload(
+        run_name="phase2", run_dir="/runs/phase2", task="shapes", host="cnn", policy="heuristic", reward="basic",
+        seed=0, rounds=1, envs=2, episode_length=episode_length, slots=("r0c3", "r0c4"), blueprints=("ladder",),
+        host_params=HOST_PARAMS, device="cpu", slot_surfaces=("pre_pool", "post_pool"), score_basis="metric",
+        torch_threads=1,
+    ))
+
+
+def epoch_done(env_id, epoch, seed_params=0, fossilized_params=0):
+    return (TelemetryEventType.EPOCH_COMPLETED, payloads.EpochCompletedPayload(
+        env_id=env_id, round=0, epoch=epoch, train_loss=1.0, val_loss=1.0, val_metric=0.5, host_params=HOST_PARAMS,
+        seed_params=seed_params, fossilized_params=fossilized_params, stage_counts={}, train_seconds=0.1,
+        validate_seconds=0.1, effective_seed_params=float(seed_params), alpha_delta_sq_sum=0.0,
+    ))
+
+
+def seed(env_id, seed_id, slot_id):
+    return {"env_id": env_id, "round": 0, "seed_id": seed_id, "slot_id": slot_id, "blueprint_id": "ladder"}
+
+
+def germinated(epoch, level, **ids):
+    return (TelemetryEventType.SEED_GERMINATED, payloads.SeedGerminatedPayload(
+        epoch=epoch, style="ADD", alpha_target=1.0, seed_params=100 * level, built_params=400,
+        internal_level=level, internal_effective_params=100 * level, **ids))
+
+
+def level_changed(epoch, from_level, to_level, **ids):
+    return (TelemetryEventType.SEED_INTERNAL_LEVEL_CHANGED, payloads.SeedInternalLevelChangedPayload(
+        epoch=epoch, from_level=from_level, to_level=to_level, internal_effective_params=100 * to_level, **ids))
+
+
+def fossilized(epoch, level, **ids):
+    return (TelemetryEventType.SEED_FOSSILIZED, payloads.SeedFossilizedPayload(
+        epoch=epoch, seed_params=100 * level, alpha=1.0, contribution=0.02, seed_age_epochs=3, internal_level=level,
+        internal_effective_params=100 * level, **ids))
+
+
+def pruned(epoch, reason, **ids):
+    return (TelemetryEventType.SEED_PRUNED, payloads.SeedPrunedPayload(
+        epoch=epoch, reason=reason, contribution=None, seed_age_epochs=2, **ids))
+
+
+def finished():
+    return [
+        (TelemetryEventType.ROUND_COMPLETED, payloads.RoundCompletedPayload(
+            round=0, final_metrics=(0.6, 0.7), final_params=(HOST_PARAMS + 200, HOST_PARAMS + 100))),
+        (TelemetryEventType.RUN_FINISHED, payloads.RunFinishedPayload(status="completed", rounds_completed=1, wall_seconds=1.0)),
+    ]
+
+
+def ladder_record():
+    """Two environments, one round of 6 epochs, a pre_pool slot (r0c3) and a post_pool slot (r0c4):
+
+    - A (env 0, pre_pool): germinated at level 1 at epoch 0, grown to 2 at 1, pruned by the policy at 2 (overshoot);
+    - B (env 1, post_pool): germinated at level 2 at 0, shrunk to 1 at 1, fossilized at 2 (survives);
+    - D (env 0, post_pool): germinated at level 1 at 1, grown to 2 at 2, pruned by a rollback at 3 (not an overshoot);
+    - C (env 1, pre_pool): germinated at 2 without a ladder (level 0), still live at the end;
+    - E (env 0, pre_pool): germinated at 4 without a ladder, pruned by a gate at 5.
+    The levels the live ladder seeds train at: epoch 1 A 1, B 2; epoch 2 A 2, D 1, B 1; epoch 3 D 2.
+    """
+    a, b, c = seed(0, "A", "r0c3"), seed(1, "B", "r0c4"), seed(1, "C", "r0c3")
+    d, e = seed(0, "D", "r0c4"), seed(0, "E", "r0c3")
+    return record(
+        run_started(),
+        epoch_done(0, 0), epoch_done(1, 0),
+        germinated(0, 1, **a), germinated(0, 2, **b),
+        epoch_done(0, 1, seed_params=100), epoch_done(1, 1, seed_params=200),
+        level_changed(1, 1, 2, **a), germinated(1, 1, **d), level_changed(1, 2, 1, **b),
+        epoch_done(0, 2, seed_params=300), epoch_done(1, 2, seed_params=100),
+        pruned(2, "policy", **a), level_changed(2, 1, 2, **d), fossilized(2, 1, **b), germinated(2, 0, **c),
+        epoch_done(0, 3, seed_params=200), epoch_done(1, 3, seed_params=50, fossilized_params=100),
+        (TelemetryEventType.GOVERNOR_ROLLBACK, payloads.GovernorRollbackPayload(
+            env_id=0, round=0, epoch=3, reason="loss_spike", loss=9.0, restored_epoch=2, pruned_slots=("r0c4",))),
+        pruned(3, "rollback", **d),
+        epoch_done(0, 4), epoch_done(1, 4, seed_params=50, fossilized_params=100),
+        germinated(4, 0, **e),
+        epoch_done(0, 5, seed_params=50), epoch_done(1, 5, seed_params=50, fossilized_params=100),
+        pruned(5, "gate_g2", **e),
+        *finished(),
+    )
+
+
+def write_record(run_dir, events):
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "events.jsonl").write_text("".join(event_to_json(event) + "\n" for event in events), encoding="utf-8")
+    return run_dir
+
+
+def test_phase2_metrics_of_a_record_with_ladder_seeds_on_two_surfaces(tmp_path):
+    arm = arm_metrics(write_record(tmp_path / "ladder", ladder_record()), heavy_seed_families=("ladder",))
+    assert arm["germinated"] == 5 and arm["fossilized"] == 1 and arm["pruned"] == 3 and arm["rollbacks"] == 1
+    assert arm["surface_usage"] == {"post_pool": 2, "pre_pool": 3}
+    assert arm["surface_fossils"] == {"post_pool": 1, "pre_pool": 0}  # B; a surface without fossils shows 0
+    assert arm["overshoot_prunes"] == 1  # A; D was grown but removed by a rollback, E never grew
+    assert arm["overshoot_prune_rate"] == pytest.approx(1 / 5)
+    assert arm["fossilize_prune_ratio"] == pytest.approx(1 / 3) and arm["prune_fossil_ratio"] == pytest.approx(3.0)
+    assert arm["level_time_series"] == [[1, 1.5, 2], [2, pytest.approx(4 / 3), 3], [3, 2.0, 1]]
+    sizes = [0, 0, 100, 200, 300, 100, 200, 150, 0, 150, 50, 150]  # seeds + fossils of the twelve epochs
+    assert arm["mean_params_in_use"] == pytest.approx(HOST_PARAMS + sum(sizes) / len(sizes))
+    assert arm["internal_grows"] == 2 and arm["internal_shrinks"] == 1 and arm["heavy_share"] == 1.0
+    table = comparison_table({"arms": {"ladder": arm}})
+    rows = {row[0]: row[1] for row in table[1:]}
+    assert table[0] == ["metric", "ladder"] and len(table) == len(COMPARISON_ROWS) + 1
+    assert rows["surviving fossils per surface"] == "post_pool 1, pre_pool 0"
+    assert rows["prunes after overshoot (rate)"] == "1 (0.20)"
+    assert rows["fossilize / prune ratio"] == "0.33"
+    assert rows["mean ladder level (step:level)"] == "1:1.50 2:1.33 3:2.00"
+    assert rows["mean params in use"] == f"{HOST_PARAMS + sum(sizes) / len(sizes):,.0f}"
+
+
+def test_phase2_metrics_are_zero_or_none_without_seeds(tmp_path):
+    events = record(run_started(), *(epoch_done(env, epoch) for epoch in range(6) for env in (0, 1)), *finished())
+    arm = arm_metrics(write_record(tmp_path / "bare", events))
+    assert arm["germinated"] == 0 and arm["surface_usage"] == {} and arm["surface_fossils"] == {}
+    assert arm["overshoot_prunes"] == 0 and arm["overshoot_prune_rate"] is None
+    assert arm["fossilize_prune_ratio"] is None and arm["level_time_series"] == []
+    assert arm["mean_params_in_use"] == HOST_PARAMS
+    rows = {row[0]: row[1] for row in comparison_table({"arms": {"bare": arm}})[1:]}
+    assert rows["prunes after overshoot (rate)"] == "0 (-)" and rows["fossilize / prune ratio"] == "-"
+    assert rows["mean ladder level (step:level)"] == "-" and rows["surviving fossils per surface"] == "-"
+
+
+def test_a_fossil_removed_later_does_not_survive():
+    b = seed(1, "B", "r0c4")
+    events = record(run_started(), germinated(0, 1, **b), fossilized(2, 1, **b), pruned(3, "rollback", **b))
+    assert surviving_fossils(events) == []
+    assert surviving_fossils(events[:3]) == ["r0c4"]
+
+
+def test_the_comparison_plot_draws_phase2_arms(tmp_path):
+    ladder = write_record(tmp_path / "ladder", ladder_record())
+    bare = write_record(tmp_path / "bare", record(run_started(), epoch_done(0, 0), *finished()))
+    comparison = {"experiment": "phase2", "arms": {"ladder": arm_metrics(ladder), "bare": arm_metrics(bare)}}
+    json.dumps(comparison)  # what compare() writes must be JSON
+    path = plot_comparison(tmp_path, comparison)
+    assert path.stat().st_size > 10_000
