@@ -94,3 +94,44 @@ def test_channel_ladder_is_germinated_when_it_is_the_configured_seed_family(kit)
     decision = kit.decide(policy, kit.observation(epoch=8, seed_families=families))
     assert decision.rule is Rule.GERMINATE and decision.action.op is LifecycleOp.GERMINATE
     assert families[decision.action.blueprint] == "channel_ladder" and decision.action.slot == 0
+
+
+def test_a_run_with_the_cnn_host_grows_and_shrinks_channel_ladder_seeds_one_group_at_a_time(tmp_path):
+    """Engine level: the real ``cnn`` host and ``channel_ladder`` seed family under the heuristic."""
+    from esper_cnn import plugin as cnn_plugin
+
+    from esper_core.config import parse_config
+    from esper_core.testing import engine_policy, events_of, final_checkpoint, start_run, toy_plugin_manager, toy_run_data
+    from esper_heuristic import plugin as heuristic_plugin
+
+    data = toy_run_data(
+        tmp_path,
+        run={"envs": 2, "episode_length": 16, "rounds": 1, "seed": 0},
+        host={"name": "cnn", "channels": [8, 8], "pool": [True, False]},
+        morphogenesis={"seed_families": ["channel_ladder"], "min_training_epochs": 1, "embargo_epochs": 1},
+        seed_families={"channel_ladder": {"group_size": 2}},
+        policy={
+            "name": "heuristic", "seed_families": ["channel_ladder"], "warmup_epochs": 1, "plateau_window": 1,
+            "plateau_delta": 1.0, "price_per_kparam": 0.0, "ladder_min_gain": 0.0, "ladder_patience": 1,
+            "holding_patience": 3, "tempo": "fast",
+        },
+    )
+    manager = toy_plugin_manager(cnn_plugin, heuristic_plugin)
+    config = parse_config(data, manager)
+    run_dir = start_run(config, manager)
+    records = events_of(run_dir)
+    germinated = [r["data"] for r in records if r["event"] == "SEED_GERMINATED"]
+    assert germinated and {d["blueprint_id"] for d in germinated} == {"channel_ladder"}
+    assert {(d["internal_level"], d["internal_group_size"]) for d in germinated} == {(1, 2)}
+    changes = [r["data"] for r in records if r["event"] == "SEED_INTERNAL_LEVEL_CHANGED"]
+    ops = [r["data"]["action"]["op"] for r in records if r["event"] == "ACTION_TAKEN" and r["data"]["success"]]
+    assert all(abs(d["to_level"] - d["from_level"]) == 1 for d in changes)  # one group per decision
+    assert sum(d["to_level"] > d["from_level"] for d in changes) == ops.count("GROW_INTERNAL") > 0
+    assert sum(d["to_level"] < d["from_level"] for d in changes) == ops.count("SHRINK_INTERNAL")
+    fossilized_at = {(r["data"]["env_id"], r["data"]["seed_id"]): r["data"]["epoch"] for r in records
+                     if r["event"] == "SEED_FOSSILIZED"}
+    assert all(d["epoch"] < fossilized_at.get((d["env_id"], d["seed_id"]), 10**9) for d in changes)  # fossils are frozen
+    state = final_checkpoint(run_dir)["policy"]  # the policy's memory is checkpointable
+    restored = engine_policy(config, manager)
+    restored.load_state_dict(state)
+    assert restored.state_dict() == state
