@@ -432,8 +432,7 @@ def plot_comparison(exp_dir: Path, comparison: dict[str, Any]) -> Path:
             labelled = plotted = True
         series = arms[name].get("level_time_series") or []
         if series:
-            level_axis.plot([row[0] for row in series], [row[1] for row in series], color=colour, linewidth=2.2,
-                            label=f"{name} (mean of live seeds)")
+            level_axis.plot(*_level_segments(series), color=colour, linewidth=2.2, label=f"{name} (mean of live seeds)")
             plotted = True
     level_axis.set_title("internal level of ladder seeds (thin: each seed; thick: mean)")
     level_axis.set_xlabel("epoch (all rounds)")
@@ -447,6 +446,21 @@ def plot_comparison(exp_dir: Path, comparison: dict[str, Any]) -> Path:
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return path
+
+
+def _level_segments(series: list[list[float]]) -> tuple[list[float], list[float]]:
+    """Plot coordinates of a ``mean_level_series``: the level trained at during epoch step s was set by
+    the decision at the end of step s - 1, where the per-seed lines of ``level_trajectories`` change, so
+    each value is drawn over [s - 1, s]; steps without live ladder seeds leave a gap."""
+    xs: list[float] = []
+    ys: list[float] = []
+    for index, (step, level, _seeds) in enumerate(series):
+        if index and series[index - 1][0] != step - 1:
+            xs.append(math.nan)
+            ys.append(math.nan)
+        xs.extend((step - 1, step))
+        ys.extend((level, level))
+    return xs, ys
 
 
 def _stacked_shares(

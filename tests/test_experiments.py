@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -324,3 +325,12 @@ def test_the_comparison_plot_draws_phase2_arms(tmp_path):
     json.dumps(comparison)  # what compare() writes must be JSON
     path = plot_comparison(tmp_path, comparison)
     assert path.stat().st_size > 10_000
+
+
+def test_the_mean_level_is_drawn_over_the_epoch_it_was_trained_at_with_gaps_left_open():
+    from esper_core.experiments import _level_segments
+
+    xs, ys = _level_segments([[1, 1.5, 2], [2, 1.0, 1], [5, 3.0, 1]])
+    assert xs[:4] == [0, 1, 1, 2] and ys[:4] == [1.5, 1.5, 1.0, 1.0]
+    assert math.isnan(xs[4]) and math.isnan(ys[4])  # no live ladder seed at steps 3 and 4
+    assert xs[5:] == [4, 5] and ys[5:] == [3.0, 3.0]
