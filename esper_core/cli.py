@@ -115,38 +115,15 @@ def _fmt(value: object, spec: str) -> str:
 
 
 def _print_comparison(exp_dir: Path, console: Console) -> None:
-    from esper_core.experiments import compare
+    from esper_core.experiments import compare, comparison_table
 
-    arms = compare(exp_dir)["arms"]
+    header, *rows = comparison_table(compare(exp_dir))
     table = Table(title=f"Experiment {exp_dir.name}: arms side by side (same seeds, same data order)")
-    table.add_column("metric")
-    for name in arms:
+    table.add_column(header[0])
+    for name in header[1:]:
         table.add_column(name, justify="right")
-    rows = [
-        ("status", lambda a: a["status"]),
-        ("final metric", lambda a: _fmt(a["final_metric"], ".4f")),
-        ("added params", lambda a: _fmt(a["added_params"], ",.0f")),
-        ("accuracy per rent", lambda a: _fmt(a["accuracy_per_rent"], ".4f")),
-        ("final validation loss", lambda a: _fmt(a["final_val_loss"], ".4f")),
-        ("val loss x rent", lambda a: _fmt(a["val_loss_times_rent"], ".4f")),
-        ("mean return", lambda a: _fmt(a["mean_return"], ".3f")),
-        ("germinated", lambda a: str(a["germinated"])),
-        ("fossilized", lambda a: str(a["fossilized"])),
-        ("pruned", lambda a: str(a["pruned"])),
-        ("rollbacks", lambda a: str(a["rollbacks"])),
-        ("invalid action rate", lambda a: _fmt(a["invalid_action_rate"], ".3f")),
-        ("prune / fossil ratio", lambda a: _fmt(a["prune_fossil_ratio"], ".2f")),
-        ("heavy seed family share", lambda a: _fmt(a["heavy_share"], ".2f")),
-        ("internal ops (grow / shrink)", lambda a: f"{a['internal_grows']} / {a['internal_shrinks']}"),
-        ("internal op rate", lambda a: _fmt(a["internal_op_rate"], ".3f")),
-        ("mean level at fossilization", lambda a: _fmt(a["mean_level_at_fossilization"], ".2f")),
-        ("seed family usage", lambda a: ", ".join(f"{k} {v}" for k, v in a["seed_family_usage"].items()) or "-"),
-        ("surface usage", lambda a: ", ".join(f"{k} {v}" for k, v in a["surface_usage"].items() if v) or "-"),
-        ("final head entropies", lambda a: ", ".join(f"{k} {v:.2f}" for k, v in a["final_head_entropy"].items()) or "-"),
-        ("mean head entropies", lambda a: ", ".join(f"{k} {v:.2f}" for k, v in a["mean_head_entropy"].items()) or "-"),
-    ]
-    for label, getter in rows:
-        table.add_row(label, *(getter(arm) for arm in arms.values()))
+    for row in rows:
+        table.add_row(*row)
     console.print(table)
 
 
