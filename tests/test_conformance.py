@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import random
 
+import attrs
 import numpy
 import pytest
 import torch
@@ -333,3 +334,28 @@ def test_a_host_of_a_plugin_topology_runs_the_host_kit(audio_manager):
 
     with pytest.raises(ConformanceError, match=r"activation at r0c0 has shape \(4, 5\), but its topology 'audio' has 3 axes"):
         check_host_family(HostFamily(name="flat", build=Flattening, topology="audio"), info, registry=audio_manager.registry)
+
+
+def test_the_host_kit_checks_a_stated_resolution(audio_manager):
+    from esper_core.registry import HostFamily
+    from esper_core.tasks import TaskInfo
+
+    info = TaskInfo(name="clips", topology="audio", input_shape=(3, 12), num_classes=4, metric_name="accuracy",
+                    train_size=8, val_size=8)
+
+    class Stating(AudioHost):  # states each slot's time length (12: the convs keep it)
+        def __init__(self, config, task_info, length=12):
+            super().__init__(config, task_info)
+            self.length = length
+
+        def injection_specs(self):
+            return [attrs.evolve(spec, resolution=(self.length,)) for spec in super().injection_specs()]
+
+    check_host_family(HostFamily(name="stating", build=Stating, topology="audio"), info, registry=audio_manager.registry)
+
+    class Misstating(Stating):
+        def __init__(self, config, task_info):
+            super().__init__(config, task_info, length=6)
+
+    with pytest.raises(ConformanceError, match=r"activation at r0c0 has spatial size \(12,\), spec says resolution \(6,\)"):
+        check_host_family(HostFamily(name="misstating", build=Misstating, topology="audio"), info, registry=audio_manager.registry)

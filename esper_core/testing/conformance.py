@@ -341,7 +341,8 @@ def check_host_family(
 ) -> None:
     """A host's specs are ordered and routable: chaining ``forward_to``/``forward_from`` through
     every slot (and through subsets) equals ``forward``; activations have the host topology's number
-    of axes and each spec's channels on its ``channel_dim``; an unknown slot or a backwards
+    of axes, each spec's channels on its ``channel_dim`` and, where a spec states a ``resolution``,
+    that spatial size (every axis but the batch and channel axes); an unknown slot or a backwards
     ``from_slot`` raises ``KeyError`` / ``ValueError``. The topology is looked up as in
     ``check_seed_family``. ``inputs`` is a batch the host accepts; by default a standard-normal batch
     of the task's ``input_shape``, or token ids in [0, num_classes) for a ``sequence`` task."""
@@ -378,6 +379,13 @@ def check_host_family(
                         f"host '{family.name}': activation at {spec.slot_id} has {h.shape[channel_dim]} "
                         f"channels, spec says {spec.channels}"
                     )
+                if spec.resolution is not None:
+                    spatial = tuple(h.shape[axis] for axis in range(1, h.dim()) if axis != channel_dim % h.dim())
+                    if spatial != tuple(spec.resolution):
+                        raise ConformanceError(
+                            f"host '{family.name}': activation at {spec.slot_id} has spatial size {spatial}, "
+                            f"spec says resolution {tuple(spec.resolution)}"
+                        )
                 previous = spec.slot_id
             routed = host.forward_from(previous, h)
             if routed.shape != reference.shape or not torch.allclose(routed, reference, atol=atol):
