@@ -21,7 +21,9 @@ class InjectionSpec:
 
     ``slot_id`` is an opaque stable id (``r{row}c{col}``); code reads meaning from the other fields,
     never from the id. ``order`` is authoritative for action and observation order; ``position`` in
-    [0, 1] is for display only.
+    [0, 1] is for display only. ``resolution`` is the activation's spatial size at the slot (``(H, W)``
+    for image hosts; added in 0.2.1), or None where the host does not state one (sequence hosts, whose
+    length varies with the input): never a measured zero.
     """
 
     slot_id: str
@@ -31,6 +33,7 @@ class InjectionSpec:
     host_block: int
     host_layer: int | None = None
     position: float = 0.0
+    resolution: tuple[int, ...] | None = attrs.field(default=None, converter=attrs.converters.optional(tuple))
 
 
 @attrs.frozen
