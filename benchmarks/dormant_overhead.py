@@ -1,4 +1,8 @@
-"""Forward+backward cost of a MorphogeneticModel with every slot dormant, against the bare host called directly."""
+"""Forward+backward cost of a MorphogeneticModel with every slot dormant, against the bare host called directly.
+
+Measured for every cnn preset and slot layout asked for (default: cifar_baseline and cifar_scale, the
+segment layout and the pre/post-pool lattice); every ratio compares cases timed side by side in one run.
+"""
 
 from __future__ import annotations
 
@@ -30,6 +34,10 @@ def force_routed(model) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = c.base_parser(__doc__)
     parser.add_argument("--presets", nargs="+", default=["cifar_baseline", "cifar_scale"], help="cnn host presets")
+    parser.add_argument(
+        "--layouts", nargs="+", default=["segments", "lattice"], choices=["segments", "lattice"],
+        help="cnn slot layouts (default: both)",
+    )
     parser.add_argument("--batch", type=int, default=128, help="batch size (default 128)")
     parser.add_argument("--repeats", type=int, default=30, help="timed repetitions per case (default 30)")
     parser.add_argument("--warmup", type=int, default=5, help="warm-up calls per case (default 5)")
@@ -52,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     y = torch.randint(0, task_info.num_classes, (args.batch,), generator=generator)
     results = {"environment": env, "args": {k: str(v) for k, v in vars(args).items()}, "presets": {}}
 
-    for preset in args.presets:
-        host = c.build_host(manager, "cnn", {"preset": preset}, task_info, seed=args.seed)
+    for preset, layout in [(preset, layout) for preset in args.presets for layout in args.layouts]:
+        host = c.build_host(manager, "cnn", {"preset": preset, "slot_layout": layout}, task_info, seed=args.seed)
         host.train()
         # Every model below wraps the *same* host module: identical parameters and compute.
         dormant = c.morphogenetic_model(host, manager, seed_families=[args.seed_family], seed=args.seed)
@@ -88,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         times = c.interleaved(cases, warmup=args.warmup, repeats=args.repeats, inner=args.inner)
 
         slots = ", ".join(f"{s}({dormant.slots[s].spec.channels}ch)" for s in dormant.slot_ids)
-        print(f"\n-- preset {preset}: host params {sum(p.numel() for p in host.parameters()):,}, slots {slots}")
+        print(f"\n-- preset {preset}, slot_layout {layout}: host params {sum(p.numel() for p in host.parameters()):,}, slots {slots}")
         bare = times["bare host"]
         for name, values in times.items():
             print(f"   {name:<38} {c.fmt_time_stats(values)}")
@@ -104,7 +112,11 @@ def main(argv: list[str] | None = None) -> int:
                 median = c.describe(ratios)["median"]
                 line += f"   {c.verdict(median, TARGET, at_most=True)}"
             print(line)
-        results["presets"][preset] = {"bare_seconds": c.describe(bare), "cases": rows}
+        key = f"{preset}/{layout}"
+        results["presets"][key] = {
+            "preset": preset, "slot_layout": layout, "slots": list(dormant.slot_ids),
+            "bare_seconds": c.describe(bare), "cases": rows,
+        }
 
         # The dormant path's fixed cost, isolated from convolution noise: the same slots around a host
         # whose forward returns its input, many calls per repetition. The difference between calling
@@ -119,8 +131,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"   fixed cost per call ({args.fixed_calls} calls/rep around a no-op host with the same slots): "
               f"MorphogeneticModel adds {c.fmt_seconds(added_median)} per forward "
               f"= {100 * added_median / full_step:.4f}% of one batch-{args.batch} forward+backward")
-        results["presets"][preset]["fixed_cost_seconds_per_call"] = c.describe(added)
+        results["presets"][key]["fixed_cost_seconds_per_call"] = c.describe(added)
 
+    print("\n-- summary: dormant model / bare host (median of paired ratios)")
+    for key, entry in results["presets"].items():
+        median = entry["cases"]["dormant model"]["ratio_vs_bare"]["median"]
+        print(f"   {key:<28} {median:.3f}   {c.verdict(median, TARGET, at_most=True)}")
     c.write_json(args.json, results)
     return 0
 

@@ -62,6 +62,16 @@ def test_specs_follow_block_order() -> None:
     assert {spec.surface for spec in specs} == {SEGMENT_BOUNDARY}
 
 
+def test_defaults_are_the_segment_layout_in_contiguous_memory() -> None:
+    config = CNNHostConfig()
+    assert (config.slot_layout, config.memory_format) == ("segments", "contiguous")
+    host = host_for(preset="tiny")
+    assert (host.slot_layout, host.memory_format) == ("segments", "contiguous")
+    x = torch.randn(2, 3, 32, 32)
+    assert host.enter(x) is x  # the default host converts nothing
+    assert [host.slot_resolution(spec.slot_id) for spec in host.injection_specs()] == [(16, 16), (8, 8)]
+
+
 def test_channel_override_sets_spec_channels() -> None:
     specs = host_for(channels=(8, 24), pool=(True, False)).injection_specs()
     assert [spec.channels for spec in specs] == [8, 24]
