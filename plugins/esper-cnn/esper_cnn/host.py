@@ -148,7 +148,8 @@ class CNNHost(nn.Module):
 
     With ``memory_format="channels_last"`` the parameters are converted once here and the input once
     at entry (``forward``, and ``forward_to`` without ``from_slot``); nothing is converted per slot.
-    ``input_size`` (H, W), when given, lets ``slot_resolution`` state each slot's spatial size.
+    ``input_size`` (H, W), when given, states each slot's spatial size in its ``InjectionSpec.resolution``
+    (and ``slot_resolution``).
     """
 
     def __init__(
@@ -193,6 +194,10 @@ class CNNHost(nn.Module):
         )
         self._specs, self._cuts = _layout(slot_layout, tuple(channels), tuple(pool))
         self._block_of_slot: dict[str, int] = {spec.slot_id: spec.host_block for spec in self._specs}
+        if self.input_size is not None:  # each spec states its activation's (H, W)
+            self._specs = tuple(
+                attrs.evolve(spec, resolution=self.slot_resolution(spec.slot_id)) for spec in self._specs
+            )
         self._init_weights()
         if memory_format != "contiguous":
             self.to(memory_format=MEMORY_FORMATS[memory_format])

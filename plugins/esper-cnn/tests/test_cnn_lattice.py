@@ -87,6 +87,7 @@ def test_cifar_baseline_lattice_specs() -> None:
         (32, 32), (16, 16), (16, 16), (8, 8), (8, 8), (4, 4)
     ]
     assert [host.slot_downsampling(spec.slot_id) for spec in specs] == [1, 2, 2, 4, 4, 8]
+    assert [spec.resolution for spec in specs] == [(32, 32), (16, 16), (16, 16), (8, 8), (8, 8), (4, 4)]
 
 
 def test_cifar_scale_lattice_has_post_pool_slots_only_where_a_block_pools() -> None:
@@ -127,12 +128,14 @@ def test_odd_sizes_floor_at_each_pool() -> None:
     with torch.no_grad():
         for spec in host.injection_specs():
             assert tuple(host.forward_to(spec.slot_id, x).shape[-2:]) == host.slot_resolution(spec.slot_id)
+            assert spec.resolution == host.slot_resolution(spec.slot_id)
     assert host.slot_resolution("r1c4") == (2, 1)
 
 
 def test_resolution_needs_the_input_size() -> None:
     host = CNNHost(in_channels=3, channels=(8,), pool=(True,), convs_per_block=1, num_classes=10, slot_layout="lattice")
     assert host.slot_downsampling("r0c4") == 2
+    assert [spec.resolution for spec in host.injection_specs()] == [None, None]  # not stated, never a zero
     with pytest.raises(ValueError, match="needs the input size"):
         host.slot_resolution("r0c4")
 
