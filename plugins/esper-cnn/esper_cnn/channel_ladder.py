@@ -138,7 +138,8 @@ class ChannelLadderSeed(nn.Module):
         return x + F.conv2d(hidden, self.projection.weight[:, :width], self.projection.bias)
 
     def extra_repr(self) -> str:
-        return f"level={self._level}/{self.internal_max_level}, groups={len(self.groups)}x{self.internal_group_size}"
+        return (f"level={self._level}/{self.internal_max_level}, hidden={self.groups[-1][1]} in groups of "
+                f"{self.internal_group_size}")
 
 
 def build_channel_ladder(channels: int, topology: str, config: ChannelLadderConfig) -> ChannelLadderSeed:
