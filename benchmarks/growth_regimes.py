@@ -1,4 +1,4 @@
-"""Three capacity-limited growth regimes (small host, run config, static frontier family) for the growth benchmarks."""
+"""Capacity-limited growth regimes (small host, run config, static frontier family) for the growth benchmarks."""
 
 from __future__ import annotations
 
@@ -153,4 +153,78 @@ PYDOC = Regime(
 )
 
 
-REGIMES: dict[str, Regime] = {regime.name: regime for regime in (DIGITS, SHAPES_DEEP, PYDOC)}
+# -- Phase 2 regimes: pooled CNNs on 8x8 digits (roadmap Phase 2: cifar_scale deep, cifar_baseline shallow) ----
+#
+# Both pool, so the cnn host's lattice layout has PRE_POOL and POST_POOL surfaces to choose between. The
+# seed families are the conv seeds plus both ladders; ``channel_ladder``'s group size is set to 2 channels so
+# that its four groups (hidden width 8) fit hosts this narrow.
+
+_PHASE2_MORPHOGENESIS = {
+    "seed_families": ["conv_small", "conv_light", "conv_heavy", "conv_ladder", "channel_ladder"],
+    "min_training_epochs": 2,
+    "embargo_epochs": 2,
+}
+
+_DEEP_POOL = [True, False, True, False, True]
+DIGITS_DEEP = Regime(
+    name="digits_deep",
+    description=(
+        "scikit-learn 8x8 digits; a cifar_scale-style 5-block cnn (pool after blocks 0, 2 and 4: 8x8 -> 1x1) with "
+        "2-4 channels and one conv per block: its width limits it. A second plain conv per block does not help "
+        "it (plain depth trains worse here), so the grown-like host is the 1.5x wider one; conv and ladder seeds "
+        "add residual capacity at its slots."
+    ),
+    base={
+        "task": {"name": "digits"},
+        "training": {"batch_size": 64, "host_lr": 0.05, "seed_lr": 0.05, "lr_schedule": "cosine"},
+        "run": {"episode_length": 20},
+        "morphogenesis": {**_PHASE2_MORPHOGENESIS, "max_seeds": 3},
+        "seed_families": {"channel_ladder": {"group_size": 2}},
+    },
+    small_host=_cnn([2, 2, 3, 3, 4], _DEEP_POOL, 1),
+    frontier={
+        "c2-d1": _cnn([2, 2, 3, 3, 4], _DEEP_POOL, 1),
+        "c3-d1": _cnn([3, 3, 4, 4, 6], _DEEP_POOL, 1),
+        "c2-d2": _cnn([2, 2, 3, 3, 4], _DEEP_POOL, 2),
+        "c4-d1": _cnn([4, 4, 6, 6, 8], _DEEP_POOL, 1),
+        "c3-d2": _cnn([3, 3, 4, 4, 6], _DEEP_POOL, 2),
+        "c6-d1": _cnn([6, 6, 9, 9, 12], _DEEP_POOL, 1),
+    },
+    metric_name="val_accuracy",
+    higher_is_better=True,
+    grown_like="c3-d1",
+)
+
+_SHALLOW_POOL = [True, True, True]
+DIGITS_SHALLOW = Regime(
+    name="digits_shallow",
+    description=(
+        "scikit-learn 8x8 digits; a cifar_baseline-style 3-block cnn (pool after each: 8x8 -> 1x1) with 2-4 "
+        "channels and one conv per block. Conv and ladder seeds at its slots add depth."
+    ),
+    base={
+        "task": {"name": "digits"},
+        "training": {"batch_size": 64, "host_lr": 0.05, "seed_lr": 0.05, "lr_schedule": "cosine"},
+        "run": {"episode_length": 20},
+        "morphogenesis": {**_PHASE2_MORPHOGENESIS, "max_seeds": 2},
+        "seed_families": {"channel_ladder": {"group_size": 2}},
+    },
+    small_host=_cnn([2, 3, 4], _SHALLOW_POOL, 1),
+    frontier={
+        "c2-d1": _cnn([2, 3, 4], _SHALLOW_POOL, 1),
+        "c3-d1": _cnn([3, 4, 6], _SHALLOW_POOL, 1),
+        "c2-d2": _cnn([2, 3, 4], _SHALLOW_POOL, 2),
+        "c4-d1": _cnn([4, 6, 8], _SHALLOW_POOL, 1),
+        "c3-d2": _cnn([3, 4, 6], _SHALLOW_POOL, 2),
+        "c4-d2": _cnn([4, 6, 8], _SHALLOW_POOL, 2),
+        "c6-d1": _cnn([6, 9, 12], _SHALLOW_POOL, 1),
+    },
+    metric_name="val_accuracy",
+    higher_is_better=True,
+    grown_like="c2-d2",
+)
+
+
+REGIMES: dict[str, Regime] = {
+    regime.name: regime for regime in (DIGITS, SHAPES_DEEP, PYDOC, DIGITS_DEEP, DIGITS_SHALLOW)
+}

@@ -1,0 +1,504 @@
+"""Roadmap Phase 2 experiment driver: run the examples/phase2 arms in parallel processes, then summarise them.
+
+``run FILE... [--jobs N]`` creates each file's experiment directory (as ``esper run`` does), runs every
+arm of every file in a pool of ``N`` processes (longest first), then writes each ``comparison.json`` (what
+``esper report EXP_DIR`` writes). ``summarize EXP_DIR --name NAME`` writes
+``docs/data/phase2/experiment-NAME.json``: the comparison plus what this module computes from the arms'
+event records (per-episode accuracy and size, paired differences between arms, per-surface ROI and
+preference, heavy jumps, governor events) and the verdicts of the Phase 2 exit criteria; ``--plot`` copies
+the comparison plot. ``markdown`` prints the tables docs/phase2.md shows (tests/test_phase2_docs.py checks
+that the doc holds exactly these tables).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import functools
+import json
+import math
+import multiprocessing
+import shlex
+import shutil
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_DIR = REPO / "docs" / "data" / "phase2"
+IMG_DIR = REPO / "docs" / "img"
+#: Arm names of the Phase 2 configs: (layout, ladder) -> arm.
+ARMS = ("segments_conv", "segments_channel", "lattice_conv", "lattice_channel")
+BASELINE_ARM = "segments_conv"
+HEAVY = "conv_heavy"
+
+
+# -- running ---------------------------------------------------------------------------------------
+
+
+def _apply_overrides(data: dict[str, Any], overrides: list[str]) -> None:
+    import tomllib
+
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"phase2: override {item!r} is not SECTION.KEY=VALUE")
+        section, _, name = key.strip().partition(".")
+        data.setdefault(section, {})[name] = tomllib.loads(f"v = {value}")["v"]
+
+
+def _run_arm(exp_dir: str, source: str, name: str) -> tuple[str, str, float, str | None]:
+    """One arm in this (fresh) process: parse the experiment again and start the arm's run."""
+    from esper_core.config import read_toml
+    from esper_core.experiments import EXPERIMENT_FILE, parse_experiment, record_arm_run
+    from esper_core.plugins import PluginManager
+    from esper_core.tolaria.engine import start_run
+
+    import attrs
+
+    manager = PluginManager()
+    data = read_toml(Path(exp_dir) / EXPERIMENT_FILE)
+    config = parse_experiment(data, manager, source=source).arms[name]
+    config = attrs.evolve(config, run=attrs.evolve(config.run, output_dir=exp_dir))
+    started = time.perf_counter()
+    error = None
+    try:
+        start_run(config, manager, on_run_dir=functools.partial(record_arm_run, Path(exp_dir), name))
+    except Exception as exc:  # an unstable or failed arm is a result: the comparison shows it as failed
+        error = f"{type(exc).__name__}: {exc}"
+    return exp_dir, name, time.perf_counter() - started, error
+
+
+def run(files: list[Path], jobs: int, work_dir: Path | None, overrides: list[str], arms: list[str] | None) -> list[Path]:
+    from esper_core.config import read_toml
+    from esper_core.experiments import compare, create_experiment
+    from esper_core.plugins import PluginManager
+
+    manager = PluginManager()
+    work: list[tuple[float, str, str, str]] = []
+    exp_dirs = []
+    for path in files:
+        data = read_toml(path)
+        _apply_overrides(data, overrides)
+        if work_dir is not None:
+            data.setdefault("run", {})["output_dir"] = str(work_dir)
+        if arms:
+            data["experiment"]["arms"] = [arm for arm in data["experiment"]["arms"] if arm["name"] in arms]
+        _experiment, exp_dir = create_experiment(data, manager, source=str(path))
+        exp_dirs.append(exp_dir)
+        weight = data["run"]["rounds"] * data["run"]["envs"] * (2 if data["policy"]["name"] == "ppo" else 1)
+        for arm in data["experiment"]["arms"]:
+            work.append((weight * (1.2 if "lattice" in arm["name"] else 1.0), str(exp_dir), str(path), arm["name"]))
+        print(f"{path}: {exp_dir}", flush=True)
+    work.sort(reverse=True)
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
+        futures = [pool.submit(_run_arm, exp_dir, source, name) for _w, exp_dir, source, name in work]
+        for future in concurrent.futures.as_completed(futures):
+            exp_dir, name, seconds, error = future.result()
+            print(f"   {Path(exp_dir).name} / {name}: {seconds:.0f} s{'  ' + error if error else ''}", flush=True)
+    for exp_dir in exp_dirs:
+        compare(exp_dir)
+        print(f"compared: {exp_dir / 'comparison.json'}", flush=True)
+    return exp_dirs
+
+
+# -- analysis --------------------------------------------------------------------------------------
+
+
+def mean_se(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    if len(values) < 2:
+        return values[0], None
+    return statistics.fmean(values), statistics.stdev(values) / math.sqrt(len(values))
+
+
+def rent_factor(params: float, host_params: float) -> float:
+    """The comparison's rent factor: ``1 + ln(1 + added / host params)``."""
+    return 1.0 + math.log1p(max(params - host_params, 0.0) / host_params)
+
+
+def spearman(xs: list[float], ys: list[float]) -> float | None:
+    """Spearman's rank correlation (average ranks for ties); None when either side is constant or n < 3."""
+    if len(xs) < 3 or len(set(xs)) < 2 or len(set(ys)) < 2:
+        return None
+
+    def ranks(values: list[float]) -> list[float]:
+        order = sorted(range(len(values)), key=lambda i: values[i])
+        out = [0.0] * len(values)
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                out[order[k]] = (i + j) / 2 + 1
+            i = j + 1
+        return out
+
+    rx, ry = ranks(xs), ranks(ys)
+    mx, my = statistics.fmean(rx), statistics.fmean(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    return cov / math.sqrt(sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry))
+
+
+def arm_record(run_dir: Path) -> dict[str, Any]:
+    """What the Phase 2 tables need from one arm's event record, beyond ``arm_metrics``."""
+    from esper_core.leyline import TelemetryEventType as T
+    from esper_core.telemetry.report import load_events
+
+    events = load_events(run_dir / "events.jsonl")
+    started = events[0].payload
+    surface_of = dict(zip(started.slots, started.slot_surfaces, strict=True))
+    rounds = started.rounds
+    episodes: dict[tuple[int, int], dict[str, Any]] = {}
+    seeds: dict[tuple[int, int, str], dict[str, Any]] = {}
+    returns: dict[tuple[int, int], float] = defaultdict(float)
+    governor = {"rollbacks": 0, "gradient_anomalies": 0, "policy_anomalies": 0}
+    for event in events:
+        kind, data = event.event_type, event.payload
+        if kind is T.EPOCH_COMPLETED:
+            episodes[(data.round, data.env_id)] = {
+                "round": data.round, "env": data.env_id, "metric": data.val_metric, "val_loss": data.val_loss,
+                "params": data.host_params + data.seed_params + data.fossilized_params,
+            }
+        elif kind is T.ROUND_COMPLETED and data.control_metric is not None:
+            for (r, _env), episode in episodes.items():
+                if r == data.round:
+                    episode["control_metric"] = data.control_metric
+        elif kind is T.REWARD_COMPUTED:
+            returns[(data.round, data.env_id)] += data.reward
+        elif kind is T.SEED_GERMINATED:
+            seeds[(data.env_id, data.round, data.seed_id)] = {
+                "round": data.round, "slot": data.slot_id, "surface": surface_of[data.slot_id],
+                "family": data.blueprint_id, "level": data.internal_level, "max_level": data.internal_level,
+                "grows": 0, "end": "live", "contribution": None, "params": data.seed_params,
+            }
+        elif kind is T.SEED_INTERNAL_LEVEL_CHANGED:
+            seed = seeds[(data.env_id, data.round, data.seed_id)]
+            seed["level"] = data.to_level
+            seed["max_level"] = max(seed["max_level"], data.to_level)
+            seed["params"] = data.internal_effective_params
+            seed["grows"] += data.to_level > data.from_level
+        elif kind is T.SEED_FOSSILIZED:
+            seed = seeds[(data.env_id, data.round, data.seed_id)]
+            seed.update(end="fossilized", contribution=data.contribution, params=data.seed_params)
+        elif kind is T.SEED_PRUNED:
+            seed = seeds[(data.env_id, data.round, data.seed_id)]
+            seed.update(end="rollback" if data.reason == "rollback" else "pruned", contribution=data.contribution)
+        elif kind is T.GOVERNOR_ROLLBACK:
+            governor["rollbacks"] += 1
+        elif kind is T.GRADIENT_ANOMALY:
+            governor["gradient_anomalies"] += 1
+        elif kind is T.POLICY_ANOMALY:
+            governor["policy_anomalies"] += 1
+    for key, episode in episodes.items():
+        episode["return"] = returns.get(key)
+    return {
+        "host_params": started.host_params,
+        "rounds": rounds,
+        "slots": list(started.slots),
+        "slot_surfaces": list(started.slot_surfaces),
+        "episodes": [episodes[key] for key in sorted(episodes)],
+        "seeds": sorted(seeds.values(), key=lambda s: (s["round"], s["slot"])),
+        "governor": governor,
+    }
+
+
+def surface_table(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per surface: germinations (all, first and second half of the rounds), surviving fossils, and the
+    ROI of the seeds that ended there (measured contribution per 1,000 parameters in use, mean over seeds
+    with a measured contribution)."""
+    half = record["rounds"] / 2
+    table: dict[str, dict[str, Any]] = {}
+    for surface in sorted(set(record["slot_surfaces"])):
+        mine = [s for s in record["seeds"] if s["surface"] == surface]
+        rois = [s["contribution"] / (s["params"] / 1000) for s in mine
+                if s["contribution"] is not None and s["params"] > 0 and s["end"] in ("fossilized", "pruned")]
+        table[surface] = {
+            "germinated": len(mine),
+            "germinated_first_half": sum(s["round"] < half for s in mine),
+            "germinated_second_half": sum(s["round"] >= half for s in mine),
+            "fossils": sum(s["end"] == "fossilized" for s in mine),
+            "roi_per_kparam": statistics.fmean(rois) if rois else None,
+            "roi_seeds": len(rois),
+        }
+    return table
+
+
+def slot_preference(record: dict[str, Any]) -> dict[str, Any]:
+    """Per slot: germination share in the second half of the rounds and mean ROI of its ended seeds; and
+    their Spearman correlation across slots with an ROI."""
+    half = record["rounds"] / 2
+    late = [s for s in record["seeds"] if s["round"] >= half]
+    rows = {}
+    for slot in record["slots"]:
+        rois = [s["contribution"] / (s["params"] / 1000) for s in record["seeds"]
+                if s["slot"] == slot and s["contribution"] is not None and s["params"] > 0
+                and s["end"] in ("fossilized", "pruned")]
+        rows[slot] = {
+            "late_share": sum(s["slot"] == slot for s in late) / len(late) if late else None,
+            "roi_per_kparam": statistics.fmean(rois) if rois else None,
+        }
+    paired = [(r["late_share"], r["roi_per_kparam"]) for r in rows.values()
+              if r["late_share"] is not None and r["roi_per_kparam"] is not None]
+    return {"slots": rows, "spearman": spearman([p[0] for p in paired], [p[1] for p in paired]) if paired else None,
+            "slots_with_roi": len(paired)}
+
+
+def episode_values(record: dict[str, Any]) -> dict[str, list[float]]:
+    host = record["host_params"]
+    out: dict[str, list[float]] = {"metric": [], "params": [], "accuracy_per_rent": [], "gain_over_control": []}
+    for e in record["episodes"]:
+        out["metric"].append(e["metric"])
+        out["params"].append(e["params"])
+        out["accuracy_per_rent"].append(e["metric"] / rent_factor(e["params"], host))
+        if e.get("control_metric") is not None:
+            out["gain_over_control"].append(e["metric"] - e["control_metric"])
+    return out
+
+
+def paired(a: list[float], b: list[float]) -> dict[str, Any]:
+    diffs = [x - y for x, y in zip(a, b, strict=True)]
+    mean, se = mean_se(diffs)
+    return {"mean": mean, "stderr": se, "n": len(diffs)}
+
+
+def derive(arm: dict[str, Any]) -> dict[str, Any]:
+    """Everything the tables show for one arm that is computed from its raw record (``episodes``,
+    ``seeds``, ``rounds``, ``slots``, ``slot_surfaces``, ``host_params``) rather than taken from
+    ``arm_metrics``."""
+    values = episode_values(arm)
+    seeds = arm["seeds"]
+    episodes = len(arm["episodes"])
+    heavy = sum(s["family"] == HEAVY for s in seeds)
+    grows = sum(s["grows"] for s in seeds)
+    return {
+        "surfaces": surface_table(arm),
+        "slot_preference": slot_preference(arm),
+        "heavy_germinations": heavy,
+        "ladder_grows": grows,
+        "heavy_per_episode": heavy / episodes if episodes else None,
+        "grows_per_episode": grows / episodes if episodes else None,
+        "mean": {key: mean_se(v)[0] for key, v in values.items()},
+        "stderr": {key: mean_se(v)[1] for key, v in values.items()},
+    }
+
+
+def differences(arms: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Paired per-episode differences (same round and environment: same host init and data order)."""
+    pairs = [(arm, BASELINE_ARM) for arm in arms if arm != BASELINE_ARM and BASELINE_ARM in arms]
+    pairs += [(a, b) for a, b in (("lattice_channel", "lattice_conv"), ("lattice_channel", "segments_channel"))
+              if a in arms and b in arms]
+    out = {}
+    for a, b in pairs:
+        x, y = episode_values(arms[a]), episode_values(arms[b])
+        out[f"{a} - {b}"] = {key: paired(x[key], y[key]) for key in ("metric", "params", "accuracy_per_rent")
+                             if x[key] and len(x[key]) == len(y[key])}
+    return out
+
+
+def summarize(exp_dir: Path, name: str, command: str) -> dict[str, Any]:
+    from esper_core.experiments import arm_run_dirs, compare
+
+    comparison = compare(exp_dir)
+    runs = arm_run_dirs(exp_dir)
+    arms: dict[str, Any] = {}
+    for arm, metrics in comparison["arms"].items():
+        record = arm_record(runs[arm])
+        record["metrics"] = {k: v for k, v in metrics.items() if k != "run_dir"}
+        record.update(derive(record))
+        arms[arm] = record
+    payload = {
+        "experiment": comparison["experiment"],
+        "name": name,
+        "command": command,
+        "arms": arms,
+        "differences": differences(arms),
+    }
+    payload["criteria"] = criteria(payload)
+    return payload
+
+
+# -- exit criteria ---------------------------------------------------------------------------------
+
+
+def criteria(payload: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The Phase 2 exit criteria, each met or not met, from the summary alone (so a test can re-derive them).
+
+    - ``surface_preference_tracks_roi``: in every lattice arm, the surface with the higher ROI of its
+      ended seeds also took the larger share of germinations in the second half of the rounds, and that
+      share grew from the first half (a preference that formed, not a tie broken by chance).
+    - ``internal_ops_replace_heavy_jumps``: in every arm, successful ladder grows outnumber conv_heavy
+      germinations.
+    - ``roi_improves``: accuracy per rent of the lattice + channel_ladder arm beats segments + conv_ladder
+      by more than two paired standard errors.
+    - ``governor_stable``: no rollbacks, gradient or policy anomalies, every arm completed.
+    """
+    arms = payload["arms"]
+    out: dict[str, dict[str, Any]] = {}
+    details = {}
+    met = True
+    lattice_arms = [a for a in arms if a.startswith("lattice")]
+    for arm in lattice_arms:
+        surfaces = {k: v for k, v in arms[arm]["surfaces"].items() if k in ("pre_pool", "post_pool")}
+        rois = {k: v["roi_per_kparam"] for k, v in surfaces.items()}
+        late = {k: v["germinated_second_half"] for k, v in surfaces.items()}
+        early = {k: v["germinated_first_half"] for k, v in surfaces.items()}
+        ok = False
+        best = None
+        if len(surfaces) == 2 and all(v is not None for v in rois.values()):
+            best = max(rois, key=lambda k: rois[k])
+            late_total, early_total = sum(late.values()), sum(early.values())
+            late_share = late[best] / late_total if late_total else None
+            early_share = early[best] / early_total if early_total else None
+            ok = (late_share is not None and late_share > 0.5 and early_share is not None and late_share > early_share)
+            details[arm] = {"best_roi_surface": best, "roi": rois, "late_share_of_best": late_share,
+                            "early_share_of_best": early_share, "met": ok}
+        else:
+            details[arm] = {"best_roi_surface": None, "roi": rois, "met": False}
+        met = met and ok
+    out["surface_preference_tracks_roi"] = {"met": bool(lattice_arms) and met, "arms": details}
+    heavy = {arm: {"ladder_grows": a["ladder_grows"], "heavy_germinations": a["heavy_germinations"]} for arm, a in arms.items()}
+    out["internal_ops_replace_heavy_jumps"] = {
+        "met": all(v["ladder_grows"] > v["heavy_germinations"] for v in heavy.values()), "arms": heavy}
+    diff = payload["differences"].get(f"lattice_channel - {BASELINE_ARM}", {}).get("accuracy_per_rent")
+    roi_met = bool(diff and diff["stderr"] is not None and diff["mean"] > 2 * diff["stderr"])
+    out["roi_improves"] = {"met": roi_met, "difference": diff}
+    governor = {arm: {**a["governor"], "status": a["metrics"]["status"]} for arm, a in arms.items()}
+    out["governor_stable"] = {
+        "met": all(g["rollbacks"] == 0 and g["gradient_anomalies"] == 0 and g["policy_anomalies"] == 0
+                   and g["status"] == "completed" for g in governor.values()),
+        "arms": governor,
+    }
+    return out
+
+
+# -- markdown --------------------------------------------------------------------------------------
+
+
+def _f(value: Any, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _pm(mean: Any, se: Any, spec: str) -> str:
+    if mean is None:
+        return "-"
+    return format(mean, spec) + ("" if se is None else " ± " + format(se, spec.replace("+", "")))
+
+
+def markdown_tables(payload: dict[str, Any]) -> str:
+    """The tables docs/phase2.md shows for one experiment summary (a pure function of the JSON)."""
+    arms = payload["arms"]
+    names = list(arms)
+    lines = ["| metric | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+
+    def row(label: str, cell) -> None:
+        lines.append(f"| {label} | " + " | ".join(cell(arms[n]) for n in names) + " |")
+
+    row("episodes (rounds × envs)", lambda a: str(len(a["episodes"])))
+    row("final accuracy (mean ± s.e. over episodes)", lambda a: _pm(a["mean"]["metric"], a["stderr"]["metric"], ".4f"))
+    row("gain over the paired static control", lambda a: _pm(a["mean"]["gain_over_control"],
+                                                            a["stderr"]["gain_over_control"], "+.4f"))
+    row("final params in use (host + seeds)", lambda a: _f(a["mean"]["params"], ",.0f"))
+    row("accuracy per rent (per episode)", lambda a: _pm(a["mean"]["accuracy_per_rent"],
+                                                        a["stderr"]["accuracy_per_rent"], ".4f"))
+    row("mean return", lambda a: _f(a["metrics"]["mean_return"], ".3f"))
+    row("germinated / fossilized / pruned", lambda a: f"{a['metrics']['germinated']} / {a['metrics']['fossilized']} / "
+                                                      f"{a['metrics']['pruned']}")
+    row("fossilize / prune ratio", lambda a: _f(a["metrics"]["fossilize_prune_ratio"], ".2f"))
+    row("prunes after overshoot (rate per germination)",
+        lambda a: f"{a['metrics']['overshoot_prunes']} ({_f(a['metrics']['overshoot_prune_rate'], '.2f')})")
+    row("conv_heavy germinations (heavy share)",
+        lambda a: f"{a['heavy_germinations']} ({_f(a['metrics']['heavy_share'], '.2f')})")
+    row("ladder grows / shrinks", lambda a: f"{a['metrics']['internal_grows']} / {a['metrics']['internal_shrinks']}")
+    row("heavy jumps / ladder grows per episode", lambda a: f"{_f(a['heavy_per_episode'], '.2f')} / "
+                                                           f"{_f(a['grows_per_episode'], '.2f')}")
+    row("mean level at fossilization", lambda a: _f(a["metrics"]["mean_level_at_fossilization"], ".2f"))
+    row("mean ladder level over time (step:level)", lambda a: _level_path(a["metrics"]["level_time_series"]))
+    row("germinations per surface", lambda a: _counts({k: v["germinated"] for k, v in a["surfaces"].items()}))
+    row("surviving fossils per surface", lambda a: _counts({k: v["fossils"] for k, v in a["surfaces"].items()}))
+    row("ROI per surface (contribution per 1k params)",
+        lambda a: _counts({k: _f(v["roi_per_kparam"], "+.3f") for k, v in a["surfaces"].items()}))
+    row("rollbacks / gradient / policy anomalies",
+        lambda a: f"{a['governor']['rollbacks']} / {a['governor']['gradient_anomalies']} / {a['governor']['policy_anomalies']}")
+    row("op / slot / seed family head entropy (mean)", lambda a: _entropies(a["metrics"]["mean_head_entropy"]))
+    row("the same, last update", lambda a: _entropies(a["metrics"]["final_head_entropy"]))
+    lines.append("")
+    lines.append("| paired difference (same round and environment) | accuracy | params in use | accuracy per rent |")
+    lines.append("|---|---|---|---|")
+    for label, diff in payload["differences"].items():
+        cells = [_pm(diff[k]["mean"], diff[k]["stderr"], f) if k in diff else "-"
+                 for k, f in (("metric", "+.4f"), ("params", "+,.0f"), ("accuracy_per_rent", "+.4f"))]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def markdown_criteria(payload: dict[str, Any]) -> str:
+    """One line per exit criterion: met or not met."""
+    return "\n".join(f"- `{name}`: **{'met' if c['met'] else 'not met'}**" for name, c in payload["criteria"].items())
+
+
+def _counts(counts: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counts.items()) or "-"
+
+
+def _entropies(values: dict[str, float]) -> str:
+    keys = [k for k in ("op", "slot", "blueprint") if k in values]
+    return " / ".join(f"{values[k]:.2f}" for k in keys) if keys else "-"
+
+
+def _level_path(series: list[list[float]]) -> str:
+    if not series:
+        return "-"
+    picks = sorted({round(i * (len(series) - 1) / 4) for i in range(5)})
+    return " ".join(f"{int(series[i][0])}:{series[i][1]:.2f}" for i in picks)
+
+
+# -- command line ----------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_run = sub.add_parser("run", help="run the arms of one or more experiment files in parallel processes")
+    p_run.add_argument("files", nargs="+", type=Path)
+    p_run.add_argument("--jobs", type=int, default=2)
+    p_run.add_argument("--work-dir", type=Path, default=None, help="output directory (default: the files' [run] output_dir)")
+    p_run.add_argument("-s", "--set", action="append", default=[], help="SECTION.KEY=VALUE override for every file")
+    p_run.add_argument("--arms", nargs="+", default=None, help="run only these arms")
+    p_sum = sub.add_parser("summarize", help="write docs/data/phase2/experiment-NAME.json from an experiment directory")
+    p_sum.add_argument("exp_dir", type=Path)
+    p_sum.add_argument("--name", required=True)
+    p_sum.add_argument("--json", type=Path, default=None)
+    p_sum.add_argument("--plot", type=Path, default=None, help="copy comparison.png here")
+    p_md = sub.add_parser("markdown", help="print the tables of a summary JSON")
+    p_md.add_argument("json", type=Path)
+    args = parser.parse_args(argv)
+    command = "python benchmarks/phase2.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    if args.command == "run":
+        run(args.files, args.jobs, args.work_dir, args.set, args.arms)
+    elif args.command == "summarize":
+        payload = summarize(args.exp_dir, args.name, command)
+        path = args.json or DATA_DIR / f"experiment-{args.name}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
+        print(f"written: {path}")
+        if args.plot is not None:
+            shutil.copyfile(args.exp_dir / "comparison.png", args.plot)
+            print(f"written: {args.plot}")
+        print(markdown_tables(payload))
+        print(markdown_criteria(payload))
+    else:
+        payload = json.loads(args.json.read_text(encoding="utf-8"))
+        print(markdown_tables(payload))
+        print(markdown_criteria(payload))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
