@@ -27,6 +27,13 @@ def channel_group_bounds(total: int, group_size: int) -> tuple[tuple[int, int], 
     return tuple((start, min(start + group_size, total)) for start in range(0, total, group_size))
 
 
+def _first(tensor: torch.Tensor, width: int, dim: int = 0) -> torch.Tensor:
+    """The first ``width`` entries of ``tensor`` along ``dim``: a view (writes reach the tensor), or the
+    tensor itself when that is all of it (the top level then runs on the parameters, with no slice in
+    the autograd graph)."""
+    return tensor if tensor.shape[dim] == width else tensor.narrow(dim, 0, width)
+
+
 def _hidden_channels_in_range(instance: ChannelLadderConfig, attribute: attrs.Attribute, value: int | None) -> None:
     if value is None:
         return
@@ -117,7 +124,7 @@ class ChannelLadderSeed(nn.Module):
             return x
         width = self.active_channels
         norm = self.norm
-        hidden = F.conv2d(x, self.conv.weight[:width], None, padding=1)
+        hidden = F.conv2d(x, _first(self.conv.weight, width), None, padding=1)
         use_batch_stats = self.training or norm.running_mean is None
         if self.training and norm.num_batches_tracked is not None:
             norm.num_batches_tracked.add_(1)  # as nn.BatchNorm2d does (read only when momentum is None)
@@ -126,16 +133,16 @@ class ChannelLadderSeed(nn.Module):
             momentum = 1.0 / float(norm.num_batches_tracked)
         hidden = F.batch_norm(
             hidden,
-            norm.running_mean[:width] if norm.running_mean is not None else None,
-            norm.running_var[:width] if norm.running_var is not None else None,
-            norm.weight[:width],
-            norm.bias[:width],
+            _first(norm.running_mean, width) if norm.running_mean is not None else None,
+            _first(norm.running_var, width) if norm.running_var is not None else None,
+            _first(norm.weight, width),
+            _first(norm.bias, width),
             use_batch_stats,
             momentum,
             norm.eps,
         )
         hidden = F.relu(hidden)
-        return x + F.conv2d(hidden, self.projection.weight[:, :width], self.projection.bias)
+        return x + F.conv2d(hidden, _first(self.projection.weight, width, dim=1), self.projection.bias)
 
     def extra_repr(self) -> str:
         return (f"level={self._level}/{self.internal_max_level}, hidden={self.groups[-1][1]} in groups of "
