@@ -69,9 +69,9 @@ class ChannelLadderSeed(nn.Module):
     Every group is built up front in one conv, one BatchNorm and one 1x1 projection; level ``k`` slices
     them to the first ``h_k`` hidden channels (conv weight ``[:h_k]``, the BatchNorm's affine and running
     statistics ``[:h_k]``, which are views, so training updates the running statistics in place, and the
-    projection's weight ``[:, :h_k]``). A level change moves one integer: it allocates nothing, syncs
-    nothing with the device, and there are ``max_level + 1`` forward graphs. Channels of inactive groups
-    are never computed, so they are inert.
+    projection's weight ``[:, :h_k]``; the top level uses them whole). A level change moves one integer:
+    it allocates nothing, syncs nothing with the device, and there are ``max_level + 1`` forward graphs.
+    Channels of inactive groups are never computed, so they are inert.
 
     Growing never makes the output jump: enabling a group zeroes the projection columns that read it
     (and 0 -> 1 also the projection bias), so its contribution starts at zero while the columns get
