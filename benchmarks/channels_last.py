@@ -127,3 +127,20 @@ def _image_task_info():
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def markdown_table(results: dict) -> str:
+    """The docs table of a ``--json`` result: channels_last ÷ contiguous forward+backward time per
+    preset, bare and with one seed (median of the paired ratios, its 95 % interval)."""
+    cases = ("bare", "seeded", "seeded, seed converted")
+    lines = [
+        "| preset | seed | " + " | ".join(f"{case} (95 % CI)" for case in cases) + " |",
+        "|---|---|" + "---|" * len(cases),
+    ]
+    for preset, row in results["presets"].items():
+        cells = []
+        for case in cases:
+            ratio = row["ratios"][case]["ratio_channels_last_vs_contiguous"]
+            cells.append(f"**{ratio['median']:.3f}** ({ratio['median_ci95_low']:.3f}–{ratio['median_ci95_high']:.3f})")
+        lines.append(f"| `{preset}` | {row['seed']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

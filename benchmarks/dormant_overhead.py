@@ -166,3 +166,23 @@ def _image_task_info():
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def markdown_table(results: dict) -> str:
+    """The docs table of a ``--json`` result: per preset and slot layout, dormant model ÷ bare host
+    (median of the paired ratios, its 95 % interval) and one TRAINING seed ÷ bare host."""
+    lines = [
+        "| preset | slot layout | slots | dormant ÷ bare (median) | 95 % CI | 1 TRAINING seed ÷ bare |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key, row in results["presets"].items():
+        preset, layout = key.split("/")
+        dormant = row["cases"]["dormant model"]["ratio_vs_bare"]
+        training = next(name for name in row["cases"] if name.startswith("1 TRAINING"))
+        seed = training.split("(", 1)[1].rstrip(")")
+        lines.append(
+            f"| `{preset}` | `{layout}` | {len(row['slots'])} | **{dormant['median']:.3f}** | "
+            f"{dormant['median_ci95_low']:.3f}–{dormant['median_ci95_high']:.3f} | "
+            f"{row['cases'][training]['ratio_vs_bare']['median']:.3f} ({seed}) |"
+        )
+    return "\n".join(lines)
