@@ -1,16 +1,17 @@
-"""The core's own plugin: the built-in topologies, ladder kinds, segment-boundary surface and rewards, registered like any other."""
+"""The core's own plugin: the built-in topologies, ladder and subtarget kinds, segment-boundary surface and rewards, registered like any other."""
 
 from __future__ import annotations
 
 from esper_core.hookspecs import (
     LadderKindRegistrar,
     RewardRegistrar,
+    SubtargetKindRegistrar,
     SurfaceRegistrar,
     TopologyRegistrar,
     hookimpl,
 )
 from esper_core.leyline import SEGMENT_BOUNDARY
-from esper_core.registry import LadderKind, RewardKind, SurfaceKind, TopologyKind
+from esper_core.registry import LadderKind, RewardKind, SubtargetKind, SurfaceKind, TopologyKind
 from esper_core.simic import (
     BasicReward,
     BasicRewardConfig,
@@ -62,6 +63,13 @@ def esper_register_ladder_kinds(register: LadderKindRegistrar) -> None:
     register(LadderKind(name="conv_stages", code=1, description="the number of conv stages in use"))
     register(LadderKind(name="lora_rank", code=2, description="the rank of a low-rank adapter"))
     register(LadderKind(name="channel_groups", code=3, description="the number of channel groups in use"))
+
+
+@hookimpl
+def esper_register_subtarget_kinds(register: SubtargetKindRegistrar) -> None:
+    register(SubtargetKind(name="lora_rank_block", code=1, description="a block of ranks of a low-rank adapter"))
+    register(SubtargetKind(name="cnn_channel_group", code=2, description="a group of hidden channels of a conv seed"))
+    register(SubtargetKind(name="attn_head_group", code=3, description="a group of attention heads"))
 
 
 @hookimpl

@@ -21,6 +21,7 @@ from esper_core.registry import (
     RewardKind,
     SeedFamily,
     SinkKind,
+    SubtargetKind,
     SurfaceKind,
     TaskKind,
     TopologyKind,
@@ -37,6 +38,7 @@ __all__ = [
     "RewardRegistrar",
     "SeedFamilyRegistrar",
     "SinkRegistrar",
+    "SubtargetKindRegistrar",
     "SurfaceRegistrar",
     "TaskRegistrar",
     "TopologyRegistrar",
@@ -143,6 +145,15 @@ class LadderKindRegistrar(Registrar):
         self._accept(ladder_kind)
 
 
+class SubtargetKindRegistrar(Registrar):
+    """``register`` of :func:`esper_register_subtarget_kinds` (added in 0.2.1)."""
+
+    __slots__ = ()
+
+    def __call__(self, subtarget_kind: SubtargetKind) -> None:
+        self._accept(subtarget_kind)
+
+
 #: Registry kind (a key of ``esper_core.registry.KINDS``) -> the registrar class its hook receives.
 REGISTRARS: dict[str, type[Registrar]] = {
     "hosts": HostRegistrar,
@@ -154,6 +165,7 @@ REGISTRARS: dict[str, type[Registrar]] = {
     "telemetry_sinks": SinkRegistrar,
     "topologies": TopologyRegistrar,
     "ladder_kinds": LadderKindRegistrar,
+    "subtarget_kinds": SubtargetKindRegistrar,
 }
 
 
@@ -184,7 +196,8 @@ def esper_register_seed_families(register: SeedFamilyRegistrar) -> None:
     :param register: call with an :class:`esper_core.registry.SeedFamily` per family.
         ``build(channels, topology, config)`` must return a shape-preserving module that is the
         identity at birth and deterministic; :mod:`esper_core.testing` checks this. Its
-        ``topologies`` and its ladder's ``kind`` must name registered topologies and ladder kinds.
+        ``topologies``, its ladder's ``kind`` and its subtarget inventory's ``kind`` must name registered
+        topologies, ladder kinds and subtarget kinds.
     """
 
 
@@ -241,4 +254,15 @@ def esper_register_ladder_kinds(register: LadderKindRegistrar) -> None:
     :param register: call with an :class:`esper_core.registry.LadderKind` per kind: a name (what
         ``LadderSpec.kind`` says) and a stable code (1..``MAX_LADDER_CODE``, unique; 0 is "no ladder").
         The core registers ``conv_stages`` (1), ``lora_rank`` (2) and ``channel_groups`` (3).
+    """
+
+
+@hookspec
+def esper_register_subtarget_kinds(register: SubtargetKindRegistrar) -> None:
+    """Register kinds of subtarget inventory group (added in 0.2.1).
+
+    :param register: call with an :class:`esper_core.registry.SubtargetKind` per kind: a name (what
+        ``SubtargetSpec.kind`` says) and a stable code (1..``MAX_SUBTARGET_CODE``, unique; 0 and the name
+        ``"none"`` mean "no inventory"). The core registers ``lora_rank_block`` (1),
+        ``cnn_channel_group`` (2) and ``attn_head_group`` (3).
     """

@@ -10,12 +10,13 @@ from typing import Any
 import attrs
 
 from esper_core.errors import PluginError
-from esper_core.leyline import MAX_SURFACE_CODE
+from esper_core.leyline import MAX_SUBTARGETS, MAX_SURFACE_CODE
 
 __all__ = [
     "CODED_KINDS",
     "KINDS",
     "MAX_LADDER_CODE",
+    "MAX_SUBTARGET_CODE",
     "MAX_SURFACE_CODE",
     "MAX_TOPOLOGY_CODE",
     "QUALIFIER",
@@ -31,6 +32,8 @@ __all__ = [
     "RewardKind",
     "SeedFamily",
     "SinkKind",
+    "SubtargetKind",
+    "SubtargetSpec",
     "SurfaceKind",
     "TaskKind",
     "TopologyKind",
@@ -40,6 +43,8 @@ __all__ = [
 MAX_TOPOLOGY_CODE = 15
 #: Ladder kind codes run 1..MAX_LADDER_CODE (0 means "no ladder" in observations).
 MAX_LADDER_CODE = 15
+#: Subtarget kind codes run 1..MAX_SUBTARGET_CODE (0, "none", means "no inventory").
+MAX_SUBTARGET_CODE = 15
 
 
 @attrs.frozen
@@ -124,13 +129,42 @@ class LadderSpec:
             raise ValueError(f"initial_level {self.initial_level} is not in 0..{self.max_level}")
 
 
+def _subtarget_spec(_instance: Any, _attribute: attrs.Attribute, value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, SubtargetSpec):
+        raise TypeError(f"subtargets must be an esper_core.registry.SubtargetSpec or None, got {value!r}")
+
+
+@attrs.frozen
+class SubtargetSpec:
+    """A seed family's subtarget inventory (added in 0.2.1): its kind (the name of a registered
+    ``SubtargetKind``, e.g. ``"cnn_channel_group"``) and the most groups a seed of the family exposes
+    (1..``MAX_SUBTARGETS``). A built seed's ``subtarget_count`` (K) is at most ``max_count``; the
+    run's ``subtarget`` head has the largest ``max_count`` of its seed families as its size."""
+
+    kind: str = attrs.field(validator=_valid_name)
+    max_count: int
+
+    def __attrs_post_init__(self) -> None:
+        if self.kind == "none":
+            raise ValueError("a subtarget inventory needs a subtarget kind; 'none' means no inventory")
+        if isinstance(self.max_count, bool) or not isinstance(self.max_count, int) or not (
+            1 <= self.max_count <= MAX_SUBTARGETS
+        ):
+            raise ValueError(f"subtargets max_count must be an integer from 1 to {MAX_SUBTARGETS}, got {self.max_count!r}")
+
+
 @attrs.frozen
 class SeedFamily:
     """A seed family. ``build(channels, topology, config)`` returns a shape-preserving
     module that is the identity at birth. ``topologies`` names registered ``TopologyKind``s (a family
     naming an unregistered one is withdrawn when the plugins are loaded). A family with a ``ladder`` builds an
     ``esper_core.kasmina.LadderModule`` whose capacity the policy moves with GROW_INTERNAL and
-    SHRINK_INTERNAL."""
+    SHRINK_INTERNAL. A family with ``subtargets`` builds an ``esper_core.kasmina.SubtargetInventory``
+    (added in 0.2.1) whose groups the policy switches with ENABLE_SUBTARGET and DISABLE_SUBTARGET;
+    its ``subtarget_kind`` is ``subtargets.kind`` and its ``subtarget_count`` at most
+    ``subtargets.max_count``."""
 
     name: str = attrs.field(validator=_valid_name)
     build: Callable[..., Any] = attrs.field(validator=_callable)
@@ -138,6 +172,7 @@ class SeedFamily:
     config_class: type = attrs.field(default=NoOptions, validator=_is_attrs_class)
     description: str = ""
     ladder: LadderSpec | None = attrs.field(default=None, validator=_ladder_spec)
+    subtargets: SubtargetSpec | None = attrs.field(default=None, validator=_subtarget_spec)
 
 
 @attrs.frozen
@@ -265,6 +300,23 @@ class LadderKind:
     description: str = ""
 
 
+@attrs.frozen
+class SubtargetKind:
+    """A kind of subtarget inventory group (added in 0.2.1), named by ``SubtargetSpec.kind``.
+
+    ``code`` is a stable small integer, 1..``MAX_SUBTARGET_CODE``, unique among subtarget kinds; 0 and
+    the name ``"none"`` are reserved for "no inventory".
+    """
+
+    name: str = attrs.field(validator=_valid_name)
+    code: int = attrs.field(validator=_code_in(1, MAX_SUBTARGET_CODE))
+    description: str = ""
+
+    def __attrs_post_init__(self) -> None:
+        if self.name == "none":
+            raise ValueError("subtarget kind name 'none' is reserved (it means no inventory)")
+
+
 #: Registry kind -> (hook name, record class, human label).
 KINDS: dict[str, tuple[str, type, str]] = {
     "hosts": ("esper_register_hosts", HostFamily, "host"),
@@ -276,13 +328,14 @@ KINDS: dict[str, tuple[str, type, str]] = {
     "telemetry_sinks": ("esper_register_telemetry_sinks", SinkKind, "telemetry sink"),
     "topologies": ("esper_register_topologies", TopologyKind, "topology"),
     "ladder_kinds": ("esper_register_ladder_kinds", LadderKind, "ladder kind"),
+    "subtarget_kinds": ("esper_register_subtarget_kinds", SubtargetKind, "subtarget kind"),
 }
 
 #: Kinds whose records carry a ``code`` that must be unique within the kind.
-CODED_KINDS: frozenset[str] = frozenset({"surfaces", "topologies", "ladder_kinds"})
+CODED_KINDS: frozenset[str] = frozenset({"surfaces", "topologies", "ladder_kinds", "subtarget_kinds"})
 #: Kinds other records refer to by name: one meaning per name, so a second registration of a name is
 #: withdrawn (the first keeps it) instead of both being kept under qualified names.
-SHARED_VOCABULARY_KINDS: frozenset[str] = frozenset({"topologies", "ladder_kinds"})
+SHARED_VOCABULARY_KINDS: frozenset[str] = frozenset({"topologies", "ladder_kinds", "subtarget_kinds"})
 #: Separates the plugin from the item in a qualified name: ``cnn:norm``.
 QUALIFIER = ":"
 
@@ -328,7 +381,8 @@ class _KindEntries(dict):
 class Registry:
     """Everything the loaded plugins registered, by kind and name, with the plugin that owns each.
 
-    Two plugins may register the same name for one kind (except topologies and ladder kinds): both items
+    Two plugins may register the same name for one kind (except topologies, ladder kinds and subtarget
+    kinds): both items
     are kept, each reachable as ``plugin:name``, and the plain name is ambiguous (``get`` raises
     ``PluginError`` naming both plugins). Names that are not ambiguous work both plain and qualified.
     """
@@ -347,8 +401,8 @@ class Registry:
         """Validate ``entry`` and store it as ``plugin``'s.
 
         Raises ``PluginError`` for a malformed record or a name the same plugin already registered, and
-        ``ItemWithdrawn`` (naming both plugins) when the entry's code, or a topology's or ladder kind's
-        name, is already taken by another item: that entry is not stored, the plugin's others stay.
+        ``ItemWithdrawn`` (naming both plugins) when the entry's code, or a topology's, ladder kind's or
+        subtarget kind's name, is already taken by another item: that entry is not stored, the plugin's others stay.
         """
         record_class: Any
         _hook, record_class, label = KINDS[kind]
@@ -480,3 +534,7 @@ class Registry:
     def ladder_kind(self, name: str) -> LadderKind:
         """The registered ladder kind called ``name`` (``KeyError`` with suggestions when absent)."""
         return self.get("ladder_kinds", name)
+
+    def subtarget_kind(self, name: str) -> SubtargetKind:
+        """The registered subtarget kind called ``name`` (``KeyError`` with suggestions when absent)."""
+        return self.get("subtarget_kinds", name)

@@ -352,7 +352,7 @@ def test_masks_allow_exactly_the_possible_moves():
     model.apply(FactoredAction(op=LifecycleOp.GERMINATE, slot=0, blueprint=0), score_now=0.1)
     model.tick()
     masks = compute_masks([model.reports()], num_seed_families=1, max_seeds=2)
-    assert masks.op[0].tolist() == [True, True, True, False, True, False, False, False]
+    assert masks.op[0].tolist() == [True, True, True, False, True, False, False, False, False, False]
     assert masks.slot[0, LifecycleOp.GERMINATE].tolist() == [False, True, True]
     assert masks.slot[0, LifecycleOp.ADVANCE].tolist() == [True, False, False]
     model.apply(FactoredAction(op=LifecycleOp.GERMINATE, slot=1, blueprint=0), score_now=0.1)

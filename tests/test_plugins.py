@@ -136,9 +136,11 @@ def test_every_hook_registers_into_its_kind(toy_manager):
         "rewards": ("basic", "shaped", "simplified", "frontier"),
         "topologies": ("image", "sequence"),
         "ladder_kinds": ("conv_stages", "lora_rank", "channel_groups"),
+        "subtarget_kinds": ("lora_rank_block", "cnn_channel_group", "attn_head_group"),
     }
     assert set(builtin.hooks) == {
         "esper_register_surfaces", "esper_register_rewards", "esper_register_topologies", "esper_register_ladder_kinds",
+        "esper_register_subtarget_kinds",
     }
 
 

@@ -6,8 +6,9 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-#: The most subtargets one seed may expose (roadmap Phase 3: K small, grouped).
-MAX_SUBTARGETS = 16
+from esper_core.leyline.actions import MAX_SUBTARGETS
+
+__all__ = ["MAX_SUBTARGETS", "SubtargetInventory"]
 
 
 @runtime_checkable

@@ -4,6 +4,7 @@ from esper_core.leyline.actions import (
     CAUSAL_RELEVANCE,
     ENUM_HEAD_SIZES,
     HEADS,
+    MAX_SUBTARGETS,
     AlphaCurve,
     AlphaSpeed,
     AlphaTarget,
@@ -36,6 +37,7 @@ from esper_core.leyline.telemetry import (
 )
 
 __all__ = [
+    "MAX_SUBTARGETS",
     "MAX_SURFACE_CODE",
     "AlphaCurve",
     "AlphaSpeed",

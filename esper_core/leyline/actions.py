@@ -18,6 +18,13 @@ class LifecycleOp(enum.IntEnum):
     FOSSILIZE = 5
     GROW_INTERNAL = 6
     SHRINK_INTERNAL = 7
+    ENABLE_SUBTARGET = 8
+    DISABLE_SUBTARGET = 9
+
+
+#: The most subtargets one seed may expose (roadmap Phase 3: K small, grouped); the ``subtarget`` head
+#: of a run has at most this many entries.
+MAX_SUBTARGETS = 16
 
 
 class BlendStyle(enum.IntEnum):
@@ -88,9 +95,11 @@ HEADS: tuple[str, ...] = (
     "alpha_target",
     "alpha_speed",
     "alpha_curve",
+    "subtarget",
 )
 
-#: Size of each enum-valued head (``slot`` and ``blueprint`` depend on the run's slots and seed families).
+#: Size of each enum-valued head (``slot``, ``blueprint`` and ``subtarget`` depend on the run: its slots,
+#: its seed families, and the largest ``SubtargetSpec.max_count`` among them, at least 1).
 ENUM_HEAD_SIZES: dict[str, int] = {
     "op": len(LifecycleOp),
     "style": len(BlendStyle),
@@ -115,6 +124,8 @@ CAUSAL_RELEVANCE: dict[LifecycleOp, frozenset[str]] = {
     LifecycleOp.FOSSILIZE: frozenset({"op", "slot"}),
     LifecycleOp.GROW_INTERNAL: frozenset({"op", "slot"}),
     LifecycleOp.SHRINK_INTERNAL: frozenset({"op", "slot"}),
+    LifecycleOp.ENABLE_SUBTARGET: frozenset({"op", "slot", "subtarget"}),
+    LifecycleOp.DISABLE_SUBTARGET: frozenset({"op", "slot", "subtarget"}),
 }
 
 
@@ -128,8 +139,10 @@ def is_relevant(op: LifecycleOp, head: str) -> bool:
 @attrs.frozen
 class FactoredAction:
     """One decision for one environment. ``slot`` and ``blueprint`` index the run's SlotConfig order
-    and seed family list (the ``blueprint`` head picks a seed family). Every head defaults to index 0, the pinned value: heads irrelevant to ``op``
-    hold 0 and are ignored, so set every relevant head explicitly."""
+    and seed family list (the ``blueprint`` head picks a seed family); ``subtarget`` is the index of a
+    group in the slot's seed's inventory (ENABLE_SUBTARGET / DISABLE_SUBTARGET). Every head defaults to
+    index 0, the pinned value: heads irrelevant to ``op`` hold 0 and are ignored, so set every relevant
+    head explicitly."""
 
     op: LifecycleOp = attrs.field(converter=LifecycleOp)
     slot: int = 0
@@ -139,6 +152,7 @@ class FactoredAction:
     alpha_target: AlphaTarget = attrs.field(default=AlphaTarget(0), converter=AlphaTarget)
     alpha_speed: AlphaSpeed = attrs.field(default=AlphaSpeed(0), converter=AlphaSpeed)
     alpha_curve: AlphaCurve = attrs.field(default=AlphaCurve(0), converter=AlphaCurve)
+    subtarget: int = 0
 
     @classmethod
     def wait(cls) -> FactoredAction:
@@ -159,4 +173,6 @@ class FactoredAction:
         for head in ("style", "tempo", "alpha_target", "alpha_speed", "alpha_curve"):
             if head in relevant:
                 view[head] = getattr(self, head).name
+        if "subtarget" in relevant:
+            view["subtarget"] = self.subtarget
         return view

@@ -54,6 +54,15 @@ class SeedStateReport:
     for a slot without a ladder or without a seed, both are None: *not meaningful*, never a
     measurement of zero.
 
+    For a seed with a subtarget inventory (an ``esper_core.kasmina.SubtargetInventory``, added in
+    0.2.1), ``subtarget_kind`` names its registered ``SubtargetKind`` (None without an inventory or
+    without a seed), ``subtarget_count`` is its K (0 without), ``subtarget_active_count`` the enabled
+    groups, ``subtarget_active_mask`` the seed's own K entries (True = enabled; ``()`` without),
+    ``subtarget_importance`` its K importance scores (``subtarget_importance()``, comparable within the
+    seed only; ``()`` without) and ``epochs_since_subtarget_change`` the epochs since the last
+    ENABLE/DISABLE_SUBTARGET or level change that moved the mask (None: never changed). Such a seed's
+    size (``seed_params``, ``internal_effective_params``) is the parameters in use under its mask.
+
     **The levers** (what the action heads set, so a policy can see what it pulled): ``style`` is the
     blend style chosen at germination (the style head); ``blend_epochs`` the blend-in length in epochs
     chosen at germination (the tempo head; ``Tempo.epochs``), 0 with no seed; ``alpha_target`` and
@@ -89,6 +98,12 @@ class SeedStateReport:
     internal_active_groups: int | None = None
     internal_last_direction: int = 0
     epochs_since_internal_change: int | None = None
+    subtarget_kind: str | None = None
+    subtarget_count: int = 0
+    subtarget_active_count: int = 0
+    subtarget_active_mask: tuple[bool, ...] = ()
+    subtarget_importance: tuple[float, ...] = ()
+    epochs_since_subtarget_change: int | None = None
     metrics: SeedMetrics = attrs.Factory(SeedMetrics)
 
     @property

@@ -37,6 +37,7 @@ __all__ = [
     "SeedInternalLevelChangedPayload",
     "SeedPrunedPayload",
     "SeedStageChangedPayload",
+    "SeedSubtargetChangedPayload",
     "TelemetryEvent",
     "TelemetryEventType",
     "event_from_dict",
@@ -58,6 +59,7 @@ class TelemetryEventType(enum.Enum):
     SEED_FOSSILIZED = "SEED_FOSSILIZED"
     SEED_PRUNED = "SEED_PRUNED"
     SEED_INTERNAL_LEVEL_CHANGED = "SEED_INTERNAL_LEVEL_CHANGED"
+    SEED_SUBTARGET_CHANGED = "SEED_SUBTARGET_CHANGED"
     GOVERNOR_ROLLBACK = "GOVERNOR_ROLLBACK"
     POLICY_UPDATED = "POLICY_UPDATED"
     GRADIENT_ANOMALY = "GRADIENT_ANOMALY"
@@ -272,6 +274,28 @@ class SeedInternalLevelChangedPayload:
 
 
 @attrs.frozen
+class SeedSubtargetChangedPayload:
+    """An ENABLE_SUBTARGET or DISABLE_SUBTARGET that succeeded (emitted by Kasmina only then; added in
+    0.2.1). A GROW_INTERNAL / SHRINK_INTERNAL of a seed that is both a ladder and an inventory emits
+    ``SEED_INTERNAL_LEVEL_CHANGED`` instead."""
+
+    slot_id: str
+    env_id: int
+    seed_id: str
+    blueprint_id: str
+    #: the group switched, 0..K-1
+    subtarget_idx: int
+    #: True for ENABLE_SUBTARGET, False for DISABLE_SUBTARGET
+    enabled: bool
+    #: enabled groups after the change
+    subtarget_active_count: int
+    #: the seed's parameters in use under its mask after the change (the size rule)
+    internal_effective_params: int
+    round: int
+    epoch: int
+
+
+@attrs.frozen
 class GovernorRollbackPayload:
     env_id: int
     round: int
@@ -347,6 +371,7 @@ EVENT_PAYLOADS: dict[TelemetryEventType, type] = {
     TelemetryEventType.SEED_FOSSILIZED: SeedFossilizedPayload,
     TelemetryEventType.SEED_PRUNED: SeedPrunedPayload,
     TelemetryEventType.SEED_INTERNAL_LEVEL_CHANGED: SeedInternalLevelChangedPayload,
+    TelemetryEventType.SEED_SUBTARGET_CHANGED: SeedSubtargetChangedPayload,
     TelemetryEventType.GOVERNOR_ROLLBACK: GovernorRollbackPayload,
     TelemetryEventType.POLICY_UPDATED: PolicyUpdatedPayload,
     TelemetryEventType.GRADIENT_ANOMALY: GradientAnomalyPayload,

@@ -15,6 +15,7 @@ from esper_core.leyline import (
     BLENDED_STAGES,
     ENUM_HEAD_SIZES,
     LIVE_STAGES,
+    MAX_SUBTARGETS,
     FactoredAction,
     LifecycleOp,
     SeedStage,
@@ -30,6 +31,10 @@ class ActionMasks:
     - ``slot``: (E, n_ops, n_slots): slots valid for each op
     - ``blueprint``: (E, n_slots, n_seed_families): the seed families that can be germinated in each slot (the
       ``blueprint`` head picks one)
+    - ``subtarget``: (E, 2, n_slots, K) (added in 0.2.1): ``[:, 0]`` the group indices ENABLE_SUBTARGET may
+      pick in each slot (the seed's existing disabled groups), ``[:, 1]`` those DISABLE_SUBTARGET may pick
+      (its enabled groups); indices at or beyond the seed's ``subtarget_count`` are False. K is the run's
+      ``subtarget`` head size.
     Heads with a fixed vocabulary (style, tempo, alpha_*) are always fully allowed.
     Row ``e`` belongs to the ``e``-th observation of the batch; the engine keeps ``env_id == e``.
     """
@@ -37,6 +42,12 @@ class ActionMasks:
     op: torch.Tensor
     slot: torch.Tensor
     blueprint: torch.Tensor
+    subtarget: torch.Tensor = attrs.field()
+
+    @subtarget.default
+    def _no_inventories(self) -> torch.Tensor:
+        # a batch built without subtarget masks: a size-1 head that no op may use
+        return torch.zeros(int(self.op.shape[0]), 2, int(self.slot.shape[2]), 1, dtype=torch.bool)
 
     @property
     def num_envs(self) -> int:
@@ -55,7 +66,31 @@ class ActionMasks:
             if not 0 <= action.blueprint < self.blueprint.shape[2]:
                 return False
             return bool(self.blueprint[env, action.slot, action.blueprint])
+        if action.op in SUBTARGET_OPS:
+            if not 0 <= action.subtarget < self.subtarget.shape[3]:
+                return False
+            direction = SUBTARGET_OPS.index(action.op)
+            return bool(self.subtarget[env, direction, action.slot, action.subtarget])
         return True
+
+
+#: The ops that pick a subtarget, in the order of ``ActionMasks.subtarget``'s second axis.
+SUBTARGET_OPS: tuple[LifecycleOp, LifecycleOp] = (LifecycleOp.ENABLE_SUBTARGET, LifecycleOp.DISABLE_SUBTARGET)
+#: Stages in which a seed's subtargets may be switched (a fossil's mask is frozen).
+SUBTARGET_STAGES = frozenset({SeedStage.TRAINING, SeedStage.BLENDING, SeedStage.HOLDING})
+
+
+def subtarget_choices(op: LifecycleOp, report: SeedStateReport) -> tuple[int, ...]:
+    """The group indices ``op`` (ENABLE_SUBTARGET or DISABLE_SUBTARGET) may pick in the slot of
+    ``report``: existing disabled groups to enable, enabled groups to disable; () when the slot's seed
+    is not live (TRAINING, BLENDING, HOLDING), is blending out, or has no inventory."""
+    if op not in SUBTARGET_OPS:
+        raise ValueError(f"{op!r} picks no subtarget")
+    if report.stage not in SUBTARGET_STAGES or report.blend_out or report.subtarget_kind is None:
+        return ()
+    wanted = op is LifecycleOp.DISABLE_SUBTARGET
+    mask = report.subtarget_active_mask[: report.subtarget_count]
+    return tuple(index for index, enabled in enumerate(mask) if bool(enabled) is wanted)
 
 
 def slot_valid_for(op: LifecycleOp, report: SeedStateReport, *, seeds_available: bool) -> bool:
@@ -78,6 +113,8 @@ def slot_valid_for(op: LifecycleOp, report: SeedStateReport, *, seeds_available:
         if op is LifecycleOp.GROW_INTERNAL:
             return report.internal_level < report.internal_max_level
         return report.internal_level > 0
+    if op in SUBTARGET_OPS:
+        return bool(subtarget_choices(op, report))
     raise ValueError(f"unhandled lifecycle op {op!r}")
 
 
@@ -87,12 +124,18 @@ def compute_masks(
     num_seed_families: int,
     max_seeds: int,
     seed_family_allowed: Sequence[Sequence[bool]] | None = None,
+    subtarget_count: int = 1,
 ) -> ActionMasks:
     """Masks for a batch of environments from their slot reports.
 
     ``seed_family_allowed[s][f]`` says whether seed family ``f`` can be planted in slot ``s`` at all
-    (topology and size compatibility); default: everywhere.
+    (topology and size compatibility); default: everywhere. ``subtarget_count`` is the run's
+    ``subtarget`` head size K (the largest ``SubtargetSpec.max_count`` of its seed families, at least 1).
     """
+    if isinstance(subtarget_count, bool) or not isinstance(subtarget_count, int) or not (
+        1 <= subtarget_count <= MAX_SUBTARGETS
+    ):
+        raise ValueError(f"subtarget_count must be an integer from 1 to {MAX_SUBTARGETS}, got {subtarget_count!r}")
     n_envs = len(slot_reports)
     n_slots = len(slot_reports[0]) if n_envs else 0
     n_ops = ENUM_HEAD_SIZES["op"]
@@ -103,6 +146,7 @@ def compute_masks(
     else:
         bp_row = torch.tensor(seed_family_allowed, dtype=torch.bool).view(n_slots, num_seed_families)
     blueprint_mask = bp_row.unsqueeze(0).repeat(n_envs, 1, 1)
+    subtarget_mask = torch.zeros(n_envs, len(SUBTARGET_OPS), n_slots, subtarget_count, dtype=torch.bool)
     for env, reports in enumerate(slot_reports):
         occupied = sum(1 for report in reports if report.is_occupied)
         seeds_available = occupied < max_seeds
@@ -113,7 +157,11 @@ def compute_masks(
                 valid = slot_valid_for(op, report, seeds_available=seeds_available)
                 if op is LifecycleOp.GERMINATE and valid and not bool(bp_row[index].any()):
                     valid = False
+                if op in SUBTARGET_OPS and valid:
+                    choices = [choice for choice in subtarget_choices(op, report) if choice < subtarget_count]
+                    subtarget_mask[env, SUBTARGET_OPS.index(op), index, choices] = True
+                    valid = bool(choices)
                 slot_mask[env, int(op), index] = valid
         op_mask[env] = slot_mask[env].any(dim=1)
         op_mask[env, int(LifecycleOp.WAIT)] = True
-    return ActionMasks(op=op_mask, slot=slot_mask, blueprint=blueprint_mask)
+    return ActionMasks(op=op_mask, slot=slot_mask, blueprint=blueprint_mask, subtarget=subtarget_mask)

@@ -38,6 +38,9 @@ class PolicyContext:
     #: the size (parameters in use, the size rule) each seed family has at birth in each enabled slot:
     #: ``seed_family_params[slot][family]``, in slot order and ``seed_families`` order
     seed_family_params: tuple[tuple[int, ...], ...]
+    #: the size K of the ``subtarget`` head (added in 0.2.1): the largest ``SubtargetSpec.max_count``
+    #: among ``seed_families``, 1 when none has an inventory (a head no op then uses)
+    subtarget_count: int = 1
 
 
 @runtime_checkable

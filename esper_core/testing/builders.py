@@ -99,9 +99,11 @@ def policy_context(
     seed_families: Sequence[str] = SEED_FAMILIES,
     sizes: Sequence[int] | None = None,
     device: str | torch.device = "cpu",
+    subtarget_count: int = 1,
 ) -> PolicyContext:
     """A policy context for an image task (3x8x8 inputs, 10 classes); ``sizes`` (one per seed family, the
-    same in every slot) defaults to ``family_params``; embargo 3 and 2 minimum training epochs."""
+    same in every slot) defaults to ``family_params``; embargo 3 and 2 minimum training epochs;
+    ``subtarget_count`` is the ``subtarget`` head size K."""
     per_family = family_params(seed_families) if sizes is None else tuple(sizes)
     return PolicyContext(
         slot_config=slot_config(slot_ids),
@@ -118,6 +120,7 @@ def policy_context(
         device=torch.device(device),
         seed=seed,
         seed_family_params=tuple(per_family for _ in slot_ids),
+        subtarget_count=subtarget_count,
     )
 
 
@@ -137,10 +140,16 @@ def slot_report(
     seed_age_epochs: int | None = None,
     slot_ids: Sequence[str] = SLOT_IDS,
     seed_families: Sequence[str] = SEED_FAMILIES,
+    subtarget_mask: Sequence[bool] | None = None,
+    subtarget_kind: str = "cnn_channel_group",
+    subtarget_importance: Sequence[float] | None = None,
+    epochs_since_subtarget_change: int | None = None,
 ) -> SeedStateReport:
     """The report of slot number ``slot``; any stage but DORMANT carries a seed: ``family`` (default the
     first seed family), ``seed_id`` (default ``seed-<slot id>``), ``seed_params`` (default the family's
-    ``family_params`` size) and ``seed_age_epochs`` (default ``epochs_in_stage``)."""
+    ``family_params`` size) and ``seed_age_epochs`` (default ``epochs_in_stage``). A seed with
+    ``subtarget_mask`` (its K groups, True = enabled) has an inventory of ``subtarget_kind`` with
+    ``subtarget_importance`` (default all 0.0)."""
     has_seed = stage is not SeedStage.DORMANT
     family = (family or seed_families[0]) if has_seed else None
     if seed_params is None:
@@ -155,12 +164,34 @@ def slot_report(
         blend_out=blend_out,
         seed_params=seed_params if has_seed else 0,
         effective_params=effective_params,
+        **_inventory_fields(
+            subtarget_mask if has_seed else None, subtarget_kind, subtarget_importance, epochs_since_subtarget_change
+        ),
         metrics=SeedMetrics(
             counterfactual_contribution=contribution,
             epochs_in_stage=epochs_in_stage,
             seed_age_epochs=epochs_in_stage if seed_age_epochs is None else seed_age_epochs,
         ),
     )
+
+
+def _inventory_fields(
+    mask: Sequence[bool] | None,
+    kind: str,
+    importance: Sequence[float] | None,
+    epochs_since_change: int | None,
+) -> dict[str, object]:
+    if mask is None:
+        return {}
+    active = tuple(bool(entry) for entry in mask)
+    return {
+        "subtarget_kind": kind,
+        "subtarget_count": len(active),
+        "subtarget_active_count": sum(active),
+        "subtarget_active_mask": active,
+        "subtarget_importance": tuple(float(x) for x in importance) if importance is not None else (0.0,) * len(active),
+        "epochs_since_subtarget_change": epochs_since_change,
+    }
 
 
 def flat_history(epoch: int, value: float = 0.5) -> tuple[float, ...]:
@@ -229,14 +260,17 @@ def action_masks(
     *,
     max_seeds: int = 3,
     seed_family_allowed: Sequence[Sequence[bool]] | None = None,
+    subtarget_count: int = 1,
 ) -> ActionMasks:
     """The masks the engine would compute for ``observations`` (``seed_family_allowed[slot][family]``
-    forbids seed families per slot, as the engine does for families that do not fit)."""
+    forbids seed families per slot, as the engine does for families that do not fit; ``subtarget_count``
+    is the run's ``subtarget`` head size K)."""
     return compute_masks(
         [item.slots for item in observations],
         num_seed_families=len(observations[0].seed_families),
         max_seeds=max_seeds,
         seed_family_allowed=seed_family_allowed,
+        subtarget_count=subtarget_count,
     )
 
 

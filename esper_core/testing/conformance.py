@@ -476,6 +476,10 @@ def sample_events() -> list[TelemetryEvent]:
         TelemetryEventType.SEED_INTERNAL_LEVEL_CHANGED: payloads.SeedInternalLevelChangedPayload(
             from_level=1, to_level=2, internal_effective_params=2000, **common, **seed
         ),
+        TelemetryEventType.SEED_SUBTARGET_CHANGED: payloads.SeedSubtargetChangedPayload(
+            subtarget_idx=1, enabled=False, subtarget_active_count=3, internal_effective_params=1500,
+            **common, **seed
+        ),
         TelemetryEventType.GOVERNOR_ROLLBACK: payloads.GovernorRollbackPayload(
             reason="non-finite loss", loss=float("nan"), restored_epoch=0, pruned_slots=("r0c0",), **common
         ),

@@ -24,6 +24,7 @@ from esper_core.hookspecs import (
     RewardRegistrar,
     SeedFamilyRegistrar,
     SinkRegistrar,
+    SubtargetKindRegistrar,
     SurfaceRegistrar,
     TaskRegistrar,
     TopologyRegistrar,
@@ -36,6 +37,7 @@ from esper_core.registry import (
     PolicyKind,
     SeedFamily,
     SinkKind,
+    SubtargetKind,
     SurfaceKind,
     TaskKind,
     TopologyKind,
@@ -66,6 +68,7 @@ __all__ = [
     "esper_register_policies",
     "esper_register_rewards",
     "esper_register_seed_families",
+    "esper_register_subtarget_kinds",
     "esper_register_surfaces",
     "esper_register_tasks",
     "esper_register_telemetry_sinks",
@@ -299,6 +302,12 @@ def esper_register_topologies(register: TopologyRegistrar) -> None:
 def esper_register_ladder_kinds(register: LadderKindRegistrar) -> None:
     # registered so every hook is exercised; the toy ladder is a ``conv_stages`` ladder
     register(LadderKind(name="toy_levels", code=12, description="test ladder kind"))
+
+
+@hookimpl
+def esper_register_subtarget_kinds(register: SubtargetKindRegistrar) -> None:
+    # registered so every hook is exercised; the toy inventory seed uses the core's ``cnn_channel_group``
+    register(SubtargetKind(name="toy_groups", code=12, description="test subtarget kind"))
 
 
 @hookimpl

@@ -10,7 +10,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +111,8 @@ class RunSetup:
     seed_family_params: tuple[tuple[int, ...], ...]
     #: the reward needs a paired static control environment (``RewardKind.needs_control``)
     uses_control: bool
+    #: the ``subtarget`` head size K: the largest ``SubtargetSpec.max_count`` of the run's seed families, >= 1
+    subtarget_count: int = 1
 
 
 def check_ladder(family: SeedFamily, seed: torch.nn.Module) -> None:
@@ -314,7 +316,14 @@ def prepare(config: RunConfig, manager: PluginManager) -> RunSetup:
         ladder_kind_codes={name: entry.code for _plugin, name, entry in manager.registry.items("ladder_kinds")},
         seed_family_params=seed_family_params,
         uses_control=manager.registry.get("rewards", config.reward.name).needs_control,
+        subtarget_count=run_subtarget_count(manager.registry.get("seed_families", name) for name in seed_families),
     )
+
+
+def run_subtarget_count(families: Iterable[SeedFamily]) -> int:
+    """The ``subtarget`` head size of a run: the largest ``SubtargetSpec.max_count`` among its seed
+    families, 1 when none declares an inventory (a size-1 head that no op uses)."""
+    return max([1, *(family.subtargets.max_count for family in families if family.subtargets is not None)])
 
 
 @attrs.frozen
@@ -689,6 +698,7 @@ class Engine:
             num_seed_families=len(self.setup.seed_families),
             max_seeds=self.setup.max_seeds,
             seed_family_allowed=self.setup.seed_family_allowed,
+            subtarget_count=self.setup.subtarget_count,
         )
         started = time.perf_counter()
         actions = self.policy.act(observations, masks)
@@ -881,6 +891,7 @@ def build_policy_and_reward(setup: RunSetup, manager: PluginManager) -> tuple[Po
             device=setup.device,
             seed=config.run.seed,
             seed_family_params=setup.seed_family_params,
+            subtarget_count=setup.subtarget_count,
         ),
     )
     reward_kind = manager.lookup("rewards", config.reward.name)
