@@ -159,6 +159,7 @@ def arm_record(run_dir: Path) -> dict[str, Any]:
     seeds: dict[tuple[int, int, str], dict[str, Any]] = {}
     returns: dict[tuple[int, int], float] = defaultdict(float)
     governor = {"rollbacks": 0, "gradient_anomalies": 0, "policy_anomalies": 0}
+    wall_seconds = None
     for event in events:
         kind, data = event.event_type, event.payload
         if kind is T.EPOCH_COMPLETED:
@@ -196,6 +197,8 @@ def arm_record(run_dir: Path) -> dict[str, Any]:
             governor["gradient_anomalies"] += 1
         elif kind is T.POLICY_ANOMALY:
             governor["policy_anomalies"] += 1
+        elif kind is T.RUN_FINISHED:
+            wall_seconds = data.wall_seconds
     for key, episode in episodes.items():
         episode["return"] = returns.get(key)
     return {
@@ -206,6 +209,7 @@ def arm_record(run_dir: Path) -> dict[str, Any]:
         "episodes": [episodes[key] for key in sorted(episodes)],
         "seeds": sorted(seeds.values(), key=lambda s: (s["round"], s["slot"])),
         "governor": governor,
+        "wall_seconds": wall_seconds,
     }
 
 
@@ -251,14 +255,21 @@ def slot_preference(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def episode_values(record: dict[str, Any]) -> dict[str, list[float]]:
+    """Per round (in round order), the mean over its environments of: final accuracy, final params in use,
+    accuracy per rent, and the gain over the round's paired static control. The environments of a round
+    share the host's initial weights and data order, so rounds, not episodes, are the independent samples."""
     host = record["host_params"]
-    out: dict[str, list[float]] = {"metric": [], "params": [], "accuracy_per_rent": [], "gain_over_control": []}
+    by_round: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for e in record["episodes"]:
-        out["metric"].append(e["metric"])
-        out["params"].append(e["params"])
-        out["accuracy_per_rent"].append(e["metric"] / rent_factor(e["params"], host))
-        if e.get("control_metric") is not None:
-            out["gain_over_control"].append(e["metric"] - e["control_metric"])
+        by_round[e["round"]].append(e)
+    out: dict[str, list[float]] = {"metric": [], "params": [], "accuracy_per_rent": [], "gain_over_control": []}
+    for r in sorted(by_round):
+        episodes = by_round[r]
+        out["metric"].append(statistics.fmean(e["metric"] for e in episodes))
+        out["params"].append(statistics.fmean(e["params"] for e in episodes))
+        out["accuracy_per_rent"].append(statistics.fmean(e["metric"] / rent_factor(e["params"], host) for e in episodes))
+        if all(e.get("control_metric") is not None for e in episodes):
+            out["gain_over_control"].append(statistics.fmean(e["metric"] - e["control_metric"] for e in episodes))
     return out
 
 
@@ -290,7 +301,7 @@ def derive(arm: dict[str, Any]) -> dict[str, Any]:
 
 
 def differences(arms: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Paired per-episode differences (same round and environment: same host init and data order)."""
+    """Paired per-round differences (same round: same host initial weights and data order)."""
     pairs = [(arm, BASELINE_ARM) for arm in arms if arm != BASELINE_ARM and BASELINE_ARM in arms]
     pairs += [(a, b) for a, b in (("lattice_channel", "lattice_conv"), ("lattice_channel", "segments_channel"))
               if a in arms and b in arms]
@@ -401,11 +412,12 @@ def markdown_tables(payload: dict[str, Any]) -> str:
         lines.append(f"| {label} | " + " | ".join(cell(arms[n]) for n in names) + " |")
 
     row("episodes (rounds × envs)", lambda a: str(len(a["episodes"])))
-    row("final accuracy (mean ± s.e. over episodes)", lambda a: _pm(a["mean"]["metric"], a["stderr"]["metric"], ".4f"))
+    row("wall time (one torch thread)", lambda a: _f(None if a["wall_seconds"] is None else a["wall_seconds"] / 60, ".1f") + " min")
+    row("final accuracy (mean ± s.e. over rounds)", lambda a: _pm(a["mean"]["metric"], a["stderr"]["metric"], ".4f"))
     row("gain over the paired static control", lambda a: _pm(a["mean"]["gain_over_control"],
                                                             a["stderr"]["gain_over_control"], "+.4f"))
     row("final params in use (host + seeds)", lambda a: _f(a["mean"]["params"], ",.0f"))
-    row("accuracy per rent (per episode)", lambda a: _pm(a["mean"]["accuracy_per_rent"],
+    row("accuracy per rent (per episode, mean over rounds)", lambda a: _pm(a["mean"]["accuracy_per_rent"],
                                                         a["stderr"]["accuracy_per_rent"], ".4f"))
     row("mean return", lambda a: _f(a["metrics"]["mean_return"], ".3f"))
     row("germinated / fossilized / pruned", lambda a: f"{a['metrics']['germinated']} / {a['metrics']['fossilized']} / "
@@ -429,7 +441,7 @@ def markdown_tables(payload: dict[str, Any]) -> str:
     row("op / slot / seed family head entropy (mean)", lambda a: _entropies(a["metrics"]["mean_head_entropy"]))
     row("the same, last update", lambda a: _entropies(a["metrics"]["final_head_entropy"]))
     lines.append("")
-    lines.append("| paired difference (same round and environment) | accuracy | params in use | accuracy per rent |")
+    lines.append("| paired difference (per round: same host init and data) | accuracy | params in use | accuracy per rent |")
     lines.append("|---|---|---|---|")
     for label, diff in payload["differences"].items():
         cells = [_pm(diff[k]["mean"], diff[k]["stderr"], f) if k in diff else "-"
