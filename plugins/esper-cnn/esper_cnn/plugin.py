@@ -1,4 +1,4 @@
-"""The esper-cnn plugin module (entry point `cnn`): registers the `cnn` host and nine image seed families (two with a ladder)."""
+"""The esper-cnn plugin module (entry point `cnn`): registers the `cnn` host and nine image seed families (two with a ladder, one with a subtarget inventory)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from esper_core.hookspecs import HostRegistrar, SeedFamilyRegistrar, SurfaceRegi
 from esper_core.registry import HostFamily, SeedFamily, SurfaceKind
 
 from esper_cnn import seeds
-from esper_cnn.channel_ladder import CHANNEL_LADDER, ChannelLadderConfig, build_channel_ladder
+from esper_cnn.channel_ladder import CHANNEL_LADDER, CHANNEL_SUBTARGETS, ChannelLadderConfig, build_channel_ladder
 from esper_cnn.ladder import CONV_LADDER, build_conv_ladder
 from esper_cnn.host import HOST_FAMILY, POST_POOL, PRE_POOL, SURFACE_CODES, TOPOLOGY, CNNHostConfig, build_cnn_host
 
@@ -123,7 +123,9 @@ def esper_register_seed_families(register: SeedFamilyRegistrar) -> None:
             topologies=image,
             config_class=ChannelLadderConfig,
             ladder=CHANNEL_LADDER,
+            subtargets=CHANNEL_SUBTARGETS,
             description="3x3 conv-BN-ReLU over 4 groups of hidden channels (group_size each) + zero-initialised "
-            "projection, residual; the internal level is the number of groups that run (GROW/SHRINK_INTERNAL)",
+            "projection, residual; the internal level is the number of groups that run (GROW/SHRINK_INTERNAL); "
+            "each group is a subtarget (ENABLE/DISABLE_SUBTARGET)",
         )
     )

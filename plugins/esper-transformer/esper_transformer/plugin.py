@@ -1,4 +1,4 @@
-"""The esper-transformer plugin module (entry point `transformer`): the `transformer` host, its sublayer surfaces and six sequence seed families."""
+"""The esper-transformer plugin module (entry point `transformer`): the `transformer` host, its sublayer surfaces and seven sequence seed families (one with a subtarget inventory)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from esper_core.hookspecs import HostRegistrar, SeedFamilyRegistrar, SurfaceRegi
 from esper_core.registry import HostFamily, SeedFamily, SurfaceKind
 
 from esper_transformer import seeds
+from esper_transformer.head_groups import HEAD_GROUP_SUBTARGETS, HeadGroupAttentionConfig, build_head_group_attention
 from esper_transformer.host import TOPOLOGY, TransformerHostConfig, build_transformer_host
 from esper_transformer.surfaces import POST_ATTN, POST_MLP, SURFACE_CODES
 
@@ -82,6 +83,17 @@ def esper_register_seed_families(register: SeedFamilyRegistrar) -> None:
             topologies=sequence,
             config_class=seeds.AttentionSeedConfig,
             description="pre-norm multi-head causal self-attention, output projection zero at birth, residual",
+        )
+    )
+    register(
+        SeedFamily(
+            name="head_group_attention",
+            build=build_head_group_attention,
+            topologies=sequence,
+            config_class=HeadGroupAttentionConfig,
+            subtargets=HEAD_GROUP_SUBTARGETS,
+            description="pre-norm causal self-attention, 8 heads in 4 groups of 2 by default; each head group is a "
+            "subtarget (ENABLE/DISABLE_SUBTARGET) entering at zero; output projection zero at birth, residual",
         )
     )
     register(

@@ -13,7 +13,7 @@ from esper_core.testing import task_info
 
 from esper_transformer.host import TransformerHost, TransformerHostConfig, build_transformer_host
 
-FAMILY_NAMES = ("layer_norm", "lora", "lora_large", "causal_attention", "mlp_small", "mlp")
+FAMILY_NAMES = ("layer_norm", "lora", "lora_large", "causal_attention", "head_group_attention", "mlp_small", "mlp")
 VOCAB = 17
 TOKENS = task_info(
     name="tokens", topology="sequence", input_shape=(12,), num_classes=VOCAB, train_size=32, val_size=32,

@@ -11,7 +11,7 @@ from esper_core.testing import check_seed_family, registered_records
 
 from esper_transformer import plugin, seeds
 
-FAMILY_NAMES = ("layer_norm", "lora", "lora_large", "causal_attention", "mlp_small", "mlp")
+FAMILY_NAMES = ("layer_norm", "lora", "lora_large", "causal_attention", "head_group_attention", "mlp_small", "mlp")
 
 
 FAMILIES = registered_records(plugin, "seed_families")
@@ -30,7 +30,7 @@ def perturb(module: torch.nn.Module, scale: float = 0.3) -> torch.nn.Module:
     return module
 
 
-def test_plugin_registers_exactly_the_six_families() -> None:
+def test_plugin_registers_exactly_the_seven_families() -> None:
     assert sorted(FAMILIES) == sorted(FAMILY_NAMES)
     assert all(family.topologies == ("sequence",) for family in FAMILIES.values())
     assert all(family.ladder is None for family in FAMILIES.values())
@@ -109,6 +109,7 @@ def test_parameter_counts_at_d_model_128() -> None:
         "lora": 2048,
         "lora_large": 8192,
         "causal_attention": 66_304,
+        "head_group_attention": 66_176,  # causal_attention without the output-projection bias
         "mlp_small": 16_832,
         "mlp": 131_968,
     }
