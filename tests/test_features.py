@@ -21,6 +21,7 @@ from esper_core.tamiyo.features import (
     UNMEASURED,
     build_features,
     layout_markdown,
+    layout_size,
 )
 
 SPECS = (
@@ -143,3 +144,90 @@ def test_the_ladder_kind_enters_by_its_registered_code_whatever_else_is_installe
 def test_an_unregistered_surface_is_an_error_not_a_zero():
     with pytest.raises(PluginError, match="surface 'post_mlp' has no registered code"):
         build_features([attrs.evolve(observation([DORMANT, HOLDING]), surface_codes={"segment_boundary": 0})])
+
+
+# -- Obs V3 subtarget features (Phase 3) ----------------------------------------------------------------
+
+
+def inventory(report, mask, importance, *, since=None):
+    return attrs.evolve(
+        report, subtarget_kind="cnn_channel_group", subtarget_count=len(mask), subtarget_active_count=sum(mask),
+        subtarget_active_mask=tuple(mask), subtarget_importance=tuple(importance), epochs_since_subtarget_change=since,
+    )
+
+
+def test_the_slot_layout_grows_by_two_k_blocks_at_its_end():
+    from esper_core.tamiyo import SUBTARGET_FEATURES, slot_layout, slot_size
+
+    assert slot_layout(1) == SLOT_FEATURES and slot_size(1) == SLOT_SIZE
+    assert slot_size(4) == SLOT_SIZE + 2 * 3 and slot_size(16) == SLOT_SIZE + 2 * 15
+    assert SLOT_FEATURES[-len(SUBTARGET_FEATURES):] == SUBTARGET_FEATURES
+    wide = slot_layout(4)
+    assert [f.size for f in wide[-2:]] == [4, 4] and [f.name for f in wide[:-2]] == [f.name for f in SLOT_FEATURES[:-2]]
+    for bad in (0, 17, True, 2.0):
+        with pytest.raises(ValueError, match="subtarget_count"):
+            slot_layout(bad)
+
+
+def test_subtarget_features_describe_the_mask_churn_and_normalised_importance():
+    seed = inventory(HOLDING, [True, False, True, True, False], [0.2, 0.9, 0.4, 0.1, 0.0], since=3)
+    obs = attrs.evolve(observation([DORMANT, seed]), subtarget_count=8)
+    from esper_core.tamiyo import slot_layout
+
+    layout = slot_layout(8)
+    slots = build_features([obs]).slots[0]
+    assert slots.shape == (2, layout_size(layout))
+    row = slots[1]
+    assert row[offset(layout, "subtarget_count_norm")].item() == pytest.approx(5 / 8)
+    assert row[offset(layout, "subtarget_active_frac")].item() == pytest.approx(3 / 5)
+    assert row[offset(layout, "subtarget_churn_norm")].item() == pytest.approx(3 / 10)
+    mask_at, importance_at = offset(layout, "subtarget_active_mask"), offset(layout, "subtarget_importance_norm")
+    assert row[mask_at:mask_at + 8].tolist() == [1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+    # normalised by the largest *enabled* group's (0.4): a disabled group's 0.9 is shown as 0
+    assert row[importance_at:importance_at + 8].tolist() == pytest.approx([0.5, 0.0, 1.0, 0.25, 0.0, 0.0, 0.0, 0.0])
+    # every feature before the blocks is the K = 1 row's
+    narrow = build_features([attrs.evolve(obs, subtarget_count=5)]).slots[0, 1]
+    fixed = offset(layout, "subtarget_active_mask")
+    assert row[:fixed - 3].tolist() == narrow[:fixed - 3].tolist()
+    assert narrow[offset(SLOT_FEATURES, "subtarget_count_norm")].item() == 1.0
+
+
+def test_a_slot_without_an_inventory_sees_zeros_and_an_unmeasured_churn():
+    obs = attrs.evolve(observation([DORMANT, HOLDING]), subtarget_count=4)
+    from esper_core.tamiyo import slot_layout
+
+    layout = slot_layout(4)
+    for row in build_features([obs]).slots[0]:
+        assert row[offset(layout, "subtarget_count_norm")].item() == 0.0
+        assert row[offset(layout, "subtarget_active_frac")].item() == 0.0
+        assert row[offset(layout, "subtarget_churn_norm")].item() == UNMEASURED
+        assert row[offset(layout, "subtarget_active_mask"):].tolist() == [0.0] * 8
+
+
+def test_importance_of_groups_that_never_ran_is_zero_and_a_non_finite_score_is_not_hidden():
+    silent = inventory(HOLDING, [True, True], [0.0, 0.0])
+    obs = attrs.evolve(observation([DORMANT, silent]), subtarget_count=2)
+    from esper_core.tamiyo import slot_layout
+
+    at = offset(slot_layout(2), "subtarget_importance_norm")
+    assert build_features([obs]).slots[0, 1, at:at + 2].tolist() == [0.0, 0.0]
+    broken = attrs.evolve(obs, slots=(DORMANT, inventory(HOLDING, [True, True], [float("nan"), 1.0])))
+    values = build_features([broken]).slots[0, 1, at:at + 2]
+    assert bool(values.isnan().any())
+
+
+def test_a_seed_with_more_groups_than_the_head_is_an_error_naming_it():
+    seed = inventory(HOLDING, [True] * 5, [1.0] * 5)
+    with pytest.raises(PluginError, match="slot r0c1: seed s \\(b\\) reports 5 subtargets; the run's subtarget head has 4"):
+        build_features([attrs.evolve(observation([DORMANT, seed]), subtarget_count=4)])
+    with pytest.raises(ValueError, match="one batch mixes subtarget head sizes \\[1, 4\\]"):
+        build_features([observation([DORMANT, HOLDING]), attrs.evolve(observation([DORMANT, HOLDING]), subtarget_count=4)])
+    with pytest.raises(ValueError, match="EnvObservation.subtarget_count must be an integer from 1 to 16"):
+        attrs.evolve(observation([DORMANT, HOLDING]), subtarget_count=0)
+
+
+def test_the_last_op_one_hot_covers_the_subtarget_ops():
+    action = FactoredAction(op=LifecycleOp.DISABLE_SUBTARGET, slot=1, subtarget=2)
+    base = build_features([observation([DORMANT, HOLDING], last_action=action)]).base[0]
+    last_op = base[offset(BASE_FEATURES, "last_op"):][: len(LifecycleOp) + 1].tolist()
+    assert len(LifecycleOp) == 10 and last_op[int(LifecycleOp.DISABLE_SUBTARGET)] == 1.0 and sum(last_op) == 1.0

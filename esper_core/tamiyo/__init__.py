@@ -5,10 +5,13 @@ from esper_core.tamiyo.features import (
     BASE_SIZE,
     SLOT_FEATURES,
     SLOT_SIZE,
+    SUBTARGET_FEATURES,
     Feature,
     FeatureBatch,
     RENAMED_FEATURES,
     build_features,
+    slot_layout,
+    slot_size,
 )
 from esper_core.tamiyo.masks import ActionMasks, compute_masks, slot_valid_for
 from esper_core.tamiyo.observation import EnvObservation
@@ -19,6 +22,7 @@ __all__ = [
     "BASE_SIZE",
     "SLOT_FEATURES",
     "SLOT_SIZE",
+    "SUBTARGET_FEATURES",
     "Feature",
     "FeatureBatch",
     "RENAMED_FEATURES",
@@ -27,6 +31,8 @@ __all__ = [
     "Policy",
     "PolicyContext",
     "build_features",
+    "slot_layout",
+    "slot_size",
     "compute_masks",
     "slot_valid_for",
 ]

@@ -20,6 +20,7 @@ from esper_core.leyline import (
     AlphaCurve,
     AlphaSpeed,
     BlendStyle,
+    MAX_SUBTARGETS,
     LifecycleOp,
     SeedStage,
     SeedStateReport,
@@ -38,11 +39,21 @@ MAX_SCHEDULE_EPOCHS = max(*(tempo.epochs for tempo in Tempo), *(speed.epochs for
 
 @attrs.frozen
 class Feature:
-    """One named block of the layout: ``size`` floats described by ``meaning``."""
+    """One named block of the layout: ``size`` floats described by ``meaning``.
+
+    ``per_subtarget`` marks a block of one float per index of the run's ``subtarget`` head: its size is
+    the run's K (``EnvObservation.subtarget_count``), so the per-slot layout depends on K
+    (``slot_layout``); in ``SLOT_FEATURES`` (the layout of a run without inventories, K = 1) it is 1.
+    """
 
     name: str
     size: int
     meaning: str
+    per_subtarget: bool = False
+
+    def sized(self, subtarget_count: int) -> Feature:
+        """This feature in the layout of a run whose subtarget head has ``subtarget_count`` entries."""
+        return attrs.evolve(self, size=subtarget_count) if self.per_subtarget else self
 
 
 def _signed_log(value: float) -> float:
@@ -69,6 +80,16 @@ BASE_FEATURES: tuple[Feature, ...] = (
     Feature("last_op", len(LifecycleOp) + 1, "one-hot of the last action's op; the final entry means no action yet"),
     Feature("last_action_success", 1, "1 if the last action succeeded (or none was taken), else 0"),
     Feature("rolled_back", 1, "1 if the governor rolled this environment back this epoch"),
+)
+
+# -- per-slot subtarget features (Phase 3): last in the slot layout, so every other offset is the same for any K --
+
+SUBTARGET_FEATURES: tuple[Feature, ...] = (
+    Feature("subtarget_count_norm", 1, "the number of groups in the seed's subtarget inventory (its subtarget_count) / the run's subtarget head size K; 0 without an inventory"),
+    Feature("subtarget_active_frac", 1, "enabled groups / max(the seed's subtarget_count, 1); 0 without an inventory"),
+    Feature("subtarget_churn_norm", 1, "epochs since the seed's last subtarget change (ENABLE/DISABLE_SUBTARGET, or a level change that moved its mask) / episode_length, UNMEASURED if none"),
+    Feature("subtarget_active_mask", 1, "one float per subtarget index i of the run's head: 1 if the seed's group i is enabled, 0 if disabled or beyond the seed's count (what DISABLE_SUBTARGET / ENABLE_SUBTARGET can pick)", per_subtarget=True),
+    Feature("subtarget_importance_norm", 1, "one float per subtarget index i: the seed's importance score of group i (an EMA of its contribution, e.g. its output norm) / the largest among its enabled groups; 0 for a disabled or missing group, or when no enabled group has run yet", per_subtarget=True),
 )
 
 # -- per-slot features ------------------------------------------------------------------------------------
@@ -106,6 +127,7 @@ SLOT_FEATURES: tuple[Feature, ...] = (
     Feature("contribution_per_param", 1, "signed log1p(contribution / (seed params / host params)): contribution per unit of relative size in use, what rent is weighed against; UNMEASURED with contribution or with no seed"),
     Feature("epochs_since_internal_change_norm", 1, "epochs since the last level change / episode_length, UNMEASURED if none"),
     Feature("internal_last_direction", 1, "+1 if the last level change grew, -1 if it shrank, 0 if none"),
+    *SUBTARGET_FEATURES,
 )
 
 
@@ -113,8 +135,37 @@ def layout_size(features: Sequence[Feature]) -> int:
     return sum(feature.size for feature in features)
 
 
+def slot_layout(subtarget_count: int = 1) -> tuple[Feature, ...]:
+    """The per-slot layout of a run whose ``subtarget`` head has ``subtarget_count`` (K) entries: every
+    per-subtarget block (last in the layout) is K floats wide. ``slot_layout(1) == SLOT_FEATURES``."""
+    _check_subtarget_count(subtarget_count)
+    return tuple(feature.sized(subtarget_count) for feature in SLOT_FEATURES)
+
+
+def slot_size(subtarget_count: int = 1) -> int:
+    """Floats per slot in the layout of a run whose subtarget head has ``subtarget_count`` entries."""
+    return layout_size(slot_layout(subtarget_count))
+
+
+def _check_subtarget_count(subtarget_count: int) -> None:
+    if isinstance(subtarget_count, bool) or not isinstance(subtarget_count, int) or not (
+        1 <= subtarget_count <= MAX_SUBTARGETS
+    ):
+        raise ValueError(
+            f"Obs V3: subtarget_count (the run's subtarget head size K) must be an integer from 1 to "
+            f"{MAX_SUBTARGETS}, got {subtarget_count!r}"
+        )
+
+
 BASE_SIZE = layout_size(BASE_FEATURES)
+#: Floats per slot for a run without inventories (K = 1); ``slot_size(K)`` for any other run.
 SLOT_SIZE = layout_size(SLOT_FEATURES)
+#: Where the per-subtarget blocks start in a slot's row (they are the layout's last features).
+SUBTARGET_BLOCKS_OFFSET = layout_size([feature for feature in SLOT_FEATURES if not feature.per_subtarget])
+# subtarget_blocks writes the active mask, then the normalised importance, after every other feature
+assert [feature.name for feature in SLOT_FEATURES if feature.per_subtarget] == [
+    "subtarget_active_mask", "subtarget_importance_norm"
+] and all(feature.per_subtarget for feature in SLOT_FEATURES[-2:])
 
 #: Features renamed in 0.2.0 (old name -> name), for readers of layouts saved before (they hold the score)
 RENAMED_FEATURES: dict[str, str] = {
@@ -195,7 +246,9 @@ def slot_features(
     order_norm: float,
     surface_norm: float,
     ladder_kind_norm: float,
+    subtarget_count: int = 1,
 ) -> list[float]:
+    """One slot's features except the per-subtarget blocks (``subtarget_blocks`` builds those, batched)."""
     metrics = report.metrics
     has_seed = report.seed_id is not None and report.seed_params > 0
     if report.alpha_schedule_total_epochs > 0:
@@ -256,7 +309,53 @@ def slot_features(
         per_param,
         _measured(report.epochs_since_internal_change, lambda epochs: epochs / episode_length)[0],
         float(report.internal_last_direction),
+        report.subtarget_count / subtarget_count,
+        report.subtarget_active_count / max(report.subtarget_count, 1),
+        _measured(report.epochs_since_subtarget_change, lambda epochs: epochs / episode_length)[0],
     ]
+
+
+def _check_inventory(report: SeedStateReport, subtarget_count: int) -> None:
+    count = report.subtarget_count
+    if count > subtarget_count:
+        raise PluginError(
+            f"Obs V3: environment {report.env_id} slot {report.slot_id}: seed {report.seed_id} "
+            f"({report.blueprint_id}) reports {count} subtargets; the run's subtarget head has "
+            f"{subtarget_count} (the largest SubtargetSpec.max_count of its seed families)"
+        )
+    if len(report.subtarget_active_mask) < count:
+        raise PluginError(
+            f"Obs V3: environment {report.env_id} slot {report.slot_id}: seed {report.seed_id} reports "
+            f"{count} subtargets but an active mask of {len(report.subtarget_active_mask)} entries"
+        )
+
+
+def subtarget_blocks(
+    slot_reports: Sequence[Sequence[SeedStateReport]], subtarget_count: int, device: torch.device | None = None
+) -> torch.Tensor:
+    """The per-subtarget blocks of every environment's slots (``slot_reports[e]``), (E, n_slots, 2 * K): the active mask, then the importance
+    normalised within each seed (by its largest enabled group's; 0 for disabled or missing groups).
+    One tensor per block is copied from the reports and the normalisation runs batched on ``device``; a
+    non-finite importance stays non-finite (the caller sees it, nothing hides it as 0)."""
+    active: list[list[list[float]]] = []
+    importance: list[list[list[float]]] = []
+    for reports in slot_reports:
+        env_active, env_importance = [], []
+        for report in reports:
+            _check_inventory(report, subtarget_count)
+            count = report.subtarget_count
+            padding = [0.0] * (subtarget_count - count)
+            env_active.append([1.0 if entry else 0.0 for entry in report.subtarget_active_mask[:count]] + padding)
+            scores = [float(value) for value in report.subtarget_importance[:count]]
+            env_importance.append(scores + [0.0] * (subtarget_count - len(scores)))
+        active.append(env_active)
+        importance.append(env_importance)
+    n_slots = len(active[0]) if active else 0
+    mask = torch.tensor(active, dtype=torch.float32, device=device).view(len(active), n_slots, subtarget_count)
+    scores = torch.tensor(importance, dtype=torch.float32, device=device).view_as(mask) * mask
+    peak = scores.amax(dim=-1, keepdim=True)
+    normalised = torch.where(peak == 0.0, torch.zeros_like(scores), scores / peak)
+    return torch.cat([mask, normalised], dim=-1)
 
 
 @attrs.frozen
@@ -287,8 +386,18 @@ def _code(codes: dict[str, int], name: str, label: str) -> int:
         ) from None
 
 
+def batch_subtarget_count(observations: Sequence[EnvObservation]) -> int:
+    """The K every observation of the batch carries (``EnvObservation.subtarget_count``); 1 for no observation."""
+    counts = sorted({observation.subtarget_count for observation in observations})
+    if len(counts) > 1:
+        raise ValueError(f"Obs V3: one batch mixes subtarget head sizes {counts}; a run has one K")
+    return counts[0] if counts else 1
+
+
 def build_features(observations: Sequence[EnvObservation], device: torch.device | None = None) -> FeatureBatch:
-    """Obs V3 features for every environment (one host-to-device copy per tensor)."""
+    """Obs V3 features for every environment (one host-to-device copy per tensor); each slot row follows
+    ``slot_layout(K)`` with K the observations' ``subtarget_count``."""
+    subtarget_count = batch_subtarget_count(observations)
     base, slots, ids = [], [], []
     for observation in observations:
         index = {name: position for position, name in enumerate(observation.seed_families)}
@@ -303,14 +412,18 @@ def build_features(observations: Sequence[EnvObservation], device: torch.device 
                     ladder_kind_norm=0.0
                     if report.internal_kind is None
                     else _code(observation.ladder_kind_codes, report.internal_kind, "ladder kind") / MAX_LADDER_CODE,
+                    subtarget_count=subtarget_count,
                 )
                 for report, spec in zip(observation.slots, slot_config.specs)
             ]
         )
         ids.append([0 if report.blueprint_id is None else index[report.blueprint_id] + 1 for report in observation.slots])
+    n_slots = len(slots[0]) if slots else 0
+    fixed = torch.tensor(slots, dtype=torch.float32, device=device).view(len(slots), n_slots, SUBTARGET_BLOCKS_OFFSET)
+    observed = [[report for report, _spec in zip(item.slots, item.slot_config.specs)] for item in observations]
     return FeatureBatch(
         base=torch.tensor(base, dtype=torch.float32, device=device),
-        slots=torch.tensor(slots, dtype=torch.float32, device=device),
+        slots=torch.cat([fixed, subtarget_blocks(observed, subtarget_count, device)], dim=-1),
         blueprint_ids=torch.tensor(ids, dtype=torch.long, device=device),
     )
 
@@ -331,6 +444,11 @@ READS_CONTRACT: tuple[str, ...] = (
     f"  here {MAX_LADDER_CODE}; 0 without a ladder), from `EnvObservation.ladder_kind_codes` and the",
     "  `LadderSpec.kind` / `LadderModule.internal_kind` name the seed reports.",
     "- **Seed state**: the slot's `SeedStateReport` (stage, levers, sizes by the size rule, measurements).",
+    "- **Subtarget inventory**: the report's `subtarget_count`, `subtarget_active_count`, `subtarget_active_mask`,",
+    "  `subtarget_importance` and `epochs_since_subtarget_change`, and the run's `subtarget` head size K",
+    "  (`EnvObservation.subtarget_count`, the largest `SubtargetSpec.max_count` of the run's seed families, 1",
+    "  without inventories). The per-subtarget blocks are K floats each, so the slot width is the fixed part plus",
+    "  2K; a seed reporting more groups than K is an error naming it.",
     "- **Sizes**: the host's parameter count and each seed's parameters in use.",
     "",
     "A surface or ladder kind name without a code in the observation is an error naming it, never a silent 0.",
@@ -353,11 +471,26 @@ def layout_markdown() -> str:
         "",
     ]
     for title, features in (("Per-environment features", BASE_FEATURES), ("Per-slot features (slot order)", SLOT_FEATURES)):
-        lines += [f"## {title} ({layout_size(features)} floats)", "", "| offset | name | size | meaning |", "|---:|---|---:|---|"]
-        offset = 0
+        fixed = layout_size([feature for feature in features if not feature.per_subtarget])
+        blocks = sum(1 for feature in features if feature.per_subtarget)
+        width = f"{fixed} + {blocks}K" if blocks else f"{fixed}"
+        lines += [f"## {title} ({width} floats)", ""]
+        if blocks:
+            lines += [
+                f"K is the run's `subtarget` head size (1 without inventories: then {fixed + blocks} floats). The",
+                "per-subtarget blocks come last, so every other offset is the same for any K.",
+                "",
+            ]
+        lines += ["| offset | name | size | meaning |", "|---:|---|---:|---|"]
+        offset, k_blocks = 0, 0
         for feature in features:
-            lines.append(f"| {offset} | `{feature.name}` | {feature.size} | {feature.meaning} |")
-            offset += feature.size
+            where = str(offset) if not k_blocks else f"{offset} + {k_blocks}K".replace(" + 1K", " + K")
+            size = "K" if feature.per_subtarget else str(feature.size)
+            lines.append(f"| {where} | `{feature.name}` | {size} | {feature.meaning} |")
+            if feature.per_subtarget:
+                k_blocks += 1
+            else:
+                offset += feature.size
         lines.append("")
     return "\n".join(lines)
 

@@ -6,7 +6,7 @@ import functools
 
 import attrs
 
-from esper_core.leyline import FactoredAction, SeedStateReport, SlotConfig
+from esper_core.leyline import MAX_SUBTARGETS, FactoredAction, SeedStateReport, SlotConfig
 
 
 @functools.cache
@@ -35,7 +35,10 @@ class EnvObservation:
     (``SurfaceKind.code``) and ``ladder_kind_codes`` every registered ladder kind to its stable code
     (``LadderKind.code``, 1..``MAX_LADDER_CODE``): Obs V3 reads a slot's surface and its seed's ladder
     kind only through these codes (see docs/observation.md, "What the core reads"). The engine passes
-    every registered ladder kind; the default holds only the core's own.
+    every registered ladder kind; the default holds only the core's own. ``subtarget_count`` is the run's
+    ``subtarget`` head size K (``PolicyContext.subtarget_count``: the largest ``SubtargetSpec.max_count`` of
+    its seed families, 1 without inventories); Obs V3 gives every slot K per-group entries, so every
+    observation of a run carries the same K and no seed reports more groups than K.
     """
 
     env_id: int
@@ -58,6 +61,15 @@ class EnvObservation:
     last_action_reason: str
     rolled_back: bool
     ladder_kind_codes: dict[str, int] = attrs.Factory(builtin_ladder_kind_codes)
+    subtarget_count: int = attrs.field(default=1)
+
+    @subtarget_count.validator
+    def _check_subtarget_count(self, _attribute: attrs.Attribute[int], value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SUBTARGETS:
+            raise ValueError(
+                f"EnvObservation.subtarget_count must be an integer from 1 to {MAX_SUBTARGETS} "
+                f"(the run's subtarget head size), got {value!r}"
+            )
 
     @property
     def epochs_left(self) -> int:

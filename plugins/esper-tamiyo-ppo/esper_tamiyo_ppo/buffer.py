@@ -20,6 +20,7 @@ STEP_KEYS: tuple[str, ...] = (
     "op_mask",
     "slot_mask",
     "blueprint_mask",
+    "subtarget_mask",
     "actions",
     "log_prob",
     "value",
@@ -68,6 +69,7 @@ class SequenceBatch:
     op_mask: torch.Tensor
     slot_mask: torch.Tensor
     blueprint_mask: torch.Tensor
+    subtarget_mask: torch.Tensor
     actions: torch.Tensor
     log_prob: torch.Tensor
     value: torch.Tensor
@@ -87,7 +89,10 @@ class SequenceBatch:
 
     def valid_masks(self) -> StepMasks:
         valid = self.valid
-        return StepMasks(op=self.op_mask[valid], slot=self.slot_mask[valid], blueprint=self.blueprint_mask[valid])
+        return StepMasks(
+            op=self.op_mask[valid], slot=self.slot_mask[valid], blueprint=self.blueprint_mask[valid],
+            subtarget=self.subtarget_mask[valid],
+        )
 
 
 class RolloutBuffer:

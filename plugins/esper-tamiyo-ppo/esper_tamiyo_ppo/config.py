@@ -122,6 +122,14 @@ class PPOConfig:
     #: in a minibatch is below this fraction gets its entropy bonus multiplied by ``entropy_floor_boost``
     entropy_floor: float = attrs.field(default=0.25, validator=probability())
     entropy_floor_boost: float = attrs.field(default=5.0, validator=in_range(1.0, None))
+    #: the ``subtarget`` head's own entropy coefficient (it replaces ``entropy_coef`` for that head; its
+    #: ``entropy_head_weights`` entry still multiplies it); unset: ``entropy_coef``
+    subtarget_entropy_coef: float | None = attrs.field(default=None, validator=optional(non_negative()))
+    #: the ``subtarget`` head's own entropy floor (see ``entropy_floor``); unset: ``entropy_floor``
+    subtarget_entropy_floor: float | None = attrs.field(default=None, validator=optional(probability()))
+    #: before this round (0-based, counted by the engine) the policy masks ENABLE_SUBTARGET and
+    #: DISABLE_SUBTARGET off itself: the new head's curriculum unlock (0: allowed from the start)
+    subtarget_unlock_round: int = attrs.field(default=0, validator=non_negative_int())
     max_grad_norm: float = attrs.field(default=0.5, validator=positive())
     target_kl: float | None = attrs.field(default=None, validator=optional(positive()))
 
@@ -133,3 +141,17 @@ class PPOConfig:
     def head_weight(self, head: str) -> float:
         """The entropy-bonus weight of ``head`` (1.0 unless ``entropy_head_weights`` says otherwise)."""
         return self.entropy_head_weights.get(head, 1.0)
+
+    def head_entropy_coef(self, head: str) -> float:
+        """The entropy coefficient of ``head``: ``subtarget_entropy_coef`` for the subtarget head when
+        set, ``entropy_coef`` otherwise (``head_weight`` multiplies it in the loss)."""
+        if head == "subtarget" and self.subtarget_entropy_coef is not None:
+            return self.subtarget_entropy_coef
+        return self.entropy_coef
+
+    def head_entropy_floor(self, head: str) -> float:
+        """The entropy floor of ``head``: ``subtarget_entropy_floor`` for the subtarget head when set,
+        ``entropy_floor`` otherwise."""
+        if head == "subtarget" and self.subtarget_entropy_floor is not None:
+            return self.subtarget_entropy_floor
+        return self.entropy_floor

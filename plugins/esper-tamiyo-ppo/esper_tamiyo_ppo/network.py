@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from esper_core.leyline import ENUM_HEAD_SIZES, HEADS, LifecycleOp, is_relevant
-from esper_core.tamiyo import BASE_SIZE, SLOT_SIZE
+from esper_core.tamiyo import BASE_SIZE, slot_size
 
 from esper_tamiyo_ppo.config import NetworkSizes
 from esper_tamiyo_ppo.distributions import choose, masked_entropy, masked_log_probs
@@ -18,6 +18,10 @@ N_OPS = ENUM_HEAD_SIZES["op"]
 HEAD_INDEX: dict[str, int] = {head: index for index, head in enumerate(HEADS)}
 #: Heads sampled after op and slot, conditioned on both.
 DETAIL_HEADS: tuple[str, ...] = HEADS[2:]
+#: The ops that pick a subtarget, in the order of ``ActionMasks.subtarget``'s second axis (enable, disable).
+SUBTARGET_OPS: tuple[LifecycleOp, LifecycleOp] = (LifecycleOp.ENABLE_SUBTARGET, LifecycleOp.DISABLE_SUBTARGET)
+#: Heads whose sizes depend on the run (the others are enum vocabularies).
+RUN_SIZED_HEADS: frozenset[str] = frozenset({"op", "slot", "blueprint", "subtarget"})
 #: Gain of the last layer of each policy head: small, so the initial policy is near uniform (CleanRL).
 POLICY_HEAD_GAIN = 0.01
 HIDDEN_GAIN = math.sqrt(2.0)
@@ -52,11 +56,18 @@ class StepMasks:
     - ``op``: (N, n_ops)
     - ``slot``: (N, n_slots), the slots valid for the chosen op (all True when slot is irrelevant)
     - ``blueprint``: (N, n_blueprints), allowed in the chosen slot (all True when irrelevant)
+    - ``subtarget``: (N, K), the group indices the chosen ENABLE/DISABLE_SUBTARGET may pick in the chosen
+      slot (all True when irrelevant); None allows every index (as for a run without inventories)
     """
 
     op: torch.Tensor
     slot: torch.Tensor
     blueprint: torch.Tensor
+    subtarget: torch.Tensor | None = None
+
+    def head_mask(self, head: str) -> torch.Tensor | None:
+        """The mask of ``head`` (None: every entry allowed)."""
+        return {"op": self.op, "slot": self.slot, "blueprint": self.blueprint, "subtarget": self.subtarget}.get(head)
 
 
 @attrs.frozen
@@ -78,25 +89,30 @@ class PolicyNetwork(nn.Module):
     factorisation). The Q head reads ``z.detach()``: its loss trains only itself.
     """
 
-    def __init__(self, sizes: NetworkSizes, n_slots: int, n_blueprints: int) -> None:
+    def __init__(self, sizes: NetworkSizes, n_slots: int, n_blueprints: int, n_subtargets: int = 1) -> None:
         super().__init__()
-        if n_slots < 1 or n_blueprints < 1:
-            raise ValueError(f"need at least one slot and one blueprint, got {n_slots} and {n_blueprints}")
+        if n_slots < 1 or n_blueprints < 1 or n_subtargets < 1:
+            raise ValueError(
+                f"need at least one slot, one blueprint and one subtarget index, got {n_slots}, {n_blueprints} "
+                f"and {n_subtargets}"
+            )
         self.sizes = sizes
         self.n_slots = n_slots
         self.n_blueprints = n_blueprints
+        self.n_subtargets = n_subtargets
         self.head_sizes: dict[str, int] = {
             "op": N_OPS,
             "slot": n_slots,
             "blueprint": n_blueprints,
-            **{head: ENUM_HEAD_SIZES[head] for head in DETAIL_HEADS if head != "blueprint"},
+            **{head: ENUM_HEAD_SIZES[head] for head in DETAIL_HEADS if head not in RUN_SIZED_HEADS},
+            "subtarget": n_subtargets,
         }
         hidden = sizes.lstm_hidden
         act = sizes.action_embed_dim
         # -- feature network ----------------------------------------------------------------------
         self.blueprint_embedding = nn.Embedding(n_blueprints + 1, sizes.blueprint_embed_dim)
         self.slot_encoder = nn.Sequential(
-            layer_init(nn.Linear(SLOT_SIZE + sizes.blueprint_embed_dim, sizes.slot_dim)), nn.ReLU()
+            layer_init(nn.Linear(slot_size(n_subtargets) + sizes.blueprint_embed_dim, sizes.slot_dim)), nn.ReLU()
         )
         self.trunk = nn.Sequential(
             layer_init(nn.Linear(BASE_SIZE + n_slots * sizes.slot_dim, sizes.feature_dim)),
@@ -138,7 +154,7 @@ class PolicyNetwork(nn.Module):
         blueprint_ids: torch.Tensor,
         state: tuple[torch.Tensor, torch.Tensor],
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """(B, T, BASE_SIZE), (B, T, n_slots, SLOT_SIZE), (B, T, n_slots) -> z (B, T, lstm_hidden), new state."""
+        """(B, T, BASE_SIZE), (B, T, n_slots, slot_size(K)), (B, T, n_slots) -> z (B, T, lstm_hidden), new state."""
         embedded = self.blueprint_embedding(blueprint_ids)
         per_slot = self.slot_encoder(torch.cat([slots, embedded], dim=-1))
         features = self.trunk(torch.cat([base, per_slot.flatten(start_dim=-2)], dim=-1))
@@ -179,14 +195,17 @@ class PolicyNetwork(nn.Module):
         slot_mask: torch.Tensor,
         blueprint_mask: torch.Tensor,
         uniform: dict[str, torch.Tensor] | None,
+        subtarget_mask: torch.Tensor | None = None,
     ) -> Decisions:
         """Sample every head for a batch of states ``z`` (N, H): op first, then a slot valid for it, then
-        a seed family (blueprint head) allowed in that slot, then the remaining heads unmasked. Heads irrelevant to the
-        sampled op are pinned to 0 and add nothing to the log-probability.
+        a seed family (blueprint head) allowed in that slot and a subtarget index the op may pick there,
+        then the remaining heads unmasked. Heads irrelevant to the sampled op are pinned to 0 and add
+        nothing to the log-probability.
 
         Masks: ``op_mask`` (N, n_ops), ``slot_mask`` (N, n_ops, n_slots), ``blueprint_mask``
-        (N, n_slots, n_blueprints). ``uniform`` maps each head to (N, head size) noise in [0, 1);
-        None takes the argmax of every head.
+        (N, n_slots, n_blueprints), ``subtarget_mask`` (N, 2, n_slots, K): ``ActionMasks.subtarget``,
+        None for a batch where no slot has an inventory (the subtarget ops must then be masked off).
+        ``uniform`` maps each head to (N, head size) noise in [0, 1); None takes the argmax of every head.
         """
         rows = torch.arange(z.shape[0], device=z.device)
         if not bool(op_mask.any(dim=-1).all()):
@@ -214,10 +233,11 @@ class PolicyNetwork(nn.Module):
         step_blueprint_mask = blueprint_mask[rows, slot] | ~blueprint_relevant.unsqueeze(-1)
         if not bool(step_blueprint_mask.any(dim=-1).all()):
             raise ValueError("the masks allow GERMINATE in a slot where no seed family is allowed")
+        step_subtarget_mask = self.step_subtarget_mask(op, slot, relevant, subtarget_mask)
+        step_masks = {"blueprint": step_blueprint_mask, "subtarget": step_subtarget_mask}
         details = self.detail_logits(z, op, slot)
         for head in DETAIL_HEADS:
-            mask = step_blueprint_mask if head == "blueprint" else None
-            log_probs[head] = masked_log_probs(details[head], mask)
+            log_probs[head] = masked_log_probs(details[head], step_masks.get(head))
             chosen[head] = torch.where(relevant[:, HEAD_INDEX[head]], choose(log_probs[head], noise(head)), 0)
 
         actions = torch.stack([chosen[head] for head in HEADS], dim=-1)
@@ -228,9 +248,28 @@ class PolicyNetwork(nn.Module):
         return Decisions(
             actions=actions,
             log_prob=log_prob,
-            masks=StepMasks(op=op_mask, slot=step_slot_mask, blueprint=step_blueprint_mask),
+            masks=StepMasks(
+                op=op_mask, slot=step_slot_mask, blueprint=step_blueprint_mask, subtarget=step_subtarget_mask
+            ),
             value=self.value(z),
         )
+
+    def step_subtarget_mask(
+        self, op: torch.Tensor, slot: torch.Tensor, relevant: torch.Tensor, subtarget_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """(N, K): the indices the sampled op may pick in the sampled slot (``subtarget_mask[:, 0]`` for
+        ENABLE_SUBTARGET, ``[:, 1]`` for DISABLE_SUBTARGET); all True where the head is irrelevant."""
+        subtarget_relevant = relevant[:, HEAD_INDEX["subtarget"]]
+        rows = torch.arange(op.shape[0], device=op.device)
+        if subtarget_mask is None:
+            if bool(subtarget_relevant.any()):
+                raise ValueError("a subtarget op was sampled without a subtarget mask (ActionMasks.subtarget)")
+            return torch.ones(op.shape[0], self.n_subtargets, dtype=torch.bool, device=op.device)
+        direction = (op == int(SUBTARGET_OPS[1])).long()
+        step_mask = subtarget_mask[rows, direction, slot] | ~subtarget_relevant.unsqueeze(-1)
+        if not bool(step_mask.any(dim=-1).all()):
+            raise ValueError("the masks allow a subtarget op in a slot where no subtarget index is allowed")
+        return step_mask
 
     def evaluate(
         self, z: torch.Tensor, actions: torch.Tensor, masks: StepMasks
@@ -249,12 +288,11 @@ class PolicyNetwork(nn.Module):
         }
         details = self.detail_logits(z, op, slot)
         for head in DETAIL_HEADS:
-            log_probs[head] = masked_log_probs(details[head], masks.blueprint if head == "blueprint" else None)
-        head_masks = {"op": masks.op, "slot": masks.slot, "blueprint": masks.blueprint}
+            log_probs[head] = masked_log_probs(details[head], masks.head_mask(head))
         picked = torch.stack(
             [log_probs[head].gather(-1, actions[:, i : i + 1]).squeeze(-1) for head, i in HEAD_INDEX.items()], dim=-1
         )
-        entropies = torch.stack([masked_entropy(log_probs[head], head_masks.get(head)) for head in HEADS], dim=-1)
+        entropies = torch.stack([masked_entropy(log_probs[head], masks.head_mask(head)) for head in HEADS], dim=-1)
         log_prob = torch.where(relevant, picked, 0.0).sum(dim=-1)
         return log_prob, torch.where(relevant, entropies, 0.0)
 

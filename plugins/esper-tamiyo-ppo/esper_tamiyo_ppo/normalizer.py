@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from esper_core.tamiyo import BASE_FEATURES, SLOT_FEATURES, Feature, FeatureBatch
+from esper_core.tamiyo import BASE_FEATURES, SLOT_FEATURES, Feature, FeatureBatch, slot_layout
 
 #: Obs V3 blocks whose values are 0/1 flags or one-hots. They are left as they are: normalising a rare
 #: flag would blow it up to a large clipped value and hide its meaning. Every other column (including
@@ -31,6 +31,7 @@ BINARY_FEATURES: frozenset[str] = frozenset(
         "score_delta_since_germination_measured",
         "grad_measured",
         "grad_finite",
+        "subtarget_active_mask",
     }
 )
 
@@ -115,15 +116,17 @@ def replace_non_finite(features: FeatureBatch, clip: float) -> FeatureBatch:
 
 class ObservationNormalizer:
     """Normalises base and per-slot features with separate statistics; slot statistics are shared by all
-    slots (every slot has the same layout). Values are clipped to ``[-clip, clip]`` after normalising."""
+    slots (every slot has the same layout, ``slot_layout(subtarget_count)``). Values are clipped to
+    ``[-clip, clip]`` after normalising."""
 
-    def __init__(self, clip: float, device: torch.device, epsilon: float = 1e-8) -> None:
+    def __init__(self, clip: float, device: torch.device, subtarget_count: int = 1, epsilon: float = 1e-8) -> None:
         self.clip = clip
         self.epsilon = epsilon
+        slot_features = slot_layout(subtarget_count)
         self.base = RunningMeanStd(sum(f.size for f in BASE_FEATURES), device)
-        self.slot = RunningMeanStd(sum(f.size for f in SLOT_FEATURES), device)
+        self.slot = RunningMeanStd(sum(f.size for f in slot_features), device)
         self.base_columns = continuous_columns(BASE_FEATURES).to(device)
-        self.slot_columns = continuous_columns(SLOT_FEATURES).to(device)
+        self.slot_columns = continuous_columns(slot_features).to(device)
 
     def update(self, features: FeatureBatch) -> None:
         self.base.update(features.base)

@@ -11,22 +11,23 @@ from typing import Any
 import torch
 
 from esper_core.errors import CheckpointError, ConfigError
-from esper_core.leyline import HEADS, FactoredAction
+from esper_core.leyline import HEADS, FactoredAction, LifecycleOp
 from esper_core.runs import CHECKPOINT_DIR, LATEST_CHECKPOINT, derive_seed, load_checkpoint
 from esper_core.tamiyo import ActionMasks, EnvObservation, PolicyContext
 from esper_core.tamiyo import (
     BASE_FEATURES,
     BASE_SIZE,
     RENAMED_FEATURES,
-    SLOT_FEATURES,
-    SLOT_SIZE,
+    Feature,
     FeatureBatch,
     build_features,
+    slot_layout,
+    slot_size,
 )
 
 from esper_tamiyo_ppo.buffer import RolloutBuffer
 from esper_tamiyo_ppo.config import PPOConfig
-from esper_tamiyo_ppo.network import N_OPS, Decisions, PolicyNetwork
+from esper_tamiyo_ppo.network import N_OPS, SUBTARGET_OPS, Decisions, PolicyNetwork
 from esper_tamiyo_ppo.normalizer import ObservationNormalizer, finite_rows, replace_non_finite, select_rows
 from esper_tamiyo_ppo.ppo import ppo_update
 
@@ -34,9 +35,11 @@ from esper_tamiyo_ppo.ppo import ppo_update
 STATE_FORMAT = "esper-tamiyo-ppo"
 #: 2: episodes carry observation statistics; 3: Obs V3 slot features show every lever (style, tempo,
 #: alpha schedule length, alpha curve) and contribution per parameter (43 slot floats, was 35); 4: the
-#: slot feature ladder_kind_norm (44 slot floats). A ``checkpoint`` of version 3 or later loads through
-#: ``widen_to_layout``; a resume needs the version it was written with.
-STATE_VERSION = 4
+#: slot feature ladder_kind_norm (44 slot floats); 5: the subtarget ops and head (op head 10 wide,
+#: last_op 11 wide, the slot's subtarget features: 47 + 2K slot floats, a ``subtarget`` head of K, a
+#: second sampling generator for the noise of what version 5 added). A ``checkpoint`` of version 3 or
+#: later loads through ``widen_to_layout``; a resume needs the version it was written with.
+STATE_VERSION = 5
 #: The oldest state version whose network ``checkpoint`` can widen to this layout.
 OLDEST_WIDENABLE_VERSION = 3
 #: Per-round counters of the non-finite values the policy kept away from its network (see act/record).
@@ -44,6 +47,15 @@ _EPISODE_ANOMALIES: tuple[str, ...] = ("non_finite_observations", "non_finite_re
 #: Streams of the run seed: network initialisation and the sampling/shuffling generator.
 _INIT_STREAM = 0x7070_0001
 _SAMPLING_STREAM = 0x7070_0002
+_SUBTARGET_SAMPLING_STREAM = 0x7070_0003
+#: The ops of state versions 3 and 4 (WAIT .. SHRINK_INTERNAL): their sampling noise keeps its old place.
+LEGACY_OPS = int(LifecycleOp.ENABLE_SUBTARGET)
+#: Base features that grew since an older state: name -> where each saved column goes, given the saved
+#: and the current size. last_op is a one-hot over the ops plus a final "no action yet" entry: the old
+#: ops keep their columns, the final entry moves to the end, the new ops' columns enter with zero weight.
+GROWN_FEATURES: dict[str, Any] = {
+    "last_op": lambda saved, size: [*range(saved - 1), size - 1],
+}
 
 
 def rounds_per_update(config: PPOConfig, n_envs: int, episode_length: int) -> int:
@@ -84,22 +96,26 @@ def check_context(config: PPOConfig, context: PolicyContext) -> None:
         raise ConfigError(problems)
 
 
-def observation_statistics(episode: dict[str, Any], n_slots: int) -> dict[str, float]:
+def observation_statistics(
+    episode: dict[str, Any], n_slots: int, slot_features: Sequence[Feature] | None = None
+) -> dict[str, float]:
     """The round's mean raw value of every one-float Obs V3 feature, as ``obs/base/{name}`` (over
-    environments and decisions) and ``obs/slot/{name}`` (over slots too): the roadmap's observation
-    stats telemetry, e.g. to see that ``internal_level_norm`` moves when ladders grow."""
+    environments and decisions) and ``obs/slot/{name}`` (over slots too), and of every per-subtarget
+    block (over its K entries too): the roadmap's observation stats telemetry, e.g. to see that
+    ``internal_level_norm`` moves when ladders grow or ``subtarget_active_frac`` when groups switch.
+    ``slot_features`` is the run's slot layout (``slot_layout(K)``; default K = 1)."""
     observed = episode["steps"] * episode["n_envs"]
     if not observed:
         return {}
     statistics: dict[str, float] = {}
     for scope, features, total, count in (
         ("base", BASE_FEATURES, episode["obs_base_sum"].tolist(), observed),
-        ("slot", SLOT_FEATURES, episode["obs_slot_sum"].tolist(), observed * n_slots),
+        ("slot", slot_features or slot_layout(1), episode["obs_slot_sum"].tolist(), observed * n_slots),
     ):
         offset = 0
         for feature in features:
-            if feature.size == 1:
-                statistics[f"obs/{scope}/{feature.name}"] = total[offset] / count
+            if feature.size == 1 or feature.per_subtarget:
+                statistics[f"obs/{scope}/{feature.name}"] = sum(total[offset:offset + feature.size]) / (count * feature.size)
             offset += feature.size
     return statistics
 
@@ -120,12 +136,15 @@ def _widened_columns(saved: list[list[Any]], layout: Sequence[Any], what: str) -
     columns, offset = [], 0
     for feature in layout:
         if feature.name in saved_sizes:
-            if saved_sizes[feature.name] != feature.size:
+            saved_size = saved_sizes[feature.name]
+            if saved_size == feature.size:
+                columns.extend(range(offset, offset + feature.size))
+            elif feature.name in GROWN_FEATURES and saved_size < feature.size:
+                columns.extend(offset + column for column in GROWN_FEATURES[feature.name](saved_size, feature.size))
+            else:
                 raise CheckpointError(
-                    f"{what}: feature {feature.name} has {saved_sizes[feature.name]} columns saved, "
-                    f"{feature.size} here; retrain"
+                    f"{what}: feature {feature.name} has {saved_size} columns saved, {feature.size} here; retrain"
                 )
-            columns.extend(range(offset, offset + feature.size))
         offset += feature.size
     return torch.tensor(columns, dtype=torch.long), offset
 
@@ -145,17 +164,27 @@ def with_current_feature_names(state: Any) -> Any:
     return {**state, "architecture": architecture}
 
 
-def widen_to_layout(state: dict[str, Any], what: str) -> dict[str, Any]:
-    """A saved network and normaliser (``state_dict`` format) whose Obs V3 layout lacks features this
-    layout has, widened to it: every added feature's input columns enter the network with zero weight
-    (normaliser mean 0, variance 1), so the policy decides exactly as it did on the features it knew.
+def widen_to_layout(
+    state: dict[str, Any], what: str, fresh_network: dict[str, torch.Tensor], subtarget_count: int = 1
+) -> dict[str, Any]:
+    """A saved network and normaliser (``state_dict`` format) of an older version, widened to this
+    version for a run whose subtarget head has ``subtarget_count`` entries, so the policy decides
+    exactly as it did:
+
+    - every Obs V3 feature the saved layout lacks enters the network with zero weight (normaliser mean 0,
+      variance 1), and a grown one-hot (``last_op``) keeps each saved column's meaning;
+    - ops the saved network did not have (ENABLE/DISABLE_SUBTARGET, version < 5) get new rows in the op
+      head, the op embedding and the Q head, and the ``subtarget`` head is added, all taken from
+      ``fresh_network`` (this run's freshly initialised network): while those ops are masked, as they are
+      in any slot without an inventory, nothing the saved policy chooses changes.
+
     Only the network, the normaliser and the architecture are returned (what ``checkpoint`` loads)."""
     architecture = dict(state["architecture"])
     network = dict(state["network"])
     normalizer = {part: dict(stats) for part, stats in state["normalizer"].items()}
     for scope, layout, weight_name in (
         ("base", BASE_FEATURES, "trunk.0.weight"),
-        ("slot", SLOT_FEATURES, "slot_encoder.0.weight"),
+        ("slot", slot_layout(subtarget_count), "slot_encoder.0.weight"),
     ):
         saved = architecture[f"{scope}_features"]
         columns, width = _widened_columns(saved, layout, what)
@@ -171,6 +200,19 @@ def widen_to_layout(state: dict[str, Any], what: str) -> dict[str, Any]:
         mean[columns], var[columns] = stats["mean"], stats["var"]
         normalizer[scope] = {**stats, "mean": mean, "var": var}
         architecture[f"{scope}_features"] = [[feature.name, feature.size] for feature in layout]
+    saved_ops = int(architecture.get("n_ops", N_OPS))
+    if saved_ops > N_OPS:
+        raise CheckpointError(f"{what}: the saved network has {saved_ops} ops, this plugin {N_OPS}; retrain")
+    for name in ("op_embedding.weight", "policy_heads.op.2.weight", "policy_heads.op.2.bias", "q_head.2.weight", "q_head.2.bias"):
+        old = network[name]
+        if old.shape[0] != saved_ops:
+            raise CheckpointError(f"{what}: {name} has {old.shape[0]} rows for {saved_ops} ops; retrain")
+        network[name] = torch.cat([old, fresh_network[name][saved_ops:].to(old.dtype)], dim=0)
+    for name, value in fresh_network.items():
+        if name not in network:  # the subtarget head
+            network[name] = value.detach().cpu().clone()
+    architecture["n_ops"] = N_OPS
+    architecture["n_subtargets"] = subtarget_count
     widened_state = {"version": STATE_VERSION, "architecture": architecture, "network": network, "normalizer": normalizer}
     return {**state, **widened_state}
 
@@ -197,16 +239,23 @@ class PPOPolicy:
         self.sizes = config.sizes()
         self.slot_ids = tuple(context.slot_config.slot_ids)
         self.seed_families = tuple(context.seed_families)
+        #: K, the run's subtarget head size (the per-subtarget observation blocks are as wide)
+        self.subtarget_count = int(context.subtarget_count)
+        self.slot_features = slot_layout(self.subtarget_count)
         # Initial weights depend on the run seed alone; the global RNG is left as it was.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(context.seed, _INIT_STREAM))
-            network = PolicyNetwork(self.sizes, len(self.slot_ids), len(self.seed_families))
+            network = PolicyNetwork(self.sizes, len(self.slot_ids), len(self.seed_families), self.subtarget_count)
         self.network = network.to(self.device)
-        self.normalizer = ObservationNormalizer(config.observation_clip, self.device)
+        self.normalizer = ObservationNormalizer(config.observation_clip, self.device, self.subtarget_count)
         self.optimizer = torch.optim.Adam(self.network.parameters(), lr=config.learning_rate, eps=1e-5)
         # A CPU generator: its state is portable, and sampling noise is drawn on it then moved.
         self.generator = torch.Generator(device="cpu")
         self.generator.manual_seed(derive_seed(context.seed, _SAMPLING_STREAM))
+        # The noise of what state version 5 added (the subtarget ops and head) comes from a generator of
+        # its own, so ``generator`` draws exactly what it drew before them (see ``_draw_uniform``).
+        self.subtarget_generator = torch.Generator(device="cpu")
+        self.subtarget_generator.manual_seed(derive_seed(context.seed, _SUBTARGET_SAMPLING_STREAM))
         self.buffer = RolloutBuffer(self.device)
         #: rounds collected per update (``rounds_per_update`` raised to reach ``min_decisions_per_update``)
         self.rounds_per_update = rounds_per_update(config, context.n_envs, context.episode_length)
@@ -240,7 +289,7 @@ class PPOPolicy:
             # raw (unnormalised) Obs V3 sums for the round's observation statistics, kept on the
             # policy's device so a decision adds no host-device copy
             "obs_base_sum": torch.zeros(BASE_SIZE, dtype=torch.float64, device=self.device),
-            "obs_slot_sum": torch.zeros(SLOT_SIZE, dtype=torch.float64, device=self.device),
+            "obs_slot_sum": torch.zeros(slot_size(self.subtarget_count), dtype=torch.float64, device=self.device),
             "steps": 0,
             "elapsed": 0.0,
             **{name: 0 for name in _EPISODE_ANOMALIES},
@@ -252,7 +301,10 @@ class PPOPolicy:
 
         An environment whose features hold a NaN or an infinity (a diverged host with the governor off)
         is counted, left out of the normaliser's statistics, and seen by the network with NaN as 0 and
-        +/-inf as +/-``observation_clip`` (after normalisation), so the network never sees it."""
+        +/-inf as +/-``observation_clip`` (after normalisation), so the network never sees it.
+
+        Before round ``subtarget_unlock_round`` the policy masks ENABLE_SUBTARGET and DISABLE_SUBTARGET
+        off itself (the subtarget head's curriculum unlock); the decision is stored with that mask."""
         episode = self._require_episode("act")
         if episode["awaiting_reward"]:
             raise RuntimeError("act() called again before record() paid the previous decision's reward")
@@ -280,12 +332,17 @@ class PPOPolicy:
                 (episode["h"], episode["c"]),
             )
             uniform = None if self.config.deterministic else self._draw_uniform(len(observations))
+            op_mask = masks.op.to(self.device)
+            if episode["round"] < self.config.subtarget_unlock_round:
+                op_mask = op_mask.clone()
+                op_mask[:, [int(op) for op in SUBTARGET_OPS]] = False
             decisions = self.network.sample(
                 z[:, 0],
-                masks.op.to(self.device),
+                op_mask,
                 masks.slot.to(self.device),
                 masks.blueprint.to(self.device),
                 uniform,
+                masks.subtarget.to(self.device),
             )
         if self.config.learn:
             self.buffer.add_step(self._step_record(features, decisions, episode["h"][0], episode["c"][0]))
@@ -328,7 +385,7 @@ class PPOPolicy:
         metrics = {
             "charts/episode_return": float(episode["returns"].mean()),
             "charts/SPS": decisions / elapsed,
-            **observation_statistics(episode, len(self.slot_ids)),
+            **observation_statistics(episode, len(self.slot_ids), self.slot_features),
             **{f"anomalies/{name}": float(episode.get(name, 0)) for name in _EPISODE_ANOMALIES},
         }
         self._episode = None
@@ -356,8 +413,9 @@ class PPOPolicy:
             "slot_ids": list(self.slot_ids),
             "blueprints": list(self.seed_families),  # the checkpoint key keeps its name
             "n_ops": N_OPS,
+            "n_subtargets": self.subtarget_count,
             "base_features": [[feature.name, feature.size] for feature in BASE_FEATURES],
-            "slot_features": [[feature.name, feature.size] for feature in SLOT_FEATURES],
+            "slot_features": [[feature.name, feature.size] for feature in self.slot_features],
         }
 
     def state_dict(self) -> dict[str, Any]:
@@ -372,6 +430,7 @@ class PPOPolicy:
             "normalizer": self.normalizer.state_dict(),
             "optimizer": _plain(self.optimizer.state_dict()),
             "generator": self.generator.get_state(),
+            "subtarget_generator": self.subtarget_generator.get_state(),
             "counters": {"rounds_seen": self.rounds_seen, "updates": self.updates, "decisions": self.decisions},
             "episode": episode,
             "buffer": self.buffer.state_dict(),
@@ -385,6 +444,7 @@ class PPOPolicy:
         self.normalizer.load_state_dict(state["normalizer"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
+        self.subtarget_generator.set_state(state["subtarget_generator"])
         counters = state["counters"]
         self.rounds_seen = int(counters["rounds_seen"])
         self.updates = int(counters["updates"])
@@ -421,7 +481,8 @@ class PPOPolicy:
             isinstance(state, dict) and state.get("format") == STATE_FORMAT and isinstance(version, int)
             and OLDEST_WIDENABLE_VERSION <= version < STATE_VERSION
         ):
-            state = widen_to_layout(state, f"[policy] checkpoint: {what}")
+            fresh = {name: value.detach().cpu() for name, value in self.network.state_dict().items()}
+            state = widen_to_layout(state, f"[policy] checkpoint: {what}", fresh, self.subtarget_count)
         self._check_state(state, what)
         self.network.load_state_dict(state["network"])
         self.normalizer.load_state_dict(state["normalizer"])
@@ -470,7 +531,18 @@ class PPOPolicy:
                 f"masks have slot shape {tuple(masks.slot.shape)} and blueprint shape {tuple(masks.blueprint.shape)}; "
                 f"expected (E, {N_OPS}, {n_slots}) and (E, {n_slots}, {n_blueprints})"
             )
+        subtarget_shape = (len(SUBTARGET_OPS), n_slots, self.subtarget_count)
+        if tuple(masks.subtarget.shape[1:]) != subtarget_shape:
+            raise ValueError(
+                f"masks have subtarget shape {tuple(masks.subtarget.shape)}; expected (E, {', '.join(map(str, subtarget_shape))}) "
+                f"(the run's subtarget head has {self.subtarget_count} entries)"
+            )
         for observation in observations:
+            if observation.subtarget_count != self.subtarget_count:
+                raise ValueError(
+                    f"environment {observation.env_id} observes a subtarget head of {observation.subtarget_count}; "
+                    f"the policy was built for {self.subtarget_count}"
+                )
             if observation.seed_families != self.seed_families:
                 raise ValueError(f"environment {observation.env_id} observes seed families {observation.seed_families}; "
                                  f"the policy was built for {self.seed_families}")
@@ -478,12 +550,22 @@ class PPOPolicy:
                 raise ValueError(f"environment {observation.env_id} reports other slots than {self.slot_ids}")
 
     def _draw_uniform(self, n_envs: int) -> dict[str, torch.Tensor]:
-        """One draw of noise for every head of every environment (the generator advances the same way
-        whatever is sampled)."""
+        """One draw of noise for every head of every environment (the generators advance the same way
+        whatever is sampled).
+
+        ``generator`` draws the noise of the heads and ops that state version 4 had, in its layout, and
+        ``subtarget_generator`` the noise of what version 5 added (the two subtarget ops' entries of the
+        op head, the subtarget head): a policy widened from version 4 draws exactly the noise it drew,
+        so while the subtarget ops are masked it samples exactly the actions it sampled."""
         sizes = self.network.head_sizes
-        noise = torch.rand(n_envs, sum(sizes[head] for head in HEADS), generator=self.generator).to(self.device)
-        parts = torch.split(noise, [sizes[head] for head in HEADS], dim=-1)
-        return dict(zip(HEADS, parts))
+        legacy = {head: LEGACY_OPS if head == "op" else sizes[head] for head in HEADS if head != "subtarget"}
+        noise = torch.rand(n_envs, sum(legacy.values()), generator=self.generator)
+        parts = dict(zip(legacy, torch.split(noise, list(legacy.values()), dim=-1)))
+        added = [N_OPS - LEGACY_OPS, sizes["subtarget"]]
+        extra_ops, subtarget = torch.split(torch.rand(n_envs, sum(added), generator=self.subtarget_generator), added, dim=-1)
+        parts["op"] = torch.cat([parts["op"], extra_ops], dim=-1)
+        parts["subtarget"] = subtarget
+        return {head: parts[head].to(self.device) for head in HEADS}
 
     @staticmethod
     def _step_record(
@@ -496,6 +578,7 @@ class PPOPolicy:
             "op_mask": decisions.masks.op,
             "slot_mask": decisions.masks.slot,
             "blueprint_mask": decisions.masks.blueprint,
+            "subtarget_mask": decisions.masks.subtarget,
             "actions": decisions.actions,
             "log_prob": decisions.log_prob,
             "value": decisions.value,

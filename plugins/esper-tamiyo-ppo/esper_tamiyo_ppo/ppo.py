@@ -33,18 +33,19 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor) -> float:
 
 def eligible_steps(network: PolicyNetwork, actions: torch.Tensor, masks: StepMasks, dtype: torch.dtype) -> torch.Tensor:
     """(N, n_heads) bool: where a head is causally relevant to the step's op and has at least 2 valid
-    choices (op, slot and blueprint count the choices their masks allow; the other heads are unmasked)."""
+    choices (op, slot, blueprint and subtarget count the choices their masks allow; the other heads are
+    unmasked)."""
     relevant = network.relevance[actions[:, HEAD_INDEX["op"]]]
     return relevant & (_choices(network, masks, dtype, actions.shape[0]) > 1)
 
 
 def _choices(network: PolicyNetwork, masks: StepMasks, dtype: torch.dtype, steps: int) -> torch.Tensor:
     """(N, n_heads): the number of valid choices of every head at every step."""
-    masked = {"op": masks.op, "slot": masks.slot, "blueprint": masks.blueprint}
+    masked = {head: masks.head_mask(head) for head in HEADS}
     return torch.stack(
         [
             masked[head].sum(dim=-1).to(dtype)
-            if head in masked
+            if masked[head] is not None
             else torch.full((steps,), float(network.head_sizes[head]), dtype=dtype, device=masks.op.device)
             for head in HEADS
         ],
@@ -65,10 +66,16 @@ def normalized_entropy(
 
 
 def entropy_boosts(norm_sum: torch.Tensor, norm_count: torch.Tensor, config: PPOConfig) -> torch.Tensor:
-    """(n_heads,): ``entropy_floor_boost`` for a head whose mean normalised entropy is below
-    ``entropy_floor`` (over at least one eligible step), 1 for every other head."""
-    below = (norm_count > 0) & (norm_sum < config.entropy_floor * norm_count)
+    """(n_heads,): ``entropy_floor_boost`` for a head whose mean normalised entropy is below its floor
+    (``entropy_floor``; ``subtarget_entropy_floor`` for the subtarget head when set) over at least one
+    eligible step, 1 for every other head."""
+    floors = torch.tensor([config.head_entropy_floor(head) for head in HEADS], dtype=norm_sum.dtype, device=norm_sum.device)
+    below = (norm_count > 0) & (norm_sum < floors * norm_count)
     return torch.where(below, config.entropy_floor_boost, 1.0).to(norm_sum.dtype)
+
+
+#: Heads whose entropy bonus is scaled by ``entropy_coef`` (the subtarget head has its own coefficient).
+_SHARED_COEF = torch.tensor([head != "subtarget" for head in HEADS])
 
 
 @attrs.frozen
@@ -131,11 +138,16 @@ def ppo_losses(network: PolicyNetwork, batch: SequenceBatch, config: PPOConfig) 
         eligible = eligible_steps(network, actions, masks, entropies.dtype)
         eligible_sum = torch.where(eligible, entropies.detach(), 0.0).sum(dim=0)
         boost = entropy_boosts(norm_sum, norm_count, config)
-    entropy_bonus = (entropy * weights * boost).sum()
+    weighted = entropy * weights * boost
+    shared = _SHARED_COEF.to(entropy.device)
+    # the subtarget head's bonus has its own coefficient; where it is never relevant its entropy is 0
+    entropy_bonus = torch.where(shared, weighted, 0.0).sum()
+    subtarget_bonus = torch.where(shared, 0.0, weighted).sum()
 
     loss = (
         policy_loss
         - config.entropy_coef * entropy_bonus
+        - config.head_entropy_coef("subtarget") * subtarget_bonus
         + config.vf_coef * value_loss
         + config.q_coef * q_value_loss
     )

@@ -36,19 +36,24 @@ EPISODE_LENGTH = 6
 
 
 def build_context(
-    *, n_envs: int = 2, seed: int = 0, episode_length: int = EPISODE_LENGTH, max_seeds: int = 3
+    *, n_envs: int = 2, seed: int = 0, episode_length: int = EPISODE_LENGTH, max_seeds: int = 3,
+    subtarget_count: int = 1,
 ) -> PolicyContext:
-    return policy_context(n_envs=n_envs, seed=seed, episode_length=episode_length, max_seeds=max_seeds)
+    return policy_context(
+        n_envs=n_envs, seed=seed, episode_length=episode_length, max_seeds=max_seeds, subtarget_count=subtarget_count
+    )
 
 
 def build_policy(
-    *, n_envs: int = 2, seed: int = 0, episode_length: int = EPISODE_LENGTH, **options: Any
+    *, n_envs: int = 2, seed: int = 0, episode_length: int = EPISODE_LENGTH, subtarget_count: int = 1,
+    **options: Any,
 ) -> PPOPolicy:
     """A ppo policy on the 3-slot, 3-seed-family test context (2 minibatches and no minimum of
-    decisions per update unless told otherwise)."""
+    decisions per update unless told otherwise; a subtarget head of ``subtarget_count``)."""
     options.setdefault("num_minibatches", 2)
     options.setdefault("min_decisions_per_update", 0)  # the tests count rounds_per_update rounds exactly
-    return PPOPolicy(PPOConfig(**options), build_context(n_envs=n_envs, seed=seed, episode_length=episode_length))
+    context = build_context(n_envs=n_envs, seed=seed, episode_length=episode_length, subtarget_count=subtarget_count)
+    return PPOPolicy(PPOConfig(**options), context)
 
 
 def slot_report(index: int, stage: SeedStage, *, family: int = 0, blend_out: bool = False,

@@ -48,11 +48,18 @@ def test_bad_values_are_reported_as_policy_errors(manager):
         "[policy] gamma: must be a finite number in [0, 1], got 1.5",
         "[policy] clip_coef: must be a finite number > 0, got -1.0",
         "[policy] entropy_head_weights: unknown head(s) bogus; heads: op, slot, blueprint, style, tempo, "
-        "alpha_target, alpha_speed, alpha_curve",
+        "alpha_target, alpha_speed, alpha_curve, subtarget",
         "[policy] target_kl: must be a finite number > 0, got 0.0",
     ]
     assert _problems(manager, {"entropy_head_weights": {"op": -1.0}}) == [
         "[policy] entropy_head_weights: weights must be finite and >= 0; got op=-1.0"
+    ]
+    assert _problems(manager, {
+        "subtarget_entropy_coef": -0.1, "subtarget_entropy_floor": 1.5, "subtarget_unlock_round": -1,
+    }) == [
+        "[policy] subtarget_entropy_coef: must be a finite number >= 0, got -0.1",
+        "[policy] subtarget_entropy_floor: must be a finite number in [0, 1], got 1.5",
+        "[policy] subtarget_unlock_round: must be >= 0, got -1",
     ]
     assert _problems(manager, {"update_epochs": 2.5, "lr": 0.1, "learn": "yes"}) == [
         "[policy] learn: expected true or false, got 'yes'",
@@ -96,7 +103,7 @@ def test_explicit_sizes_override_the_preset():
     assert PPOConfig().sizes() == PRESETS["cpu"]
 
 
-@pytest.mark.parametrize("preset, expected", [("cpu", 99_519), ("baseline", 3_971_735)])
+@pytest.mark.parametrize("preset, expected", [("cpu", 105_332), ("baseline", 4_114_236)])
 def test_preset_parameter_counts_on_three_slots(preset, expected):
     """The README's numbers (3 slots, 3 seed families); a change to the network must update them."""
     assert parameter_count(PolicyNetwork(PRESETS[preset], n_slots=3, n_blueprints=3)) == expected
@@ -180,7 +187,7 @@ def test_a_checkpoint_of_the_previous_layout_is_widened_and_decides_as_before(ki
                                               r"\(no_such_feature\); retrain"):
         kit.policy(checkpoint=str(tmp_path / "odd.pt"))
     resumed = kit.policy(seed=4)
-    with pytest.raises(CheckpointError, match="has ppo state version 3; this plugin reads 4"):
+    with pytest.raises(CheckpointError, match="has ppo state version 3; this plugin reads 5"):
         resumed.load_state_dict(_narrowed(state, "ladder_kind_norm"))
 
 

@@ -111,16 +111,17 @@ def test_gumbel_max_sampling_matches_the_distribution():
     assert torch.allclose(counts, torch.tensor([0.1, 0.2, 0.3, 0.4]), atol=0.015)
 
 
-def _all_allowed(n: int, n_slots: int = 3, n_blueprints: int = 3) -> StepMasks:
+def _all_allowed(n: int, n_slots: int = 3, n_blueprints: int = 3, n_subtargets: int = 4) -> StepMasks:
     return StepMasks(
         op=torch.ones(n, len(LifecycleOp), dtype=torch.bool),
         slot=torch.ones(n, n_slots, dtype=torch.bool),
         blueprint=torch.ones(n, n_blueprints, dtype=torch.bool),
+        subtarget=torch.ones(n, n_subtargets, dtype=torch.bool),
     )
 
 
 def test_irrelevant_heads_add_no_log_prob_or_entropy(kit):
-    policy = kit.policy()
+    policy = kit.policy(subtarget_count=4)
     network = policy.network
     z = torch.randn(len(LifecycleOp), policy.sizes.lstm_hidden)
     actions = torch.zeros(len(LifecycleOp), len(HEADS), dtype=torch.long)
