@@ -513,7 +513,8 @@ def test_a_slot_keeps_no_lifecycle_attribute_outside_its_record():
     assert slot.prune(epochs=2, curve=AlphaCurve.COSINE, reason="test").success
     stray = set(vars(slot)) - module_internals - construction - record
     assert stray == set(), f"lifecycle attributes outside SlotLifecycleState: {sorted(stray)}"
-    assert set(SeedSlot.__annotations__) == record - {"internal_level"}  # the attribute declarations follow the record
+    # the attribute declarations follow the record (the level lives in the ladder, the mask in the inventory)
+    assert set(SeedSlot.__annotations__) == record - {"internal_level", "subtarget_mask"}
 
 
 def test_lifecycle_records_round_trip_through_the_checkpoint_converter_as_plain_values():

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import json
+
+import attrs
 import pytest
+import torch
 
 import esper_core.kasmina
 import esper_core.leyline
+from esper_core.kasmina import LifecycleSettings, MorphogeneticModel, SlotLifecycleState
 from esper_core.leyline import (
     CAUSAL_RELEVANCE,
     EVENT_PAYLOADS,
     HEADS,
     MAX_SUBTARGETS,
+    AlphaCurve,
+    AlphaTarget,
     FactoredAction,
     LifecycleOp,
     SeedStage,
+    SlotConfig,
     TelemetryEventType,
     is_relevant,
 )
@@ -22,8 +30,11 @@ from esper_core.leyline import TelemetryEvent
 from esper_core.plugins import PluginManager
 from esper_core.registry import ItemWithdrawn, Registry, SeedFamily, SubtargetKind, SubtargetSpec
 from esper_core.tamiyo import compute_masks, slot_valid_for
+from esper_core.testing import toy_inventory
 from esper_core.testing.builders import policy_context, slot_report
+from esper_core.telemetry.report import describe_internal_ops
 from esper_core.tolaria.engine import run_subtarget_count
+from tests import toy_plugin
 from tests.toy_plugin import build_toy_seed
 
 SUBTARGET_OPS = (LifecycleOp.ENABLE_SUBTARGET, LifecycleOp.DISABLE_SUBTARGET)
@@ -201,3 +212,316 @@ def test_masks_built_without_subtarget_masks_forbid_every_group():
 def test_the_policy_context_carries_the_subtarget_head_size():
     assert policy_context().subtarget_count == 1
     assert policy_context(subtarget_count=6).subtarget_count == 6
+
+
+# -- kasmina ----------------------------------------------------------------------------------------
+
+GROUPS, GROUP_LADDER = 1, 2  # blueprint indices in inventory_model
+ENABLE, DISABLE = SUBTARGET_OPS
+
+
+def build_inventory_seed(family: str, channels: int) -> torch.nn.Module:
+    if family == "toy_groups":
+        return toy_inventory.build_toy_groups(channels, "image", toy_inventory.ToyGroupsConfig())
+    if family == "toy_group_ladder":
+        return toy_inventory.build_toy_group_ladder(channels, "image", None)
+    return toy_plugin.build_toy_seed(channels, "image", toy_plugin.ToySeedConfig())
+
+
+def inventory_model(seed: int = 0, events: list | None = None) -> MorphogeneticModel:
+    torch.manual_seed(seed)
+    host = toy_plugin.ToyHost(toy_plugin.ToyHostConfig(blocks=3), toy_plugin.TOY_TASK_INFO)
+    slot_config = SlotConfig.from_specs(host.injection_specs())
+    return MorphogeneticModel(
+        host, slot_config, topology="image", seed_families=("toy_conv", "toy_groups", "toy_group_ladder"),
+        build_seed=build_inventory_seed, settings=LifecycleSettings(embargo_epochs=2, min_training_epochs=1),
+        max_seeds=3, emit=None if events is None else events.append,
+    )
+
+
+def germinate(model: MorphogeneticModel, slot: int = 0, family: int = GROUPS):
+    action = FactoredAction(op=LifecycleOp.GERMINATE, slot=slot, blueprint=family, alpha_target=AlphaTarget.FULL)
+    assert model.apply(action, score_now=0.1).success
+    model.tick()  # GERMINATED -> TRAINING
+    return model.slots[model.slot_ids[slot]]
+
+
+def switch(model: MorphogeneticModel, op: LifecycleOp, index: int, slot: int = 0):
+    return model.apply(FactoredAction(op=op, slot=slot, subtarget=index), score_now=0.1)
+
+
+def to_holding(slot) -> None:
+    assert slot.advance().success
+    for _ in range(100):
+        if slot.stage is SeedStage.HOLDING:
+            return
+        slot.tick()
+    raise AssertionError("the blend never reached HOLDING")
+
+
+def test_a_seed_with_an_inventory_reports_its_groups():
+    model = inventory_model()
+    slot = germinate(model)
+    report = slot.report()
+    assert (report.subtarget_kind, report.subtarget_count, report.subtarget_active_count) == ("cnn_channel_group", 4, 2)
+    assert report.subtarget_active_mask == (True, True, False, False)
+    assert report.subtarget_importance == (0.0, 0.0, 0.0, 0.0)
+    assert report.epochs_since_subtarget_change is None
+    per_group = slot.seed.subtarget_effective_params((True, False, False, False))
+    assert report.seed_params == report.internal_effective_params == 2 * per_group < report.built_params
+
+
+def test_enable_and_disable_switch_one_group_and_emit_one_event_each():
+    events: list = []
+    model = inventory_model(events=events)
+    slot = germinate(model)
+    per_group = slot.seed.subtarget_effective_params((True, False, False, False))
+    assert switch(model, ENABLE, 3).success
+    assert switch(model, DISABLE, 0).success
+    changes = [e.payload for e in events if e.event_type is TelemetryEventType.SEED_SUBTARGET_CHANGED]
+    assert [(c.subtarget_idx, c.enabled, c.subtarget_active_count) for c in changes] == [(3, True, 3), (0, False, 2)]
+    assert [c.internal_effective_params for c in changes] == [3 * per_group, 2 * per_group]
+    assert changes[0].slot_id == "r0c0" and changes[0].blueprint_id == "toy_groups"
+    report = slot.report()
+    assert report.subtarget_active_mask == (False, True, False, True)
+    assert report.seed_params == 2 * per_group
+    assert report.epochs_since_subtarget_change == 0
+    model.tick()
+    assert slot.report().epochs_since_subtarget_change == 1
+    assert not any(e.event_type is TelemetryEventType.SEED_INTERNAL_LEVEL_CHANGED for e in events)
+
+
+@pytest.mark.parametrize(
+    ("op", "index", "reason"),
+    [
+        (ENABLE, 0, "subtarget 0 is already enabled"),
+        (DISABLE, 2, "subtarget 2 is already disabled"),
+        (ENABLE, 4, "subtarget 4 is outside the inventory 0..3"),
+        (DISABLE, -1, "subtarget -1 is outside the inventory 0..3"),
+    ],
+)
+def test_an_infeasible_switch_fails_changes_nothing_and_emits_nothing(op, index, reason):
+    events: list = []
+    model = inventory_model(events=events)
+    slot = germinate(model)
+    before = (slot.report(), {k: v.clone() for k, v in slot.seed.state_dict().items()})
+    result = switch(model, op, index)
+    assert not result.success and reason in result.reason
+    assert slot.report() == before[0]
+    assert all(torch.equal(v, before[1][k]) for k, v in slot.seed.state_dict().items())
+    assert not any(e.event_type is TelemetryEventType.SEED_SUBTARGET_CHANGED for e in events)
+
+
+def test_switches_fail_without_a_live_inventory_seed_and_on_a_fossil():
+    model = inventory_model()
+    assert "needs a TRAINING, BLENDING or HOLDING seed" in switch(model, ENABLE, 0, slot=1).reason
+    model.apply(FactoredAction(op=LifecycleOp.GERMINATE, slot=1, blueprint=0), score_now=0.1)
+    model.tick()
+    assert "has no subtarget inventory" in switch(model, ENABLE, 0, slot=1).reason
+    slot = germinate(model, slot=2)
+    to_holding(slot)
+    assert slot.fossilize().success
+    frozen = switch(model, DISABLE, 0, slot=2)
+    assert not frozen.success and "mask is frozen" in frozen.reason
+    assert slot.report().subtarget_active_mask == (True, True, False, False)
+
+
+def test_a_seed_blending_out_keeps_its_mask():
+    model = inventory_model()
+    slot = germinate(model)
+    assert slot.advance().success
+    assert slot.prune(epochs=4, curve=AlphaCurve.LINEAR, reason="policy").success
+    assert "blending out" in switch(model, DISABLE, 0).reason
+    assert slot.report().subtarget_active_mask == (True, True, False, False)
+
+
+def test_masks_follow_the_seeds_mask_through_the_ops():
+    model = inventory_model()
+    germinate(model)
+    masks = compute_masks([model.reports()], num_seed_families=3, max_seeds=3, subtarget_count=5)
+    assert masks.subtarget[0, 0, 0].tolist() == [False, False, True, True, False]
+    assert masks.subtarget[0, 1, 0].tolist() == [True, True, False, False, False]
+    switch(model, DISABLE, 0)
+    switch(model, DISABLE, 1)
+    masks = compute_masks([model.reports()], num_seed_families=3, max_seeds=3, subtarget_count=5)
+    assert not masks.slot[0, DISABLE, 0] and masks.slot[0, ENABLE, 0]
+    assert model.slots["r0c0"].report().seed_params == 0
+
+
+def test_a_disabled_group_leaves_the_output_and_an_enabled_one_enters_at_zero():
+    model = inventory_model()
+    slot = germinate(model)
+    with torch.no_grad():
+        for parameter in slot.seed.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.3)
+    x = torch.randn(2, 6, 6, 6)
+    seed = slot.seed.eval()
+    before = seed(x)
+    switch(model, ENABLE, 2)
+    assert torch.equal(seed(x), before), "a group enters at zero"
+    switch(model, DISABLE, 0)
+    assert not torch.allclose(seed(x), before)
+
+
+def test_grow_and_shrink_of_a_ladder_inventory_move_the_mask_and_emit_the_level_event():
+    events: list = []
+    model = inventory_model(events=events)
+    slot = germinate(model, family=GROUP_LADDER)
+    assert switch(model, DISABLE, 0).success  # mask F T F F, level 1
+    assert slot.report().internal_level == 1
+    assert model.apply(FactoredAction(op=LifecycleOp.GROW_INTERNAL, slot=0), score_now=0.1).success
+    assert slot.report().subtarget_active_mask == (True, True, False, False), "GROW enables the lowest disabled"
+    assert model.apply(FactoredAction(op=LifecycleOp.SHRINK_INTERNAL, slot=0), score_now=0.1).success
+    assert slot.report().subtarget_active_mask == (True, False, False, False), "SHRINK disables the highest enabled"
+    kinds = [e.event_type for e in events if e.event_type in (
+        TelemetryEventType.SEED_SUBTARGET_CHANGED, TelemetryEventType.SEED_INTERNAL_LEVEL_CHANGED)]
+    assert kinds == [TelemetryEventType.SEED_SUBTARGET_CHANGED, TelemetryEventType.SEED_INTERNAL_LEVEL_CHANGED,
+                     TelemetryEventType.SEED_INTERNAL_LEVEL_CHANGED]
+    report = slot.report()
+    assert report.internal_level == report.subtarget_active_count == 1
+    assert report.epochs_since_subtarget_change == 0
+
+
+def test_the_mask_survives_a_lifecycle_round_trip_exactly():
+    model = inventory_model(seed=3)
+    slot = germinate(model)
+    switch(model, ENABLE, 3)
+    switch(model, DISABLE, 0)
+    with torch.no_grad():
+        for parameter in slot.seed.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.3)
+    model.train()
+    model(torch.randn(4, 1, 6, 6))  # a training forward: importance moves off zero
+    state, weights = model.lifecycle_record(), model.state_dict()
+    assert state.slots["r0c0"].subtarget_mask == (False, True, False, True)
+    assert weights["slots.r0c0.seed.mask"].tolist() == [False, True, False, True]
+    clone = inventory_model(seed=4)
+    clone.load_lifecycle_record(state)
+    clone.load_state_dict(weights)
+    assert clone.reports() == model.reports()
+    assert clone.slots["r0c0"].seed.mask.dtype == torch.bool
+    x = torch.randn(2, 1, 6, 6)
+    model.eval(); clone.eval()
+    assert torch.equal(model(x), clone(x))
+
+
+def test_the_checkpoint_converter_round_trips_the_mask():
+    from esper_core.tolaria.state import state_converter  # the project's checkpoint converter
+
+    converter = state_converter()
+    model = inventory_model()
+    germinate(model)
+    switch(model, DISABLE, 1)
+    record = model.slots["r0c0"].lifecycle_record()
+    assert converter.structure(converter.unstructure(record), SlotLifecycleState) == record
+    assert record.subtarget_mask == (True, False, False, False)
+
+
+# -- through the engine -----------------------------------------------------------------------------
+
+SUBTARGET_SCRIPT = {
+    "1": {"op": 1, "slot": 0, "blueprint": 1, "alpha_target": 2},  # GERMINATE toy_groups (groups 0, 1 on)
+    "2": {"op": 9, "slot": 0, "subtarget": 0},  # DISABLE group 0
+    "3": {"op": 8, "slot": 0, "subtarget": 3},  # ENABLE group 3
+    "4": {"op": 8, "slot": 0, "subtarget": 3},  # already enabled: masked, executed as WAIT
+    "5": {"op": 8, "slot": 2, "subtarget": 0},  # no seed there: masked
+}
+
+
+@pytest.fixture
+def inventory_manager():
+    from esper_core.testing import toy_plugin_manager
+
+    return toy_plugin_manager(toy_inventory)
+
+
+def inventory_config(manager, tmp_path, **sections):
+    from esper_core.config import parse_config
+    from esper_core.testing import toy_run_data
+
+    base = {"morphogenesis": {"seed_families": ["toy_conv", "toy_groups"], "min_training_epochs": 1,
+                              "embargo_epochs": 1},
+            "policy": {"name": "scripted", "script": SUBTARGET_SCRIPT}}
+    return parse_config(toy_run_data(tmp_path / "runs", **{**base, **sections}), manager)
+
+
+def test_subtarget_ops_run_through_the_engine(inventory_manager, tmp_path):
+    from esper_core.testing import events_of
+    from esper_core.testing import toy_plugin as kit_toy
+    from esper_core.tolaria.engine import start_run
+
+    kit_toy.INSTANCES.clear()
+    run_dir = start_run(inventory_config(inventory_manager, tmp_path), inventory_manager)
+    assert kit_toy.INSTANCES[0].context.subtarget_count == 4
+    records = events_of(run_dir)
+    changes = [r["data"] for r in records if r["event"] == "SEED_SUBTARGET_CHANGED" and r["data"]["env_id"] == 0]
+    assert [(c["subtarget_idx"], c["enabled"], c["subtarget_active_count"]) for c in changes] == [
+        (0, False, 1), (3, True, 2)
+    ]
+    actions = [r["data"] for r in records if r["event"] == "ACTION_TAKEN" and r["data"]["env_id"] == 0]
+    assert actions[2]["action"] == {"op": "DISABLE_SUBTARGET", "slot": "r0c0", "subtarget": 0} and actions[2]["success"]
+    assert not actions[4]["success"] and actions[4]["reason"] == "masked: executed as WAIT"
+    assert not actions[5]["success"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["subtargets"] == {"enable": 2, "disable": 2}  # two environments
+    assert describe_internal_ops(summary) == "internal ops: grow 0, shrink 0; subtarget ops: enable 2, disable 2"
+    epochs = [r["data"] for r in records if r["event"] == "EPOCH_COMPLETED" and r["data"]["env_id"] == 0]
+    per_group = toy_inventory.ToyGroups(6)._group_params()
+    assert [e["seed_params"] for e in epochs[1:5]] == [2 * per_group, 1 * per_group, 2 * per_group, 2 * per_group]
+
+
+def test_a_run_with_subtarget_ops_resumes_exactly(inventory_manager, tmp_path):
+    from esper_core.errors import RunAborted
+    from esper_core.testing import comparable, events_of, resume_run
+    from esper_core.tolaria.engine import start_run
+
+    reference = start_run(inventory_config(inventory_manager, tmp_path / "a"), inventory_manager)
+    created: list = []
+    with pytest.raises(RunAborted):
+        start_run(inventory_config(inventory_manager, tmp_path / "b", faults={"abort": {"round": 0, "epoch": 4}}),
+                  inventory_manager, on_run_dir=created.append)
+    resumed = resume_run(created[0], inventory_manager)
+    assert comparable(events_of(resumed)) == comparable(events_of(reference))
+
+
+def test_a_family_whose_module_does_not_match_its_inventory_is_refused():
+    from esper_core.errors import PluginError
+    from esper_core.tolaria.engine import check_subtargets
+
+    seed = toy_inventory.ToyGroups(6)
+    declared = SeedFamily(name="groups", build=toy_inventory.build_toy_groups, topologies=("image",),
+                          subtargets=SubtargetSpec(kind="cnn_channel_group", max_count=4))
+    check_subtargets(declared, seed)
+    undeclared = SeedFamily(name="sneaky", build=toy_inventory.build_toy_groups, topologies=("image",))
+    with pytest.raises(PluginError, match="seed family 'sneaky' builds a subtarget inventory but declares no"):
+        check_subtargets(undeclared, seed)
+    with pytest.raises(PluginError, match="seed family 'groups' declares subtargets but its module is not"):
+        check_subtargets(declared, toy_plugin.ToySeed(6, toy_plugin.ToySeedConfig()))
+    other_kind = attrs.evolve(declared, subtargets=SubtargetSpec(kind="attn_head_group", max_count=4))
+    with pytest.raises(PluginError, match="declares subtarget kind 'attn_head_group' but its module has 'cnn_channel"):
+        check_subtargets(other_kind, seed)
+    too_few = attrs.evolve(declared, subtargets=SubtargetSpec(kind="cnn_channel_group", max_count=3))
+    with pytest.raises(PluginError, match="declares at most 3 subtargets but its module has subtarget_count 4"):
+        check_subtargets(too_few, seed)
+    seed.mask = torch.ones(4)
+    with pytest.raises(PluginError, match=r"subtarget_mask must be a bool tensor of shape \(4,\)"):
+        check_subtargets(declared, seed)
+
+
+def test_a_run_naming_an_unregistered_subtarget_kind_is_a_config_error(tmp_path):
+    from esper_core import hookimpl
+    from esper_core.config import parse_config
+    from esper_core.errors import ConfigError
+    from esper_core.testing import toy_plugin_manager, toy_run_data
+    from esper_core.tolaria.engine import prepare
+
+    class Stray:
+        @hookimpl
+        def esper_register_seed_families(self, register):
+            register(SeedFamily(name="stray", build=toy_inventory.build_toy_groups, topologies=("image",),
+                                subtargets=SubtargetSpec(kind="leaf_groups", max_count=4)))
+
+    manager = toy_plugin_manager(Stray())
+    config = parse_config(toy_run_data(tmp_path, morphogenesis={"seed_families": ["stray"]}), manager)
+    with pytest.raises(ConfigError, match="'stray' declares subtargets of unknown subtarget kind 'leaf_groups'"):
+        prepare(config, manager)

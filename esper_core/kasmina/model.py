@@ -183,6 +183,10 @@ class MorphogeneticModel(nn.Module):
             return slot.grow_internal()
         if op is LifecycleOp.SHRINK_INTERNAL:
             return slot.shrink_internal()
+        if op is LifecycleOp.ENABLE_SUBTARGET:
+            return slot.enable_subtarget(action.subtarget)
+        if op is LifecycleOp.DISABLE_SUBTARGET:
+            return slot.disable_subtarget(action.subtarget)
         if op is LifecycleOp.FOSSILIZE:
             result = slot.fossilize()
             if result.success:

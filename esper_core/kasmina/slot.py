@@ -21,6 +21,7 @@ from torch import nn
 
 from esper_core.errors import EsperError, LifecycleError, SeedContractError
 from esper_core.kasmina.blending import ActivationLayout, AlphaSchedule, BlendGate, blend, resolve_topology
+from esper_core.kasmina.inventory import SubtargetInventory
 from esper_core.kasmina.ladder import LadderModule
 from esper_core.leyline import (
     BLENDED_STAGES,
@@ -42,7 +43,12 @@ from esper_core.leyline.telemetry import (
     SeedInternalLevelChangedPayload,
     SeedPrunedPayload,
     SeedStageChangedPayload,
+    SeedSubtargetChangedPayload,
 )
+
+#: Stages in which a seed's subtarget groups may be switched (a fossil's mask is frozen; a GERMINATED
+#: seed turns TRAINING at its first tick).
+SUBTARGET_STAGES = frozenset({SeedStage.TRAINING, SeedStage.BLENDING, SeedStage.HOLDING})
 
 #: Builds a seed module: (seed family name, channels) -> module.
 SeedBuilder = Callable[[str, int], nn.Module]
@@ -84,7 +90,8 @@ class SlotLifecycleState:
     resetting, checkpointing and restoring a slot all iterate this record's fields, so a field added
     here is reset, saved and restored everywhere at once (a test checks that a slot has no lifecycle
     attribute outside it). The defaults are a DORMANT slot's. ``internal_level`` is read from and
-    applied to the seed's ladder (None without one). Checkpoints hold it unstructured by the project's
+    applied to the seed's ladder (None without one); ``subtarget_mask`` likewise from and to the seed's
+    subtarget inventory (its K entries, True = enabled; None without one), applied after the level. Checkpoints hold it unstructured by the project's
     cattrs converter (``esper_core.tolaria.state``): plain values, enums by name.
     """
 
@@ -112,15 +119,18 @@ class SlotLifecycleState:
     grad_finite: bool = True
     internal_last_direction: int = 0
     epochs_since_internal_change: int | None = None
+    epochs_since_subtarget_change: int | None = None
     internal_level: int | None = None
+    subtarget_mask: tuple[bool, ...] | None = None
 
 
 # string annotations (``from __future__ import annotations``) resolved, so converters structure enums as enums
 attrs.resolve_types(SlotLifecycleState)
 
-#: The record's fields a slot keeps as attributes of the same name (``internal_level`` lives in the ladder).
+#: The record's fields a slot keeps as attributes of the same name (``internal_level`` lives in the ladder,
+#: ``subtarget_mask`` in the inventory).
 _SLOT_ATTRIBUTES: tuple[attrs.Attribute, ...] = tuple(
-    field for field in attrs.fields(SlotLifecycleState) if field.name != "internal_level"
+    field for field in attrs.fields(SlotLifecycleState) if field.name not in ("internal_level", "subtarget_mask")
 )
 
 
@@ -191,6 +201,7 @@ class SeedSlot(nn.Module):
     grad_finite: bool
     internal_last_direction: int
     epochs_since_internal_change: int | None
+    epochs_since_subtarget_change: int | None
 
     def _reset_state(self) -> None:
         """Back to a DORMANT slot: no seed, every lifecycle field at its SlotLifecycleState default."""
@@ -343,6 +354,8 @@ class SeedSlot(nn.Module):
         ladder.set_internal_level(target)
         self.internal_last_direction = step
         self.epochs_since_internal_change = 0
+        if self.inventory is not None:  # a ladder that is also an inventory: the level moved the mask
+            self.epochs_since_subtarget_change = 0
         round_, epoch = self._clock()
         self._send(
             TelemetryEventType.SEED_INTERNAL_LEVEL_CHANGED,
@@ -351,6 +364,58 @@ class SeedSlot(nn.Module):
                 from_level=source, to_level=target,
                 internal_effective_params=self.internal_effective_params,  # the same count reports and rent use
                 internal_group_size=self.internal_group_size, internal_active_groups=self.internal_active_groups,
+                round=round_, epoch=epoch,
+            ),
+        )
+        return OK
+
+    @property
+    def inventory(self) -> SubtargetInventory | None:
+        """The seed, when it has a subtarget inventory (addressable groups)."""
+        return self.seed if self.seed is not None and isinstance(self.seed, SubtargetInventory) else None
+
+    def subtarget_mask(self) -> tuple[bool, ...]:
+        """The inventory's mask as host values (one read of a K-entry tensor); () without an inventory."""
+        inventory = self.inventory
+        if inventory is None:
+            return ()
+        return tuple(bool(value) for value in inventory.subtarget_mask.tolist())
+
+    def enable_subtarget(self, index: int) -> OpResult:
+        return self._switch_subtarget(index, True)
+
+    def disable_subtarget(self, index: int) -> OpResult:
+        return self._switch_subtarget(index, False)
+
+    def _switch_subtarget(self, index: int, enabled: bool) -> OpResult:
+        name = "ENABLE_SUBTARGET" if enabled else "DISABLE_SUBTARGET"
+        if self.stage is SeedStage.FOSSILIZED:
+            return OpResult(False, f"slot {self.slot_id} is FOSSILIZED; a fossil's subtarget mask is frozen")
+        if self.stage not in SUBTARGET_STAGES:
+            return OpResult(
+                False, f"slot {self.slot_id} is {self.stage.name}; {name} needs a TRAINING, BLENDING or HOLDING seed"
+            )
+        if self.blend_out:
+            return OpResult(False, f"slot {self.slot_id} is blending out")
+        inventory = self.inventory
+        if inventory is None:
+            return OpResult(False, f"seed {self.seed_id} ({self.blueprint_id}) has no subtarget inventory")
+        count = int(inventory.subtarget_count)
+        if not 0 <= index < count:
+            return OpResult(False, f"subtarget {index} is outside the inventory 0..{count - 1}")
+        mask = self.subtarget_mask()
+        if mask[index] is enabled:
+            return OpResult(False, f"subtarget {index} is already {'enabled' if enabled else 'disabled'}")
+        inventory.set_subtarget(index, enabled)
+        self.epochs_since_subtarget_change = 0
+        active = sum(mask) + (1 if enabled else -1)
+        round_, epoch = self._clock()
+        self._send(
+            TelemetryEventType.SEED_SUBTARGET_CHANGED,
+            SeedSubtargetChangedPayload(
+                slot_id=self.slot_id, env_id=self.env_id, seed_id=self.seed_id, blueprint_id=self.blueprint_id,
+                subtarget_idx=index, enabled=enabled, subtarget_active_count=active,
+                internal_effective_params=self.internal_effective_params,  # the same count reports and rent use
                 round=round_, epoch=epoch,
             ),
         )
@@ -392,6 +457,8 @@ class SeedSlot(nn.Module):
             self.epochs_in_stage += 1
             if self.epochs_since_internal_change is not None:
                 self.epochs_since_internal_change += 1
+            if self.epochs_since_subtarget_change is not None:
+                self.epochs_since_subtarget_change += 1
         if stage is SeedStage.GERMINATED:
             if self._seed_is_finite():
                 self._transition(SeedStage.TRAINING)
@@ -454,7 +521,11 @@ class SeedSlot(nn.Module):
 
     @property
     def internal_effective_params(self) -> int:
-        """Parameters in use: the ladder's count at its level (plus any gate), else all of the seed's."""
+        """Parameters in use (plus any gate): an inventory's count under its mask, a ladder's count at its
+        level, else all of the seed's."""
+        inventory = self.inventory
+        if inventory is not None:
+            return int(inventory.subtarget_effective_params(self.subtarget_mask())) + count_parameters(self.gate)
         ladder = self.ladder
         if ladder is None:
             return self.built_params
@@ -492,6 +563,18 @@ class SeedSlot(nn.Module):
             alpha_target, alpha_curve = self.planned_alpha_target, self.planned_curve
         else:
             alpha_target, alpha_curve = 0.0, None
+        inventory = self.inventory
+        subtargets: dict[str, Any] = {}
+        if inventory is not None:
+            mask = self.subtarget_mask()
+            subtargets = {
+                "subtarget_kind": inventory.subtarget_kind,
+                "subtarget_count": len(mask),
+                "subtarget_active_count": sum(mask),
+                "subtarget_active_mask": mask,
+                "subtarget_importance": tuple(float(value) for value in inventory.subtarget_importance().tolist()),
+                "epochs_since_subtarget_change": self.epochs_since_subtarget_change,
+            }
         return SeedStateReport(
             env_id=self.env_id,
             slot_id=self.slot_id,
@@ -518,6 +601,7 @@ class SeedSlot(nn.Module):
             internal_active_groups=self.internal_active_groups,
             internal_last_direction=self.internal_last_direction,
             epochs_since_internal_change=self.epochs_since_internal_change,
+            **subtargets,
             metrics=SeedMetrics(
                 counterfactual_contribution=self.contribution,
                 contribution_velocity=self.contribution_velocity,
@@ -539,7 +623,11 @@ class SeedSlot(nn.Module):
         values = {field.name: getattr(self, field.name) for field in _SLOT_ATTRIBUTES}
         values["schedule"] = copy.copy(self.schedule)  # the record must not follow later ticks
         ladder = self.ladder
-        return SlotLifecycleState(**values, internal_level=ladder.internal_level if ladder is not None else None)
+        return SlotLifecycleState(
+            **values,
+            internal_level=ladder.internal_level if ladder is not None else None,
+            subtarget_mask=self.subtarget_mask() if self.inventory is not None else None,
+        )
 
     def load_lifecycle_record(self, state: SlotLifecycleState) -> None:
         """Rebuild the seed module (if any) and restore the lifecycle; load weights afterwards."""
@@ -551,6 +639,8 @@ class SeedSlot(nn.Module):
         self._apply_fields(state)
         if state.internal_level is not None:
             self.ladder.set_internal_level(state.internal_level)
+        if state.subtarget_mask is not None:
+            self._restore_subtarget_mask(state.subtarget_mask)
 
     def implant(self, seed_family: str, level: int | None = None) -> None:
         """Make a seed of ``seed_family`` part of the host from birth: FOSSILIZED at alpha 1 with an ADD
@@ -574,6 +664,18 @@ class SeedSlot(nn.Module):
         self._set_alpha(1.0)
 
     # -- internals ---------------------------------------------------------------------------------
+
+    def _restore_subtarget_mask(self, mask: tuple[bool, ...]) -> None:
+        """Switch the rebuilt seed's groups to ``mask`` (the weights, mask buffer included, load afterwards)."""
+        inventory = self.inventory
+        if inventory is None or len(mask) != int(inventory.subtarget_count):
+            raise ValueError(
+                f"slot {self.slot_id}: a checkpoint's subtarget mask of {len(mask)} entries does not fit seed "
+                f"{self.seed_id} ({self.blueprint_id})"
+            )
+        for index, (now, wanted) in enumerate(zip(self.subtarget_mask(), mask)):
+            if now is not bool(wanted):
+                inventory.set_subtarget(index, bool(wanted))
 
     def _apply_fields(self, state: SlotLifecycleState) -> None:
         for field in _SLOT_ATTRIBUTES:

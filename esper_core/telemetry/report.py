@@ -171,6 +171,15 @@ def anomaly_counts(events: Events) -> dict[str, dict[str, int]]:
     }
 
 
+def describe_internal_ops(summary: dict[str, Any]) -> str:
+    """One line for ``esper report``: ``internal ops: grow 4, shrink 2; subtarget ops: enable 1, disable 3``."""
+    internal, subtargets = summary["internal"], summary["subtargets"]
+    return (
+        f"internal ops: grow {internal['grow']}, shrink {internal['shrink']}; "
+        f"subtarget ops: enable {subtargets['enable']}, disable {subtargets['disable']}"
+    )
+
+
 def describe_anomalies(summary: dict[str, Any]) -> str:
     """One line for ``esper report``: ``anomalies: exploding 3, entropy_collapse 1`` or ``anomalies: none``."""
     counts = {**summary["anomalies"]["gradient"], **summary["anomalies"]["policy"]}
@@ -212,6 +221,7 @@ def summarize_events(events: Events) -> dict[str, Any]:
     failed_actions = 0
     rewards: dict[int, float] = defaultdict(float)
     internal: Counter[str] = Counter()
+    subtarget_ops: Counter[str] = Counter()
     fossil_levels: list[int] = []
     last_losses: dict[tuple[int, int], float] = {}
     slot_germinations: Counter[str] = Counter()
@@ -224,6 +234,8 @@ def summarize_events(events: Events) -> dict[str, Any]:
             slot_germinations[data.slot_id] += 1
         elif kind is TelemetryEventType.SEED_INTERNAL_LEVEL_CHANGED:
             internal["grow" if data.to_level > data.from_level else "shrink"] += 1
+        elif kind is TelemetryEventType.SEED_SUBTARGET_CHANGED:
+            subtarget_ops["enable" if data.enabled else "disable"] += 1
         elif kind is TelemetryEventType.SEED_FOSSILIZED:
             lifecycle["fossilized"] += 1
             if data.internal_level:
@@ -314,6 +326,7 @@ def summarize_events(events: Events) -> dict[str, Any]:
             "shrink": internal["shrink"],
             "mean_level_at_fossilization": sum(fossil_levels) / len(fossil_levels) if fossil_levels else None,
         },
+        "subtargets": {"enable": subtarget_ops["enable"], "disable": subtarget_ops["disable"]},
         "rounds": {str(k): v for k, v in sorted(rounds.items())},
         "slots": {
             slot: {"surface": surface_of[slot], "germinated": count} for slot, count in sorted(slot_germinations.items())

@@ -219,10 +219,12 @@ def observation(
     round_index: int = 0,
     slot_ids: Sequence[str] = SLOT_IDS,
     seed_families: Sequence[str] = SEED_FAMILIES,
+    subtarget_count: int = 1,
 ) -> EnvObservation:
     """One environment's observation at ``epoch``. ``slots`` is every slot's report in order, or a
     mapping from slot number to report (slots not given are DORMANT). The metric history defaults to a
-    plateau at 0.5 (``flat_history``), the loss history to ``val_loss`` at every epoch."""
+    plateau at 0.5 (``flat_history``), the loss history to ``val_loss`` at every epoch;
+    ``subtarget_count`` is the run's ``subtarget`` head size K."""
     if slots is None or isinstance(slots, Mapping):
         given = dict(slots or {})
         reports = tuple(
@@ -252,6 +254,7 @@ def observation(
         last_action_success=True,
         last_action_reason="",
         rolled_back=False,
+        subtarget_count=subtarget_count,
     )
 
 
@@ -260,11 +263,13 @@ def action_masks(
     *,
     max_seeds: int = 3,
     seed_family_allowed: Sequence[Sequence[bool]] | None = None,
-    subtarget_count: int = 1,
+    subtarget_count: int | None = None,
 ) -> ActionMasks:
     """The masks the engine would compute for ``observations`` (``seed_family_allowed[slot][family]``
     forbids seed families per slot, as the engine does for families that do not fit; ``subtarget_count``
-    is the run's ``subtarget`` head size K)."""
+    is the run's ``subtarget`` head size K, by default the observations')."""
+    if subtarget_count is None:
+        subtarget_count = observations[0].subtarget_count
     return compute_masks(
         [item.slots for item in observations],
         num_seed_families=len(observations[0].seed_families),

@@ -26,7 +26,7 @@ from esper_core.errors import (
     SeedContractError,
     TrainingUnstable,
 )
-from esper_core.kasmina import LadderModule, LifecycleSettings, MorphogeneticModel, check_host
+from esper_core.kasmina import LadderModule, LifecycleSettings, MorphogeneticModel, SubtargetInventory, check_host
 from esper_core.kasmina.slot import OpResult
 from esper_core.leyline import (
     LIVE_STAGES,
@@ -133,6 +133,37 @@ def check_ladder(family: SeedFamily, seed: torch.nn.Module) -> None:
         )
 
 
+def check_subtargets(family: SeedFamily, seed: torch.nn.Module) -> None:
+    """A family that declares a subtarget inventory must build a ``SubtargetInventory`` matching the
+    declaration (its kind, 1..``max_count`` groups, a (K,) bool mask), and vice versa."""
+    spec = family.subtargets
+    if spec is None:
+        if isinstance(seed, SubtargetInventory):
+            raise PluginError(f"seed family '{family.name}' builds a subtarget inventory but declares no subtargets")
+        return
+    if not isinstance(seed, SubtargetInventory):
+        raise PluginError(
+            f"seed family '{family.name}' declares subtargets but its module is not a SubtargetInventory"
+        )
+    if seed.subtarget_kind != spec.kind:
+        raise PluginError(
+            f"seed family '{family.name}' declares subtarget kind '{spec.kind}' but its module has "
+            f"'{seed.subtarget_kind}'"
+        )
+    count = seed.subtarget_count
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= spec.max_count:
+        raise PluginError(
+            f"seed family '{family.name}' declares at most {spec.max_count} subtargets but its module has "
+            f"subtarget_count {count!r}"
+        )
+    mask = seed.subtarget_mask
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != (count,):
+        found = f"{mask.dtype} {tuple(mask.shape)}" if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise PluginError(
+            f"seed family '{family.name}': subtarget_mask must be a bool tensor of shape ({count},), got {found}"
+        )
+
+
 def family_plugin(manager: PluginManager, name: str) -> str | None:
     """The plugin that registered seed family ``name`` (plain or ``plugin:name``), None if none did."""
     for plugin, item, _entry in manager.registry.items("seed_families"):
@@ -161,6 +192,9 @@ def seed_size_at_birth(
             family=family.name, plugin=plugin,
         )
     check_ladder(family, seed)
+    check_subtargets(family, seed)
+    if family.subtargets is not None:
+        return int(seed.subtarget_effective_params(tuple(bool(v) for v in seed.subtarget_mask.tolist())))
     if family.ladder is not None:
         return seed.internal_effective_params(family.ladder.initial_level)
     return sum(p.numel() for p in seed.parameters())
@@ -260,6 +294,15 @@ def prepare(config: RunConfig, manager: PluginManager) -> RunSetup:
     abort = config.faults.abort
     if abort is not None and (abort.round, abort.epoch) == (config.run.rounds - 1, config.run.episode_length - 1):
         problems.append("[faults] abort: at the run's very last epoch there is nothing left to abort")
+    for name in seed_families:
+        if name not in manager.registry.entries["seed_families"]:
+            continue
+        spec = manager.registry.get("seed_families", name).subtargets
+        if spec is not None and spec.kind not in manager.registry.entries["subtarget_kinds"]:
+            problems.append(
+                f"[morphogenesis] seed_families: '{name}' declares subtargets of "
+                f"{manager.registry.unknown_message('subtarget_kinds', spec.kind)}"
+            )
     for name in config.seed_family_options:
         if name not in seed_families:
             problems.append(f"[seed_families.{name}] options given for a seed family this run does not use")
@@ -395,6 +438,7 @@ class Engine:
                 torch.manual_seed(derive_seed(env_seed, model_ref[0].germination_count))
                 seed = family.build(channels, topology, config)
             check_ladder(family, seed)
+            check_subtargets(family, seed)
             return seed
 
         return build_seed
@@ -681,6 +725,7 @@ class Engine:
                 slot_config=self.setup.slot_config,
                 surface_codes=self.setup.all_surface_codes,
                 ladder_kind_codes=self.setup.ladder_kind_codes,
+                subtarget_count=self.setup.subtarget_count,
                 seed_families=self.setup.seed_families,
                 max_seeds=self.setup.max_seeds,
                 last_action=env.last_action,
@@ -720,7 +765,7 @@ class Engine:
             success = result is not None and result.success
             reason = "masked: executed as WAIT" if result is None else result.reason
             env.sync_optimizers()
-            if success and action.op == LifecycleOp.GROW_INTERNAL:
+            if success and action.op in (LifecycleOp.GROW_INTERNAL, LifecycleOp.ENABLE_SUBTARGET):
                 env.forget_seed_moments(env.model.slot_ids[action.slot])
             env.last_action = action
             env.last_action_success = success

@@ -199,8 +199,8 @@ class Environment:
 
     def forget_seed_moments(self, slot_id: str) -> None:
         """Drop the optimizer state (momentum, Adam moments) of the live seed in ``slot_id``. Called after
-        GROW_INTERNAL: the capacity it enables was re-zeroed, and stale momentum from before an earlier
-        shrink would otherwise push it off zero at the next step."""
+        GROW_INTERNAL and ENABLE_SUBTARGET: the capacity they enable was re-zeroed, and stale momentum from
+        before an earlier shrink or disable would otherwise push it off zero at the next step."""
         seed_id = self.model.slots[slot_id].seed_id
         if seed_id in self.seed_optimizers:
             self.seed_optimizers[seed_id].state.clear()

@@ -127,6 +127,7 @@ class ConsoleSink:
             TelemetryEventType.SEED_FOSSILIZED: self._on_seed_fossilized,
             TelemetryEventType.SEED_PRUNED: self._on_seed_pruned,
             TelemetryEventType.SEED_INTERNAL_LEVEL_CHANGED: self._on_internal_level_changed,
+            TelemetryEventType.SEED_SUBTARGET_CHANGED: self._on_subtarget_changed,
             TelemetryEventType.GOVERNOR_ROLLBACK: self._on_governor_rollback,
             TelemetryEventType.GRADIENT_ANOMALY: self._on_gradient_anomaly,
             TelemetryEventType.POLICY_ANOMALY: self._on_policy_anomaly,
@@ -324,6 +325,17 @@ class ConsoleSink:
                 payload.round, payload.epoch, payload.env_id,
                 f"{verb} {payload.blueprint_id} in {payload.slot_id} from level {payload.from_level} to "
                 f"{payload.to_level} ({payload.internal_effective_params:,} params in use) seed {payload.seed_id}",
+                style="cyan",
+            )
+
+    def _on_subtarget_changed(self, payload: payloads.SeedSubtargetChangedPayload) -> None:
+        if self.config.verbose:
+            verb = "enabled" if payload.enabled else "disabled"
+            self._print_event_line(
+                payload.round, payload.epoch, payload.env_id,
+                f"{verb} subtarget {payload.subtarget_idx} of {payload.blueprint_id} in {payload.slot_id} "
+                f"({payload.subtarget_active_count} active, {payload.internal_effective_params:,} params in use) "
+                f"seed {payload.seed_id}",
                 style="cyan",
             )
 

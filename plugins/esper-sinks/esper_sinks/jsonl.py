@@ -46,7 +46,9 @@ class JsonlSink:
     """Appends one flat JSON object per line to ``<run_dir>/<filename>``; every line is flushed as written.
 
     Records: ``EPOCH_COMPLETED``, ``REWARD_COMPUTED``, ``POLICY_UPDATED``, ``ROUND_COMPLETED``,
-    ``GRADIENT_ANOMALY`` and ``POLICY_ANOMALY`` (``anomaly`` is the kind; ``value``, ``threshold``). Each
+    ``GRADIENT_ANOMALY`` and ``POLICY_ANOMALY`` (``anomaly`` is the kind; ``value``, ``threshold``) and
+    ``SEED_SUBTARGET_CHANGED`` (``slot_id``, ``seed_id``, ``subtarget_idx``, ``enabled``,
+    ``subtarget_active_count``, ``internal_effective_params``). Each
     starts with ``event``, ``time``, ``round``, ``epoch``, ``env_id`` and ``step`` (``null`` where a
     field does not apply); ``step`` is the epoch step ``round * episode_length + epoch``, and
     round-level records carry the step of the round's last epoch. The numeric fields follow, flattened:
@@ -70,6 +72,7 @@ class JsonlSink:
             TelemetryEventType.ROUND_COMPLETED: self._round_record,
             TelemetryEventType.GRADIENT_ANOMALY: self._gradient_anomaly_record,
             TelemetryEventType.POLICY_ANOMALY: self._policy_anomaly_record,
+            TelemetryEventType.SEED_SUBTARGET_CHANGED: self._subtarget_record,
         }
 
     def _open(self) -> IO[str]:
@@ -219,6 +222,22 @@ class JsonlSink:
         record.update(
             anomaly=payload.kind, where=payload.where, name=payload.name, seed_id=payload.seed_id,
             value=payload.value, threshold=payload.threshold,
+        )
+        return record
+
+    def _subtarget_record(self, event: TelemetryEvent) -> dict[str, Any]:
+        payload: payloads.SeedSubtargetChangedPayload = event.payload
+        record = _record(
+            event,
+            round_index=payload.round,
+            epoch=payload.epoch,
+            env_id=payload.env_id,
+            step=epoch_step(payload.round, payload.epoch, self.context.episode_length),
+        )
+        record.update(
+            slot_id=payload.slot_id, seed_id=payload.seed_id, subtarget_idx=payload.subtarget_idx,
+            enabled=payload.enabled, subtarget_active_count=payload.subtarget_active_count,
+            internal_effective_params=payload.internal_effective_params,
         )
         return record
 

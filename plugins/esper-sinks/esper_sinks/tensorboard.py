@@ -28,12 +28,18 @@ LIFECYCLE_COUNT_TAGS: dict[TelemetryEventType, str] = {
 #: Internal level changes counted per round, by direction.
 INTERNAL_GROW_TAG = "lifecycle/internal_grow"
 INTERNAL_SHRINK_TAG = "lifecycle/internal_shrink"
+#: Subtarget switches counted per round, by direction.
+SUBTARGET_ENABLE_TAG = "lifecycle/subtarget_enable"
+SUBTARGET_DISABLE_TAG = "lifecycle/subtarget_disable"
 #: Gradient and policy anomalies counted per round, by kind: ``anomalies/<kind>``.
 ANOMALY_COUNT_TAGS = tuple(
     f"anomalies/{kind}" for kind in (*payloads.GRADIENT_ANOMALY_KINDS, *payloads.POLICY_ANOMALY_KINDS)
 )
 #: Every per-round count, written (zeros included) at ROUND_COMPLETED.
-ROUND_COUNT_TAGS = (*LIFECYCLE_COUNT_TAGS.values(), INTERNAL_GROW_TAG, INTERNAL_SHRINK_TAG, *ANOMALY_COUNT_TAGS)
+ROUND_COUNT_TAGS = (
+    *LIFECYCLE_COUNT_TAGS.values(), INTERNAL_GROW_TAG, INTERNAL_SHRINK_TAG, SUBTARGET_ENABLE_TAG,
+    SUBTARGET_DISABLE_TAG, *ANOMALY_COUNT_TAGS,
+)
 _ANOMALY_EVENTS = (TelemetryEventType.GRADIENT_ANOMALY, TelemetryEventType.POLICY_ANOMALY)
 
 
@@ -41,6 +47,8 @@ def round_count_tag(event: TelemetryEvent) -> str | None:
     """The per-round count an event adds to, if any."""
     if event.event_type is TelemetryEventType.SEED_INTERNAL_LEVEL_CHANGED:
         return INTERNAL_GROW_TAG if event.payload.to_level > event.payload.from_level else INTERNAL_SHRINK_TAG
+    if event.event_type is TelemetryEventType.SEED_SUBTARGET_CHANGED:
+        return SUBTARGET_ENABLE_TAG if event.payload.enabled else SUBTARGET_DISABLE_TAG
     if event.event_type in _ANOMALY_EVENTS:
         return f"anomalies/{event.payload.kind}"
     return LIFECYCLE_COUNT_TAGS.get(event.event_type)

@@ -154,13 +154,18 @@ def test_verbose_prints_seed_lines_and_quiet_keeps_only_rollbacks(tmp_path: Path
     quiet = ConsoleSink(ConsoleSinkConfig(verbose=False), make_context(tmp_path), console=quiet_console)
     grown = event(TelemetryEventType.SEED_INTERNAL_LEVEL_CHANGED, payloads.SeedInternalLevelChangedPayload(
         env_id=0, round=0, epoch=1, from_level=1, to_level=2, internal_effective_params=1024, **SEED))
+    disabled = event(TelemetryEventType.SEED_SUBTARGET_CHANGED, payloads.SeedSubtargetChangedPayload(
+        env_id=0, round=0, epoch=1, subtarget_idx=2, enabled=False, subtarget_active_count=3,
+        internal_effective_params=768, **SEED))
     events = two_round_run()
-    for event_ in [*events[:2], grown, *events[2:]]:
+    for event_ in [*events[:2], grown, disabled, *events[2:]]:
         verbose.handle(event_)
         quiet.handle(event_)
     loud_text, quiet_text = output_of(verbose_console), output_of(quiet_console)
     assert "env 0: grew conv_small in r0c1 from level 1 to 2 (1,024 params in use)" in loud_text
     assert "grew conv_small" not in quiet_text
+    assert "env 0: disabled subtarget 2 of conv_small in r0c1 (3 active, 768 params in use)" in loud_text
+    assert "disabled subtarget" not in quiet_text
     assert "env 0: germinated conv_small in r0c1 (250 params, ADD, alpha target 1)" in loud_text
     assert "env 0: fossilized conv_small in r0c1 (age 2 epochs, alpha 1, contribution +0.0310" in loud_text
     assert "env 1: pruned conv_small in r0c1: policy (age 1 epoch, contribution not measured)" in loud_text

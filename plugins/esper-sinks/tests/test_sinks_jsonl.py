@@ -107,8 +107,25 @@ def test_only_scalar_events_are_written(tmp_path: Path) -> None:
         sink.handle(event)
     sink.close()
     assert [record["event"] for record in read_records(tmp_path / "scalars.jsonl")] == [
-        "ROUND_COMPLETED", "EPOCH_COMPLETED", "REWARD_COMPUTED", "POLICY_UPDATED", "GRADIENT_ANOMALY", "POLICY_ANOMALY"
+        "ROUND_COMPLETED", "EPOCH_COMPLETED", "REWARD_COMPUTED", "SEED_SUBTARGET_CHANGED", "POLICY_UPDATED",
+        "GRADIENT_ANOMALY", "POLICY_ANOMALY",
     ]
+
+
+def test_subtarget_switches_are_written_with_their_group_and_size(tmp_path: Path) -> None:
+    sink = JsonlSink(JsonlSinkConfig(), make_context(tmp_path))
+    sink.handle(TelemetryEvent(
+        event_type=TelemetryEventType.SEED_SUBTARGET_CHANGED,
+        payload=payloads.SeedSubtargetChangedPayload(
+            slot_id="r0c1", env_id=1, seed_id="s7", blueprint_id="groups", subtarget_idx=2, enabled=False,
+            subtarget_active_count=1, internal_effective_params=96, round=2, epoch=3,
+        ),
+    ))
+    sink.close()
+    (record,) = read_records(tmp_path / "scalars.jsonl")
+    assert record["step"] == 2 * EPISODE_LENGTH + 3 and record["env_id"] == 1
+    assert (record["slot_id"], record["seed_id"], record["subtarget_idx"], record["enabled"]) == ("r0c1", "s7", 2, False)
+    assert (record["subtarget_active_count"], record["internal_effective_params"]) == (1, 96)
 
 
 def test_anomalies_are_written_with_their_kind_site_value_and_threshold(tmp_path: Path) -> None:

@@ -56,6 +56,7 @@ def test_conformance_run_leaves_the_expected_files(plugin_manager: PluginManager
     run_dir = tmp_path / "run"
     check_sink_kind(plugin_manager.registry.get("telemetry_sinks", "jsonl"), run_dir)
     check_sink_kind(plugin_manager.registry.get("telemetry_sinks", "tensorboard"), run_dir)
-    # one line per scalar event of the kit's samples: round, epoch, reward, policy update, two anomalies
-    assert len((run_dir / "scalars.jsonl").read_text(encoding="utf-8").splitlines()) == 6
+    # one line per scalar event of the kit's samples: round, epoch, reward, subtarget switch, policy update,
+    # two anomalies
+    assert len((run_dir / "scalars.jsonl").read_text(encoding="utf-8").splitlines()) == 7
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))

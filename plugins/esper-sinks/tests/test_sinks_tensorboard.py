@@ -67,6 +67,10 @@ def test_scalars_can_be_read_back(tmp_path: Path) -> None:
     for from_level, to_level in ((1, 2), (2, 3), (3, 2)):
         sink.handle(event(TelemetryEventType.SEED_INTERNAL_LEVEL_CHANGED, payloads.SeedInternalLevelChangedPayload(
             env_id=0, round=1, epoch=1, from_level=from_level, to_level=to_level, internal_effective_params=64, **SEED)))
+    for enabled in (False, False, True):
+        sink.handle(event(TelemetryEventType.SEED_SUBTARGET_CHANGED, payloads.SeedSubtargetChangedPayload(
+            env_id=0, round=1, epoch=1, subtarget_idx=1, enabled=enabled, subtarget_active_count=1,
+            internal_effective_params=32, **SEED)))
     sink.handle(event(TelemetryEventType.POLICY_UPDATED,
                       payloads.PolicyUpdatedPayload(round=1, metrics={"policy_loss": 0.125})))
     for kind in ("exploding", "exploding", "dead_seed"):
@@ -100,6 +104,8 @@ def test_scalars_can_be_read_back(tmp_path: Path) -> None:
     assert steps_and_values(scalars, "governor/rollbacks") == [(5, 0)]
     assert steps_and_values(scalars, "lifecycle/internal_grow") == [(5, 2)]
     assert steps_and_values(scalars, "lifecycle/internal_shrink") == [(5, 1)]
+    assert steps_and_values(scalars, "lifecycle/subtarget_disable") == [(5, 2)]
+    assert steps_and_values(scalars, "lifecycle/subtarget_enable") == [(5, 1)]
     assert steps_and_values(scalars, "anomalies/exploding") == [(5, 2)]
     assert steps_and_values(scalars, "anomalies/dead_seed") == [(5, 1)]
     assert steps_and_values(scalars, "anomalies/kl_spike") == [(5, 1)]
