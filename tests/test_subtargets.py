@@ -525,3 +525,196 @@ def test_a_run_naming_an_unregistered_subtarget_kind_is_a_config_error(tmp_path)
     config = parse_config(toy_run_data(tmp_path, morphogenesis={"seed_families": ["stray"]}), manager)
     with pytest.raises(ConfigError, match="'stray' declares subtargets of unknown subtarget kind 'leaf_groups'"):
         prepare(config, manager)
+
+
+# -- the conformance kit ----------------------------------------------------------------------------
+
+from esper_core.testing import ConformanceError, check_seed_family, check_subtarget_family  # noqa: E402
+
+
+def inventory_family(module_class=toy_inventory.ToyGroups, *, name="groups", spec=toy_inventory.TOY_GROUPS,
+                     ladder=None) -> SeedFamily:
+    def build(channels, topology, config):
+        return module_class(channels, toy_inventory.ToyGroupsConfig())
+
+    return SeedFamily(name=name, build=build, topologies=("image",), subtargets=spec, ladder=ladder)
+
+
+def test_the_toy_inventories_pass_the_kit():
+    check_seed_family(inventory_family(), channels=6)  # runs check_subtarget_family too
+    ladder = SeedFamily(name="group_ladder", build=toy_inventory.build_toy_group_ladder, topologies=("image",),
+                        ladder=toy_inventory.TOY_GROUP_LADDER, subtargets=toy_inventory.TOY_GROUPS)
+    check_seed_family(ladder, channels=6)
+    registry = PluginManager(autoload=False).registry
+    check_subtarget_family(inventory_family(), channels=8, registry=registry)
+
+
+class UnregisteredKind(toy_inventory.ToyGroups):
+    subtarget_kind = "leaf_groups"
+
+
+class TooMany(toy_inventory.ToyGroups):
+    def __init__(self, channels, config):
+        super().__init__(channels, toy_inventory.ToyGroupsConfig(groups=4))
+        self.subtarget_count = 5  # claims more than the declared max_count 4
+
+
+class FloatMask(toy_inventory.ToyGroups):
+    def __init__(self, channels, config):
+        super().__init__(channels, config)
+        self.mask = self.mask.float()
+
+
+class MaskNotABuffer(toy_inventory.ToyGroups):
+    def __init__(self, channels, config):
+        super().__init__(channels, config)
+        mask = self.mask.clone()
+        del self._buffers["mask"]
+        self.mask = mask
+
+
+class ClampedIndex(toy_inventory.ToyGroups):
+    def set_subtarget(self, index, enabled):
+        super().set_subtarget(min(max(index, 0), self.subtarget_count - 1), enabled)
+
+
+class SquashedSum(toy_inventory.ToyGroups):
+    def forward(self, x):
+        return x + torch.tanh(super().forward(x) - x)  # one nonlinearity over the sum: not additive
+
+
+class NoisyWhenEmpty(toy_inventory.ToyGroups):
+    def forward(self, x):
+        return super().forward(x) + 0.1 * self.out.weight.sum()  # not the identity with every group off
+
+
+class NoRezero(toy_inventory.ToyGroups):
+    def set_subtarget(self, index, enabled):
+        if not 0 <= index < self.subtarget_count:
+            raise IndexError(index)
+        self.mask[index] = bool(enabled)  # an enabled group enters with its old weights: a jump
+
+
+class RezeroAlways(toy_inventory.ToyGroups):
+    def set_subtarget(self, index, enabled):
+        if not 0 <= index < self.subtarget_count:
+            raise IndexError(index)
+        with torch.no_grad():
+            if enabled:  # re-zeroes an already enabled group too
+                self.out.weight[:, index * self.group_size : (index + 1) * self.group_size] = 0.0
+            self.mask[index] = bool(enabled)
+
+
+class LeakyGradient(toy_inventory.ToyGroups):
+    def forward(self, x):
+        off = (~self.mask).repeat_interleave(self.group_size).to(x.dtype)
+        leak = (self.inner.bias * off).sum()
+        return super().forward(x) + (leak - leak.detach())  # same value, but disabled groups get gradient
+
+
+class ConstantSize(toy_inventory.ToyGroups):
+    def subtarget_effective_params(self, mask):
+        return sum(p.numel() for p in self.parameters())
+
+
+class ReplacedMask(toy_inventory.ToyGroups):
+    def set_subtarget(self, index, enabled):
+        if not 0 <= index < self.subtarget_count:
+            raise IndexError(index)
+        mask = self.mask.clone()
+        super().set_subtarget(index, enabled)
+        mask[index] = bool(enabled)
+        self.mask = mask  # a new tensor each time, not a write
+
+
+class ReallocatingOnEnable(toy_inventory.ToyGroups):
+    def set_subtarget(self, index, enabled):
+        super().set_subtarget(index, enabled)
+        if enabled:
+            self.out.weight = torch.nn.Parameter(self.out.weight.detach().clone())
+
+
+class RandomMask(toy_inventory.ToyGroups):
+    def __init__(self, channels, config):
+        import random
+
+        super().__init__(channels, config)
+        self.mask[random.randrange(self.subtarget_count)] = True
+        self.mask[random.randrange(self.subtarget_count)] = False
+
+
+class NanImportance(toy_inventory.ToyGroups):
+    def subtarget_importance(self):
+        return torch.full((self.subtarget_count,), float("nan"))
+
+
+class WrongImportanceShape(toy_inventory.ToyGroups):
+    def subtarget_importance(self):
+        return torch.zeros(self.subtarget_count + 1)
+
+
+class ShrinksTheLowest(toy_inventory.ToyGroupLadder):
+    def __init__(self, channels, config=None):
+        super().__init__(channels)
+
+    def set_internal_level(self, level):
+        mask = [bool(v) for v in self.mask.tolist()]
+        while sum(mask) > level:
+            index = mask.index(True)  # the lowest enabled: the contract says the highest
+            self.set_subtarget(index, False)
+            mask[index] = False
+        while sum(mask) < level:
+            index = mask.index(False)
+            self.set_subtarget(index, True)
+            mask[index] = True
+
+
+class LevelIsNotTheCount(toy_inventory.ToyGroupLadder):
+    def __init__(self, channels, config=None):
+        super().__init__(channels)
+
+    @property
+    def internal_level(self):
+        return int(self.mask.sum()) + 1
+
+    def internal_effective_params(self, level):
+        return self._group_params() * level
+
+
+BROKEN = [
+    (UnregisteredKind, {"spec": SubtargetSpec(kind="leaf_groups", max_count=4)}, "subtarget kind 'leaf_groups' is not registered"),
+    (toy_inventory.ToyGroups, {"spec": SubtargetSpec(kind="attn_head_group", max_count=4)},
+     "the module's subtarget kind 'cnn_channel_group' differs from the declared 'attn_head_group'"),
+    (TooMany, {}, "subtarget_count 5 is not in 1..4"),
+    (FloatMask, {}, r"subtarget_mask must be a bool tensor of shape \(4,\), got torch.float32"),
+    (MaskNotABuffer, {}, "must be a registered .persistent. buffer"),
+    (ClampedIndex, {}, r"set_subtarget\(4, True\) did not raise IndexError"),
+    (SquashedSum, {}, "disabling group 0 does not remove exactly its contribution"),
+    (NoisyWhenEmpty, {}, "with every group disabled the seed is not the identity"),
+    (NoRezero, {}, "enabling group 0 changes the output"),
+    (RezeroAlways, {}, "enabling the enabled group 0 changed the seed"),
+    (LeakyGradient, {}, "with every group disabled some parameters get gradient"),
+    (ConstantSize, {}, "subtarget_effective_params of an all-False mask is"),
+    (ReplacedMask, {}, "replaced the mask tensor"),
+    (ReallocatingOnEnable, {}, "allocated or freed parameters"),
+    (RandomMask, {}, "two builds under the same torch seed have different masks"),
+    (NanImportance, {}, r"subtarget_importance\(\) at birth is not finite"),
+    (WrongImportanceShape, {}, r"subtarget_importance\(\) at birth must be a float tensor of shape \(4,\)"),
+    (ShrinksTheLowest, {"ladder": toy_inventory.TOY_GROUP_LADDER}, "SHRINK must disable the highest enabled group"),
+    (LevelIsNotTheCount, {"ladder": toy_inventory.TOY_GROUP_LADDER}, "internal_level 3 differs from the 2 enabled groups"),
+]
+
+
+@pytest.mark.parametrize(("module_class", "options", "message"), BROKEN, ids=[row[0].__name__ + "-" + str(i) for i, row in enumerate(BROKEN)])
+def test_the_kit_catches_each_broken_inventory(module_class, options, message):
+    with pytest.raises(ConformanceError, match=message):
+        check_subtarget_family(inventory_family(module_class, **options), channels=6)
+
+
+def test_the_kit_refuses_a_family_without_subtargets():
+    with pytest.raises(ConformanceError, match="declares no subtargets"):
+        check_subtarget_family(SeedFamily(name="plain", build=build_toy_seed, topologies=("image",)), channels=6)
+    declared = SeedFamily(name="fake", build=build_toy_seed, topologies=("image",), subtargets=toy_inventory.TOY_GROUPS,
+                          config_class=toy_plugin.ToySeedConfig)
+    with pytest.raises(ConformanceError, match="declares subtargets but builds no SubtargetInventory"):
+        check_subtarget_family(declared, channels=6)

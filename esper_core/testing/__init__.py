@@ -6,6 +6,7 @@ from esper_core.testing.conformance import (
     check_ladder_family,
     check_seed_family,
     check_sink_kind,
+    check_subtarget_family,
     check_task_kind,
     sample_events,
 )
@@ -68,6 +69,7 @@ __all__ = [
     "check_ladder_family",
     "check_seed_family",
     "check_sink_kind",
+    "check_subtarget_family",
     "check_task_kind",
     "sample_events",
 ]

@@ -37,13 +37,14 @@ class ConformanceError(AssertionError):
 
 @functools.cache
 def _builtin_registry() -> Registry:
-    """A registry holding the topologies and ladder kinds the core's own plugin registers."""
+    """A registry holding the topologies, ladder kinds and subtarget kinds the core's own plugin registers."""
     from esper_core import builtin
     from esper_core.plugins import BUILTIN_PLUGIN
 
     registry = Registry()
     builtin.esper_register_topologies(lambda record: registry.add("topologies", record, BUILTIN_PLUGIN))
     builtin.esper_register_ladder_kinds(lambda record: registry.add("ladder_kinds", record, BUILTIN_PLUGIN))
+    builtin.esper_register_subtarget_kinds(lambda record: registry.add("subtarget_kinds", record, BUILTIN_PLUGIN))
     return registry
 
 
@@ -190,7 +191,8 @@ def check_seed_family(
     core's own (``image``, ``sequence``) when it is None. Deterministic means: two builds under the
     same torch seed have the same parameters and buffers (names, shapes, values) whatever Python's
     and NumPy's streams hold, and give the same outputs after the same perturbation of their
-    parameters. A family with a ladder then also runs ``check_ladder_family``.
+    parameters. A family with a ladder then also runs ``check_ladder_family``, and a family with a
+    subtarget inventory ``check_subtarget_family``.
     """
     config = family.config_class() if config is None else config
     for topology_name in family.topologies:
@@ -224,6 +226,8 @@ def check_seed_family(
         _check_determinism(family, channels, topology_name, config, x)
     if family.ladder is not None:
         check_ladder_family(family, channels=channels, config=config, atol=atol, registry=registry)
+    if family.subtargets is not None:
+        check_subtarget_family(family, channels=channels, config=config, atol=atol, registry=registry)
 
 
 def _perturbed(module: torch.nn.Module, seed: int = 99, scale: float = 0.3) -> torch.nn.Module:
@@ -327,6 +331,331 @@ def check_ladder_family(
                 twin_b.set_internal_level(level)
                 if not torch.equal(run(twin_a, level), run(twin_b, level)):
                     raise ConformanceError(f"seed family '{family.name}': level changes are not deterministic")
+
+
+def check_subtarget_family(
+    family: SeedFamily,
+    *,
+    channels: int = 16,
+    config: Any = None,
+    atol: float = 1e-6,
+    registry: Registry | None = None,
+) -> None:
+    """A seed family with a subtarget inventory keeps the ``SubtargetInventory`` contract (see
+    ``esper_core.kasmina.SubtargetInventory``).
+
+    Checked on a build whose parameters are perturbed (so no contribution is zero), in eval mode:
+    the declared, registered kind (``registry``, or the core's own kinds when None); K fixed in
+    1..``MAX_SUBTARGETS`` and at most ``max_count``; the mask a (K,) bool buffer in the state dict;
+    ``set_subtarget`` raises ``IndexError`` outside 0..K-1, and setting a group to its own state
+    changes nothing; with no group enabled the seed is the identity; disabling a group removes exactly
+    its contribution (``out(all) - out(all but g) == out(g alone) - out(none)``) and the contributions
+    sum to the whole (``sum_g [out(all) - out(all but g)] == out(all) - out(none)``), within ``atol``
+    plus float rounding relative to the output's size; enabling a group does not change the output at
+    that moment; a disabled group is inert: its own parameters (elements that get gradient when it
+    runs alone and never when another group runs alone) get no gradient while it is disabled, and
+    perturbing them changes nothing, and with no group enabled no parameter gets gradient; switches allocate nothing (same parameters, the same mask
+    tensor) and are deterministic across two builds; ``subtarget_effective_params`` is 0 for no group
+    and strictly grows with every group added; ``subtarget_importance()`` is a finite (K,) float tensor
+    before and after a training forward. A seed that is also a ``LadderModule`` keeps level == enabled
+    count, grows by enabling the lowest disabled group, shrinks by disabling the highest enabled one,
+    and ``internal_effective_params(level)`` equals the count of the mask of the first ``level`` groups.
+    """
+    from esper_core.kasmina import LadderModule, SubtargetInventory
+    from esper_core.leyline import MAX_SUBTARGETS
+
+    spec = family.subtargets
+    name = f"seed family '{family.name}'"
+    if spec is None:
+        raise ConformanceError(f"{name} declares no subtargets")
+    kinds = (registry if registry is not None else _builtin_registry()).entries["subtarget_kinds"]
+    if spec.kind not in kinds:
+        raise ConformanceError(f"{name}: subtarget kind '{spec.kind}' is not registered")
+    config = family.config_class() if config is None else config
+    for topology_name in family.topologies:
+        topology = _topology(topology_name, registry, name)
+        x = _sample_input(topology, channels)
+        where = f"{name} ({topology_name})"
+        seed = _build_seed(family, channels, topology_name, config)
+        if not isinstance(seed, SubtargetInventory):
+            raise ConformanceError(f"{where} declares subtargets but builds no SubtargetInventory")
+        if seed.subtarget_kind != spec.kind:
+            raise ConformanceError(
+                f"{where}: the module's subtarget kind '{seed.subtarget_kind}' differs from the declared '{spec.kind}'"
+            )
+        count = seed.subtarget_count
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= min(spec.max_count, MAX_SUBTARGETS):
+            raise ConformanceError(
+                f"{where}: subtarget_count {count!r} is not in 1..{min(spec.max_count, MAX_SUBTARGETS)} "
+                f"(the declared max_count {spec.max_count}, at most MAX_SUBTARGETS {MAX_SUBTARGETS})"
+            )
+        mask = seed.subtarget_mask
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != (count,):
+            found = f"{mask.dtype} of shape {tuple(mask.shape)}" if isinstance(mask, torch.Tensor) else type(mask).__name__
+            raise ConformanceError(f"{where}: subtarget_mask must be a bool tensor of shape ({count},), got {found}")
+        buffer_names = [buffer_name for buffer_name, buffer in seed.named_buffers() if buffer is mask]
+        if not buffer_names or buffer_names[0] not in seed.state_dict():
+            raise ConformanceError(
+                f"{where}: subtarget_mask must be a registered (persistent) buffer of the seed, so it follows its "
+                "device and state dict"
+            )
+        for bad in (count, -1):
+            try:
+                seed.set_subtarget(bad, True)
+            except IndexError:
+                continue
+            raise ConformanceError(f"{where}: set_subtarget({bad}, True) did not raise IndexError (groups are 0..{count - 1})")
+        _check_subtarget_sizes(seed, count, where)
+        _check_importance(seed, count, where, "at birth")
+        _check_subtarget_outputs(family, seed, count, x, atol, where)
+        _check_subtarget_inertness(family, seed, count, x, atol, where)
+        twin_a = _perturbed(_build_seed(family, channels, topology_name, config, other_streams=0)).eval()
+        twin_b = _perturbed(_build_seed(family, channels, topology_name, config, other_streams=1)).eval()
+        if not torch.equal(twin_a.subtarget_mask, twin_b.subtarget_mask):
+            raise ConformanceError(f"{where}: two builds under the same torch seed have different masks")
+        with torch.no_grad():
+            for index, enabled in [(count - 1, True), (0, False), (count // 2, True), (0, True), (count - 1, False)]:
+                twin_a.set_subtarget(index, enabled)
+                twin_b.set_subtarget(index, enabled)
+                if not torch.equal(twin_a.subtarget_mask, twin_b.subtarget_mask) or not torch.equal(
+                    _run(family, twin_a, x, f"{topology_name}, switched"), _run(family, twin_b, x, f"{topology_name}, switched")
+                ):
+                    raise ConformanceError(f"{where}: subtarget switches are not deterministic")
+        seed.train()
+        with torch.no_grad():
+            _run(family, seed, x, f"{topology_name}, train")
+        _check_importance(seed, count, where, "after a training forward")
+        if isinstance(seed, LadderModule):
+            _check_ladder_agreement(family, channels, topology_name, config, count, where)
+
+
+def _mask_of(seed: Any) -> tuple[bool, ...]:
+    return tuple(bool(value) for value in seed.subtarget_mask.tolist())
+
+
+def _set_mask(seed: Any, mask: tuple[bool, ...]) -> None:
+    for index, enabled in enumerate(mask):
+        seed.set_subtarget(index, enabled)
+
+
+def _set_mask_keeping_weights(seed: Any, mask: tuple[bool, ...]) -> None:
+    """Switch to ``mask``, then put every parameter back as it was: enabling a group re-zeroes its output
+    path, and the output checks compare one set of weights under several masks."""
+    with torch.no_grad():
+        saved = [p.detach().clone() for p in seed.parameters()]
+        _set_mask(seed, mask)
+        for parameter, value in zip(seed.parameters(), saved):
+            parameter.copy_(value)
+
+
+def _only(count: int, *groups: int) -> tuple[bool, ...]:
+    return tuple(index in groups for index in range(count))
+
+
+def _all_but(count: int, group: int) -> tuple[bool, ...]:
+    return tuple(index != group for index in range(count))
+
+
+def _check_subtarget_sizes(seed: Any, count: int, where: str) -> None:
+    """Parameters in use: 0 for no group, strictly more with every group added (in any order tried)."""
+    none = seed.subtarget_effective_params(_only(count))
+    if none != 0:
+        raise ConformanceError(f"{where}: subtarget_effective_params of an all-False mask is {none}, not 0")
+    for order in (range(count), range(count - 1, -1, -1)):
+        enabled: list[int] = []
+        previous = 0
+        for group in order:
+            enabled.append(group)
+            size = seed.subtarget_effective_params(_only(count, *enabled))
+            if size <= previous:
+                raise ConformanceError(
+                    f"{where}: subtarget_effective_params does not grow when group {group} is added to "
+                    f"{sorted(enabled[:-1])} ({previous} -> {size}); parameters in use must follow the mask"
+                )
+            previous = size
+
+
+def _check_importance(seed: Any, count: int, where: str, when: str) -> None:
+    importance = seed.subtarget_importance()
+    if (
+        not isinstance(importance, torch.Tensor)
+        or not importance.dtype.is_floating_point
+        or tuple(importance.shape) != (count,)
+    ):
+        found = f"{importance.dtype} of shape {tuple(importance.shape)}" if isinstance(importance, torch.Tensor) else type(importance).__name__
+        raise ConformanceError(f"{where}: subtarget_importance() {when} must be a float tensor of shape ({count},), got {found}")
+    if importance.device != seed.subtarget_mask.device:
+        raise ConformanceError(f"{where}: subtarget_importance() is on {importance.device}, the mask on {seed.subtarget_mask.device}")
+    if not bool(torch.isfinite(importance).all()):
+        raise ConformanceError(f"{where}: subtarget_importance() {when} is not finite: {importance.tolist()}")
+
+
+def _check_subtarget_outputs(family: SeedFamily, seed: Any, count: int, x: torch.Tensor, atol: float, where: str) -> None:
+    """Identity with no group, exact per-group contributions that sum to the whole, idempotent switches,
+    enabling enters at zero, and no allocation."""
+    _perturbed(seed).eval()
+    parameter_ids = [id(p) for p in seed.parameters()]
+    mask_tensor = seed.subtarget_mask
+    mask_storage = mask_tensor.data_ptr()
+
+    def out(mask: tuple[bool, ...]) -> torch.Tensor:
+        _set_mask_keeping_weights(seed, mask)
+        if _mask_of(seed) != mask:
+            raise ConformanceError(f"{where}: after set_subtarget the mask is {_mask_of(seed)}, not {mask}")
+        return _run(family, seed, x, f"mask {''.join('1' if m else '0' for m in mask)}")
+
+    with torch.no_grad():
+        everything = tuple(True for _ in range(count))
+        out_all = out(everything)
+        scale = max(float(out_all.abs().max()), float(x.abs().max()), 1.0)
+        tolerance = atol + 1e-5 * scale
+
+        def differs(a: torch.Tensor, b: torch.Tensor) -> float | None:
+            gap = float((a - b).abs().max())
+            return gap if gap > tolerance else None
+
+        out_none = out(_only(count))
+        gap = differs(out_none, x)
+        if gap is not None:
+            raise ConformanceError(f"{where}: with every group disabled the seed is not the identity (max {gap:.3g})")
+        removed_sum = torch.zeros_like(x)
+        for group in range(count):
+            out_without = out(_all_but(count, group))
+            out_alone = out(_only(count, group))
+            removed = out_all - out_without
+            gap = differs(removed, out_alone - out_none)
+            if gap is not None:
+                raise ConformanceError(
+                    f"{where}: disabling group {group} does not remove exactly its contribution (max {gap:.3g}): "
+                    "out(all) - out(all but g) must equal out(g alone) - out(none)"
+                )
+            removed_sum += removed
+        gap = differs(removed_sum, out_all - out_none)
+        if gap is not None:
+            raise ConformanceError(
+                f"{where}: the groups' contributions do not sum to the whole seed's (max {gap:.3g}); the output "
+                "must be the identity plus one additive contribution per enabled group"
+            )
+        for group in range(count):
+            out(everything)
+            state = {key: value.clone() for key, value in seed.state_dict().items()}
+            before = _run(family, seed, x, "all enabled")
+            seed.set_subtarget(group, True)
+            if differs(_run(family, seed, x, "all enabled, enabled again"), before) is not None or any(
+                not torch.equal(value, state[key]) for key, value in seed.state_dict().items()
+            ):
+                raise ConformanceError(f"{where}: enabling the enabled group {group} changed the seed; a switch to the "
+                                       "current state must change nothing")
+            seed.set_subtarget(group, False)
+            _perturbed(seed, seed=100 + group)  # the disabled group's parameters are not zero when it comes back
+            before = _run(family, seed, x, f"all but {group}")
+            seed.set_subtarget(group, False)
+            if differs(_run(family, seed, x, f"all but {group}, disabled again"), before) is not None:
+                raise ConformanceError(f"{where}: disabling the disabled group {group} changed the output")
+            seed.set_subtarget(group, True)
+            gap = differs(_run(family, seed, x, f"group {group} enabled"), before)
+            if gap is not None:
+                raise ConformanceError(
+                    f"{where}: enabling group {group} changes the output (max {gap:.3g}); a group must enter at zero"
+                )
+    if [id(p) for p in seed.parameters()] != parameter_ids:
+        raise ConformanceError(f"{where}: subtarget switches allocated or freed parameters")
+    if seed.subtarget_mask is not mask_tensor or seed.subtarget_mask.data_ptr() != mask_storage:
+        raise ConformanceError(f"{where}: a subtarget switch replaced the mask tensor; a switch must be a write into it")
+
+
+def _gradients(family: SeedFamily, seed: Any, x: torch.Tensor, mask: tuple[bool, ...]) -> list[torch.Tensor]:
+    """Per parameter, which elements get a nonzero gradient under ``mask`` (a random linear loss)."""
+    _set_mask_keeping_weights(seed, mask)
+    seed.zero_grad()
+    out = _run(family, seed, x, f"mask {''.join('1' if m else '0' for m in mask)}, backward")
+    if out.requires_grad:
+        (out * torch.randn(x.shape, generator=torch.Generator().manual_seed(5))).sum().backward()
+    return [
+        torch.zeros_like(p, dtype=torch.bool) if p.grad is None else p.grad != 0 for p in seed.parameters()
+    ]
+
+
+def _check_subtarget_inertness(family: SeedFamily, seed: Any, count: int, x: torch.Tensor, atol: float, where: str) -> None:
+    """A disabled group's own parameters get no gradient and do not influence the output."""
+    _perturbed(seed, seed=200).eval()
+    params = list(seed.parameters())
+    if any(bool(elements.any()) for elements in _gradients(family, seed, x, _only(count))):
+        raise ConformanceError(
+            f"{where}: with every group disabled some parameters get gradient; a disabled group must get none"
+        )
+    alone = [_gradients(family, seed, x, _only(count, group)) for group in range(count)]
+    for group in range(count):
+        own = []
+        for index in range(len(params)):
+            others = torch.zeros_like(alone[group][index])
+            for other in range(count):
+                if other != group:
+                    others |= alone[other][index]
+            own.append(alone[group][index] & ~others)
+        if not any(bool(elements.any()) for elements in own):
+            raise ConformanceError(
+                f"{where}: group {group} has no parameters of its own (elements that get gradient when it runs alone "
+                "and never when another group runs alone); a disabled group must get no gradient"
+            )
+        without = _gradients(family, seed, x, _all_but(count, group))
+        if any(bool((elements & leaked).any()) for elements, leaked in zip(own, without)):
+            raise ConformanceError(f"{where}: group {group}'s parameters get gradient while it is disabled")
+        with torch.no_grad():
+            reference = _run(family, seed, x, f"all but {group}")
+            saved = [p.detach().clone() for p in params]
+            generator = torch.Generator().manual_seed(7)
+            for parameter, elements in zip(params, own):
+                noise = torch.randn(parameter.shape, generator=generator) * 5.0
+                parameter.add_(noise.to(parameter.device, parameter.dtype) * elements)
+            changed = _run(family, seed, x, f"all but {group}, its parameters perturbed")
+            for parameter, value in zip(params, saved):
+                parameter.copy_(value)
+        scale = max(float(reference.abs().max()), 1.0)
+        if float((reference - changed).abs().max()) > atol + 1e-5 * scale:
+            raise ConformanceError(
+                f"{where}: perturbing disabled group {group}'s parameters changes the output; a disabled group must be inert"
+            )
+    seed.zero_grad()
+
+
+def _check_ladder_agreement(family: SeedFamily, channels: int, topology: str, config: Any, count: int, where: str) -> None:
+    """Level == enabled count; GROW enables the lowest disabled group, SHRINK disables the highest enabled
+    one; ``internal_effective_params(level)`` equals the count of the first ``level`` groups."""
+    seed = _build_seed(family, channels, topology, config)
+    if seed.internal_level != sum(_mask_of(seed)):
+        raise ConformanceError(
+            f"{where}: internal_level {seed.internal_level} differs from the {sum(_mask_of(seed))} enabled groups"
+        )
+    if seed.internal_max_level != count:
+        raise ConformanceError(f"{where}: internal_max_level {seed.internal_max_level} differs from the {count} groups")
+    for level in range(count + 1):
+        expected = seed.subtarget_effective_params(_only(count, *range(level)))
+        if seed.internal_effective_params(level) != expected:
+            raise ConformanceError(
+                f"{where}: internal_effective_params({level}) is {seed.internal_effective_params(level)}, but the mask "
+                f"of the first {level} groups uses {expected}"
+            )
+    with torch.no_grad():
+        _set_mask(seed, _only(count, count - 1))  # a mask that is not a prefix
+        for level in range(2, count + 1):
+            before = _mask_of(seed)
+            seed.set_internal_level(level)
+            lowest = before.index(False)
+            if _mask_of(seed) != tuple(m or index == lowest for index, m in enumerate(before)):
+                raise ConformanceError(
+                    f"{where}: growing from {before} gave {_mask_of(seed)}; GROW must enable the lowest disabled group"
+                )
+        for level in range(count - 1, -1, -1):
+            before = _mask_of(seed)
+            seed.set_internal_level(level)
+            highest = count - 1 - before[::-1].index(True)
+            if _mask_of(seed) != tuple(m and index != highest for index, m in enumerate(before)):
+                raise ConformanceError(
+                    f"{where}: shrinking from {before} gave {_mask_of(seed)}; SHRINK must disable the highest enabled group"
+                )
+            if seed.internal_level != level:
+                raise ConformanceError(f"{where}: after set_internal_level({level}) the level is {seed.internal_level}")
 
 
 def check_host_family(
