@@ -134,11 +134,13 @@ class ChannelLadderSeed(nn.Module):
     # -- the mask: a device buffer, with a Python shadow (bits) that only set_subtarget and loading change --
 
     def _set_bits(self, bits: int) -> None:
-        self._bits = bits
         top_group = bits.bit_length()  # groups 0..top_group-1 are computed
-        self._top_channels = self.groups[top_group - 1][1] if top_group else 0
-        self._is_prefix = bits == (1 << top_group) - 1
-        self._bias_on = bool(bits & 1)
+        vars(self).update(  # plain attributes (nn.Module.__setattr__ is slow, and these are no tensors)
+            _bits=bits,
+            _top_channels=self.groups[top_group - 1][1] if top_group else 0,
+            _is_prefix=bits == (1 << top_group) - 1,
+            _bias_on=bool(bits & 1),
+        )
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
         # a state saved before the inventory existed keeps the current mask (the slot restores the level after)
@@ -153,13 +155,13 @@ class ChannelLadderSeed(nn.Module):
         bit = 1 << index
         if bool(self._bits & bit) == bool(enabled):
             return
-        with torch.no_grad():
-            if enabled:  # the entering group's contribution starts at zero
+        if enabled:  # the entering group's contribution starts at zero
+            with torch.no_grad():
                 start, stop = self.groups[index]
                 self.projection.weight[:, start:stop].zero_()
                 if index == 0:
                     self.projection.bias.zero_()
-            self.subtarget_mask[index] = bool(enabled)
+        self.subtarget_mask[index] = bool(enabled)  # a buffer write (no autograd history)
         self._set_bits(self._bits | bit if enabled else self._bits & ~bit)
 
     def subtarget_effective_params(self, mask: tuple[bool, ...] | list[bool]) -> int:

@@ -6,8 +6,13 @@ import pytest
 import torch
 
 from esper_core.kasmina import count_parameters
+from esper_core.registry import SubtargetSpec
+from esper_core.testing import check_ladder_family, check_subtarget_family, registered_records
 
-from esper_cnn.channel_ladder import IMPORTANCE_EVERY, IMPORTANCE_SAMPLE, ChannelLadderSeed
+from esper_cnn import plugin
+from esper_cnn.channel_ladder import IMPORTANCE_EVERY, IMPORTANCE_SAMPLE, ChannelLadderConfig, ChannelLadderSeed
+
+FAMILY = registered_records(plugin, "seed_families")["channel_ladder"]
 
 
 def seed_with(mask: tuple[bool, ...], *, hidden: int | None = None, seed: int = 0) -> ChannelLadderSeed:
@@ -211,3 +216,10 @@ def test_mask_changes_allocate_nothing_and_keep_channels_last() -> None:
             torch.testing.assert_close(out, module(x.contiguous()))
     assert [(name, p.data_ptr()) for name, p in module.named_parameters()] == before
     assert module.subtarget_mask is mask_buffer  # written in place
+
+
+@pytest.mark.parametrize("config", [ChannelLadderConfig(group_size=4), ChannelLadderConfig(group_size=5, hidden_channels=17)])
+def test_channel_ladder_passes_the_subtarget_kit(config: ChannelLadderConfig) -> None:
+    assert FAMILY.subtargets == SubtargetSpec(kind="cnn_channel_group", max_count=4)
+    check_subtarget_family(FAMILY, channels=8, config=config)
+    check_ladder_family(FAMILY, channels=8, config=config)  # the ladder kit, unchanged, on the same family

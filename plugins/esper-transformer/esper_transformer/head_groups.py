@@ -99,9 +99,9 @@ class HeadGroupAttentionSeed(nn.Module):
     # -- the mask: a device buffer, with a Python shadow (bits) that only set_subtarget and loading change --
 
     def _set_bits(self, bits: int) -> None:
-        self._bits = bits
-        self._top = bits.bit_length()  # groups 0..top-1 are computed
-        self._is_prefix = bits == (1 << self._top) - 1
+        top = bits.bit_length()  # groups 0..top-1 are computed
+        # plain attributes (nn.Module.__setattr__ is slow, and these are no tensors)
+        vars(self).update(_bits=bits, _top=top, _is_prefix=bits == (1 << top) - 1)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
@@ -113,11 +113,11 @@ class HeadGroupAttentionSeed(nn.Module):
         bit = 1 << index
         if bool(self._bits & bit) == bool(enabled):
             return
-        with torch.no_grad():
-            if enabled:  # the entering group's contribution starts at zero
+        if enabled:  # the entering group's contribution starts at zero
+            with torch.no_grad():
                 width = self.heads_per_group * self.head_dim
                 self.proj.weight[:, index * width : (index + 1) * width].zero_()
-            self.subtarget_mask[index] = bool(enabled)
+        self.subtarget_mask[index] = bool(enabled)  # a buffer write (no autograd history)
         self._set_bits(self._bits | bit if enabled else self._bits & ~bit)
 
     def subtarget_effective_params(self, mask: tuple[bool, ...] | list[bool]) -> int:

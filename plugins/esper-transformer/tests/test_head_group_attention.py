@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from esper_core.kasmina import count_parameters
-from esper_core.testing import registered_records
+from esper_core.testing import check_subtarget_family, registered_records
 
 from esper_transformer import plugin
 from esper_transformer.head_groups import (
@@ -179,3 +179,8 @@ def test_mask_changes_allocate_nothing() -> None:
         set_mask(seed, mask)
         seed(torch.randn(1, 3, CHANNELS))
     assert [(name, p.data_ptr()) for name, p in seed.named_parameters()] == before and seed.subtarget_mask is buffer
+
+
+@pytest.mark.parametrize("n_heads, heads_per_group", [(8, 2), (8, 1), (4, 4), (16, 2)])
+def test_head_group_attention_passes_the_subtarget_kit(n_heads: int, heads_per_group: int) -> None:
+    check_subtarget_family(FAMILY, channels=32, config=HeadGroupAttentionConfig(n_heads=n_heads, heads_per_group=heads_per_group))
