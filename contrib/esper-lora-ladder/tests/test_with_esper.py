@@ -240,3 +240,20 @@ def test_the_mask_round_trips_through_the_state_dict():
 @pytest.mark.parametrize("channels", [1, 8, 32])
 def test_the_family_passes_the_subtarget_kit(channels):
     check_subtarget_family(SEED_FAMILY, channels=channels)
+
+
+def test_a_slot_switches_rank_blocks_and_charges_rent_on_the_blocks_in_use():
+    events: list = []
+    slot = slot_with_a_lora_ladder(events)
+    slot.tick()  # GERMINATED -> TRAINING: a live seed
+    assert slot.enable_subtarget(2).success and slot.disable_subtarget(0).success  # blocks 2 alone: ranks [8, 16)
+    assert not slot.enable_subtarget(2).success  # already enabled
+    report = slot.report()
+    assert (report.subtarget_kind, report.subtarget_count, report.subtarget_active_mask) == (
+        "lora_rank_block", 4, (False, False, True, False))
+    assert (report.internal_level, slot.ladder.rank) == (1, 8)
+    assert slot.internal_effective_params == 2 * CHANNELS * 8 == slot.seed_params
+    changes = [e.payload for e in events if e.event_type is TelemetryEventType.SEED_SUBTARGET_CHANGED]
+    assert [(c.subtarget_idx, c.enabled, c.subtarget_active_count, c.internal_effective_params) for c in changes] == [
+        (2, True, 2, 2 * CHANNELS * 12), (0, False, 1, 2 * CHANNELS * 8),
+    ]

@@ -223,3 +223,53 @@ def test_channel_ladder_passes_the_subtarget_kit(config: ChannelLadderConfig) ->
     assert FAMILY.subtargets == SubtargetSpec(kind="cnn_channel_group", max_count=4)
     check_subtarget_family(FAMILY, channels=8, config=config)
     check_ladder_family(FAMILY, channels=8, config=config)  # the ladder kit, unchanged, on the same family
+
+
+def test_in_a_slot_the_policy_switches_groups_and_a_fossil_freezes_the_mask() -> None:
+    """ENABLE/DISABLE_SUBTARGET through MorphogeneticModel.apply: the mask, the report, the event, the rent."""
+    from esper_core.kasmina import LifecycleSettings, MorphogeneticModel
+    from esper_core.leyline import AlphaTarget, FactoredAction, LifecycleOp, SeedStage, SlotConfig, TelemetryEventType
+    from esper_core.testing import task_info
+
+    from esper_cnn.channel_ladder import build_channel_ladder
+    from esper_cnn.host import CNNHostConfig, build_cnn_host
+
+    torch.manual_seed(0)
+    host = build_cnn_host(CNNHostConfig(preset="tiny"), task_info(name="digits", input_shape=(1, 8, 8), train_size=32, val_size=32))
+    config = ChannelLadderConfig(group_size=4)
+    events: list = []
+    model = MorphogeneticModel(
+        host, SlotConfig.from_specs(host.injection_specs()), topology="image", seed_families=["channel_ladder"],
+        build_seed=lambda name, channels: build_channel_ladder(channels, "image", config),
+        settings=LifecycleSettings(embargo_epochs=0, min_training_epochs=1), max_seeds=1, emit=events.append,
+    )
+
+    def apply(op: LifecycleOp, subtarget: int = 0):
+        return model.apply(FactoredAction(op=op, slot=0, subtarget=subtarget), score_now=0.0)
+
+    assert model.apply(FactoredAction(op=LifecycleOp.GERMINATE, slot=0, blueprint=0, alpha_target=AlphaTarget.FULL),
+                       score_now=0.0).success
+    slot = model.slots[model.slot_ids[0]]
+    seed = slot.seed
+    assert not apply(LifecycleOp.ENABLE_SUBTARGET, 2).success  # a GERMINATED seed is not live yet
+    slot.tick()  # gate G0: GERMINATED -> TRAINING
+    assert slot.stage is SeedStage.TRAINING
+    assert apply(LifecycleOp.ENABLE_SUBTARGET, 2).success  # groups 0 and 2: not a prefix
+    assert apply(LifecycleOp.DISABLE_SUBTARGET, 0).success  # group 2 alone
+    assert not apply(LifecycleOp.DISABLE_SUBTARGET, 1).success  # already disabled
+    report = slot.report()
+    assert (report.subtarget_kind, report.subtarget_count, report.subtarget_active_count) == ("cnn_channel_group", 4, 1)
+    assert report.subtarget_active_mask == (False, False, True, False)
+    assert report.internal_level == 1 == seed.internal_level
+    in_use = seed.subtarget_effective_params((False, False, True, False)) + count_parameters(slot.gate)
+    assert report.internal_effective_params == in_use < report.built_params  # rent follows the mask
+    assert apply(LifecycleOp.GROW_INTERNAL).success  # the lowest disabled group: 0
+    assert seed.subtarget_mask.tolist() == [True, False, True, False]
+    changes = [e.payload for e in events if e.event_type is TelemetryEventType.SEED_SUBTARGET_CHANGED]
+    assert [(c.subtarget_idx, c.enabled, c.subtarget_active_count) for c in changes] == [(2, True, 2), (0, False, 1)]
+    slot._set_alpha(1.0)
+    slot.stage = SeedStage.HOLDING  # direct state: fossilize without running a blend
+    assert apply(LifecycleOp.FOSSILIZE).success
+    for op, index in ((LifecycleOp.ENABLE_SUBTARGET, 1), (LifecycleOp.DISABLE_SUBTARGET, 0)):
+        assert not apply(op, index).success
+    assert seed.subtarget_mask.tolist() == [True, False, True, False]

@@ -184,3 +184,36 @@ def test_mask_changes_allocate_nothing() -> None:
 @pytest.mark.parametrize("n_heads, heads_per_group", [(8, 2), (8, 1), (4, 4), (16, 2)])
 def test_head_group_attention_passes_the_subtarget_kit(n_heads: int, heads_per_group: int) -> None:
     check_subtarget_family(FAMILY, channels=32, config=HeadGroupAttentionConfig(n_heads=n_heads, heads_per_group=heads_per_group))
+
+
+def test_a_slot_switches_head_groups_and_a_fossil_freezes_the_mask() -> None:
+    from esper_core.kasmina import LifecycleSettings, SeedSlot
+    from esper_core.leyline import SEGMENT_BOUNDARY, AlphaCurve, BlendStyle, InjectionSpec, SeedStage, TelemetryEventType
+
+    events: list = []
+    spec = InjectionSpec(slot_id="r0c0", channels=CHANNELS, surface=SEGMENT_BOUNDARY, order=0, host_block=0)
+    slot = SeedSlot(
+        spec, topology="sequence", settings=LifecycleSettings(embargo_epochs=1, min_training_epochs=1),
+        build_seed=lambda family, channels: FAMILY.build(channels, "sequence", FAMILY.config_class()), emit=events.append,
+    )
+    assert slot.germinate(seed_id="seed-0", seed_family="head_group_attention", style=BlendStyle.ADD, blend_epochs=1,
+                          alpha_target=1.0, alpha_curve=AlphaCurve.LINEAR, score_now=None).success
+    slot.tick()  # GERMINATED -> TRAINING
+    assert slot.disable_subtarget(3).success and slot.disable_subtarget(1).success
+    assert not slot.disable_subtarget(1).success and not slot.enable_subtarget(4).success
+    report = slot.report()
+    assert (report.subtarget_kind, report.subtarget_count, report.subtarget_active_mask) == (
+        "attn_head_group", 4, (True, False, True, False))
+    assert report.internal_kind is None  # no ladder
+    seed = slot.seed
+    assert slot.internal_effective_params == seed.subtarget_effective_params((True, False, True, False)) + count_parameters(slot.gate)
+    changes = [e.payload for e in events if e.event_type is TelemetryEventType.SEED_SUBTARGET_CHANGED]
+    assert [(c.subtarget_idx, c.enabled, c.subtarget_active_count) for c in changes] == [(3, False, 3), (1, False, 2)]
+    slot.tick()
+    assert slot.advance().success
+    for _ in range(100):
+        if slot.stage is not SeedStage.BLENDING:
+            break
+        slot.tick()
+    assert slot.fossilize().success
+    assert not slot.enable_subtarget(1).success and seed.subtarget_mask.tolist() == [True, False, True, False]
