@@ -1,6 +1,7 @@
-"""esper-heuristic: Esper's non-learning policies: a rule-based heuristic, a uniform-random baseline
-and a static control that never grows."""
+"""esper-heuristic: Esper's non-learning policies: a rule-based heuristic, an AdaLoRA-style budget
+schedule on top of it, a uniform-random baseline and a static control that never grows."""
 
+from esper_heuristic.adalora_schedule import AdaLoRAScheduleConfig, AdaLoRASchedulePolicy
 from esper_heuristic.heuristic import (
     Decision,
     EndedSeed,
@@ -10,6 +11,7 @@ from esper_heuristic.heuristic import (
     Rule,
     SlotEvidence,
     Verdict,
+    least_important_group,
     seed_family_rungs,
     resolve_seed_family_order,
 )
@@ -17,6 +19,8 @@ from esper_heuristic.random_policy import RandomPolicy, RandomPolicyConfig
 from esper_heuristic.static_policy import StaticPolicy, StaticPolicyConfig
 
 __all__ = [
+    "AdaLoRAScheduleConfig",
+    "AdaLoRASchedulePolicy",
     "Decision",
     "EndedSeed",
     "EnvMemory",
@@ -29,6 +33,7 @@ __all__ = [
     "StaticPolicy",
     "StaticPolicyConfig",
     "Verdict",
+    "least_important_group",
     "seed_family_rungs",
     "resolve_seed_family_order",
 ]

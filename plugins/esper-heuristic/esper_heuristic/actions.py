@@ -1,4 +1,4 @@
-"""Helpers both policies share: factored actions with irrelevant heads pinned to 0, batch consistency checks."""
+"""Helpers the policies share: factored actions with irrelevant heads pinned to 0, batch consistency checks."""
 
 from __future__ import annotations
 
@@ -40,6 +40,12 @@ def check_batch(
     if tuple(masks.blueprint.shape[1:]) != (num_slots, num_families):
         raise ValueError(
             f"blueprint mask has shape {tuple(masks.blueprint.shape)}; expected (E, {num_slots}, {num_families})"
+        )
+    subtargets = context.subtarget_count
+    if tuple(masks.subtarget.shape[1:]) != (2, num_slots, subtargets):
+        raise ValueError(
+            f"subtarget mask has shape {tuple(masks.subtarget.shape)}; expected (E, 2, {num_slots}, {subtargets}) "
+            f"(the run's subtarget head has {subtargets} entries)"
         )
     for observation in observations:
         if observation.seed_families != context.seed_families:

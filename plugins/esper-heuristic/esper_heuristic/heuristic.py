@@ -1,5 +1,6 @@
 """The ``heuristic`` policy: fixed lifecycle rules (prune damage, fossilize what pays its price, advance,
-germinate on plateau, choosing the seed family by the run's evidence: start cheap, escalate when growth pays)."""
+germinate on plateau, choosing the seed family by the run's evidence: start cheap, escalate when growth pays;
+switch a seed's subtarget groups off when it does not pay their rent, on when it pays comfortably)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,8 @@ from esper_core.validators import (
     optional,
     positive_int,
 )
+
+_flag = attrs.validators.instance_of(bool)
 
 from esper_heuristic.actions import check_batch, pinned_action
 
@@ -112,6 +115,13 @@ class HeuristicConfig:
     ladder_min_gain: float = attrs.field(default=0.005, validator=non_negative())
     #: Ladder rules: epochs a growth gets to pay before it is judged.
     ladder_patience: int = attrs.field(default=2, validator=positive_int())
+    #: Subtarget rule: switch the groups of seeds with a subtarget inventory (ENABLE/DISABLE_SUBTARGET);
+    #: false never uses those ops (the ladders-only arm of an experiment).
+    subtarget_ops: bool = attrs.field(default=True, validator=_flag)
+    #: Subtarget rule: enable a disabled group of a seed whose contribution exceeds this multiple of its rent.
+    subtarget_enable_margin: float = attrs.field(default=2.0, validator=in_range(1.0, None))
+    #: Subtarget rule: epochs a subtarget change gets before the seed is judged again (or fossilized).
+    subtarget_patience: int = attrs.field(default=2, validator=positive_int())
     #: Rule 5: no germination before this many epochs of the episode are complete.
     warmup_epochs: int = attrs.field(default=5, validator=non_negative_int())
     #: Rule 5: the plateau is judged over this many most recent epochs.
@@ -203,6 +213,22 @@ def _optional_float(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
+def least_important_group(report: SeedStateReport) -> tuple[int, float]:
+    """The enabled group of the report's inventory with the lowest importance (the highest index on
+    ties, as a ladder shrinks from the top) and that importance; the report must have an enabled group."""
+    mask = report.subtarget_active_mask[: report.subtarget_count]
+    importance = report.subtarget_importance
+    scores = {
+        index: (float(importance[index]) if index < len(importance) else 0.0)
+        for index, enabled in enumerate(mask)
+        if enabled
+    }
+    if not scores:
+        raise ValueError(f"slot {report.slot_id}: seed {report.seed_id} has no enabled subtarget group")
+    group = min(scores, key=lambda index: (scores[index], -index))
+    return group, scores[group]
+
+
 # -- per-environment memory ------------------------------------------------------------------------
 
 
@@ -234,6 +260,8 @@ class EnvMemory:
       did not pay.
     - ``live_seeds``: slot id -> [seed id, seed family, last measured contribution or None, seed_params]
       of the live seed last seen there, so its end (FOSSILIZED, or gone) can be judged.
+    - ``subtarget_trials`` / ``subtarget_ceiling``: subtarget changes under evaluation, and the most
+      enabled groups a seed may have after a group was disabled for rent.
     """
 
     holding_without_verdict: dict[str, int] = attrs.Factory(dict)
@@ -245,6 +273,13 @@ class EnvMemory:
     ladder_ceiling: dict[str, int] = attrs.Factory(dict)
     #: slot id -> [seed id, seed family, last measured contribution, seed_params] of its live seed
     live_seeds: dict[str, list[Any]] = attrs.Factory(dict)
+    #: seed id -> the epoch of its subtarget change on trial (judged ``subtarget_patience`` epochs later)
+    subtarget_trials: dict[str, int] = attrs.Factory(dict)
+    #: seed id -> the most enabled groups worth having (a group disabled for rent is not enabled back past it)
+    subtarget_ceiling: dict[str, int] = attrs.Factory(dict)
+    #: seed id -> [epoch it was blended in, its parameters in use then, epoch of its next scheduled disable]:
+    #: the ``adalora_schedule`` policy's budget schedule (always empty for ``heuristic``)
+    subtarget_schedule: dict[str, list[int]] = attrs.Factory(dict)
 
     def observe(
         self, observation: EnvObservation, earns_fossilization: Callable[[SeedStateReport], bool]
@@ -277,6 +312,9 @@ class EnvMemory:
         live = {report.seed_id for report in observation.slots if report.stage in BLENDED_STAGES}
         self.ladder_trials = {k: v for k, v in self.ladder_trials.items() if k in live}
         self.ladder_ceiling = {k: v for k, v in self.ladder_ceiling.items() if k in live}
+        self.subtarget_trials = {k: v for k, v in self.subtarget_trials.items() if k in live}
+        self.subtarget_ceiling = {k: v for k, v in self.subtarget_ceiling.items() if k in live}
+        self.subtarget_schedule = {k: v for k, v in self.subtarget_schedule.items() if k in live}
         return self._track_live_seeds(observation)
 
     def _track_live_seeds(self, observation: EnvObservation) -> list[EndedSeed]:
@@ -313,17 +351,22 @@ class EnvMemory:
             "ladder_trials": {k: list(v) for k, v in sorted(self.ladder_trials.items())},
             "ladder_ceiling": dict(sorted(self.ladder_ceiling.items())),
             "live_seeds": {k: list(v) for k, v in sorted(self.live_seeds.items())},
+            "subtarget_trials": dict(sorted(self.subtarget_trials.items())),
+            "subtarget_ceiling": dict(sorted(self.subtarget_ceiling.items())),
+            "subtarget_schedule": {k: list(v) for k, v in sorted(self.subtarget_schedule.items())},
         }
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> EnvMemory:
         expected = {
             "holding_without_verdict", "pruned_seeds_in_recovery", "seed_family_pruned_at", "ladder_trials",
-            "ladder_ceiling", "live_seeds",
+            "ladder_ceiling", "live_seeds", "subtarget_trials", "subtarget_ceiling", "subtarget_schedule",
         }
         if "blueprint_pruned_at" in state and "seed_family_pruned_at" not in state:  # written before 0.2.0
             state = {("seed_family_pruned_at" if key == "blueprint_pruned_at" else key): value
                      for key, value in state.items()}
+        if not {"subtarget_trials", "subtarget_ceiling", "subtarget_schedule"} & set(state):  # written before 0.2.1
+            state = {**state, "subtarget_trials": {}, "subtarget_ceiling": {}, "subtarget_schedule": {}}
         if set(state) != expected:
             raise ValueError(f"heuristic memory state has keys {sorted(state)}; expected {sorted(expected)}")
         return cls(
@@ -336,6 +379,9 @@ class EnvMemory:
                 str(k): [str(seed_id), str(family), _optional_float(contribution), int(params)]
                 for k, (seed_id, family, contribution, params) in state["live_seeds"].items()
             },
+            subtarget_trials={str(k): int(v) for k, v in state["subtarget_trials"].items()},
+            subtarget_ceiling={str(k): int(v) for k, v in state["subtarget_ceiling"].items()},
+            subtarget_schedule={str(k): [int(x) for x in v] for k, v in state["subtarget_schedule"].items()},
         )
 
 
@@ -386,8 +432,11 @@ class Rule(enum.Enum):
 
     PRUNE_DAMAGE = "prune_damage"
     SHRINK_UNPAID = "shrink_unpaid"
+    DISABLE_RENT = "disable_rent"
     SHRINK_RENT = "shrink_rent"
     GROW_RISING = "grow_rising"
+    ENABLE_PAYING = "enable_paying"
+    SCHEDULE_DISABLE = "schedule_disable"
     FOSSILIZE = "fossilize"
     PRUNE_PATIENCE = "prune_patience"
     ADVANCE = "advance"
@@ -556,21 +605,30 @@ class HeuristicPolicy:
         self, observation: EnvObservation, masks: ActionMasks, env_index: int, memory: EnvMemory
     ) -> Decision:
         """The highest-priority rule that fires for this environment, or WAIT."""
-        rules = (
+        for rule in self.rules():
+            decision = rule(observation, masks, env_index, memory)
+            if decision is not None:
+                return decision
+        return Decision(pinned_action(LifecycleOp.WAIT), Rule.WAIT, "no rule fired")
+
+    def rules(self) -> tuple[Callable[[EnvObservation, ActionMasks, int, EnvMemory], Decision | None], ...]:
+        """The rules in priority order (a subclass may insert its own)."""
+        return (
             self._prune_damage,
             self._shrink_unpaid,
+            self._disable_rent,
             self._shrink_rent,
             self._grow_rising,
+            self._enable_paying,
             self._fossilize,
             self._prune_patience,
             self._advance,
             self._germinate,
         )
-        for rule in rules:
-            decision = rule(observation, masks, env_index, memory)
-            if decision is not None:
-                return decision
-        return Decision(pinned_action(LifecycleOp.WAIT), Rule.WAIT, "no rule fired")
+
+    def holds_back_fossilization(self, report: SeedStateReport, memory: EnvMemory) -> bool:
+        """Whether rule 2 must leave this seed alone for now (the heuristic never holds one back)."""
+        return False
 
     def _prune_action(self, slot: int) -> FactoredAction:
         return pinned_action(
@@ -643,6 +701,8 @@ class HeuristicPolicy:
             contribution = report.metrics.counterfactual_contribution
             if contribution is None or report.seed_id in memory.ladder_trials or self.pays(report):
                 continue
+            if report.seed_id in memory.subtarget_trials:
+                continue  # a subtarget change on trial is judged first
             action = pinned_action(LifecycleOp.SHRINK_INTERNAL, slot=slot)
             if not masks.allows(env_index, action):
                 continue
@@ -655,6 +715,99 @@ class HeuristicPolicy:
             )
         return None
 
+    # -- the subtarget rule ------------------------------------------------------------------------
+
+    def subtarget_rent(self, report: SeedStateReport) -> float:
+        """What a seed with an inventory must contribute to keep its groups: the price of its parameters in
+        use, scaled by alpha while it is BLENDING (its contribution is measured at that alpha, and
+        rent is charged on alpha x size while it blends in)."""
+        scale = report.alpha if report.stage is SeedStage.BLENDING else 1.0
+        return self.price(report.seed_params) * scale
+
+    def _subtarget_candidates(
+        self, observation: EnvObservation, memory: EnvMemory
+    ) -> list[tuple[int, SeedStateReport, float]]:
+        """(slot, report, measured contribution) of every BLENDING or HOLDING seed with an inventory that
+        is not blending out and has no subtarget change or ladder growth on trial, in slot order; a change
+        whose trial has run ``subtarget_patience`` epochs is closed here."""
+        if not self.config.subtarget_ops:
+            return []
+        found = []
+        for slot, report in enumerate(observation.slots):
+            if report.stage not in BLENDED_STAGES or report.blend_out or report.subtarget_count == 0:
+                continue
+            seed_id = report.seed_id
+            if seed_id is None or seed_id in memory.ladder_trials:
+                continue
+            changed = memory.subtarget_trials.get(seed_id)
+            if changed is not None:
+                if observation.epoch - changed < self.config.subtarget_patience:
+                    continue
+                del memory.subtarget_trials[seed_id]
+            contribution = report.metrics.counterfactual_contribution
+            if contribution is not None:
+                found.append((slot, report, contribution))
+        return found
+
+    @staticmethod
+    def _groups(report: SeedStateReport, enabled: bool) -> list[int]:
+        mask = report.subtarget_active_mask[: report.subtarget_count]
+        return [index for index, state in enumerate(mask) if bool(state) is enabled]
+
+    def _disable_rent(
+        self, observation: EnvObservation, masks: ActionMasks, env_index: int, memory: EnvMemory
+    ) -> Decision | None:
+        """Subtarget rule: a BLENDING or HOLDING seed with an inventory whose measured contribution does not
+        pay the rent of its parameters in use, with more than one group enabled, disables its least
+        important enabled group (lowest ``subtarget_importance``; the highest index on ties), and is not
+        given that many groups again."""
+        for slot, report, contribution in self._subtarget_candidates(observation, memory):
+            enabled = self._groups(report, True)
+            rent = self.subtarget_rent(report)
+            if len(enabled) <= 1 or contribution > rent:
+                continue
+            group, score = least_important_group(report)
+            action = pinned_action(LifecycleOp.DISABLE_SUBTARGET, slot=slot, subtarget=group)
+            if not masks.allows(env_index, action):
+                continue
+            memory.subtarget_trials[report.seed_id] = observation.epoch
+            memory.subtarget_ceiling[report.seed_id] = len(enabled) - 1
+            return Decision(
+                action, Rule.DISABLE_RENT,
+                f"{report.slot_id}: contribution {contribution:.4g} does not pay the rent {rent:.4g} of "
+                f"{len(enabled)} groups; disable group {group} (importance {score:.4g})",
+            )
+        return None
+
+    def _enable_paying(
+        self, observation: EnvObservation, masks: ActionMasks, env_index: int, memory: EnvMemory
+    ) -> Decision | None:
+        """Subtarget rule: a BLENDING or HOLDING seed with an inventory whose measured contribution exceeds
+        ``subtarget_enable_margin`` times its rent, with a disabled group and below its ceiling, enables its
+        lowest disabled group."""
+        for slot, report, contribution in self._subtarget_candidates(observation, memory):
+            disabled = self._groups(report, False)
+            enabled = report.subtarget_count - len(disabled)
+            rent = self.subtarget_rent(report)
+            if not disabled or contribution <= self.config.subtarget_enable_margin * rent:
+                continue
+            ceiling = memory.subtarget_ceiling.get(report.seed_id, report.subtarget_count)
+            if report.internal_kind is not None:  # a ladder seed's level is its enabled count
+                ceiling = min(ceiling, memory.ladder_ceiling.get(report.seed_id, report.subtarget_count))
+            if enabled >= ceiling:
+                continue
+            group = disabled[0]
+            action = pinned_action(LifecycleOp.ENABLE_SUBTARGET, slot=slot, subtarget=group)
+            if not masks.allows(env_index, action):
+                continue
+            memory.subtarget_trials[report.seed_id] = observation.epoch
+            return Decision(
+                action, Rule.ENABLE_PAYING,
+                f"{report.slot_id}: contribution {contribution:.4g} > {self.config.subtarget_enable_margin} x rent "
+                f"{rent:.4g}; enable group {group} ({enabled} -> {enabled + 1} groups)",
+            )
+        return None
+
     def _grow_rising(
         self, observation: EnvObservation, masks: ActionMasks, env_index: int, memory: EnvMemory
     ) -> Decision | None:
@@ -663,13 +816,19 @@ class HeuristicPolicy:
             metrics = report.metrics
             if report.stage is not SeedStage.HOLDING or report.seed_id in memory.ladder_trials:
                 continue
+            if report.seed_id in memory.subtarget_trials:
+                continue
             if metrics.counterfactual_contribution is None or metrics.contribution_velocity is None:
                 continue
             if metrics.contribution_velocity < self.config.ladder_min_gain:
                 continue
             if not self.pays(report):
                 continue  # a seed that does not pay for its current size is not bought more
-            if report.internal_level >= memory.ladder_ceiling.get(report.seed_id, report.internal_max_level):
+            ceiling = min(
+                memory.ladder_ceiling.get(report.seed_id, report.internal_max_level),
+                memory.subtarget_ceiling.get(report.seed_id, report.internal_max_level),
+            )
+            if report.internal_level >= ceiling:
                 continue
             action = pinned_action(LifecycleOp.GROW_INTERNAL, slot=slot)
             if not masks.allows(env_index, action):
@@ -694,6 +853,8 @@ class HeuristicPolicy:
                 continue
             if not self.earns_fossilization(report) or report.seed_id in memory.ladder_trials:
                 continue  # a growth on trial is judged before the seed is frozen
+            if report.seed_id in memory.subtarget_trials or self.holds_back_fossilization(report, memory):
+                continue  # so is a subtarget change
             if not masks.allows(env_index, pinned_action(LifecycleOp.FOSSILIZE, slot=slot)):
                 continue
             if best is None or contribution > best[0]:

@@ -1,10 +1,11 @@
-"""Entry-point module of esper-heuristic: registers the ``heuristic``, ``random`` and ``static`` policies."""
+"""Entry-point module of esper-heuristic: registers the ``heuristic``, ``adalora_schedule``, ``random`` and ``static`` policies."""
 
 from __future__ import annotations
 
 from esper_core.hookspecs import PolicyRegistrar, hookimpl
 from esper_core.registry import PolicyKind
 
+from esper_heuristic.adalora_schedule import AdaLoRAScheduleConfig, AdaLoRASchedulePolicy
 from esper_heuristic.heuristic import HeuristicConfig, HeuristicPolicy
 from esper_heuristic.random_policy import RandomPolicy, RandomPolicyConfig
 from esper_heuristic.static_policy import StaticPolicy, StaticPolicyConfig
@@ -21,6 +22,19 @@ def esper_register_policies(register: PolicyRegistrar) -> None:
             description=(
                 "rules: prune damaging seeds, fossilize ones that pay their price, advance incubated ones, "
                 "germinate on a validation plateau (start cheap, escalate when growth pays)"
+            ),
+        )
+    )
+    register(
+        PolicyKind(
+            name="adalora_schedule",
+            build=AdaLoRASchedulePolicy,
+            config_class=AdaLoRAScheduleConfig,
+            learns=False,
+            description=(
+                "the heuristic's lifecycle plus an AdaLoRA-style budget schedule: after a seed with a subtarget "
+                "inventory is blended in, disable its least important group every few epochs down to a "
+                "parameter budget (a baseline; no learning)"
             ),
         )
     )

@@ -16,6 +16,8 @@ from esper_heuristic.actions import check_batch, pinned_action
 
 #: Enum-valued heads drawn uniformly when relevant to the chosen op, in draw order.
 ENUM_HEADS: tuple[str, ...] = ("style", "tempo", "alpha_target", "alpha_speed", "alpha_curve")
+#: The ops that pick a subtarget, in the order of ``ActionMasks.subtarget``'s second axis.
+SUBTARGET_OPS: tuple[LifecycleOp, LifecycleOp] = (LifecycleOp.ENABLE_SUBTARGET, LifecycleOp.DISABLE_SUBTARGET)
 
 
 @attrs.frozen(kw_only=True)
@@ -32,7 +34,8 @@ class RandomPolicyConfig:
 
 class RandomPolicy:
     """Draws, per environment: the op, then a slot valid for it, then a seed family (the blueprint head) allowed in that
-    slot, then every other head relevant to the op, each uniformly; irrelevant heads are 0."""
+    slot or a subtarget index the op may pick there, then every other head relevant to the op, each
+    uniformly; irrelevant heads are 0."""
 
     def __init__(self, config: RandomPolicyConfig, context: PolicyContext) -> None:
         self.config = config
@@ -57,8 +60,9 @@ class RandomPolicy:
         op_masks = masks.op.cpu()
         slot_masks = masks.slot.cpu()
         blueprint_masks = masks.blueprint.cpu()
+        subtarget_masks = masks.subtarget.cpu()
         actions = [
-            self._sample(op_masks[env], slot_masks[env], blueprint_masks[env])
+            self._sample(op_masks[env], slot_masks[env], blueprint_masks[env], subtarget_masks[env])
             for env in range(len(observations))
         ]
         self._last_batch_size = len(actions)
@@ -94,9 +98,10 @@ class RandomPolicy:
     # -- sampling ----------------------------------------------------------------------------------
 
     def _sample(
-        self, op_mask: torch.Tensor, slot_mask: torch.Tensor, blueprint_mask: torch.Tensor
+        self, op_mask: torch.Tensor, slot_mask: torch.Tensor, blueprint_mask: torch.Tensor, subtarget_mask: torch.Tensor
     ) -> FactoredAction:
-        """One action from one environment's masks: op (n_ops), slot (n_ops, n_slots), blueprint (n_slots, n_bp)."""
+        """One action from one environment's masks: op (n_ops), slot (n_ops, n_slots), blueprint (n_slots, n_bp),
+        subtarget (2, n_slots, K)."""
         candidates = op_mask
         wait_probability = self.config.wait_probability
         if wait_probability is not None:
@@ -112,6 +117,9 @@ class RandomPolicy:
         heads: dict[str, int] = {"slot": self._choose(slot_mask[int(op)], f"slot for {op.name}")}
         if is_relevant(op, "blueprint"):
             heads["blueprint"] = self._choose(blueprint_mask[heads["slot"]], f"blueprint in slot {heads['slot']}")
+        if is_relevant(op, "subtarget"):
+            direction = SUBTARGET_OPS.index(op)
+            heads["subtarget"] = self._choose(subtarget_mask[direction, heads["slot"]], f"subtarget for {op.name}")
         for head in ENUM_HEADS:
             if is_relevant(op, head):
                 heads[head] = self._draw_index(ENUM_HEAD_SIZES[head])

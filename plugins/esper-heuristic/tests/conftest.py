@@ -32,12 +32,13 @@ def build_context(
     slot_ids: Sequence[str] = SLOT_IDS,
     seed_families: Sequence[str] = SEED_FAMILIES,
     seed_family_params: Sequence[int] | None = None,
+    subtarget_count: int = 1,
 ) -> PolicyContext:
     """A policy context; ``seed_family_params`` (one size per seed family, the same in every slot) defaults
-    to 100 * (index + 1)."""
+    to 100 * (index + 1); ``subtarget_count`` is the run's subtarget head size K."""
     return policy_context(
         n_envs=n_envs, seed=seed, max_seeds=max_seeds, episode_length=episode_length, slot_ids=slot_ids,
-        seed_families=seed_families, sizes=seed_family_params,
+        seed_families=seed_families, sizes=seed_family_params, subtarget_count=subtarget_count,
     )
 
 
@@ -83,8 +84,11 @@ def build_masks(
     *,
     max_seeds: int = 3,
     seed_family_allowed: Sequence[Sequence[bool]] | None = None,
+    subtarget_count: int = 1,
 ) -> ActionMasks:
-    return action_masks(observations, max_seeds=max_seeds, seed_family_allowed=seed_family_allowed)
+    return action_masks(
+        observations, max_seeds=max_seeds, seed_family_allowed=seed_family_allowed, subtarget_count=subtarget_count
+    )
 
 
 def build_heuristic(
@@ -92,12 +96,17 @@ def build_heuristic(
     n_envs: int = 1,
     max_seeds: int = 3,
     seed_family_params: Sequence[int] | None = None,
+    subtarget_count: int = 1,
+    policy_class: type[HeuristicPolicy] = HeuristicPolicy,
+    config_class: type[HeuristicConfig] = HeuristicConfig,
     **options: object,
 ) -> HeuristicPolicy:
-    """A heuristic policy with ``options`` as its config, its episode begun (``seed_family_params``
-    goes to ``build_context``)."""
-    context = build_context(n_envs=n_envs, max_seeds=max_seeds, seed_family_params=seed_family_params)
-    policy = HeuristicPolicy(HeuristicConfig(**options), context)
+    """A heuristic policy (or ``policy_class`` with ``config_class``) with ``options`` as its config, its
+    episode begun (``seed_family_params`` and ``subtarget_count`` go to ``build_context``)."""
+    context = build_context(
+        n_envs=n_envs, max_seeds=max_seeds, seed_family_params=seed_family_params, subtarget_count=subtarget_count
+    )
+    policy = policy_class(config_class(**options), context)
     policy.begin_episode(0, n_envs)
     return policy
 
@@ -109,8 +118,10 @@ def decide_one(
     max_seeds: int = 3,
     seed_family_allowed: Sequence[Sequence[bool]] | None = None,
 ) -> Decision:
-    """Run one ``act`` for a single environment and return its decision (action, rule, reason)."""
-    masks = build_masks([observation], max_seeds=max_seeds, seed_family_allowed=seed_family_allowed)
+    """Run one ``act`` for a single environment and return its decision (action, rule, reason); the masks
+    have the policy's subtarget head size."""
+    masks = build_masks([observation], max_seeds=max_seeds, seed_family_allowed=seed_family_allowed,
+                        subtarget_count=policy.context.subtarget_count)
     actions = policy.act([observation], masks)
     decision = policy.last_decisions[0]
     assert actions == [decision.action]

@@ -10,7 +10,14 @@ import pytest
 
 from esper_core.config import structure_section
 from esper_core.errors import ConfigError
-from esper_heuristic import HeuristicConfig, HeuristicPolicy, RandomPolicyConfig, StaticPolicyConfig
+from esper_heuristic import (
+    AdaLoRAScheduleConfig,
+    AdaLoRASchedulePolicy,
+    HeuristicConfig,
+    HeuristicPolicy,
+    RandomPolicyConfig,
+    StaticPolicyConfig,
+)
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -140,7 +147,10 @@ def _readme_policy_tables() -> list[dict]:
 
 
 def test_readme_toml_examples_load_with_the_run_config_loader(kit):
-    classes = {"heuristic": HeuristicConfig, "random": RandomPolicyConfig, "static": StaticPolicyConfig}
+    classes = {
+        "heuristic": HeuristicConfig, "adalora_schedule": AdaLoRAScheduleConfig,
+        "random": RandomPolicyConfig, "static": StaticPolicyConfig,
+    }
     seen = set()
     for table in _readme_policy_tables():
         options = dict(table)
@@ -150,7 +160,9 @@ def test_readme_toml_examples_load_with_the_run_config_loader(kit):
         seen.add(name)
         if name == "heuristic":
             HeuristicPolicy(config, kit.context())  # its seed family names exist in the test run
-    assert seen == {"heuristic", "random", "static"}
+        if name == "adalora_schedule":
+            AdaLoRASchedulePolicy(config, kit.context())
+    assert seen == {"heuristic", "adalora_schedule", "random", "static"}
 
 
 def test_readme_documents_every_option_with_its_default():
@@ -159,6 +171,17 @@ def test_readme_documents_every_option_with_its_default():
         for field in config_class.__attrs_attrs__:
             default = field.default
             shown = {None: "unset", (): "[]"}.get(default, default) if not isinstance(default, float) else default
+            if isinstance(default, bool):
+                shown = str(default).lower()  # as TOML writes it
             row = re.search(rf"^\| `{field.name}` \|[^|]*\| `?([^|`]*)`? \|", text, flags=re.MULTILINE)
             assert row, f"README.md has no table row for `{field.name}`"
             assert row.group(1).strip().strip('"') == str(shown), f"README default of {field.name}"
+    # the schedule's own options, in the adalora_schedule section
+    section = text[text.index("## `adalora_schedule`"):text.index("## `random`")]
+    heuristic_fields = {field.name for field in HeuristicConfig.__attrs_attrs__}
+    for field in AdaLoRAScheduleConfig.__attrs_attrs__:
+        if field.name in heuristic_fields:
+            continue
+        row = re.search(rf"^\| `{field.name}` \|[^|]*\| `?([^|`]*)`? \|", section, flags=re.MULTILINE)
+        assert row, f"README.md's adalora_schedule section has no table row for `{field.name}`"
+        assert row.group(1).strip() == str(field.default), f"README default of {field.name}"

@@ -332,6 +332,9 @@ def test_state_dict_round_trip_keeps_memory_and_resumes_exactly(kit):
         "ladder_trials": {},
         "ladder_ceiling": {},
         "live_seeds": {"r0c1": ["holder", "attention", 0.0, 300]},
+        "subtarget_trials": {},
+        "subtarget_ceiling": {},
+        "subtarget_schedule": {},
     }
     assert state["evidence"] == {slot_id: {"target": None, "last": None, "ended": 0} for slot_id in kit.slot_ids}
     resumed = kit.heuristic(**options)
