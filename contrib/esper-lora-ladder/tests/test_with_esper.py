@@ -257,3 +257,19 @@ def test_a_slot_switches_rank_blocks_and_charges_rent_on_the_blocks_in_use():
     assert [(c.subtarget_idx, c.enabled, c.subtarget_active_count, c.internal_effective_params) for c in changes] == [
         (2, True, 2, 2 * CHANNELS * 12), (0, False, 1, 2 * CHANNELS * 8),
     ]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: checks that nothing syncs with the host")
+def test_on_a_gpu_block_switches_forwards_and_importance_never_sync_with_the_host():
+    seed = seed_with_blocks((True,) * 4).cuda().train()
+    x = torch.randn(4, 9, CHANNELS, device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for mask in [(True, False, True, False), (False, True, True, True), (True,) * 4]:
+            for index, enabled in enumerate(mask):
+                seed.set_subtarget(index, enabled)
+            seed(x).square().mean().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert seed.subtarget_importance().device.type == "cuda"

@@ -273,3 +273,21 @@ def test_in_a_slot_the_policy_switches_groups_and_a_fossil_freezes_the_mask() ->
     for op, index in ((LifecycleOp.ENABLE_SUBTARGET, 1), (LifecycleOp.DISABLE_SUBTARGET, 0)):
         assert not apply(op, index).success
     assert seed.subtarget_mask.tolist() == [True, False, True, False]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: checks that nothing syncs with the host")
+def test_on_a_gpu_switches_forwards_and_importance_never_sync_with_the_host() -> None:
+    module = seed_with((True,) * 4).cuda().train()
+    x = torch.randn(16, 8, 6, 6, device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for mask in [(True, False, True, False), (False, True, True, True), (True,) * 4]:
+            for index, enabled in enumerate(mask):
+                module.set_subtarget(index, enabled)
+            for _ in range(IMPORTANCE_EVERY):
+                module(x).square().mean().backward()
+            module.subtarget_importance()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert module.subtarget_mask.device.type == "cuda" and module.subtarget_importance().device.type == "cuda"

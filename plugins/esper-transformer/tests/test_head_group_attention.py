@@ -217,3 +217,18 @@ def test_a_slot_switches_head_groups_and_a_fossil_freezes_the_mask() -> None:
         slot.tick()
     assert slot.fossilize().success
     assert not slot.enable_subtarget(1).success and seed.subtarget_mask.tolist() == [True, False, True, False]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: checks that nothing syncs with the host")
+def test_on_a_gpu_switches_forwards_and_importance_never_sync_with_the_host() -> None:
+    seed = trained().cuda().train()
+    x = torch.randn(4, 9, CHANNELS, device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for mask in [(True, False, True, False), (False, True, True, True), (True,) * 4]:
+            set_mask(seed, mask)
+            seed(x).square().mean().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert seed.subtarget_importance().device.type == "cuda"
