@@ -99,7 +99,8 @@ class ChannelLadderSeed(nn.Module):
     ``subtarget_importance()`` is a moving average (``IMPORTANCE_DECAY``) of each enabled group's
     contribution norm ``||proj[:, g] h_g||`` (per example, the mean over up to ``IMPORTANCE_SAMPLE``
     examples of the batch), measured in every ``IMPORTANCE_EVERY``-th training forward (the first
-    included; a Python counter) without gradient and without a host sync; a disabled group keeps its
+    included; a Python count mirrored in the ``importance_clock`` buffer, so a restored state keeps the
+    rhythm) without gradient and without a host sync; a disabled group keeps its
     last value, a group that never ran stays 0.
     """
 
@@ -128,7 +129,10 @@ class ChannelLadderSeed(nn.Module):
         self.register_buffer("importance_seen", torch.zeros(self.subtarget_count, dtype=torch.bool))
         group_of_channel = [g for g, (start, stop) in enumerate(self.groups) for _ in range(start, stop)]
         self.register_buffer("_channel_group", torch.tensor(group_of_channel, dtype=torch.long), persistent=False)
-        self._training_forwards = 0  # counts training forwards, for IMPORTANCE_EVERY
+        # training forwards so far (for IMPORTANCE_EVERY): a Python count, mirrored in a buffer so that a
+        # restored state (rollback, resume) measures on the same forwards as the run it came from
+        self.register_buffer("importance_clock", torch.zeros((), dtype=torch.long))
+        vars(self)["_training_forwards"] = 0
         self._set_bits(initial)
 
     # -- the mask: a device buffer, with a Python shadow (bits) that only set_subtarget and loading change --
@@ -144,10 +148,11 @@ class ChannelLadderSeed(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
         # a state saved before the inventory existed keeps the current mask (the slot restores the level after)
-        for name in ("subtarget_mask", "importance_ema", "importance_seen"):
+        for name in ("subtarget_mask", "importance_ema", "importance_seen", "importance_clock"):
             state_dict.setdefault(prefix + name, getattr(self, name).detach().clone())
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
-        self._set_bits(sum(1 << g for g, on in enumerate(self.subtarget_mask.tolist()) if on))  # one read, on load only
+        self._set_bits(sum(1 << g for g, on in enumerate(self.subtarget_mask.tolist()) if on))  # reads on load only
+        vars(self)["_training_forwards"] = int(self.importance_clock)
 
     def set_subtarget(self, index: int, enabled: bool) -> None:
         if not 0 <= index < self.subtarget_count:
@@ -227,9 +232,11 @@ class ChannelLadderSeed(nn.Module):
         weight = _first(self.projection.weight, width, dim=1)
         bias = self.projection.bias if self._bias_on else None
         if self.training:
-            if self._training_forwards % IMPORTANCE_EVERY == 0:
+            count = self._training_forwards
+            if count % IMPORTANCE_EVERY == 0:
                 self._measure_importance(hidden, weight, bias)
-            self._training_forwards += 1
+            vars(self)["_training_forwards"] = count + 1
+            self.importance_clock.fill_(count + 1)  # a device write, no sync
         return x + F.conv2d(hidden, weight, bias)
 
     @torch.no_grad()

@@ -162,7 +162,7 @@ def test_importance_is_each_enabled_groups_contribution_norm_measured_in_trainin
         masked(module, (True, False, True, False), x)
     module.importance_ema.zero_()
     module.importance_seen.zero_()
-    module._training_forwards = 0
+    module.load_state_dict({**module.state_dict(), "importance_clock": torch.tensor(0)})  # the clock restarts
     module(x)  # the first training forward measures
     importance = module.subtarget_importance()
     assert importance.shape == (4,) and importance.dtype == torch.float32
@@ -195,10 +195,29 @@ def test_the_mask_round_trips_through_the_state_dict() -> None:
     assert target.active_channels == 16
     torch.testing.assert_close(target(x), source(x))
     assert torch.equal(target.subtarget_importance(), source.subtarget_importance())
-    old = {k: v for k, v in source.state_dict().items() if k not in ("subtarget_mask", "importance_ema", "importance_seen")}
+    inventory = ("subtarget_mask", "importance_ema", "importance_seen", "importance_clock")
+    old = {k: v for k, v in source.state_dict().items() if k not in inventory}
     fresh = ChannelLadderSeed(8, group_size=4)
     fresh.load_state_dict(old)  # a state saved before the inventory: the mask stays as it was
     assert fresh.subtarget_mask.tolist() == [True, False, False, False] and fresh.internal_level == 1
+
+
+def test_a_restored_state_measures_importance_on_the_same_forwards() -> None:
+    """The training-forward count travels with the state, so a resumed seed keeps the measuring rhythm."""
+    x = torch.randn(4, 8, 5, 5)
+    uninterrupted = seed_with((True, True, False, False)).train()
+    resumed_from = seed_with((True, True, False, False)).train()
+    for _ in range(IMPORTANCE_EVERY + 2):
+        uninterrupted(x)
+        resumed_from(x)
+    resumed = ChannelLadderSeed(8, group_size=4).train()
+    resumed.load_state_dict(resumed_from.state_dict())
+    assert int(resumed.importance_clock) == IMPORTANCE_EVERY + 2
+    for step in range(2 * IMPORTANCE_EVERY):
+        data = torch.randn(x.shape, generator=torch.Generator().manual_seed(step))
+        uninterrupted(data)
+        resumed(data)
+        assert torch.equal(resumed.subtarget_importance(), uninterrupted.subtarget_importance()), step
 
 
 def test_mask_changes_allocate_nothing_and_keep_channels_last() -> None:
