@@ -31,6 +31,7 @@ DOCUMENTED_MODULES: tuple[str, ...] = (
     "esper_core.tasks",
     "esper_core.telemetry",
     "esper_core.testing",
+    "esper_core.testing.toy_inventory",
     "esper_core.validators",
 )
 
