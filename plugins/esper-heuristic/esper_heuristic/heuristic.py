@@ -757,11 +757,14 @@ class HeuristicPolicy:
     def _disable_rent(
         self, observation: EnvObservation, masks: ActionMasks, env_index: int, memory: EnvMemory
     ) -> Decision | None:
-        """Subtarget rule: a BLENDING or HOLDING seed with an inventory whose measured contribution does not
-        pay the rent of its parameters in use, with more than one group enabled, disables its least
-        important enabled group (lowest ``subtarget_importance``; the highest index on ties), and is not
-        given that many groups again."""
+        """Subtarget rule: a HOLDING seed with an inventory whose measured contribution does not pay the rent
+        of its parameters in use, with more than one group enabled, disables its least important enabled
+        group (lowest ``subtarget_importance``; the highest index on ties), and is not given that many
+        groups again. A BLENDING seed is not judged yet: its groups entered at zero and are still being
+        blended in, so a low contribution is no evidence against them."""
         for slot, report, contribution in self._subtarget_candidates(observation, memory):
+            if report.stage is not SeedStage.HOLDING:
+                continue
             enabled = self._groups(report, True)
             rent = self.subtarget_rent(report)
             if len(enabled) <= 1 or contribution > rent:

@@ -91,6 +91,9 @@ def test_a_blending_seed_is_charged_rent_on_its_alpha(kit):
     assert decide(kit, heuristic(kit), 10, seed).rule is Rule.ENABLE_PAYING
     holding = attrs.evolve(seed, stage=HOLDING, alpha=1.0)
     assert decide(kit, heuristic(kit), 10, holding).rule is Rule.DISABLE_RENT
+    # a blending seed that does not pay is not judged yet: its groups are still coming in
+    unpaid = attrs.evolve(seed, metrics=SeedMetrics(counterfactual_contribution=0.0))
+    assert decide(kit, heuristic(kit), 10, unpaid).rule is Rule.WAIT
 
 
 def test_fossils_blend_outs_unmeasured_seeds_and_the_off_switch_are_left_alone(kit):

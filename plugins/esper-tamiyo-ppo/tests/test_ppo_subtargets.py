@@ -302,3 +302,59 @@ def test_a_version_4_checkpoint_is_widened_row_by_row():
     assert torch.equal(trunk[:, start + len(LifecycleOp)], old_trunk[:, start + LEGACY_OPS])
     assert not bool(trunk[:, start + LEGACY_OPS:start + len(LifecycleOp)].any())
     assert policy.architecture()["n_subtargets"] == K
+
+
+# -- through the engine, with the testing kit's toy inventory seeds --------------------------------------
+
+
+@pytest.fixture
+def inventory_run(tmp_path):
+    from esper_core.config import parse_config
+    from esper_core.testing import merge_sections, toy_inventory, toy_plugin_manager, toy_run_data
+    from esper_tamiyo_ppo import plugin as ppo_plugin
+
+    manager = toy_plugin_manager(ppo_plugin, toy_inventory)
+
+    def config(name: str, **sections):
+        data = toy_run_data(
+            tmp_path / name, run={"name": "ppo-inventory", "rounds": 2},
+            morphogenesis={"seed_families": ["toy_groups", "toy_group_ladder"], "min_training_epochs": 1,
+                           "embargo_epochs": 1},
+            policy={"name": "ppo", "num_minibatches": 2, "min_decisions_per_update": 0, "learning_rate": 1e-3},
+        )
+        return parse_config(merge_sections(data, sections), manager)
+
+    return manager, config
+
+
+def test_a_run_with_inventories_uses_the_subtarget_head_and_resumes_exactly(inventory_run, kit):
+    from esper_core.errors import RunAborted
+    from esper_core.testing import resume_run, start_run
+
+    manager, config = inventory_run
+    reference = start_run(config("a"), manager)
+    records = kit.events_of(reference)
+    taken = [r["data"] for r in records if r["event"] == "ACTION_TAKEN"]
+    subtarget_ops = [a for a in taken if a["action"]["op"] in ("ENABLE_SUBTARGET", "DISABLE_SUBTARGET")]
+    assert subtarget_ops and all(a["success"] for a in subtarget_ops)  # sampled from the masks: always feasible
+    changed = [r for r in records if r["event"] == "SEED_SUBTARGET_CHANGED"]
+    assert len(changed) == len(subtarget_ops)
+    updates = kit.policy_updates(reference)
+    assert any("entropy/subtarget" in update for update in updates)
+    state = kit.final_policy_state(reference)
+    assert state["architecture"]["n_subtargets"] == 4 and state["version"] == 5
+
+    created = []
+    with pytest.raises(RunAborted):
+        start_run(config("b", faults={"abort": {"round": 0, "epoch": 4}}), manager, on_run_dir=created.append)
+    resumed = resume_run(created[0], manager)
+    assert kit.comparable(kit.events_of(resumed)) == kit.comparable(records)
+
+
+def test_an_unlock_round_keeps_the_subtarget_ops_out_of_the_first_rounds(inventory_run, kit):
+    from esper_core.testing import start_run
+
+    manager, config = inventory_run
+    run = start_run(config("c", policy={"subtarget_unlock_round": 2}), manager)
+    ops = {r["data"]["action"]["op"] for r in kit.events_of(run) if r["event"] == "ACTION_TAKEN"}
+    assert not ops & {"ENABLE_SUBTARGET", "DISABLE_SUBTARGET"} and "GERMINATE" in ops
