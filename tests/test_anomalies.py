@@ -77,9 +77,11 @@ def test_gradient_norm_records_need_a_stage_exactly_for_seeds() -> None:
 
 def test_entropy_collapse_is_judged_against_the_head_size() -> None:
     sizes = action_head_sizes(n_slots=1, n_seed_families=4)
-    assert sizes["op"] == 8 and sizes["slot"] == 1 and sizes["blueprint"] == 4
+    assert sizes["op"] == 10 and sizes["slot"] == 1 and sizes["blueprint"] == 4 and sizes["subtarget"] == 1
+    assert action_head_sizes(n_slots=1, n_seed_families=4, subtarget_count=6)["subtarget"] == 6
     metrics = {
-        "entropy/op": 0.05,         # bound 0.05 * ln 8 = 0.104: collapsed
+        "entropy/op": 0.05,         # bound 0.05 * ln 10 = 0.115: collapsed
+        "entropy/subtarget": 0.0,   # a size-1 head (no inventories): always 0 nats, not judged
         "entropy/blueprint": 0.08,  # bound 0.05 * ln 4 = 0.069: fine
         "entropy/slot": 0.0,        # one slot: always 0 nats, not judged
         "entropy/mystery": 0.005,   # size unknown: bound 0.01 nats
@@ -89,7 +91,7 @@ def test_entropy_collapse_is_judged_against_the_head_size() -> None:
     found = detect_policy_anomalies(metrics, [], DEFAULTS, round_index=4, head_sizes=sizes)
     assert kinds(found) == [("entropy_collapse", "op"), ("entropy_collapse", "mystery")]
     assert found[0] == PolicyAnomalyPayload(round=4, kind="entropy_collapse", value=0.05,
-                                            threshold=pytest.approx(0.05 * math.log(8)), head="op")
+                                            threshold=pytest.approx(0.05 * math.log(10)), head="op")
     assert found[1].threshold == 0.01
     without_sizes = detect_policy_anomalies({"entropy/op": 0.05}, [], DEFAULTS, round_index=4)
     assert without_sizes == [], "without sizes every head is judged in nats: 0.05 > 0.01"

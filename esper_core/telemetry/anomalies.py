@@ -24,7 +24,7 @@ once per round, after ``Policy.end_episode``)::
     metrics = policy.end_episode(round_index)
     for event in anomaly_events(detect_policy_anomalies(
         metrics, value_loss_history, thresholds, round_index=round_index,
-        head_sizes=action_head_sizes(len(slot_ids), len(seed_families)),
+        head_sizes=action_head_sizes(len(slot_ids), len(seed_families), subtarget_count),
     )):
         hub.emit(event)
     value_loss_history.append(metrics["value_loss"])  # when the policy reports one
@@ -141,9 +141,10 @@ def detect_gradient_anomalies(
     return found
 
 
-def action_head_sizes(n_slots: int, n_seed_families: int) -> dict[str, int]:
-    """How many choices each action head has in a run (``slot`` and ``blueprint`` depend on the run)."""
-    return {**ENUM_HEAD_SIZES, "slot": n_slots, "blueprint": n_seed_families}
+def action_head_sizes(n_slots: int, n_seed_families: int, subtarget_count: int = 1) -> dict[str, int]:
+    """How many choices each action head has in a run (``slot``, ``blueprint`` and ``subtarget`` depend on
+    the run; ``subtarget_count`` is its K, 1 without inventories: a head that is then never judged)."""
+    return {**ENUM_HEAD_SIZES, "slot": n_slots, "blueprint": n_seed_families, "subtarget": subtarget_count}
 
 
 def detect_policy_anomalies(

@@ -844,7 +844,9 @@ class Engine:
             )
             found = detect_policy_anomalies(
                 metrics, self.value_losses, self.config.anomalies, round_index=round_index,
-                head_sizes=action_head_sizes(len(self.setup.slot_config.slot_ids), len(self.setup.seed_families)),
+                head_sizes=action_head_sizes(
+                    len(self.setup.slot_config.slot_ids), len(self.setup.seed_families), self.setup.subtarget_count
+                ),
             )
             for event in anomaly_events(found):
                 self.hub.emit(event)
