@@ -25,7 +25,7 @@ from esper_heuristic.heuristic import (
 def _budget_fraction(_instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if not number or not 0.0 < value <= 1.0:
-        raise InvalidValue(attribute.name, f"must be a number in (0, 1], got {value!r}", value)
+        raise InvalidValue(attribute.name, f"must be a finite number in (0, 1], got {value!r}", value)
 
 
 def _heuristic_subtarget_rule_off(_instance: Any, attribute: attrs.Attribute[Any], value: bool) -> None:

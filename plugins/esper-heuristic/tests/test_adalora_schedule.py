@@ -114,8 +114,8 @@ def test_the_schedule_survives_a_checkpoint(kit):
     [
         ({"start_epoch": -1}, "[policy] start_epoch: must be >= 0, got -1"),
         ({"interval": 0}, "[policy] interval: must be >= 1, got 0"),
-        ({"budget_fraction": 0.0}, "[policy] budget_fraction: must be a number in (0, 1], got 0.0"),
-        ({"budget_fraction": 1.5}, "[policy] budget_fraction: must be a number in (0, 1], got 1.5"),
+        ({"budget_fraction": 0.0}, "[policy] budget_fraction: must be a finite number in (0, 1], got 0.0"),
+        ({"budget_fraction": 1.5}, "[policy] budget_fraction: must be a finite number in (0, 1], got 1.5"),
         ({"subtarget_ops": True}, "[policy] subtarget_ops: must be false: the adalora_schedule policy replaces the "
                                   "heuristic's subtarget rule with its schedule, got True"),
     ],
