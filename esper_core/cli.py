@@ -177,6 +177,7 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
     from esper_core.experiments import is_experiment_dir
     from esper_core.telemetry.report import (
         describe_anomalies,
+        describe_internal_ops,
         load_events,
         plot_report,
         stage_duration_table,
@@ -204,6 +205,7 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
     console.print(outcomes)
     if lifecycle["prune_reasons"]:
         console.print("prune reasons: " + ", ".join(f"{k} {v}" for k, v in lifecycle["prune_reasons"].items()), highlight=False)
+    console.print(describe_internal_ops(summary), highlight=False)
     usage = Table(title="Seed family usage")
     for column in ("seed family", "germinated", "blended", "fossilized", "pruned", "mean contribution at fossilization"):
         usage.add_column(column, justify="right" if column != "seed family" else "left")

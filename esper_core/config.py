@@ -179,6 +179,9 @@ class MorphogenesisSection:
     min_training_epochs: int = attrs.field(default=2, validator=non_negative_int())
     implants: tuple[Implant, ...] = ()
     auto_advance: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+    #: ENABLE_SUBTARGET / DISABLE_SUBTARGET allowed (for any policy); false keeps every inventory's mask as
+    #: built, the "ladders without subtarget ops" arm of a Phase 3 comparison
+    subtarget_ops: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
 
 
 @attrs.frozen

@@ -325,9 +325,10 @@ class PluginManager:
         return tuple(hooks_used)
 
     def _check_references(self, dists: dict[str, str | None]) -> None:
-        """Withdraw each host and seed family that names a topology or ladder kind nobody registered."""
+        """Withdraw each host and seed family that names a topology, ladder kind or subtarget kind nobody registered."""
         topologies = self.registry.entries["topologies"]
         ladder_kinds = self.registry.entries["ladder_kinds"]
+        subtarget_kinds = self.registry.entries["subtarget_kinds"]
 
         def withdraw(kind: str, plugin: str, name: str, problem: str) -> None:
             self.registry.remove(kind, name, plugin)
@@ -347,6 +348,8 @@ class PluginManager:
                 withdraw("seed_families", plugin, name, unknown("topologies", missing[0]))
             elif family.ladder is not None and family.ladder.kind not in ladder_kinds:
                 withdraw("seed_families", plugin, name, unknown("ladder_kinds", family.ladder.kind))
+            elif family.subtargets is not None and family.subtargets.kind not in subtarget_kinds:
+                withdraw("seed_families", plugin, name, unknown("subtarget_kinds", family.subtargets.kind))
 
     # -- queries ---------------------------------------------------------------------------------
 

@@ -48,6 +48,7 @@ def test_run_then_report(write_config):
     assert report.returncode == 0, report.stderr
     assert "Lifecycle outcomes" in report.stdout and "Seed family usage" in report.stdout
     assert "toy_conv" in report.stdout
+    assert "internal ops: grow 0, shrink 0; subtarget ops: enable 0, disable 0" in report.stdout
     assert (run_dir / "report.png").stat().st_size > 10_000
     assert json.loads((run_dir / "summary.json").read_text())["run"]["envs"] == 1
     assert "perplexity" not in report.stdout  # an accuracy task: exp(loss) means nothing here

@@ -164,7 +164,7 @@ def test_the_same_module_twice_is_refused_not_a_crash(monkeypatch):
 
 AUDIO = """
 from esper_core import hookimpl
-from esper_core.registry import HostFamily, LadderKind, LadderSpec, SeedFamily, TopologyKind
+from esper_core.registry import HostFamily, LadderKind, LadderSpec, SeedFamily, SubtargetSpec, TopologyKind
 from tests.toy_plugin import ToyHost, build_toy_seed
 
 def audio_shape(batch, channels):
@@ -190,6 +190,8 @@ def esper_register_seed_families(register):
     register(SeedFamily(name="half_known", build=build_toy_seed, topologies=("audio", "video")))
     register(SeedFamily(name="odd_ladder", build=build_toy_seed, topologies=("image",),
                         ladder=LadderSpec(kind="no_such_ladder", max_level=2)))
+    register(SeedFamily(name="odd_groups", build=build_toy_seed, topologies=("image",),
+                        subtargets=SubtargetSpec(kind="no_such_groups", max_count=4)))
 """
 
 
@@ -205,11 +207,13 @@ def test_a_plugin_adds_a_topology_and_a_ladder_kind_and_dangling_names_are_withd
     assert registry.names("hosts") == ["wave_host"]
     assert registry.names("seed_families") == ["wave_seed"]
     withdrawn = {failure.item: failure for failure in manager.failures}
-    assert set(withdrawn) == {"host 'video_host'", "seed family 'half_known'", "seed family 'odd_ladder'"}
+    assert set(withdrawn) == {"host 'video_host'", "seed family 'half_known'", "seed family 'odd_ladder'",
+                              "seed family 'odd_groups'"}
     assert all(failure.name == "audio_plugin" and failure.stage == "check" for failure in withdrawn.values())
     assert "topology 'video' is not registered" in withdrawn["host 'video_host'"].error
     assert "topology 'video' is not registered" in withdrawn["seed family 'half_known'"].error
     assert "ladder kind 'no_such_ladder' is not registered" in withdrawn["seed family 'odd_ladder'"].error
+    assert "subtarget kind 'no_such_groups' is not registered" in withdrawn["seed family 'odd_groups'"].error
     assert "plugin 'audio_plugin': seed family 'odd_ladder' withdrawn" in withdrawn["seed family 'odd_ladder'"].describe()
     info = next(info for info in manager.plugins if info.name == "audio_plugin")
     assert info.registered["hosts"] == ("wave_host",) and info.registered["seed_families"] == ("wave_seed",)

@@ -194,6 +194,17 @@ def test_no_subtarget_op_where_the_seed_cannot_switch_groups(report):
     assert not masks.op[0, LifecycleOp.ENABLE_SUBTARGET] and not masks.op[0, LifecycleOp.DISABLE_SUBTARGET]
 
 
+def test_subtarget_ops_off_forbids_both_ops_everywhere_and_leaves_the_rest():
+    reports = [slot_report(0, SeedStage.HOLDING, subtarget_mask=[True, False, True])]
+    allowed = compute_masks([reports], num_seed_families=3, max_seeds=3, subtarget_count=4)
+    off = compute_masks([reports], num_seed_families=3, max_seeds=3, subtarget_count=4, subtarget_ops=False)
+    assert allowed.op[0, LifecycleOp.ENABLE_SUBTARGET] and allowed.op[0, LifecycleOp.DISABLE_SUBTARGET]
+    assert not off.op[0, LifecycleOp.ENABLE_SUBTARGET] and not off.op[0, LifecycleOp.DISABLE_SUBTARGET]
+    assert not off.subtarget.any() and not off.slot[0, list(SUBTARGET_OPS)].any()
+    others = [op for op in LifecycleOp if op not in SUBTARGET_OPS]
+    assert torch.equal(off.op[0, others], allowed.op[0, others])
+
+
 def test_a_run_without_inventories_has_a_size_one_head_that_no_op_uses():
     masks = compute_masks([[slot_report(0, SeedStage.TRAINING)]], num_seed_families=3, max_seeds=3)
     assert masks.subtarget.shape == (1, 2, 1, 1) and not masks.subtarget.any()
@@ -468,6 +479,20 @@ def test_subtarget_ops_run_through_the_engine(inventory_manager, tmp_path):
     epochs = [r["data"] for r in records if r["event"] == "EPOCH_COMPLETED" and r["data"]["env_id"] == 0]
     per_group = toy_inventory.ToyGroups(6)._group_params()
     assert [e["seed_params"] for e in epochs[1:5]] == [2 * per_group, 1 * per_group, 2 * per_group, 2 * per_group]
+
+
+def test_morphogenesis_subtarget_ops_false_turns_the_ops_off_for_any_policy(inventory_manager, tmp_path):
+    from esper_core.testing import events_of
+    from esper_core.tolaria.engine import start_run
+
+    config = inventory_config(inventory_manager, tmp_path, morphogenesis={
+        "seed_families": ["toy_conv", "toy_groups"], "min_training_epochs": 1, "embargo_epochs": 1,
+        "subtarget_ops": False})
+    records = events_of(start_run(config, inventory_manager))
+    assert not [r for r in records if r["event"] == "SEED_SUBTARGET_CHANGED"]
+    switches = [r["data"] for r in records if r["event"] == "ACTION_TAKEN"
+                and r["data"]["action"]["op"] in ("ENABLE_SUBTARGET", "DISABLE_SUBTARGET")]
+    assert switches and not any(a["success"] for a in switches)  # the script asks; the masks refuse
 
 
 def test_a_run_with_subtarget_ops_resumes_exactly(inventory_manager, tmp_path):

@@ -125,12 +125,15 @@ def compute_masks(
     max_seeds: int,
     seed_family_allowed: Sequence[Sequence[bool]] | None = None,
     subtarget_count: int = 1,
+    subtarget_ops: bool = True,
 ) -> ActionMasks:
     """Masks for a batch of environments from their slot reports.
 
     ``seed_family_allowed[s][f]`` says whether seed family ``f`` can be planted in slot ``s`` at all
     (topology and size compatibility); default: everywhere. ``subtarget_count`` is the run's
     ``subtarget`` head size K (the largest ``SubtargetSpec.max_count`` of its seed families, at least 1).
+    ``subtarget_ops = False`` (the run's ``[morphogenesis] subtarget_ops``) forbids ENABLE_SUBTARGET and
+    DISABLE_SUBTARGET everywhere: inventories keep their masks, and ladders still move by level.
     """
     if isinstance(subtarget_count, bool) or not isinstance(subtarget_count, int) or not (
         1 <= subtarget_count <= MAX_SUBTARGETS
@@ -151,7 +154,7 @@ def compute_masks(
         occupied = sum(1 for report in reports if report.is_occupied)
         seeds_available = occupied < max_seeds
         for op in LifecycleOp:
-            if op is LifecycleOp.WAIT:
+            if op is LifecycleOp.WAIT or (op in SUBTARGET_OPS and not subtarget_ops):
                 continue
             for index, report in enumerate(reports):
                 valid = slot_valid_for(op, report, seeds_available=seeds_available)

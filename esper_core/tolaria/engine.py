@@ -744,6 +744,7 @@ class Engine:
             max_seeds=self.setup.max_seeds,
             seed_family_allowed=self.setup.seed_family_allowed,
             subtarget_count=self.setup.subtarget_count,
+            subtarget_ops=self.config.morphogenesis.subtarget_ops,
         )
         started = time.perf_counter()
         actions = self.policy.act(observations, masks)
