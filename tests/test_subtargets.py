@@ -546,7 +546,15 @@ def test_a_run_naming_an_unregistered_subtarget_kind_is_a_config_error(tmp_path)
             register(SeedFamily(name="stray", build=toy_inventory.build_toy_groups, topologies=("image",),
                                 subtargets=SubtargetSpec(kind="leaf_groups", max_count=4)))
 
-    manager = toy_plugin_manager(Stray())
+    manager = toy_plugin_manager(Stray())  # the family is withdrawn when the plugins load
+    assert any(f.item == "seed family 'stray'" and "subtarget kind 'leaf_groups' is not registered" in f.error
+               for f in manager.failures)
+    with pytest.raises(ConfigError, match="unknown seed family 'stray'.*subtarget kind 'leaf_groups' is not registered"):
+        parse_config(toy_run_data(tmp_path, morphogenesis={"seed_families": ["stray"]}), manager)
+    # a family that slips past the manager (added to the registry directly) is still refused by prepare
+    manager.registry.add("seed_families", SeedFamily(
+        name="stray", build=toy_inventory.build_toy_groups, topologies=("image",),
+        subtargets=SubtargetSpec(kind="leaf_groups", max_count=4)), plugin="stray_plugin")
     config = parse_config(toy_run_data(tmp_path, morphogenesis={"seed_families": ["stray"]}), manager)
     with pytest.raises(ConfigError, match="'stray' declares subtargets of unknown subtarget kind 'leaf_groups'"):
         prepare(config, manager)
