@@ -134,3 +134,24 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def markdown_table(results: dict) -> str:
+    """The docs table of a ``--json`` result: per level, ladder ÷ fixed seed of the same hidden width
+    (CPU time, median of the paired ratios and its 95 % interval), the identical-seed control's ratio,
+    and the verdict against ``TARGET``."""
+    lines = [
+        "| level | hidden width | parameters (= fixed seed) | ladder ÷ fixed (median) | 95 % CI | control (fixed ÷ identical fixed) | ≤ 1.05 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for key, row in results["rows"].items():
+        if not key.startswith("ladder@"):
+            continue
+        level = key.split("@", 1)[1].split("/", 1)[0]
+        ratio, control = row["cpu"]["ratio"], row["cpu"]["control_ratio"]
+        verdict = "met" if ratio["median"] <= TARGET else "**not met**"
+        lines.append(
+            f"| {level} | {row['hidden_width']} | {row['params']:,} | **{ratio['median']:.3f}** | "
+            f"{ratio['median_ci95_low']:.3f}–{ratio['median_ci95_high']:.3f} | {control['median']:.3f} | {verdict} |"
+        )
+    return "\n".join(lines)
