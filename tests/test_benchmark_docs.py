@@ -38,3 +38,14 @@ def test_the_channels_last_table_is_the_json():
     ratios = [case["ratio_channels_last_vs_contiguous"]["median"]
               for row in results["presets"].values() for case in row["ratios"].values()]
     assert max(ratios) < 1.0  # the docs say channels_last is faster on this CPU
+
+
+def test_the_channel_ladder_table_is_the_json_and_the_verdict_follows_it():
+    import channel_ladder_cost
+
+    results = _load("channel-ladder-cost.json")
+    assert channel_ladder_cost.markdown_table(results) in DOC
+    medians = [row["cpu"]["ratio"]["median"] for key, row in results["rows"].items() if key.startswith("ladder@")]
+    assert results["met"] == all(m <= channel_ladder_cost.TARGET for m in medians)
+    verdict = "met" if results["met"] else "not met"
+    assert f"**Target ≤ 1.05 at every level: {verdict}.**" in DOC
