@@ -352,11 +352,14 @@ def test_masks_follow_the_seeds_mask_through_the_ops():
     masks = compute_masks([model.reports()], num_seed_families=3, max_seeds=3, subtarget_count=5)
     assert masks.subtarget[0, 0, 0].tolist() == [False, False, True, True, False]
     assert masks.subtarget[0, 1, 0].tolist() == [True, True, False, False, False]
-    switch(model, DISABLE, 0)
-    switch(model, DISABLE, 1)
+    assert switch(model, DISABLE, 0).success
     masks = compute_masks([model.reports()], num_seed_families=3, max_seeds=3, subtarget_count=5)
-    assert not masks.slot[0, DISABLE, 0] and masks.slot[0, ENABLE, 0]
-    assert model.slots["r0c0"].report().seed_params == 0
+    assert not masks.slot[0, DISABLE, 0] and masks.slot[0, ENABLE, 0]  # the last enabled group stays
+    assert masks.subtarget[0, 0, 0].tolist() == [True, False, True, True, False]
+    last = switch(model, DISABLE, 1)  # forced past the mask: refused, nothing changes
+    assert not last.success and "last enabled group" in last.reason
+    assert model.slots["r0c0"].report().subtarget_active_mask == (False, True, False, False)
+    assert model.slots["r0c0"].report().seed_params > 0
 
 
 def test_a_disabled_group_leaves_the_output_and_an_enabled_one_enters_at_zero():

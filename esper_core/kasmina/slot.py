@@ -406,6 +406,10 @@ class SeedSlot(nn.Module):
         mask = self.subtarget_mask()
         if mask[index] is enabled:
             return OpResult(False, f"subtarget {index} is already {'enabled' if enabled else 'disabled'}")
+        if not enabled and sum(mask) <= 1:
+            return OpResult(
+                False, f"subtarget {index} is the last enabled group of seed {self.seed_id}; PRUNE removes a seed"
+            )
         inventory.set_subtarget(index, enabled)
         self.epochs_since_subtarget_change = 0
         active = sum(mask) + (1 if enabled else -1)

@@ -82,14 +82,17 @@ SUBTARGET_STAGES = frozenset({SeedStage.TRAINING, SeedStage.BLENDING, SeedStage.
 
 def subtarget_choices(op: LifecycleOp, report: SeedStateReport) -> tuple[int, ...]:
     """The group indices ``op`` (ENABLE_SUBTARGET or DISABLE_SUBTARGET) may pick in the slot of
-    ``report``: existing disabled groups to enable, enabled groups to disable; () when the slot's seed
-    is not live (TRAINING, BLENDING, HOLDING), is blending out, or has no inventory."""
+    ``report``: existing disabled groups to enable, enabled groups to disable while at least one other
+    stays enabled; () when the slot's seed is not live (TRAINING, BLENDING, HOLDING), is blending out, or
+    has no inventory."""
     if op not in SUBTARGET_OPS:
         raise ValueError(f"{op!r} picks no subtarget")
     if report.stage not in SUBTARGET_STAGES or report.blend_out or report.subtarget_kind is None:
         return ()
     wanted = op is LifecycleOp.DISABLE_SUBTARGET
     mask = report.subtarget_active_mask[: report.subtarget_count]
+    if wanted and sum(bool(enabled) for enabled in mask) <= 1:
+        return ()  # DISABLE never empties a seed (a seed without groups is PRUNE's job, not a fossil's)
     return tuple(index for index, enabled in enumerate(mask) if bool(enabled) is wanted)
 
 
