@@ -33,6 +33,9 @@ IMG_DIR = REPO / "docs" / "img"
 #: Arm names of the Phase 2 configs: (layout, ladder) -> arm.
 ARMS = ("segments_conv", "segments_channel", "lattice_conv", "lattice_channel")
 BASELINE_ARM = "segments_conv"
+#: Policies that learn from the reward: only their surface preference can be a *learned* one (the heuristic
+#: germinates in the earliest free slot, so its surface shares follow the slot order).
+LEARNING_POLICIES = ("ppo",)
 HEAVY = "conv_heavy"
 
 
@@ -160,6 +163,7 @@ def arm_record(run_dir: Path) -> dict[str, Any]:
     returns: dict[tuple[int, int], float] = defaultdict(float)
     governor = {"rollbacks": 0, "gradient_anomalies": 0, "policy_anomalies": 0}
     wall_seconds = None
+    policy_updates = 0
     for event in events:
         kind, data = event.event_type, event.payload
         if kind is T.EPOCH_COMPLETED:
@@ -199,9 +203,19 @@ def arm_record(run_dir: Path) -> dict[str, Any]:
             governor["policy_anomalies"] += 1
         elif kind is T.RUN_FINISHED:
             wall_seconds = data.wall_seconds
+        elif kind is T.POLICY_UPDATED and any(key.startswith("entropy/") for key in data.metrics):
+            policy_updates += 1  # a round that ended an update (the others only collected)
     for key, episode in episodes.items():
         episode["return"] = returns.get(key)
+    for episode in episodes.values():  # stored rounded, so every derived number is recomputable from the JSON
+        for field in ("metric", "val_loss", "control_metric", "return"):
+            if episode.get(field) is not None:
+                episode[field] = round(episode[field], 6)
+    for seed in seeds.values():
+        if seed["contribution"] is not None:
+            seed["contribution"] = round(seed["contribution"], 6)
     return {
+        "policy": started.policy,
         "host_params": started.host_params,
         "rounds": rounds,
         "slots": list(started.slots),
@@ -210,6 +224,7 @@ def arm_record(run_dir: Path) -> dict[str, Any]:
         "seeds": sorted(seeds.values(), key=lambda s: (s["round"], s["slot"])),
         "governor": governor,
         "wall_seconds": wall_seconds,
+        "policy_updates": policy_updates,
     }
 
 
@@ -224,6 +239,7 @@ def surface_table(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
         rois = [s["contribution"] / (s["params"] / 1000) for s in mine
                 if s["contribution"] is not None and s["params"] > 0 and s["end"] in ("fossilized", "pruned")]
         table[surface] = {
+            "slots": sum(slot_surface == surface for slot_surface in record["slot_surfaces"]),
             "germinated": len(mine),
             "germinated_first_half": sum(s["round"] < half for s in mine),
             "germinated_second_half": sum(s["round"] >= half for s in mine),
@@ -335,15 +351,55 @@ def summarize(exp_dir: Path, name: str, command: str) -> dict[str, Any]:
     return payload
 
 
+#: Per-record fields stored as columns (a header and one row per record) to keep the JSON small.
+SEED_FIELDS = ("round", "slot", "surface", "family", "level", "max_level", "grows", "end", "contribution", "params")
+EPISODE_FIELDS = ("round", "env", "metric", "val_loss", "params", "control_metric", "return")
+
+
+def compact(payload: dict[str, Any]) -> dict[str, Any]:
+    """``payload`` with every arm's ``seeds`` and ``episodes`` as ``{"fields": [...], "rows": [[...]]}``."""
+    out = json.loads(json.dumps(payload))
+    for arm in out["arms"].values():
+        for key, fields in (("seeds", SEED_FIELDS), ("episodes", EPISODE_FIELDS)):
+            arm[key] = {"fields": list(fields), "rows": [[record.get(f) for f in fields] for record in arm[key]]}
+    return out
+
+
+def expand(payload: dict[str, Any]) -> dict[str, Any]:
+    """The inverse of ``compact``: records as dictionaries again."""
+    out = json.loads(json.dumps(payload))
+    for arm in out["arms"].values():
+        for key in ("seeds", "episodes"):
+            table = arm[key]
+            arm[key] = [dict(zip(table["fields"], row)) for row in table["rows"]]
+    return out
+
+
+def load_summary(path: Path) -> dict[str, Any]:
+    """A summary JSON written by ``summarize``, records expanded."""
+    return expand(json.loads(Path(path).read_text(encoding="utf-8")))
+
+
 # -- exit criteria ---------------------------------------------------------------------------------
+
+
+def per_slot_share(surfaces: dict[str, dict[str, Any]], surface: str, key: str) -> float | None:
+    """``surface``'s share of germinations per slot: its germinations per slot (``key``) over the sum of
+    every surface's germinations per slot. 0.5 between two surfaces is no preference, whatever the number
+    of slots each has."""
+    rates = {k: v[key] / v["slots"] for k, v in surfaces.items() if v["slots"]}
+    total = sum(rates.values())
+    return rates[surface] / total if total else None
 
 
 def criteria(payload: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The Phase 2 exit criteria, each met or not met, from the summary alone (so a test can re-derive them).
 
     - ``surface_preference_tracks_roi``: in every lattice arm, the surface with the higher ROI of its
-      ended seeds also took the larger share of germinations in the second half of the rounds, and that
-      share grew from the first half (a preference that formed, not a tie broken by chance).
+      ended seeds also took more germinations per slot than the other surface in the second half of the
+      rounds (``per_slot_share`` > 0.5), and that share grew from the first half (a preference that
+      formed, not the slot count or a tie broken by chance); only a policy that learns
+      (``LEARNING_POLICIES``) can meet it.
     - ``internal_ops_replace_heavy_jumps``: in every arm, successful ladder grows outnumber conv_heavy
       germinations.
     - ``roi_improves``: accuracy per rent of the lattice + channel_ladder arm beats segments + conv_ladder
@@ -358,18 +414,16 @@ def criteria(payload: dict[str, Any]) -> dict[str, dict[str, Any]]:
     for arm in lattice_arms:
         surfaces = {k: v for k, v in arms[arm]["surfaces"].items() if k in ("pre_pool", "post_pool")}
         rois = {k: v["roi_per_kparam"] for k, v in surfaces.items()}
-        late = {k: v["germinated_second_half"] for k, v in surfaces.items()}
-        early = {k: v["germinated_first_half"] for k, v in surfaces.items()}
         ok = False
-        best = None
         if len(surfaces) == 2 and all(v is not None for v in rois.values()):
             best = max(rois, key=lambda k: rois[k])
-            late_total, early_total = sum(late.values()), sum(early.values())
-            late_share = late[best] / late_total if late_total else None
-            early_share = early[best] / early_total if early_total else None
-            ok = (late_share is not None and late_share > 0.5 and early_share is not None and late_share > early_share)
+            late_share = per_slot_share(surfaces, best, "germinated_second_half")
+            early_share = per_slot_share(surfaces, best, "germinated_first_half")
+            learned = arms[arm].get("policy") in LEARNING_POLICIES
+            ok = (learned and late_share is not None and early_share is not None and late_share > 0.5
+                  and late_share > early_share)
             details[arm] = {"best_roi_surface": best, "roi": rois, "late_share_of_best": late_share,
-                            "early_share_of_best": early_share, "met": ok}
+                            "early_share_of_best": early_share, "learning_policy": learned, "met": ok}
         else:
             details[arm] = {"best_roi_surface": None, "roi": rois, "met": False}
         met = met and ok
@@ -412,6 +466,7 @@ def markdown_tables(payload: dict[str, Any]) -> str:
         lines.append(f"| {label} | " + " | ".join(cell(arms[n]) for n in names) + " |")
 
     row("episodes (rounds × envs)", lambda a: str(len(a["episodes"])))
+    row("policy updates", lambda a: str(a["policy_updates"]))
     row("wall time (one torch thread)", lambda a: _f(None if a["wall_seconds"] is None else a["wall_seconds"] / 60, ".1f") + " min")
     row("final accuracy (mean ± s.e. over rounds)", lambda a: _pm(a["mean"]["metric"], a["stderr"]["metric"], ".4f"))
     row("gain over the paired static control", lambda a: _pm(a["mean"]["gain_over_control"],
@@ -433,9 +488,14 @@ def markdown_tables(payload: dict[str, Any]) -> str:
     row("mean level at fossilization", lambda a: _f(a["metrics"]["mean_level_at_fossilization"], ".2f"))
     row("mean ladder level over time (step:level)", lambda a: _level_path(a["metrics"]["level_time_series"]))
     row("germinations per surface", lambda a: _counts({k: v["germinated"] for k, v in a["surfaces"].items()}))
+    row("slots per surface", lambda a: _counts({k: v["slots"] for k, v in a["surfaces"].items()}))
+    row("germinations per surface, first → second half of the rounds",
+        lambda a: _counts({k: f"{v['germinated_first_half']} → {v['germinated_second_half']}" for k, v in a["surfaces"].items()}))
     row("surviving fossils per surface", lambda a: _counts({k: v["fossils"] for k, v in a["surfaces"].items()}))
     row("ROI per surface (contribution per 1k params)",
         lambda a: _counts({k: _f(v["roi_per_kparam"], "+.3f") for k, v in a["surfaces"].items()}))
+    row("slots: late germination share vs ROI (Spearman; slots with an ROI)",
+        lambda a: f"{_f(a['slot_preference']['spearman'], '+.2f')} ({a['slot_preference']['slots_with_roi']})")
     row("rollbacks / gradient / policy anomalies",
         lambda a: f"{a['governor']['rollbacks']} / {a['governor']['gradient_anomalies']} / {a['governor']['policy_anomalies']}")
     row("op / slot / seed family head entropy (mean)", lambda a: _entropies(a["metrics"]["mean_head_entropy"]))
@@ -451,8 +511,31 @@ def markdown_tables(payload: dict[str, Any]) -> str:
 
 
 def markdown_criteria(payload: dict[str, Any]) -> str:
-    """One line per exit criterion: met or not met."""
-    return "\n".join(f"- `{name}`: **{'met' if c['met'] else 'not met'}**" for name, c in payload["criteria"].items())
+    """One line per exit criterion: met or not met, with the numbers it was decided on."""
+    c = payload["criteria"]
+    name = payload["name"]
+
+    def verdict(key: str) -> str:
+        return f"**{'met' if c[key]['met'] else 'not met'}**"
+
+    surface = "; ".join(
+        f"{arm}: best ROI {d['best_roi_surface'] or '-'}, its share per slot {_f(d.get('early_share_of_best'), '.2f')} → "
+        f"{_f(d.get('late_share_of_best'), '.2f')}" + ("" if d.get("learning_policy", True) else " (the policy does not learn)")
+        for arm, d in c["surface_preference_tracks_roi"]["arms"].items())
+    heavy = "; ".join(f"{arm} {d['ladder_grows']} grows / {d['heavy_germinations']} heavy"
+                      for arm, d in c["internal_ops_replace_heavy_jumps"]["arms"].items())
+    diff = c["roi_improves"]["difference"]
+    roi = "-" if not diff else f"lattice_channel − segments_conv accuracy per rent {_pm(diff['mean'], diff['stderr'], '+.4f')}"
+    governor = c["governor_stable"]["arms"]
+    stable = (f"{sum(g['rollbacks'] for g in governor.values())} rollbacks, "
+              f"{sum(g['gradient_anomalies'] + g['policy_anomalies'] for g in governor.values())} anomalies, "
+              f"{sum(g['status'] == 'completed' for g in governor.values())} of {len(governor)} arms completed")
+    return "\n".join([
+        f"- {name}, surface preference tracks ROI: {verdict('surface_preference_tracks_roi')} ({surface})",
+        f"- {name}, internal ops replace heavy jumps: {verdict('internal_ops_replace_heavy_jumps')} ({heavy})",
+        f"- {name}, ROI improves: {verdict('roi_improves')} ({roi})",
+        f"- {name}, governor stable: {verdict('governor_stable')} ({stable})",
+    ])
 
 
 def _counts(counts: dict[str, Any]) -> str:
@@ -498,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
         payload = summarize(args.exp_dir, args.name, command)
         path = args.json or DATA_DIR / f"experiment-{args.name}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
+        path.write_text(json.dumps(compact(payload), separators=(",", ":")) + "\n", encoding="utf-8")
         print(f"written: {path}")
         if args.plot is not None:
             shutil.copyfile(args.exp_dir / "comparison.png", args.plot)
@@ -506,7 +589,7 @@ def main(argv: list[str] | None = None) -> int:
         print(markdown_tables(payload))
         print(markdown_criteria(payload))
     else:
-        payload = json.loads(args.json.read_text(encoding="utf-8"))
+        payload = load_summary(args.json)
         print(markdown_tables(payload))
         print(markdown_criteria(payload))
     return 0

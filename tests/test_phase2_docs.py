@@ -27,6 +27,12 @@ def doc() -> str:
     return DOC_PATH.read_text(encoding="utf-8")
 
 
+def test_the_compact_form_round_trips():
+    payload = {"arms": {"a": {"seeds": [{f: index for index, f in enumerate(phase2.SEED_FIELDS)}],
+                              "episodes": [{f: 0.5 for f in phase2.EPISODE_FIELDS}], "host_params": 3}}}
+    assert phase2.expand(phase2.compact(payload)) == payload
+
+
 def test_there_is_evidence_to_check():
     assert len(FRONTIERS) == 2, "expected the digits_deep and digits_shallow frontiers under docs/data/phase2"
     assert EXPERIMENTS, "no experiment JSON under docs/data/phase2"
@@ -73,7 +79,7 @@ def test_the_headroom_table_in_the_doc_is_the_json():
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
 def test_each_arm_is_recomputed_from_its_episodes_and_seeds(path):
-    payload = json.loads(path.read_text())
+    payload = phase2.load_summary(path)
     assert list(payload["arms"]) == list(phase2.ARMS)
     for name, arm in payload["arms"].items():
         derived = json.loads(json.dumps(phase2.derive(arm)))
@@ -105,31 +111,33 @@ def _close(a, b) -> bool:
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
 def test_the_paired_differences_and_verdicts_follow_from_the_arms(path):
-    payload = json.loads(path.read_text())
+    payload = phase2.load_summary(path)
     assert _close(phase2.differences(payload["arms"]), payload["differences"])
     assert _close(phase2.criteria(payload), payload["criteria"])
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
 def test_the_tables_and_verdicts_in_the_doc_are_the_json(path):
-    payload = json.loads(path.read_text())
+    payload = phase2.load_summary(path)
     text = doc()
     assert phase2.markdown_tables(payload) in text, f"docs/phase2.md lacks the tables of {path.name}"
     assert phase2.markdown_criteria(payload) in text, f"docs/phase2.md lacks the verdicts of {path.name}"
 
 
 def test_the_criteria_follow_their_definitions_on_a_synthetic_summary():
-    """A criterion must be able to fail: a lattice arm whose better-ROI surface lost germinations late
-    does not meet the surface criterion; one whose heavy jumps outnumber its grows fails the ladder one."""
-    def arm(surfaces, heavy, grows):
-        return {"surfaces": surfaces, "heavy_germinations": heavy, "ladder_grows": grows,
+    """A criterion must be able to fail: a lattice arm whose better-ROI surface gets more germinations only
+    because it has more slots does not meet the surface criterion; one whose heavy jumps outnumber its
+    grows fails the ladder one; an ROI gain within two standard errors and a rollback fail theirs."""
+    def arm(surfaces, heavy, grows, policy="ppo"):
+        return {"policy": policy, "surfaces": surfaces, "heavy_germinations": heavy, "ladder_grows": grows,
                 "governor": {"rollbacks": 0, "gradient_anomalies": 0, "policy_anomalies": 0},
                 "metrics": {"status": "completed"}}
 
-    good = {"pre_pool": {"roi_per_kparam": 0.5, "germinated_first_half": 4, "germinated_second_half": 8},
-            "post_pool": {"roi_per_kparam": 0.1, "germinated_first_half": 4, "germinated_second_half": 2}}
-    bad = {"pre_pool": {"roi_per_kparam": 0.5, "germinated_first_half": 6, "germinated_second_half": 2},
-           "post_pool": {"roi_per_kparam": 0.1, "germinated_first_half": 2, "germinated_second_half": 8}}
+    good = {"pre_pool": {"slots": 1, "roi_per_kparam": 0.5, "germinated_first_half": 4, "germinated_second_half": 8},
+            "post_pool": {"slots": 1, "roi_per_kparam": 0.1, "germinated_first_half": 4, "germinated_second_half": 2}}
+    # more germinations on the better surface, but only because it has more slots: no preference per slot
+    bad = {"pre_pool": {"slots": 3, "roi_per_kparam": 0.5, "germinated_first_half": 6, "germinated_second_half": 6},
+           "post_pool": {"slots": 1, "roi_per_kparam": 0.1, "germinated_first_half": 2, "germinated_second_half": 2}}
     diff = {"accuracy_per_rent": {"mean": 0.03, "stderr": 0.01, "n": 10}}
     payload = {"arms": {"segments_conv": arm({}, 1, 3), "lattice_channel": arm(good, 0, 2)},
                "differences": {"lattice_channel - segments_conv": diff}}
@@ -143,6 +151,8 @@ def test_the_criteria_follow_their_definitions_on_a_synthetic_summary():
     payload["differences"]["lattice_channel - segments_conv"] = {"accuracy_per_rent": {"mean": 0.01, "stderr": 0.01, "n": 10}}
     verdicts = phase2.criteria(payload)
     assert not any(v["met"] for v in verdicts.values())
+    payload["arms"]["lattice_channel"] = arm(good, 0, 2, policy="heuristic")  # its slot choice is list order
+    assert not phase2.criteria(payload)["surface_preference_tracks_roi"]["met"]
 
 
 def test_spearman_is_rank_correlation():
