@@ -597,6 +597,22 @@ def _in_dir(config: RunConfig, exp_dir: Path) -> RunConfig:
     return attrs.evolve(config, run=attrs.evolve(config.run, output_dir=str(exp_dir)))
 
 
+def prepare_arms(experiment: Experiment, manager: PluginManager, *, source: str | None = None) -> None:
+    """Check every arm as its run would at start (task, host, slots, seed families and their options),
+    before any arm runs: one ``ConfigError`` naming each arm's problems, so an experiment never fails
+    halfway on a configuration mistake in a later arm."""
+    from esper_core.tolaria.engine import prepare
+
+    problems: list[str] = []
+    for name, config in experiment.arms.items():
+        try:
+            prepare(config, manager)
+        except ConfigError as exc:
+            problems.extend(f"[experiment] arm '{name}': {problem}" for problem in exc.problems)
+    if problems:
+        raise ConfigError(problems, source=source)
+
+
 def create_experiment(
     data: dict[str, Any], manager: PluginManager, *, source: str | None = None
 ) -> tuple[Experiment, Path]:
@@ -604,6 +620,7 @@ def create_experiment(
     given) and ``experiment.json`` (the record, no arm started yet). For scripts that run the arms
     themselves: start each with ``start_run(..., on_run_dir=functools.partial(record_arm_run, exp_dir, name))``."""
     experiment = parse_experiment(data, manager, source=source)
+    prepare_arms(experiment, manager, source=source)
     exp_dir = experiment_dir(experiment)
     (exp_dir / EXPERIMENT_FILE).write_text(tomli_w.dumps(data), encoding="utf-8")
     write_manifest(exp_dir, new_manifest(experiment))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -94,6 +95,20 @@ def test_arm_settings_are_validated_with_the_arm_named(toy_manager, toy_run_data
     one_arm = experiment_data(toy_run_data, only={})
     with pytest.raises(ConfigError, match="arms"):
         parse_experiment(one_arm, toy_manager)
+
+
+def test_an_arm_that_only_fails_at_start_is_refused_before_any_arm_runs(toy_manager, toy_run_data, tmp_path):
+    from esper_core.experiments import create_experiment, run_experiment
+
+    data = experiment_data(toy_run_data, good={}, late={"training.batch_size": 100_000})
+    with pytest.raises(ConfigError) as excinfo:
+        run_experiment(data, toy_manager)
+    assert [p for p in excinfo.value.problems if p.startswith("[experiment] arm 'late': [training] batch_size 100000")]
+    assert not any("arm 'good'" in p for p in excinfo.value.problems)
+    output = Path(data["run"]["output_dir"])
+    assert not output.exists() or not any(output.iterdir())  # no experiment directory, no arm run
+    with pytest.raises(ConfigError, match="arm 'late'"):
+        create_experiment(data, toy_manager)
 
 
 def test_an_interrupted_experiment_resumes_where_it_stopped(toy_manager, toy_run_data):
