@@ -346,3 +346,22 @@ def test_with_auto_advance_germinate_and_fossilize_are_enough(toy_manager, toy_c
     assert len([r for r in records if r["event"] == "SEED_FOSSILIZED"]) == 2  # one per environment
     without = _events(start_run(toy_config(policy={"name": "scripted", "script": script}), toy_manager))
     assert not [r for r in without if r["event"] == "SEED_FOSSILIZED"]
+
+
+def test_with_auto_advance_advance_is_masked_because_it_could_only_fail(toy_manager, toy_config):
+    from esper_core.leyline import LifecycleOp, SeedStage
+    from esper_core.tamiyo.masks import compute_masks
+    from esper_core.testing import slot_report
+    from esper_core.tolaria.engine import start_run
+
+    training = [slot_report(0, SeedStage.TRAINING)]
+    assert compute_masks([training], num_seed_families=1, max_seeds=2).op[0, LifecycleOp.ADVANCE]
+    masked = compute_masks([training], num_seed_families=1, max_seeds=2, auto_advance=True)
+    assert not masked.op[0, LifecycleOp.ADVANCE] and not masked.slot[0, LifecycleOp.ADVANCE].any()
+    assert masked.op[0, LifecycleOp.PRUNE]  # the other ops of a TRAINING seed stay
+
+    script = {"1": {"op": 1, "slot": 1, "tempo": 0, "alpha_target": 2}, "2": {"op": 2, "slot": 1}}
+    records = _events(start_run(toy_config(policy={"name": "scripted", "script": script},
+                                           morphogenesis={"auto_advance": True}), toy_manager))
+    advances = [r["data"] for r in records if r["event"] == "ACTION_TAKEN" and r["data"]["action"]["op"] == "ADVANCE"]
+    assert advances and all(a["reason"] == "masked: executed as WAIT" for a in advances)

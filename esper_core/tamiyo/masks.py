@@ -129,6 +129,7 @@ def compute_masks(
     seed_family_allowed: Sequence[Sequence[bool]] | None = None,
     subtarget_count: int = 1,
     subtarget_ops: bool = True,
+    auto_advance: bool = False,
 ) -> ActionMasks:
     """Masks for a batch of environments from their slot reports.
 
@@ -137,6 +138,8 @@ def compute_masks(
     ``subtarget`` head size K (the largest ``SubtargetSpec.max_count`` of its seed families, at least 1).
     ``subtarget_ops = False`` (the run's ``[morphogenesis] subtarget_ops``) forbids ENABLE_SUBTARGET and
     DISABLE_SUBTARGET everywhere: inventories keep their masks, and ladders still move by level.
+    ``auto_advance = True`` (the run's ``[morphogenesis] auto_advance``) forbids ADVANCE: a TRAINING seed
+    blends by itself as soon as gate G1 passes, so at decision time an ADVANCE could only fail.
     """
     if isinstance(subtarget_count, bool) or not isinstance(subtarget_count, int) or not (
         1 <= subtarget_count <= MAX_SUBTARGETS
@@ -157,7 +160,11 @@ def compute_masks(
         occupied = sum(1 for report in reports if report.is_occupied)
         seeds_available = occupied < max_seeds
         for op in LifecycleOp:
-            if op is LifecycleOp.WAIT or (op in SUBTARGET_OPS and not subtarget_ops):
+            if (
+                op is LifecycleOp.WAIT
+                or (op in SUBTARGET_OPS and not subtarget_ops)
+                or (op is LifecycleOp.ADVANCE and auto_advance)
+            ):
                 continue
             for index, report in enumerate(reports):
                 valid = slot_valid_for(op, report, seeds_available=seeds_available)

@@ -745,6 +745,7 @@ class Engine:
             seed_family_allowed=self.setup.seed_family_allowed,
             subtarget_count=self.setup.subtarget_count,
             subtarget_ops=self.config.morphogenesis.subtarget_ops,
+            auto_advance=self.config.morphogenesis.auto_advance,
         )
         started = time.perf_counter()
         actions = self.policy.act(observations, masks)
