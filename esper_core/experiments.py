@@ -441,6 +441,11 @@ def plot_comparison(exp_dir: Path, comparison: dict[str, Any]) -> Path:
     else:
         level_axis.text(0.5, 0.5, "no ladder seeds", ha="center", va="center", transform=level_axis.transAxes)
     figure.suptitle(f"{comparison['experiment']}")
+    if len(names) > 2 or max((len(name) for name in names), default=0) > 12:  # keep arm names apart
+        for axis in (metric_axis, mix_axis, surface_axis, ops_axis, loss_axis):
+            axis.tick_params(axis="x", labelrotation=25)
+            for label in axis.get_xticklabels():
+                label.set_horizontalalignment("right")
     figure.tight_layout()
     path = exp_dir / "comparison.png"
     figure.savefig(path, dpi=100)
