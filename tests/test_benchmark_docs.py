@@ -49,3 +49,22 @@ def test_the_channel_ladder_table_is_the_json_and_the_verdict_follows_it():
     assert results["met"] == all(m <= channel_ladder_cost.TARGET for m in medians)
     verdict = "met" if results["met"] else "not met"
     assert f"**Target ≤ 1.05 at every level: {verdict}.**" in DOC
+
+
+def test_the_prose_numbers_of_sections_9_to_11_are_the_json():
+    import channel_ladder_cost
+
+    dormant = _load("dormant-overhead.json")["presets"].values()
+    medians = [row["cases"]["dormant model"]["ratio_vs_bare"]["median"] for row in dormant]
+    assert f"(medians {min(medians):.2f}–{max(medians):.2f})" in DOC
+    fixed = [row["fixed_cost_seconds_per_call"]["median"] * 1e6 for row in dormant]
+    assert f"{min(fixed):.0f}–{max(fixed):.0f} µs per call" in DOC
+    ratios = [case["ratio_channels_last_vs_contiguous"]["median"]
+              for row in _load("channels-last.json")["presets"].values() for case in row["ratios"].values()]
+    assert f"channels_last is {round((1 - max(ratios)) * 100, -1):.0f}–{round((1 - min(ratios)) * 100, -1):.0f} % faster" in DOC
+    ladder = _load("channel-ladder-cost.json")
+    change = ladder["rows"]["level_change_seconds"]["median"] * 1e6
+    assert f"takes {change:.1f} µs ({ladder['rows']['level_change_per_step_at_level_1']:.4f} ×" in DOC
+    missed = [key.split("@")[1].split("/")[0] for key, row in ladder["rows"].items()
+              if key.startswith("ladder@") and row["cpu"]["ratio"]["median"] > channel_ladder_cost.TARGET]
+    assert f"Level {', '.join(missed)} missed here." in DOC
