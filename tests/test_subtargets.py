@@ -695,11 +695,15 @@ class ShrinksTheLowest(toy_inventory.ToyGroupLadder):
 
     def set_internal_level(self, level):
         mask = [bool(v) for v in self.mask.tolist()]
-        while sum(mask) > level:
+        for _ in range(len(mask)):  # bounded: at most one switch per group
+            if sum(mask) <= level:
+                break
             index = mask.index(True)  # the lowest enabled: the contract says the highest
             self.set_subtarget(index, False)
             mask[index] = False
-        while sum(mask) < level:
+        for _ in range(len(mask)):
+            if sum(mask) >= level:
+                break
             index = mask.index(False)
             self.set_subtarget(index, True)
             mask[index] = True
