@@ -133,15 +133,30 @@ class JsonlSink:
 
     # -- records -----------------------------------------------------------------------------------
 
-    def _epoch_record(self, event: TelemetryEvent) -> dict[str, Any]:
-        payload: payloads.EpochCompletedPayload = event.payload
-        record = _record(
+    def _at_epoch(self, event: TelemetryEvent) -> dict[str, Any]:
+        """The common fields of a record about one environment's epoch (the payload's round, epoch, env)."""
+        payload = event.payload
+        return _record(
             event,
             round_index=payload.round,
             epoch=payload.epoch,
             env_id=payload.env_id,
             step=epoch_step(payload.round, payload.epoch, self.context.episode_length),
         )
+
+    def _at_round(self, event: TelemetryEvent) -> dict[str, Any]:
+        """The common fields of a round-level record (no epoch or env; the step of the round's last epoch)."""
+        return _record(
+            event,
+            round_index=event.payload.round,
+            epoch=None,
+            env_id=None,
+            step=round_step(event.payload.round, self.context.episode_length),
+        )
+
+    def _epoch_record(self, event: TelemetryEvent) -> dict[str, Any]:
+        payload: payloads.EpochCompletedPayload = event.payload
+        record = self._at_epoch(event)
         record.update(
             train_loss=payload.train_loss,
             val_loss=payload.val_loss,
@@ -161,13 +176,7 @@ class JsonlSink:
 
     def _reward_record(self, event: TelemetryEvent) -> dict[str, Any]:
         payload: payloads.RewardComputedPayload = event.payload
-        record = _record(
-            event,
-            round_index=payload.round,
-            epoch=payload.epoch,
-            env_id=payload.env_id,
-            step=epoch_step(payload.round, payload.epoch, self.context.episode_length),
-        )
+        record = self._at_epoch(event)
         record["reward"] = payload.reward
         for name, value in payload.components.items():
             record[f"reward/{name}"] = value
@@ -175,13 +184,7 @@ class JsonlSink:
 
     def _policy_record(self, event: TelemetryEvent) -> dict[str, Any]:
         payload: payloads.PolicyUpdatedPayload = event.payload
-        record = _record(
-            event,
-            round_index=payload.round,
-            epoch=None,
-            env_id=None,
-            step=round_step(payload.round, self.context.episode_length),
-        )
+        record = self._at_round(event)
         clashes = sorted(set(payload.metrics) & set(RECORD_KEYS))
         if clashes:
             raise ValueError(f"POLICY_UPDATED metrics {clashes} clash with the record keys {list(RECORD_KEYS)}")
@@ -195,13 +198,7 @@ class JsonlSink:
                 f"ROUND_COMPLETED has {len(payload.final_metrics)} final metrics "
                 f"but {len(payload.final_params)} final parameter counts"
             )
-        record = _record(
-            event,
-            round_index=payload.round,
-            epoch=None,
-            env_id=None,
-            step=round_step(payload.round, self.context.episode_length),
-        )
+        record = self._at_round(event)
         record["mean_return"] = payload.mean_return
         metrics = payload.final_metrics
         record["final_metric_mean"] = sum(metrics) / len(metrics) if metrics else None
@@ -212,13 +209,7 @@ class JsonlSink:
 
     def _gradient_anomaly_record(self, event: TelemetryEvent) -> dict[str, Any]:
         payload: payloads.GradientAnomalyPayload = event.payload
-        record = _record(
-            event,
-            round_index=payload.round,
-            epoch=payload.epoch,
-            env_id=payload.env_id,
-            step=epoch_step(payload.round, payload.epoch, self.context.episode_length),
-        )
+        record = self._at_epoch(event)
         record.update(
             anomaly=payload.kind, where=payload.where, name=payload.name, seed_id=payload.seed_id,
             value=payload.value, threshold=payload.threshold,
@@ -227,13 +218,7 @@ class JsonlSink:
 
     def _subtarget_record(self, event: TelemetryEvent) -> dict[str, Any]:
         payload: payloads.SeedSubtargetChangedPayload = event.payload
-        record = _record(
-            event,
-            round_index=payload.round,
-            epoch=payload.epoch,
-            env_id=payload.env_id,
-            step=epoch_step(payload.round, payload.epoch, self.context.episode_length),
-        )
+        record = self._at_epoch(event)
         record.update(
             slot_id=payload.slot_id, seed_id=payload.seed_id, subtarget_idx=payload.subtarget_idx,
             enabled=payload.enabled, subtarget_active_count=payload.subtarget_active_count,
@@ -243,12 +228,6 @@ class JsonlSink:
 
     def _policy_anomaly_record(self, event: TelemetryEvent) -> dict[str, Any]:
         payload: payloads.PolicyAnomalyPayload = event.payload
-        record = _record(
-            event,
-            round_index=payload.round,
-            epoch=None,
-            env_id=None,
-            step=round_step(payload.round, self.context.episode_length),
-        )
+        record = self._at_round(event)
         record.update(anomaly=payload.kind, head=payload.head, value=payload.value, threshold=payload.threshold)
         return record
