@@ -17,18 +17,16 @@ Arm names carry the meaning: ``static`` (the host, never grows: the paired refer
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
-import functools
 import json
 import math
-import multiprocessing
 import shlex
 import statistics
 import sys
-import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
+
+from _arms import run_arms
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = REPO / "docs" / "data" / "phase3"
@@ -53,31 +51,9 @@ COLLAPSE_FRACTION = 0.05
 # -- running ---------------------------------------------------------------------------------------
 
 
-def _run_arm(exp_dir: str, source: str, name: str) -> tuple[str, str, float, str | None]:
-    """One arm in this (fresh) process: parse the experiment again and start the arm's run."""
-    import attrs
-
-    from esper_core.config import read_toml
-    from esper_core.experiments import EXPERIMENT_FILE, parse_experiment, record_arm_run
-    from esper_core.plugins import PluginManager
-    from esper_core.tolaria.engine import start_run
-
-    manager = PluginManager()
-    data = read_toml(Path(exp_dir) / EXPERIMENT_FILE)
-    config = parse_experiment(data, manager, source=source).arms[name]
-    config = attrs.evolve(config, run=attrs.evolve(config.run, output_dir=exp_dir))
-    started = time.perf_counter()
-    error = None
-    try:
-        start_run(config, manager, on_run_dir=functools.partial(record_arm_run, Path(exp_dir), name))
-    except Exception as exc:  # a failed arm is a result: the comparison shows it as failed
-        error = f"{type(exc).__name__}: {exc}"
-    return exp_dir, name, time.perf_counter() - started, error
-
-
 def run(files: list[Path], jobs: int, work_dir: Path | None, arms: list[str] | None) -> list[Path]:
     from esper_core.config import read_toml
-    from esper_core.experiments import compare, create_experiment
+    from esper_core.experiments import create_experiment
     from esper_core.plugins import PluginManager
 
     manager = PluginManager()
@@ -96,16 +72,7 @@ def run(files: list[Path], jobs: int, work_dir: Path | None, arms: list[str] | N
             cost = 0.5 if arm["name"] == "static" else (2.0 if data["policy"]["name"] == "ppo" else 1.0)
             work.append((weight * cost, str(exp_dir), str(path), arm["name"]))
         print(f"{path}: {exp_dir}", flush=True)
-    work.sort(reverse=True)
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
-        futures = [pool.submit(_run_arm, exp_dir, source, name) for _w, exp_dir, source, name in work]
-        for future in concurrent.futures.as_completed(futures):
-            exp_dir, name, seconds, error = future.result()
-            print(f"   {Path(exp_dir).name} / {name}: {seconds:.0f} s{'  ' + error if error else ''}", flush=True)
-    for exp_dir in exp_dirs:
-        compare(exp_dir)
-        print(f"compared: {exp_dir / 'comparison.json'}", flush=True)
+    run_arms(work, jobs, exp_dirs)
     return exp_dirs
 
 
