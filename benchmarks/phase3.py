@@ -80,18 +80,11 @@ def run(files: list[Path], jobs: int, work_dir: Path | None, arms: list[str] | N
 
 
 def read_raw_events(path: Path) -> list[tuple[str, dict[str, Any]]]:
-    """``(event name, data)`` for every line of an ``events.jsonl`` (a torn last line is skipped)."""
-    out = []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for index, line in enumerate(lines):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            if index == len(lines) - 1:
-                break
-            raise
-        out.append((record["event"], record["data"]))
-    return out
+    """``(event name, data)`` for every line of an ``events.jsonl`` (the core's reader: a torn last line
+    is skipped, a malformed line elsewhere is a ``DataError`` naming it)."""
+    from esper_core.telemetry.report import read_events
+
+    return [(record["event"], record["data"]) for record in read_events(path)]
 
 
 def arm_record(run_dir: Path) -> dict[str, Any]:
